@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test` both create .venv and install
+# the package with its test extras when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.nnunet-sparseattn-installed
+MSD    ?=
+
+.PHONY: install test test-fast demo bench-attention clean-demo
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo ">> installing nnunet-sparseattn and nnU-Net into $(VENV) (first time: a few minutes, ~6 GB with torch)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	$(VENV)/bin/nnunet-sparseattn demo --work demo_work $(if $(MSD),--msd "$(MSD)")
+
+bench-attention: $(STAMP)
+	$(PY) benchmarks/attention.py
+
+clean-demo:
+	rm -rf demo_work

@@ -1,0 +1,20 @@
+"""Trainers found by ``nnUNetv2_train -tr NAME`` through ``nnUNet_extTrainer=$(nnunet-sparseattn ext-path)``.
+
+Class names are part of every checkpoint (nnU-Net stores ``trainer_name``): never rename one once published.
+"""
+from nnunet_sparseattn.trainers.narrow_band import nnUNetTrainerNB
+from nnunet_sparseattn.trainers.short_schedule import SHORT_SCHEDULES, with_short_schedule
+
+# Every full trainer we ship. Adding one here also ships its short variants (`<name>_debug`, `<name>_demo`).
+SHIPPED_TRAINERS: tuple[type, ...] = (nnUNetTrainerNB,)
+
+# The trainer `make demo` trains: the best one we ship so far.
+DEMO_TRAINER: type = nnUNetTrainerNB
+
+__all__ = [t.__name__ for t in SHIPPED_TRAINERS]
+for _trainer in SHIPPED_TRAINERS:
+    for _suffix in SHORT_SCHEDULES:
+        _variant = with_short_schedule(_trainer, _suffix, __name__)
+        globals()[_variant.__name__] = _variant
+        __all__.append(_variant.__name__)
+del _trainer, _suffix, _variant

@@ -1,0 +1,110 @@
+"""The whole plugin through nnU-Net's own CLI: plan, train (short variant, CPU), predict, evaluate.
+
+Slow (minutes): CI runs them. Each command is a subprocess, exactly as a user types it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_sparseattn.demo import pipeline
+from nnunet_sparseattn.demo.dataset import make_demo_dataset
+
+pytestmark = pytest.mark.slow
+
+CONFIGURATION = "3d_fullres"
+TRAINER = "nnUNetTrainerNB_debug"
+SYNTHETIC_ID = 990
+
+
+def _assert_dice_in_unit_interval(summary: dict, labels: list[str]) -> None:
+    assert sorted(summary["mean"]) == sorted(labels)
+    for key in labels:
+        dice = summary["mean"][key]["Dice"]
+        assert isinstance(dice, float) and 0.0 <= dice <= 1.0, (key, dice)
+    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("synthetic")
+    env = pipeline.nnunet_environment(work)
+    log = work / "nnunet.log"
+    dataset = make_demo_dataset(env["nnUNet_raw"], SYNTHETIC_ID, num_training=10, num_test=2, shape=(32, 40, 40))
+    pipeline.plan_and_preprocess(SYNTHETIC_ID, CONFIGURATION, env, log)
+    pipeline.train(SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
+    predictions = work / "predictions"
+    pipeline.predict(dataset / "imagesTs", predictions, SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
+    summary = pipeline.evaluate(dataset / "labelsTs", predictions, SYNTHETIC_ID, TRAINER, CONFIGURATION, env, log)
+    return {"work": work, "env": env, "summary": summary, "log": log, "predictions": predictions}
+
+
+def test_synthetic_dataset_through_the_cli(synthetic_run):
+    _assert_dice_in_unit_interval(synthetic_run["summary"], ["1", "2", "3"])
+    assert sorted(p.name for p in synthetic_run["predictions"].glob("*.nii.gz")) == \
+        ["demo_010.nii.gz", "demo_011.nii.gz"]
+    results = Path(synthetic_run["env"]["nnUNet_results"])
+    fold = next(results.glob("Dataset990_*")) / f"{TRAINER}__nnUNetPlans__{CONFIGURATION}" / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER
+    training_log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "narrow-band loss: weight 1.0, radius 2 mm -> voxels per scale [(2, 2, 2)," in training_log
+    # the short variant cut epochs (2) and iterations: no third epoch, final validation done
+    assert "Epoch 1" in training_log and "Epoch 2" not in training_log
+    assert (fold / "validation" / "summary.json").is_file()
+
+
+def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, monkeypatch):
+    from nnunet_sparseattn.losses import NarrowBandCompoundLoss
+    from nnunet_sparseattn.trainers import nnUNetTrainerNB_debug
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, synthetic_run["env"][name])
+    preprocessed = next(Path(synthetic_run["env"]["nnUNet_preprocessed"]).glob("Dataset990_*"))
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    plans["continue_training"] = False
+    trainer = nnUNetTrainerNB_debug(plans, CONFIGURATION, 0, dataset_json, device=torch.device("cpu"))
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (2, 4, 2)
+    trainer.initialize()
+    assert isinstance(trainer.loss, NarrowBandCompoundLoss)
+
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn(2, 1, *patch)
+    outputs = trainer.network(data)
+    assert len(outputs) == len(trainer.loss.nb_losses) == len(trainer._get_deep_supervision_scales())
+    targets = [torch.randint(0, 4, (2, 1, *o.shape[2:])).float() for o in outputs]
+    step = trainer.train_step({"data": data, "target": targets})
+    assert np.isfinite(step["loss"])
+    # nnU-Net weights its lowest deep-supervision output 0, so only that head's parameters get no gradient
+    unused = {id(p) for p in trainer.network.decoder.seg_layers[-1].parameters()}
+    used = [p for p in trainer.network.parameters() if id(p) not in unused]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in used)
+
+
+def test_msd_hippocampus_through_the_cli(shared_data, tmp_path):
+    env = pipeline.nnunet_environment(tmp_path)
+    log = tmp_path / "nnunet.log"
+    dataset_id = pipeline.convert_msd(shared_data / "Task04_Hippocampus", env)
+    assert dataset_id == 4
+    dataset = pipeline.dataset_folder(Path(env["nnUNet_raw"]), dataset_id)
+    pipeline.keep_training_cases(dataset, 15)  # a subset keeps CI's time
+    pipeline.plan_and_preprocess(dataset_id, CONFIGURATION, env, log)
+    pipeline.train(dataset_id, CONFIGURATION, 0, TRAINER, env, log)
+
+    heldout = pipeline.validation_cases(dataset_id, 0, env)[:3]
+    images, labels = tmp_path / "heldout_images", tmp_path / "heldout_labels"
+    images.mkdir(), labels.mkdir()
+    for case in heldout:
+        shutil.copy(dataset / "imagesTr" / f"{case}_0000.nii.gz", images)
+        shutil.copy(dataset / "labelsTr" / f"{case}.nii.gz", labels)
+    predictions = tmp_path / "predictions"
+    pipeline.predict(images, predictions, dataset_id, CONFIGURATION, 0, TRAINER, env, log)
+    summary = pipeline.evaluate(labels, predictions, dataset_id, TRAINER, CONFIGURATION, env, log)
+    _assert_dice_in_unit_interval(summary, ["1", "2"])
+    assert len(summary["metric_per_case"]) == 3
