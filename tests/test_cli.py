@@ -64,6 +64,12 @@ def test_a_folder_that_is_not_an_msd_task_is_refused(tmp_path, capsys):
     assert not (tmp_path / "w").exists()  # refused before any work
 
 
+def test_demo_refuses_an_unknown_trainer_before_any_work(tmp_path, capsys):
+    assert main(["demo", "--work", str(tmp_path / "w"), "--trainer", "nnUNetTrainerNope"]) == 2
+    assert "no nnU-Net trainer named nnUNetTrainerNope" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "nnUNet_raw").exists() or not any((tmp_path / "w" / "nnUNet_raw").iterdir())
+
+
 def test_make_demo_dataset_without_nnunet_raw(monkeypatch, capsys):
     monkeypatch.delenv("nnUNet_raw", raising=False)
     assert main(["make-demo-dataset"]) == 2

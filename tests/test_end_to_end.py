@@ -81,10 +81,12 @@ def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, m
     targets = [torch.randint(0, 4, (2, 1, *o.shape[2:])).float() for o in outputs]
     step = trainer.train_step({"data": data, "target": targets})
     assert np.isfinite(step["loss"])
-    # nnU-Net weights its lowest deep-supervision output 0, so only that head's parameters get no gradient
-    unused = {id(p) for p in trainer.network.decoder.seg_layers[-1].parameters()}
+    # nnU-Net weights its lowest deep-supervision output 0 (seg_layers[0], the deepest): only it gets no gradient
+    unused = {id(p) for p in trainer.network.decoder.seg_layers[0].parameters()}
     used = [p for p in trainer.network.parameters() if id(p) not in unused]
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in used)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in used)
+    # (conv biases feed instance norms, which cancel them: their gradient is ~0 by design; weights must move)
+    assert all(p.grad.abs().sum() > 0 for p in used if p.ndim > 1)
 
 
 def test_msd_hippocampus_through_the_cli(shared_data, tmp_path):

@@ -57,6 +57,21 @@ def run_step(args: list[str], env: dict[str, str], log: Path | None = None) -> N
     print(f"   ({args[0]} took {time.monotonic() - started:.0f} s)", flush=True)
 
 
+def check_trainer(name: str, env: dict[str, str]) -> None:
+    """Fail early, in one line, when nnU-Net would not find trainer ``name`` with this environment."""
+    from nnunet_sparseattn.discovery import require_trainer
+
+    saved = os.environ.get("nnUNet_extTrainer")
+    os.environ["nnUNet_extTrainer"] = env["nnUNet_extTrainer"]
+    try:
+        require_trainer(name)
+    finally:
+        if saved is None:
+            del os.environ["nnUNet_extTrainer"]
+        else:
+            os.environ["nnUNet_extTrainer"] = saved
+
+
 def dataset_folder(raw_root: Path, dataset_id: int) -> Path | None:
     matches = sorted(Path(raw_root).glob(f"Dataset{dataset_id:03d}_*"))
     return matches[0] if matches else None

@@ -26,8 +26,8 @@ def run_demo(work: str | Path, msd: str | Path | None = None, trainer: str | Non
     if msd is not None:
         pipeline.check_msd_folder(msd)  # fail before any work
     work = Path(work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
     env = pipeline.nnunet_environment(work)
+    pipeline.check_trainer(trainer, env)
     raw = Path(env["nnUNet_raw"])
     print(f"demo working folder: {work} (nnU-Net's raw, preprocessed and results folders live here)")
 
