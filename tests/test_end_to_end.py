@@ -59,7 +59,13 @@ def test_synthetic_dataset_through_the_cli(synthetic_run):
     assert (fold / "validation" / "summary.json").is_file()
 
 
-def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, monkeypatch):
+LABELS = {"background": 0, "organ": 1, "vessel": 2, "nodule": 3}
+REGIONS = {"background": 0, "organ_and_nodule": [1, 3], "vessel": [2], "nodule": [3]}
+
+
+@pytest.mark.parametrize("labels", [LABELS, dict(LABELS, ignore=4), REGIONS, dict(REGIONS, ignore=4)],
+                         ids=["labels", "labels+ignore", "regions", "regions+ignore"])
+def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, monkeypatch, labels):
     from nnunet_sparseattn.losses import NarrowBandCompoundLoss
     from nnunet_sparseattn.trainers import nnUNetTrainerNB_debug
 
@@ -68,17 +74,30 @@ def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, m
     preprocessed = next(Path(synthetic_run["env"]["nnUNet_preprocessed"]).glob("Dataset990_*"))
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    dataset_json["labels"] = labels
+    regions = "organ_and_nodule" in labels
+    if regions:
+        dataset_json["regions_class_order"] = [1, 2, 3]
     plans["continue_training"] = False
     trainer = nnUNetTrainerNB_debug(plans, CONFIGURATION, 0, dataset_json, device=torch.device("cpu"))
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (2, 4, 2)
     trainer.initialize()
     assert isinstance(trainer.loss, NarrowBandCompoundLoss)
+    assert trainer.label_manager.has_regions == regions
+    assert all(nb.apply_nonlin == ("sigmoid" if regions else "softmax") for nb in trainer.loss.nb_losses)
 
     patch = trainer.configuration_manager.patch_size
     data = torch.randn(2, 1, *patch)
     outputs = trainer.network(data)
     assert len(outputs) == len(trainer.loss.nb_losses) == len(trainer._get_deep_supervision_scales())
-    targets = [torch.randint(0, 4, (2, 1, *o.shape[2:])).float() for o in outputs]
+    has_ignore = "ignore" in labels
+    labelmaps = [torch.randint(0, 5 if has_ignore else 4, (2, 1, *o.shape[2:])).float() for o in outputs]
+    if regions:  # what nnU-Net's region conversion hands the loss: one channel per region (+ the ignore mask)
+        targets = [torch.cat([torch.isin(m, torch.tensor(r, dtype=m.dtype)).float()
+                              for r in ([1, 3], [2], [3])] + ([(m == 4).float()] if has_ignore else []), 1)
+                   for m in labelmaps]
+    else:
+        targets = labelmaps
     step = trainer.train_step({"data": data, "target": targets})
     assert np.isfinite(step["loss"])
     # nnU-Net weights its lowest deep-supervision output 0 (seg_layers[0], the deepest): only it gets no gradient

@@ -20,8 +20,9 @@ DEMO_DATASET_NAME = "SparseAttnDemo"
 DEMO_LABELS = {"background": 0, "organ": 1, "vessel": 2, "nodule": 3}
 DEMO_SHAPE = (40, 48, 48)  # z, y, x voxels
 DEMO_SPACING = (1.2, 1.0, 1.0)  # mm, z, y, x: mildly anisotropic, so the NB radius differs per axis
-# mean intensity of each label before blur, bias and noise; the nodule is dim against the organ on purpose
-_INTENSITY = {0: 0.0, 1: 1.0, 2: 1.8, 3: 1.45}
+# mean intensity of each label before blur, bias and noise: a bright vessel, a dark (hypo-intense) nodule whose
+# contrast against the organ is under half the organ's against the background
+_INTENSITY = {0: 0.0, 1: 1.0, 2: 1.8, 3: 0.45}
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -59,11 +60,11 @@ def synthesize_case(seed: int, shape: tuple[int, ...] = DEMO_SHAPE,
     distance = ndimage.distance_transform_edt(~on_curve, sampling=spacing)
     label[distance < rng.uniform(1.5, 2.5)] = 2
 
-    # nodule: a small sphere (radius 2.5-4 mm), inside the organ in about half of the cases
+    # nodule: a small sphere (radius 3-4.5 mm), inside the organ in about half of the cases
     inside = rng.random() < 0.5
     while True:
         nodule_centre = centre + semi_axes * rng.uniform(-0.5, 0.5, 3) if inside else extent * rng.uniform(0.2, 0.8, 3)
-        nodule = sum((c - m) ** 2 for c, m in zip(coords, nodule_centre)) < rng.uniform(2.5, 4.0) ** 2
+        nodule = sum((c - m) ** 2 for c, m in zip(coords, nodule_centre)) < rng.uniform(3.0, 4.5) ** 2
         if (label[nodule] != 2).mean() > 0.8:  # keep it mostly clear of the vessel, so every case has all three
             break
     label[nodule] = 3
@@ -71,7 +72,7 @@ def synthesize_case(seed: int, shape: tuple[int, ...] = DEMO_SHAPE,
     intensity = np.vectorize(_INTENSITY.get, otypes=[np.float64])(label)
     image = ndimage.gaussian_filter(intensity, sigma=1.2 / np.array(spacing))  # fuzzy boundaries
     image *= np.exp(0.35 * _smooth_noise(rng, shape, sigma=12.0))  # bias field, as in MR
-    image += rng.normal(0.0, 0.22, shape)
+    image += rng.normal(0.0, 0.15, shape)
     return (200.0 * image + 100.0).astype(np.float32), label
 
 

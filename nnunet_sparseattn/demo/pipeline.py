@@ -26,6 +26,8 @@ def nnunet_environment(work: str | Path) -> dict[str, str]:
         env[name] = str(work / name)
     env["nnUNet_extTrainer"] = str(ext_trainer_path())
     env.setdefault("nnUNet_compile", "f")
+    # nnU-Net's default of 8 worker processes (spawned, each importing torch) costs minutes on a 2-core machine
+    env.setdefault("nnUNet_def_n_proc", str(min(os.cpu_count() or 1, 4)))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

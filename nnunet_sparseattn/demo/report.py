@@ -25,7 +25,8 @@ def _read(path: Path) -> np.ndarray:
 
 
 def save_comparison_png(cases: list[tuple[Path, Path, Path]], output: Path, num_labels: int) -> Path:
-    """One row per case (image, ground truth, prediction) at the axial slice with the most foreground."""
+    """One row per case (image, ground truth, prediction) at the axial slice showing the most structures
+    (ties: the most foreground), so small structures appear beside large ones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +35,9 @@ def save_comparison_png(cases: list[tuple[Path, Path, Path]], output: Path, num_
     fig, axes = plt.subplots(len(cases), 3, figsize=(9, 3 * len(cases)), squeeze=False)
     for row, (image_path, gt_path, prediction_path) in zip(axes, cases):
         image, gt, prediction = _read(image_path), _read(gt_path), _read(prediction_path)
-        z = int(np.argmax((gt > 0).reshape(gt.shape[0], -1).sum(1)))
+        per_slice = gt.reshape(gt.shape[0], -1)
+        structures = np.array([len(np.unique(s[s > 0])) for s in per_slice])
+        z = int(np.lexsort(((per_slice > 0).sum(1), structures))[-1])
         for ax, data, title in zip(row, (image[z], gt[z], prediction[z]), ("image", "ground truth", "prediction")):
             if title == "image":
                 ax.imshow(data, cmap="gray")

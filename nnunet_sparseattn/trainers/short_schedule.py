@@ -21,7 +21,7 @@ SHORT_SCHEDULES: dict[str, ShortSchedule] = {
     # CPU smoke runs (tests, CI): seconds per epoch
     "_debug": ShortSchedule(num_epochs=2, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2),
     # `make demo`: a few minutes on 2 CPU cores for the embedded demo dataset
-    "_demo": ShortSchedule(num_epochs=12, num_iterations_per_epoch=20, num_val_iterations_per_epoch=4),
+    "_demo": ShortSchedule(num_epochs=10, num_iterations_per_epoch=20, num_val_iterations_per_epoch=3),
 }
 
 
