@@ -1,6 +1,8 @@
 """Where nnU-Net looks for our trainers, and one-line errors for the ways that goes wrong."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -32,9 +34,6 @@ def require_trainer(name: str) -> type:
     if name in trainers.__all__ and not ext_trainer_is_configured():
         raise UserError(f"nnU-Net cannot find {name} because nnUNet_extTrainer does not list our trainers: "
                         f"{ext_trainer_fix()}")
-    import contextlib
-    import io
-
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     try:

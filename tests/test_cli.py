@@ -35,7 +35,7 @@ def test_doctor_passes_on_a_good_setup(tmp_path):
     result = _cli("doctor", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok   nnU-Net finds nnUNetTrainerNB in nnunet_sparseattn" in result.stdout
-    assert "torchvision" in result.stdout and "GPU" in result.stdout or "CUDA" in result.stdout
+    assert "torchvision" in result.stdout and ("GPU" in result.stdout or "CUDA" in result.stdout)
 
 
 def test_doctor_flags_a_missing_folder_and_a_wrong_ext_path(tmp_path):
