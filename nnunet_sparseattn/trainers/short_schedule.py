@@ -5,6 +5,7 @@ set them after the base ``__init__``; its signature stays the base's, as nnU-Net
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -15,13 +16,18 @@ class ShortSchedule:
     num_epochs: int
     num_iterations_per_epoch: int
     num_val_iterations_per_epoch: int
+    # Wall-clock budget for the training epochs (None: no budget). Before the first epoch the epochs are cut,
+    # never raised, to fit it, from the measured time of a real training step: a demo then ends in minutes on a
+    # small synthetic dataset and on a real task with 4x larger batches alike.
+    time_budget_s: float | None = None
 
 
 SHORT_SCHEDULES: dict[str, ShortSchedule] = {
     # CPU smoke runs (tests, CI): seconds per epoch
     "_debug": ShortSchedule(num_epochs=2, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2),
-    # `make demo`: a few minutes on 2 CPU cores for the embedded demo dataset
-    "_demo": ShortSchedule(num_epochs=10, num_iterations_per_epoch=20, num_val_iterations_per_epoch=3),
+    # `make demo`: about 5 minutes of training on 2 CPU cores
+    "_demo": ShortSchedule(num_epochs=10, num_iterations_per_epoch=20, num_val_iterations_per_epoch=3,
+                           time_budget_s=300.0),
 }
 
 
@@ -35,6 +41,29 @@ class _ShortScheduleMixin:
         self.num_iterations_per_epoch = self.short_schedule.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = self.short_schedule.num_val_iterations_per_epoch
 
+    def on_train_start(self) -> None:
+        super().on_train_start()  # nnU-Net's run_training reads num_epochs only after this returns
+        if self.short_schedule.time_budget_s is not None and self.current_epoch == 0:
+            self._fit_epochs_to_budget(self.short_schedule.time_budget_s)
+
+    def _fit_epochs_to_budget(self, budget_s: float) -> None:
+        # two real training steps (they train the network like any other); the second, past warm-up, is timed,
+        # data loading included
+        self.train_step(next(self.dataloader_train))
+        started = time.perf_counter()
+        self.train_step(next(self.dataloader_train))
+        step_s = time.perf_counter() - started
+        # a validation step is a forward pass: about a third of a training step
+        epoch_s = step_s * (self.num_iterations_per_epoch + self.num_val_iterations_per_epoch / 3)
+        epochs = max(1, min(self.num_epochs, int(budget_s // epoch_s)))
+        if epochs < self.num_epochs:
+            self.num_epochs = epochs
+            if hasattr(self.lr_scheduler, "max_steps"):  # nnU-Net's poly schedule must still end at ~0
+                self.lr_scheduler.max_steps = epochs
+        self.print_to_log_file(f"time budget {budget_s:.0f} s: a training step takes {step_s:.2f} s, so "
+                               f"{self.num_epochs} epochs of {self.num_iterations_per_epoch} iterations",
+                               also_print_to_console=True)
+
 
 def with_short_schedule(trainer: type, suffix: str, module: str) -> type:
     """Return ``trainer`` + ``suffix`` with the schedule ``SHORT_SCHEDULES[suffix]``.
@@ -43,7 +72,8 @@ def with_short_schedule(trainer: type, suffix: str, module: str) -> type:
     """
     schedule = SHORT_SCHEDULES[suffix]
     name = trainer.__name__ + suffix
+    budget = f", cut to fit {schedule.time_budget_s:.0f} s" if schedule.time_budget_s is not None else ""
     doc = (f"{trainer.__name__} cut to {schedule.num_epochs} epochs x {schedule.num_iterations_per_epoch} "
-           f"iterations (+{schedule.num_val_iterations_per_epoch} validation iterations).")
+           f"iterations (+{schedule.num_val_iterations_per_epoch} validation iterations){budget}.")
     return type(name, (_ShortScheduleMixin, trainer),
                 {"short_schedule": schedule, "__module__": module, "__qualname__": name, "__doc__": doc})
