@@ -29,7 +29,10 @@ def run_demo(work: str | Path, msd: str | Path | None = None, trainer: str | Non
     env = pipeline.nnunet_environment(work)
     pipeline.check_trainer(trainer, env)
     raw = Path(env["nnUNet_raw"])
-    print(f"demo working folder: {work} (nnU-Net's raw, preprocessed and results folders live here)")
+    print(f"demo working folder: {work}; the commands below run with:")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_compile",
+                 "nnUNet_def_n_proc"):
+        print(f"   export {name}={env[name]}")
 
     if msd is None:
         _stage("writing the synthetic demo dataset", started)
