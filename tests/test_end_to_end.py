@@ -94,7 +94,8 @@ def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, m
     labelmaps = [torch.randint(0, 5 if has_ignore else 4, (2, 1, *o.shape[2:])).float() for o in outputs]
     if regions:  # what nnU-Net's region conversion hands the loss: one channel per region (+ the ignore mask)
         targets = [torch.cat([torch.isin(m, torch.tensor(r, dtype=m.dtype)).float()
-                              for r in ([1, 3], [2], [3])] + ([(m == 4).float()] if has_ignore else []), 1)
+                              for name, r in REGIONS.items() if name != "background"]
+                             + ([(m == 4).float()] if has_ignore else []), 1)
                    for m in labelmaps]
     else:
         targets = labelmaps

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 from nnunet_sparseattn.discovery import UserError, ext_trainer_path
 
@@ -63,15 +64,9 @@ def check_trainer(name: str, env: dict[str, str]) -> None:
     """Fail early, in one line, when nnU-Net would not find trainer ``name`` with this environment."""
     from nnunet_sparseattn.discovery import require_trainer
 
-    saved = os.environ.get("nnUNet_extTrainer")
-    os.environ["nnUNet_extTrainer"] = env["nnUNet_extTrainer"]
-    try:
+    # nnU-Net's lookup reads os.environ itself
+    with mock.patch.dict(os.environ, {"nnUNet_extTrainer": env["nnUNet_extTrainer"]}):
         require_trainer(name)
-    finally:
-        if saved is None:
-            del os.environ["nnUNet_extTrainer"]
-        else:
-            os.environ["nnUNet_extTrainer"] = saved
 
 
 def dataset_folder(raw_root: Path, dataset_id: int) -> Path | None:

@@ -177,13 +177,13 @@ def _check_routing(routing: torch.Tensor, b: int, nq: int, nk: int) -> torch.Ten
     return routing.long()
 
 
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``(B, C, *S)`` -> ``(B, heads, N, C // heads)``: all tokens, per head."""
+    return x.reshape(x.shape[0], num_heads, x.shape[1] // num_heads, -1).transpose(-1, -2)
+
+
 def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: Optional[float]) -> torch.Tensor:
-    b, c = q.shape[:2]
-    d = c // num_heads
-    qs = q.reshape(b, num_heads, d, -1).transpose(-1, -2)
-    ks = k.reshape(b, num_heads, d, -1).transpose(-1, -2)
-    vs = v.reshape(b, num_heads, d, -1).transpose(-1, -2)
-    o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
+    o = F.scaled_dot_product_attention(*(_heads(t, num_heads) for t in (q, k, v)), scale=scale)
     return o.transpose(-1, -2).reshape(q.shape)
 
 
@@ -401,9 +401,7 @@ def routed_attention_reference(
     table = torch.zeros(b, lq.num_regions, lk.num_regions, dtype=torch.bool, device=q.device)
     table.scatter_(2, routing, True)
     allowed = table[:, rq_id][:, :, rk_id]  # (B, Nq_tokens, Nk_tokens)
-    qs = q.double().reshape(b, num_heads, d, -1).transpose(-1, -2)
-    ks = k.double().reshape(b, num_heads, d, -1).transpose(-1, -2)
-    vs = v.double().reshape(b, num_heads, d, -1).transpose(-1, -2)
+    qs, ks, vs = (_heads(t.double(), num_heads) for t in (q, k, v))
     logits = torch.matmul(qs, ks.transpose(-1, -2)) * scale
     logits = logits.masked_fill(~allowed[:, None], float("-inf"))
     o = torch.matmul(torch.softmax(logits, dim=-1), vs)
