@@ -1,9 +1,11 @@
-"""The ``nnunet-sparseattn`` command: ext-path, doctor, make-demo-dataset, demo."""
+"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, convert-2d, make-demo-dataset, demo."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 from nnunet_sparseattn.discovery import UserError, ext_trainer_path
 
@@ -42,6 +44,57 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"--set {pair!r}: expected KEY=VALUE with a JSON value, e.g. --set topk=8")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise UserError(f"--set {key}: {value!r} is not JSON (lists like [4,4,4], null, true, numbers)") from None
+    return out
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from nnunet_sparseattn.plans import get_variant, write_variant_plans
+
+    path = write_variant_plans(args.dataset, args.variant, args.plans, args.configurations, _overrides(args.set))
+    plans_name = path.stem
+    print(path)
+    print(f"train it with nnU-Net's stock trainer: nnUNetv2_train {args.dataset} CONFIG FOLD -p {plans_name}")
+    print(f"(or with ours on any plans: -tr {get_variant(args.variant).trainer})")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from nnunet_sparseattn.complexity import count_flops, count_parameters
+    from nnunet_sparseattn.plans.variants import PAPER_CONFIGURATIONS
+
+    if args.variant not in PAPER_CONFIGURATIONS:
+        raise UserError(f"unknown configuration {args.variant!r}; choose one of {', '.join(PAPER_CONFIGURATIONS)}")
+    build, paper = PAPER_CONFIGURATIONS[args.variant].load()
+    net = build()
+    shape = tuple(paper.get("PAPER_INPUT", ()))
+    params, flops = count_parameters(net), count_flops(net, shape)
+    print(f"{args.variant}: input {'x'.join(map(str, shape))}")
+    print(f"  parameters  {params / 1e6:8.2f} M" + (f"   (paper: {paper['PAPER_PARAMS'] / 1e6:.2f} M)"
+                                                    if "PAPER_PARAMS" in paper else ""))
+    print(f"  FLOPs       {flops / 1e9:8.2f} G   (torch.utils.flop_counter: 2 per multiply-add)")
+    print(f"  MACs        {flops / 2e9:8.2f} G" + (f"   (paper: {paper['PAPER_FLOPS'] / 1e9:.2f} G \"FLOPs\", "
+                                                   "most likely multiply-adds)" if "PAPER_FLOPS" in paper else ""))
+    return 0
+
+
+def _convert_2d(args: argparse.Namespace) -> int:
+    from nnunet_sparseattn.convert2d import convert_2d
+
+    folder = convert_2d(Path(args.images), Path(args.masks), args.dataset, name=args.name)
+    print(folder)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nnunet_sparseattn.demo.dataset import DEMO_DATASET_ID
 
@@ -53,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("doctor", help="check nnU-Net's variables, trainer discovery, torch/torchvision, GPU")
     p.set_defaults(func=_doctor)
+
+    p = commands.add_parser("plan", help="write nnUNetPlans_<VARIANT>.json: a plans file the stock trainer trains")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name (already planned and preprocessed)")
+    p.add_argument("--variant", required=True, help="bsa, mdsa or bilateral")
+    p.add_argument("--plans", default="nnUNetPlans", help="source plans identifier (default nnUNetPlans)")
+    p.add_argument("-c", "--configurations", nargs="+", help="configurations to change (default: all)")
+    p.add_argument("--set", action="append", metavar="KEY=JSON", help="fix a network setting, e.g. topk=8")
+    p.set_defaults(func=_plan)
+
+    p = commands.add_parser("info", help="parameters and FLOPs of a paper-scale configuration")
+    p.add_argument("--variant", required=True, help="mdsa-paper or bilateral-paper")
+    p.set_defaults(func=_info)
+
+    p = commands.add_parser("convert-2d", help="a folder of 2D images and masks -> nnU-Net's raw format")
+    p.add_argument("images", help="folder of images (png, jpg, ...)")
+    p.add_argument("masks", help="folder of masks, paired with the images by name")
+    p.add_argument("-d", "--dataset", type=int, required=True, help="dataset id to write (DatasetXXX_NAME)")
+    p.add_argument("--name", default="Images2D", help="dataset name (default Images2D)")
+    p.set_defaults(func=_convert_2d)
 
     p = commands.add_parser("make-demo-dataset", help="write the synthetic 3D demo dataset into nnUNet_raw")
     p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")

@@ -3,8 +3,6 @@ no find_unused_parameters, so every parameter must get a gradient in every step.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -32,11 +30,12 @@ def _batch(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(2, 1, 5, 6, 7, generator=g), torch.randint(0, 2, (2, 5, 6, 7), generator=g)
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _worker(rank: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # A file store, not TCP: with TCP, rank 0 hosts the store and, exiting first, could pull it from under rank 1's
+    # teardown (seen once in CI: rank 1 aborted with "terminate called without an active exception").
+    store = Path(out_dir) / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         model = nn.parallel.DistributedDataParallel(_net())  # find_unused_parameters=False, like nnU-Net
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -50,19 +49,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 grads = {n: (None if p.grad is None else p.grad.clone()) for n, p in model.module.named_parameters()}
             opt.step()
         torch.save(grads, Path(out_dir) / f"grads{rank}.pt")
+        dist.barrier()  # no rank tears down while another still talks to it
     finally:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_training_step_two_cpu_processes(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
     g0 = torch.load(tmp_path / "grads0.pt")
     g1 = torch.load(tmp_path / "grads1.pt")
     assert g0.keys() == g1.keys() and len(g0) == len(list(_net().parameters()))

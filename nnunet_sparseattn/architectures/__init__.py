@@ -1,5 +1,6 @@
-"""Assembled networks (BSA-Seg, MDSA-UNet, the bilateral spatial attention network).
+"""Assembled networks, one paper per module: ``bsa`` (BSA-Seg), ``mdsa`` (MDSA-UNet), ``bilateral``.
 
-Not built yet: this package holds no network so far. The trainers in ``nnunet_sparseattn.trainers`` use nnU-Net's
-own U-Net until the networks land here.
+Each is a :class:`~nnunet_sparseattn.architectures.base.PlansNetwork`: built from any nnU-Net plans, with
+nnU-Net's deep-supervision and state-dict contracts. Import the modules directly (they are not imported here, so
+that nnU-Net's ``pydoc.locate`` of one network does not build the others' dependencies).
 """

@@ -31,6 +31,7 @@ __all__ = [
     "region_affinity",
     "route",
     "clamp_topk",
+    "grid_for_region_size",
 ]
 
 
@@ -95,6 +96,15 @@ def region_layout(spatial_shape: Sequence[int], grid: GridLike) -> RegionLayout:
     g_eff = tuple(math.ceil(s / r) for s, r in zip(spatial, region))
     padded = tuple(g * r for g, r in zip(g_eff, region))
     return RegionLayout(spatial, g_eff, region, padded)
+
+
+def grid_for_region_size(spatial_shape: Sequence[int], region_size: GridLike) -> tuple[int, ...]:
+    """The grid that cuts ``spatial_shape`` into regions of (at most) ``region_size`` tokens per axis."""
+    spatial = tuple(int(s) for s in spatial_shape)
+    region = _as_grid(region_size, len(spatial))
+    if any(r < 1 for r in region):
+        raise ValueError(f"region_size must be >= 1 per axis, got {region}")
+    return tuple(math.ceil(s / r) for s, r in zip(spatial, region))
 
 
 def to_regions(x: torch.Tensor, layout: RegionLayout, num_heads: int = 1) -> torch.Tensor:

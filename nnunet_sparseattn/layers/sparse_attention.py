@@ -36,7 +36,7 @@ Memory: gather holds ``topk`` copies of K and V (about ``2 * topk * N * C`` elem
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,7 @@ from .routing import (
     RegionLayout,
     clamp_topk,
     from_regions,
+    grid_for_region_size,
     region_affinity,
     region_layout,
     region_pool,
@@ -416,14 +417,16 @@ class RoutedAttention(nn.Module):
 
     ``qkv`` 1x1 conv -> routing on region means (fp32) -> fine attention over the routed regions ->
     ``proj(attn + LCE(v))``, LCE a depthwise ``lce_kernel_size`` conv on v (0 disables it). Every parameter
-    takes part in every forward, so DDP needs no ``find_unused_parameters``.
+    takes part in every forward, so DDP needs no ``find_unused_parameters``. Regions are given either as a fixed
+    ``grid`` (regions per axis, BiFormer's ``n_win``) or as ``region_size`` (tokens per region per axis; the grid
+    then follows each input's shape, as in a U-Net whose stages differ in shape).
     """
 
     def __init__(
         self,
         channels: int,
         num_heads: int,
-        grid: GridLike,
+        grid: Optional[GridLike],
         topk: int,
         conv_op: type[nn.Module] = nn.Conv3d,
         lce_kernel_size: int = 3,
@@ -431,8 +434,11 @@ class RoutedAttention(nn.Module):
         qkv_bias: bool = True,
         backend: str = "auto",
         qk_scale: Optional[float] = None,
+        region_size: Optional[GridLike] = None,
     ) -> None:
         super().__init__()
+        if (grid is None) == (region_size is None):
+            raise ValueError("give exactly one of grid (regions per axis) and region_size (tokens per region per axis)")
         if conv_op not in _CONV_NDIM:
             raise ValueError(f"conv_op must be one of nn.Conv1d/2d/3d, got {conv_op}")
         if num_heads < 1 or channels % num_heads != 0:
@@ -443,7 +449,8 @@ class RoutedAttention(nn.Module):
             raise ValueError(f"lce_kernel_size must be 0 (off) or odd, got {lce_kernel_size}")
         self.ndim = _CONV_NDIM[conv_op]
         # validate the grid length now rather than at the first forward
-        self.grid = _as_grid(grid, self.ndim)
+        self.grid = None if grid is None else _as_grid(grid, self.ndim)
+        self.region_size = None if region_size is None else _as_grid(region_size, self.ndim)
         self.channels = channels
         self.num_heads = num_heads
         self.topk = topk
@@ -469,7 +476,7 @@ class RoutedAttention(nn.Module):
             k,
             v,
             self.num_heads,
-            self.grid,
+            self.grid_for(x.shape[2:]),
             self.topk,
             backend=self.backend,
             routing=routing,
@@ -480,8 +487,15 @@ class RoutedAttention(nn.Module):
             out = out + self.lce(v)
         return self.proj(out)
 
+    def grid_for(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """Regions per axis for this input shape (fixed ``grid``, or from ``region_size``)."""
+        if self.grid is not None:
+            return self.grid
+        return grid_for_region_size(spatial_shape, self.region_size)
+
     def extra_repr(self) -> str:
+        where = f"grid={self.grid}" if self.grid is not None else f"region_size={self.region_size}"
         return (
-            f"channels={self.channels}, num_heads={self.num_heads}, grid={self.grid}, topk={self.topk}, "
+            f"channels={self.channels}, num_heads={self.num_heads}, {where}, topk={self.topk}, "
             f"backend={self.backend!r}"
         )

@@ -2,11 +2,16 @@
 
 Class names are part of every checkpoint (nnU-Net stores ``trainer_name``): never rename one once published.
 """
+from nnunet_sparseattn.trainers.bsa import nnUNetTrainerBSA, nnUNetTrainerBSA_noNB
 from nnunet_sparseattn.trainers.narrow_band import nnUNetTrainerNB
 from nnunet_sparseattn.trainers.short_schedule import SHORT_SCHEDULES, with_short_schedule
 
 # Every full trainer we ship. Adding one here also ships its short variants (`<name>_debug`, `<name>_demo`).
-SHIPPED_TRAINERS: tuple[type, ...] = (nnUNetTrainerNB,)
+SHIPPED_TRAINERS: tuple[type, ...] = (
+    nnUNetTrainerNB,
+    nnUNetTrainerBSA,
+    nnUNetTrainerBSA_noNB,
+)
 
 # The trainer `make demo` trains: the best one we ship so far.
 DEMO_TRAINER: type = nnUNetTrainerNB

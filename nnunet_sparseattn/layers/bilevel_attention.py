@@ -1,0 +1,133 @@
+"""BSA-Seg's bi-level sparse attention module (BSAM) and block, on the shared routed-attention core.
+
+BSAM = BiFormer's bi-level routing attention plus a coarse branch that BSA-Seg's abstract describes as
+"coarse-grained patch-level attention" whose scores learn an "adaptive receptive field" for the "fine-grained
+pixel-level attention" (modules.md §2)::
+
+    q, k, v   = qkv(x)                                    1x1 conv
+    q_r, k_r, v_r = region means of q, k, v               fp32, padding excluded
+    coarse    = softmax(q_r k_r^T / sqrt(d)) v_r          per head: every region attends to every region
+    routing   = top-k of the same scores (summed over heads, detached)
+    fine      = routed attention of every token over its region's top-k regions
+    out       = proj(fine + gamma * upsample(coarse) + LCE(v))
+
+``gamma`` is per channel and starts at 0, so a new BSAM equals BRA and learns how much region-level context to
+mix in; ``coarse_branch=False`` removes it (then the module IS :class:`~.sparse_attention.RoutedAttention`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .routing import GridLike, RegionLayout, clamp_topk, region_layout, region_pool, route
+from .sparse_attention import RoutedAttention, routed_attention
+from .transformer import ChannelLayerNorm, ConvMlp
+
+__all__ = ["BiLevelSparseAttention", "BSABlock", "coarse_region_attention", "upsample_regions"]
+
+
+def coarse_region_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RegionLayout, num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch-level attention between region means, in fp32.
+
+    Returns ``(coarse, scores)``: ``coarse`` ``(B, Nr, C)`` is each region's attention output over all regions and
+    ``scores`` ``(B, Nr, Nr)`` the logits summed over heads (= the full-channel scaled region affinity), which
+    choose the routing.
+    """
+    b, c = q.shape[:2]
+    d = c // num_heads
+    q_r, k_r, v_r = (region_pool(t, layout).view(b, -1, num_heads, d).transpose(1, 2) for t in (q, k, v))
+    logits = torch.matmul(q_r, k_r.transpose(-1, -2)) * d**-0.5  # (B, h, Nr, Nr)
+    coarse = torch.matmul(torch.softmax(logits, dim=-1), v_r)  # (B, h, Nr, d)
+    return coarse.transpose(1, 2).reshape(b, -1, c), logits.sum(dim=1)
+
+
+def upsample_regions(values: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
+    """``(B, Nr, C)`` region values -> ``(B, C, *S)``: every token takes its region's value (padding cropped)."""
+    b, _, c = values.shape
+    x = values.transpose(1, 2).reshape(b, c, *layout.grid)
+    for axis, (r, s) in enumerate(zip(layout.region, layout.spatial)):
+        x = x.repeat_interleave(r, dim=2 + axis).narrow(2 + axis, 0, s)
+    return x
+
+
+class BiLevelSparseAttention(RoutedAttention):
+    """BSAM for ``(B, C, *S)`` maps, 2D or 3D (see the module docstring). ``topk <= 0``: dense fine attention."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        region_size: GridLike,
+        topk: int,
+        conv_op: type[nn.Module] = nn.Conv3d,
+        coarse_branch: bool = True,
+        lce_kernel_size: int = 3,
+        qkv_bias: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            channels,
+            num_heads,
+            None,
+            topk,
+            conv_op,
+            lce_kernel_size=lce_kernel_size,
+            qkv_bias=qkv_bias,
+            backend=backend,
+            region_size=region_size,
+        )
+        shape = (1, channels) + (1,) * self.ndim
+        self.gamma = nn.Parameter(torch.zeros(shape)) if coarse_branch else None
+
+    def forward(self, x: torch.Tensor, routing: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x.dim() != self.ndim + 2 or x.shape[1] != self.channels:
+            raise ValueError(f"expected (B, {self.channels}, {self.ndim} spatial dims), got shape {tuple(x.shape)}")
+        if self.gamma is None:
+            return super().forward(x, routing)
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        grid = self.grid_for(x.shape[2:])
+        layout = region_layout(x.shape[2:], grid)
+        coarse, scores = coarse_region_attention(q, k, v, layout, self.num_heads)
+        if routing is None and clamp_topk(self.topk, layout.num_regions) < layout.num_regions:
+            routing = route(scores.detach(), self.topk)  # the coarse scores choose each region's receptive field
+        fine = routed_attention(q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing)
+        out = fine + self.gamma * upsample_regions(coarse, layout).to(fine.dtype)
+        if self.lce is not None:
+            out = out + self.lce(v)
+        return self.proj(out)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", coarse_branch={self.gamma is not None}"
+
+
+class BSABlock(nn.Module):
+    """``x + DWConv(x)`` (position) -> ``x + BSAM(Norm(x))`` -> ``x + MLP(Norm(x))``."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        region_size: GridLike,
+        topk: int,
+        conv_op: type[nn.Module] = nn.Conv3d,
+        mlp_ratio: float = 4.0,
+        coarse_branch: bool = True,
+        lce_kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        self.pos = conv_op(channels, channels, 3, padding=1, groups=channels)
+        self.norm1 = ChannelLayerNorm(channels)
+        self.attn = BiLevelSparseAttention(
+            channels, num_heads, region_size, topk, conv_op, coarse_branch=coarse_branch, lce_kernel_size=lce_kernel_size
+        )
+        self.norm2 = ChannelLayerNorm(channels)
+        self.mlp = ConvMlp(channels, mlp_ratio, conv_op)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos(x)
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))

@@ -1,0 +1,41 @@
+"""Trainers that select one of our networks; everything else (data, loss, schedule) stays nnU-Net's."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch.nn as nn
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunet_sparseattn.architectures.base import PlansNetwork
+
+
+class ArchitectureTrainer(nnUNetTrainer):
+    """nnU-Net's trainer with ``network_class`` built from the configuration's plans.
+
+    The plans may be nnU-Net's default or ResEnc plans (their stages, kernels, strides and widths are kept; the
+    network's own settings are chosen for the patch size) or our variant plans (their settings are used).
+    ``network_kwargs`` fixes own settings for a trainer (an ablation is a subclass that changes one entry).
+    """
+
+    network_class: ClassVar[type[PlansNetwork]]
+    network_kwargs: ClassVar[dict[str, Any]] = {}
+
+    # A classmethod: nnU-Net calls it on the class at inference and on the instance in training.
+    @classmethod
+    def build_network_architecture(
+        cls,
+        plans_manager: PlansManager,
+        configuration_manager: ConfigurationManager,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool = True,
+    ) -> nn.Module:
+        return cls.network_class.from_plans(
+            configuration_manager.network_arch_init_kwargs,
+            configuration_manager.patch_size,
+            num_input_channels,
+            num_output_channels,
+            enable_deep_supervision,
+            overrides=cls.network_kwargs,
+        )
