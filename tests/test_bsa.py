@@ -205,3 +205,18 @@ def test_plan_command_writes_the_file_and_refuses_with_one_line(tmp_path, monkey
     assert main(["plan", "-d", "5", "--variant", "bsa"]) == 2
     assert "nnUNetv2_plan_and_preprocess -d 5" in capsys.readouterr().err
     assert main(["plan", "-d", "4", "--variant", "unet++"]) == 2
+
+
+@pytest.mark.gpu
+def test_fp16_inference_on_a_gpu_matches_fp32():
+    """What nnUNetv2_predict does on CUDA: eval, deep supervision off, fp16 autocast (flex backend there)."""
+    kw, patch = PLANS_CASES["hippocampus_3d"]
+    net = BSAUNet.from_plans(kw, patch, 1, 3, False).cuda().eval()
+    x = torch.randn(2, 1, *patch, device="cuda")
+    with torch.no_grad():
+        ref = net(x)
+        with torch.autocast("cuda", dtype=torch.float16):
+            half = net(x)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert (half.float().argmax(1) == ref.argmax(1)).float().mean() > 0.99
+    torch.testing.assert_close(half.float(), ref, rtol=0.05, atol=0.05)

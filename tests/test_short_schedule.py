@@ -72,3 +72,20 @@ def test_time_budget_never_raises_epochs_nor_cuts_a_continued_run(monkeypatch):
 def test_shipped_schedules_are_short(suffix):
     schedule = SHORT_SCHEDULES[suffix]
     assert schedule.num_epochs * schedule.num_iterations_per_epoch <= 250
+
+
+class StandInWithBatch(StandInTrainer):
+    is_ddp = False
+
+    def _set_batch_size_and_oversample(self):
+        self.batch_size = 9  # what nnU-Net plans for Hippocampus 3d_fullres
+
+
+@pytest.mark.parametrize("is_ddp,expected", [(False, 2), (True, 9)])
+def test_debug_caps_the_plans_batch_size_except_under_ddp(monkeypatch, is_ddp, expected):
+    variant = with_short_schedule(StandInWithBatch, "_debug", __name__)
+    trainer = variant({}, "3d_fullres", 0, {})
+    trainer.is_ddp = is_ddp
+    trainer._set_batch_size_and_oversample()
+    assert trainer.batch_size == expected
+    assert "batches of at most 2" in variant.__doc__

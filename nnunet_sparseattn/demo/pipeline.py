@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Sequence
 from pathlib import Path
 from unittest import mock
 
@@ -116,24 +117,26 @@ def plan_and_preprocess(dataset_id: int, configuration: str, env: dict[str, str]
 
 
 def train(dataset_id: int, configuration: str, fold: int | str, trainer: str, env: dict[str, str],
-          log: Path | None = None) -> None:
+          log: Path | None = None, plans: str = "nnUNetPlans", extra: Sequence[str] = ()) -> None:
     # nnU-Net's data-augmentation workers only cost memory and start-up on 2 CPU cores
     env = dict(env, nnUNet_n_proc_DA=env.get("nnUNet_n_proc_DA", "0"))
-    run_step(["nnUNetv2_train", dataset_id, configuration, fold, "-tr", trainer, "-device", "cpu"], env, log)
+    run_step(["nnUNetv2_train", dataset_id, configuration, fold, "-tr", trainer, "-p", plans, "-device", "cpu",
+              *extra], env, log)
 
 
 def predict(input_folder: Path, output_folder: Path, dataset_id: int, configuration: str, fold: int | str,
-            trainer: str, env: dict[str, str], log: Path | None = None) -> None:
+            trainer: str, env: dict[str, str], log: Path | None = None, plans: str = "nnUNetPlans",
+            extra: Sequence[str] = ()) -> None:
     run_step(["nnUNetv2_predict", "-i", input_folder, "-o", output_folder, "-d", dataset_id, "-c", configuration,
-              "-f", fold, "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1",
-              "--disable_progress_bar"], env, log)
+              "-f", fold, "-tr", trainer, "-p", plans, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1",
+              "--disable_progress_bar", *extra], env, log)
 
 
 def evaluate(gt_folder: Path, prediction_folder: Path, dataset_id: int, trainer: str, configuration: str,
-             env: dict[str, str], log: Path | None = None) -> dict:
+             env: dict[str, str], log: Path | None = None, plans: str = "nnUNetPlans") -> dict:
     """``nnUNetv2_evaluate_folder`` with the trained model's dataset.json and plans; returns its summary.json."""
     model = next(Path(env["nnUNet_results"]).glob(f"Dataset{dataset_id:03d}_*")) / \
-        f"{trainer}__nnUNetPlans__{configuration}"
+        f"{trainer}__{plans}__{configuration}"
     run_step(["nnUNetv2_evaluate_folder", gt_folder, prediction_folder, "-djfile", model / "dataset.json",
               "-pfile", model / "plans.json", "-np", "1"], env, log)
     return json.loads((Path(prediction_folder) / "summary.json").read_text())

@@ -20,11 +20,15 @@ class ShortSchedule:
     # never raised, to fit it, from the measured time of a real training step: a demo then ends in minutes on a
     # small synthetic dataset and on a real task with 4x larger batches alike.
     time_budget_s: float | None = None
+    # Cap on the plans' batch size (None: the plans'). nnU-Net plans batches for a GPU (9 for Hippocampus); on
+    # 2 CPU cores a smoke run only needs every code path, not the batch.
+    max_batch_size: int | None = None
 
 
 SHORT_SCHEDULES: dict[str, ShortSchedule] = {
     # CPU smoke runs (tests, CI): seconds per epoch
-    "_debug": ShortSchedule(num_epochs=2, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2),
+    "_debug": ShortSchedule(num_epochs=2, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2,
+                            max_batch_size=2),
     # `make demo`: about 5 minutes of training on 2 CPU cores
     "_demo": ShortSchedule(num_epochs=10, num_iterations_per_epoch=20, num_val_iterations_per_epoch=3,
                            time_budget_s=300.0),
@@ -40,6 +44,12 @@ class _ShortScheduleMixin:
         self.num_epochs = self.short_schedule.num_epochs
         self.num_iterations_per_epoch = self.short_schedule.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = self.short_schedule.num_val_iterations_per_epoch
+
+    def _set_batch_size_and_oversample(self) -> None:
+        super()._set_batch_size_and_oversample()
+        cap = self.short_schedule.max_batch_size
+        if cap is not None and not self.is_ddp:  # under DDP the plans' batch is split over the GPUs: keep it
+            self.batch_size = min(self.batch_size, cap)
 
     def on_train_start(self) -> None:
         super().on_train_start()  # nnU-Net's run_training reads num_epochs only after this returns
@@ -73,6 +83,8 @@ def with_short_schedule(trainer: type, suffix: str, module: str) -> type:
     schedule = SHORT_SCHEDULES[suffix]
     name = trainer.__name__ + suffix
     budget = f", cut to fit {schedule.time_budget_s:.0f} s" if schedule.time_budget_s is not None else ""
+    if schedule.max_batch_size is not None:
+        budget += f", batches of at most {schedule.max_batch_size}"
     doc = (f"{trainer.__name__} cut to {schedule.num_epochs} epochs x {schedule.num_iterations_per_epoch} "
            f"iterations (+{schedule.num_val_iterations_per_epoch} validation iterations){budget}.")
     return type(name, (_ShortScheduleMixin, trainer),

@@ -1,0 +1,116 @@
+"""BSA-Seg through nnU-Net's own CLI on MSD Hippocampus: our trainer on the default plans, nnU-Net's STOCK trainer
+and ours on the variant plans, prediction, evaluation, find_best_configuration and ensembling.
+
+Slow (minutes): CI runs it. Every nnU-Net command is a subprocess, as a user types it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_sparseattn.demo import pipeline
+
+pytestmark = pytest.mark.slow
+
+CONFIGURATION = "3d_fullres"
+TRAINER = "nnUNetTrainerBSA_debug"
+VARIANT_PLANS = "nnUNetPlans_BSA"
+
+
+@pytest.fixture(scope="module")
+def hippocampus(shared_data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("bsa_hippocampus")
+    env = pipeline.nnunet_environment(work)
+    log = work / "nnunet.log"
+    dataset_id = pipeline.convert_msd(shared_data / "Task04_Hippocampus", env)
+    dataset = pipeline.dataset_folder(Path(env["nnUNet_raw"]), dataset_id)
+    pipeline.keep_training_cases(dataset, 15)
+    pipeline.plan_and_preprocess(dataset_id, CONFIGURATION, env, log)
+    plan = subprocess.run(
+        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(dataset_id), "--variant", "bsa",
+         "-c", CONFIGURATION],
+        env=env, capture_output=True, text=True,
+    )
+    assert plan.returncode == 0, plan.stderr
+    for plans in ("nnUNetPlans", VARIANT_PLANS):
+        pipeline.train(dataset_id, CONFIGURATION, 0, TRAINER, env, log, plans=plans, extra=["--npz"])
+
+    heldout = pipeline.validation_cases(dataset_id, 0, env)
+    images, labels = work / "heldout_images", work / "heldout_labels"
+    images.mkdir(), labels.mkdir()
+    for case in heldout:
+        shutil.copy(dataset / "imagesTr" / f"{case}_0000.nii.gz", images)
+        shutil.copy(dataset / "labelsTr" / f"{case}.nii.gz", labels)
+    return {"work": work, "env": env, "log": log, "id": dataset_id, "images": images, "labels": labels,
+            "heldout": heldout}
+
+
+def _model(run, plans: str) -> Path:
+    return next(Path(run["env"]["nnUNet_results"]).glob("Dataset004_*")) / f"{TRAINER}__{plans}__{CONFIGURATION}"
+
+
+@pytest.mark.parametrize("plans", ["nnUNetPlans", VARIANT_PLANS])
+def test_predict_and_evaluate_with_a_bsa_model(hippocampus, plans):
+    run = hippocampus
+    model = _model(run, plans)
+    saved = json.loads((model / "plans.json").read_text())["configurations"][CONFIGURATION]["architecture"]
+    # the default plans keep nnU-Net's U-Net in the file; the trainer builds BSA from it. The variant names ours.
+    expected = "dynamic_network_architectures" if plans == "nnUNetPlans" else "nnunet_sparseattn.architectures.bsa"
+    assert saved["network_class_name"].startswith(expected)
+    training_log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "narrow-band loss" in training_log and "Epoch 1" in training_log and "Epoch 2" not in training_log
+    out = run["work"] / f"pred_{plans}"
+    pipeline.predict(run["images"], out, run["id"], CONFIGURATION, 0, TRAINER, run["env"], run["log"], plans=plans,
+                     extra=["--save_probabilities"])
+    summary = pipeline.evaluate(run["labels"], out, run["id"], TRAINER, CONFIGURATION, run["env"], run["log"],
+                                plans=plans)
+    assert len(summary["metric_per_case"]) == len(run["heldout"])
+    for label in ("1", "2"):
+        assert 0.0 <= summary["mean"][label]["Dice"] <= 1.0
+
+
+def test_find_best_configuration_and_ensemble_accept_bsa_models(hippocampus):
+    run = hippocampus
+    for plans in ("nnUNetPlans", VARIANT_PLANS):  # the predictions the ensemble reads
+        if not (run["work"] / f"pred_{plans}").is_dir():
+            pipeline.predict(run["images"], run["work"] / f"pred_{plans}", run["id"], CONFIGURATION, 0, TRAINER,
+                             run["env"], run["log"], plans=plans, extra=["--save_probabilities"])
+    pipeline.run_step(["nnUNetv2_find_best_configuration", run["id"], "-p", "nnUNetPlans", VARIANT_PLANS,
+                       "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0", "-np", "1"], run["env"], run["log"])
+    results = next(Path(run["env"]["nnUNet_results"]).glob("Dataset004_*"))
+    instructions = (results / "inference_instructions.txt").read_text()
+    assert TRAINER in instructions
+    ensembled = run["work"] / "ensemble"
+    pipeline.run_step(["nnUNetv2_ensemble", "-i", run["work"] / "pred_nnUNetPlans", run["work"] / f"pred_{VARIANT_PLANS}",
+                       "-o", ensembled, "-np", "1"], run["env"], run["log"])
+    assert sorted(p.name for p in ensembled.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in run["heldout"])
+
+
+def test_the_stock_trainer_trains_the_variant_plans(hippocampus, monkeypatch):
+    """nnU-Net's own nnUNetTrainer, given nnUNetPlans_BSA, builds and steps our network (no extTrainer needed)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_sparseattn.architectures.bsa import BSAUNet
+
+    env = hippocampus["env"]
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    preprocessed = next(Path(env["nnUNet_preprocessed"]).glob("Dataset004_*"))
+    plans = json.loads((preprocessed / f"{VARIANT_PLANS}.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    plans["continue_training"] = False  # nnU-Net's __init__ reads it (its CLI sets it)
+    trainer = nnUNetTrainer(plans, CONFIGURATION, 0, dataset_json, device=torch.device("cpu"))
+    trainer.initialize()
+    assert isinstance(trainer.network, BSAUNet)
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn(2, 1, *patch)
+    targets = [torch.randint(0, 3, (2, 1, *o.shape[2:])).float() for o in trainer.network(data)]
+    assert np.isfinite(trainer.train_step({"data": data, "target": targets})["loss"])
