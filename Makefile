@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnunet-sparseattn-installed
 MSD    ?=
 
-.PHONY: install test test-fast demo bench-attention clean-demo
+.PHONY: install test test-fast demo bench-attention bench-accuracy clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 bench-attention: $(STAMP)
 	$(PY) benchmarks/attention.py
+
+# BUDGET=cpu (default, ~1 h on 2 cores) or gpu (a CUDA machine); run again to resume a killed benchmark
+bench-accuracy: $(STAMP)
+	$(PY) benchmarks/accuracy.py --budget $(or $(BUDGET),cpu) --update-docs
 
 clean-demo:
 	rm -rf demo_work

@@ -90,7 +90,9 @@ def _info(args: argparse.Namespace) -> int:
 def _convert_2d(args: argparse.Namespace) -> int:
     from nnunet_sparseattn.convert2d import convert_2d
 
-    folder = convert_2d(Path(args.images), Path(args.masks), args.dataset, name=args.name)
+    folder = convert_2d(Path(args.images), Path(args.masks), args.dataset, name=args.name,
+                        mask_suffix=args.mask_suffix, num_test=args.num_test, limit=args.limit,
+                        overwrite=args.overwrite)
     print(folder)
     return 0
 
@@ -123,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", help="folder of images (png, jpg, ...)")
     p.add_argument("masks", help="folder of masks, paired with the images by name")
     p.add_argument("-d", "--dataset", type=int, required=True, help="dataset id to write (DatasetXXX_NAME)")
-    p.add_argument("--name", default="Images2D", help="dataset name (default Images2D)")
+    p.add_argument("--name", help="dataset name (default: the images folder's parent's name)")
+    p.add_argument("--mask-suffix", help="mask name = image stem + suffix, e.g. _segmentation (default: detected)")
+    p.add_argument("--num-test", type=int, default=0, help="cases to hold out into imagesTs/labelsTs")
+    p.add_argument("--limit", type=int, help="convert only the first N pairs (by name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     p.set_defaults(func=_convert_2d)
 
     p = commands.add_parser("make-demo-dataset", help="write the synthetic 3D demo dataset into nnUNet_raw")

@@ -23,3 +23,56 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"the project's shared data folder {SHARED_DATA} is absent (CI has it)")
     return SHARED_DATA
+
+
+# Real data prepared ONCE per test session for every end-to-end test (BSA, MDSA, bilateral, NB): converting and
+# preprocessing costs a minute per dataset on 2 cores. Tests add their own plans files and train their own
+# trainers (separate result folders), so they do not disturb each other.
+HIPPOCAMPUS_TRAINING_CASES = 15
+HIPPOCAMPUS_HELDOUT_CASES = 3
+ISIC_ID = 517
+ISIC_TRAINING_CASES = 20
+ISIC_HELDOUT_CASES = 2
+
+
+@pytest.fixture(scope="session")
+def hippocampus_nnunet(shared_data, tmp_path_factory) -> dict:
+    """MSD Hippocampus through nnUNetv2_convert_MSD_dataset: 15 training cases planned and preprocessed for
+    3d_fullres, and 3 further cases training never sees (``images``/``labels`` folders) for prediction."""
+    import shutil
+
+    from nnunet_sparseattn.demo import pipeline
+
+    work = tmp_path_factory.mktemp("hippocampus")
+    env = pipeline.nnunet_environment(work)
+    log = work / "nnunet.log"
+    dataset_id = pipeline.convert_msd(shared_data / "Task04_Hippocampus", env)
+    dataset = pipeline.dataset_folder(Path(env["nnUNet_raw"]), dataset_id)
+    cases = [p.name[: -len(".nii.gz")] for p in sorted((dataset / "labelsTr").glob("*.nii.gz"))]
+    heldout = cases[HIPPOCAMPUS_TRAINING_CASES:HIPPOCAMPUS_TRAINING_CASES + HIPPOCAMPUS_HELDOUT_CASES]
+    images, labels = work / "heldout_images", work / "heldout_labels"
+    images.mkdir(), labels.mkdir()
+    for case in heldout:
+        shutil.copy(dataset / "imagesTr" / f"{case}_0000.nii.gz", images)
+        shutil.copy(dataset / "labelsTr" / f"{case}.nii.gz", labels)
+    pipeline.keep_training_cases(dataset, HIPPOCAMPUS_TRAINING_CASES)
+    pipeline.plan_and_preprocess(dataset_id, "3d_fullres", env, log)
+    return {"work": work, "env": env, "log": log, "id": dataset_id, "dataset": dataset, "images": images,
+            "labels": labels, "heldout": heldout, "configuration": "3d_fullres"}
+
+
+@pytest.fixture(scope="session")
+def isic_nnunet(shared_data, tmp_path_factory) -> dict:
+    """ISIC 2017 through ``convert_2d`` (20 training cases, 2 in imagesTs/labelsTs), planned and preprocessed 2d."""
+    from nnunet_sparseattn.convert2d import convert_2d
+    from nnunet_sparseattn.demo import pipeline
+
+    work = tmp_path_factory.mktemp("isic2017")
+    env = pipeline.nnunet_environment(work)
+    log = work / "nnunet.log"
+    isic = shared_data / "ISIC2017_256"
+    dataset = convert_2d(isic / "images", isic / "masks", ISIC_ID, raw_root=Path(env["nnUNet_raw"]),
+                         limit=ISIC_TRAINING_CASES + ISIC_HELDOUT_CASES, num_test=ISIC_HELDOUT_CASES)
+    pipeline.plan_and_preprocess(ISIC_ID, "2d", env, log)
+    return {"work": work, "env": env, "log": log, "id": ISIC_ID, "dataset": dataset,
+            "images": dataset / "imagesTs", "labels": dataset / "labelsTs", "configuration": "2d"}

@@ -6,7 +6,6 @@ Slow (minutes): CI runs it. Every nnU-Net command is a subprocess, as a user typ
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,31 +24,17 @@ VARIANT_PLANS = "nnUNetPlans_BSA"
 
 
 @pytest.fixture(scope="module")
-def hippocampus(shared_data, tmp_path_factory):
-    work = tmp_path_factory.mktemp("bsa_hippocampus")
-    env = pipeline.nnunet_environment(work)
-    log = work / "nnunet.log"
-    dataset_id = pipeline.convert_msd(shared_data / "Task04_Hippocampus", env)
-    dataset = pipeline.dataset_folder(Path(env["nnUNet_raw"]), dataset_id)
-    pipeline.keep_training_cases(dataset, 15)
-    pipeline.plan_and_preprocess(dataset_id, CONFIGURATION, env, log)
+def hippocampus(hippocampus_nnunet):
+    run = dict(hippocampus_nnunet)
     plan = subprocess.run(
-        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(dataset_id), "--variant", "bsa",
+        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(run["id"]), "--variant", "bsa",
          "-c", CONFIGURATION],
-        env=env, capture_output=True, text=True,
+        env=run["env"], capture_output=True, text=True,
     )
     assert plan.returncode == 0, plan.stderr
     for plans in ("nnUNetPlans", VARIANT_PLANS):
-        pipeline.train(dataset_id, CONFIGURATION, 0, TRAINER, env, log, plans=plans, extra=["--npz"])
-
-    heldout = pipeline.validation_cases(dataset_id, 0, env)
-    images, labels = work / "heldout_images", work / "heldout_labels"
-    images.mkdir(), labels.mkdir()
-    for case in heldout:
-        shutil.copy(dataset / "imagesTr" / f"{case}_0000.nii.gz", images)
-        shutil.copy(dataset / "labelsTr" / f"{case}.nii.gz", labels)
-    return {"work": work, "env": env, "log": log, "id": dataset_id, "images": images, "labels": labels,
-            "heldout": heldout}
+        pipeline.train(run["id"], CONFIGURATION, 0, TRAINER, run["env"], run["log"], plans=plans, extra=["--npz"])
+    return run
 
 
 def _model(run, plans: str) -> Path:
@@ -66,7 +51,7 @@ def test_predict_and_evaluate_with_a_bsa_model(hippocampus, plans):
     assert saved["network_class_name"].startswith(expected)
     training_log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
     assert "narrow-band loss" in training_log and "Epoch 1" in training_log and "Epoch 2" not in training_log
-    out = run["work"] / f"pred_{plans}"
+    out = run["work"] / f"pred_bsa_{plans}"
     pipeline.predict(run["images"], out, run["id"], CONFIGURATION, 0, TRAINER, run["env"], run["log"], plans=plans,
                      extra=["--save_probabilities"])
     summary = pipeline.evaluate(run["labels"], out, run["id"], TRAINER, CONFIGURATION, run["env"], run["log"],
@@ -79,16 +64,16 @@ def test_predict_and_evaluate_with_a_bsa_model(hippocampus, plans):
 def test_find_best_configuration_and_ensemble_accept_bsa_models(hippocampus):
     run = hippocampus
     for plans in ("nnUNetPlans", VARIANT_PLANS):  # the predictions the ensemble reads
-        if not (run["work"] / f"pred_{plans}").is_dir():
-            pipeline.predict(run["images"], run["work"] / f"pred_{plans}", run["id"], CONFIGURATION, 0, TRAINER,
+        if not (run["work"] / f"pred_bsa_{plans}").is_dir():
+            pipeline.predict(run["images"], run["work"] / f"pred_bsa_{plans}", run["id"], CONFIGURATION, 0, TRAINER,
                              run["env"], run["log"], plans=plans, extra=["--save_probabilities"])
     pipeline.run_step(["nnUNetv2_find_best_configuration", run["id"], "-p", "nnUNetPlans", VARIANT_PLANS,
                        "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0", "-np", "1"], run["env"], run["log"])
     results = next(Path(run["env"]["nnUNet_results"]).glob("Dataset004_*"))
     instructions = (results / "inference_instructions.txt").read_text()
     assert TRAINER in instructions
-    ensembled = run["work"] / "ensemble"
-    pipeline.run_step(["nnUNetv2_ensemble", "-i", run["work"] / "pred_nnUNetPlans", run["work"] / f"pred_{VARIANT_PLANS}",
+    ensembled = run["work"] / "ensemble_bsa"
+    pipeline.run_step(["nnUNetv2_ensemble", "-i", run["work"] / "pred_bsa_nnUNetPlans", run["work"] / f"pred_bsa_{VARIANT_PLANS}",
                        "-o", ensembled, "-np", "1"], run["env"], run["log"])
     assert sorted(p.name for p in ensembled.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in run["heldout"])
 

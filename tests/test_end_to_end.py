@@ -5,7 +5,6 @@ Slow (minutes): CI runs them. Each command is a subprocess, exactly as a user ty
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,24 +108,13 @@ def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, m
     assert all(p.grad.abs().sum() > 0 for p in used if p.ndim > 1)
 
 
-def test_msd_hippocampus_through_the_cli(shared_data, tmp_path):
-    env = pipeline.nnunet_environment(tmp_path)
-    log = tmp_path / "nnunet.log"
-    dataset_id = pipeline.convert_msd(shared_data / "Task04_Hippocampus", env)
-    assert dataset_id == 4
-    dataset = pipeline.dataset_folder(Path(env["nnUNet_raw"]), dataset_id)
-    pipeline.keep_training_cases(dataset, 15)  # a subset keeps CI's time
-    pipeline.plan_and_preprocess(dataset_id, CONFIGURATION, env, log)
-    pipeline.train(dataset_id, CONFIGURATION, 0, TRAINER, env, log)
-
-    heldout = pipeline.validation_cases(dataset_id, 0, env)[:3]
-    images, labels = tmp_path / "heldout_images", tmp_path / "heldout_labels"
-    images.mkdir(), labels.mkdir()
-    for case in heldout:
-        shutil.copy(dataset / "imagesTr" / f"{case}_0000.nii.gz", images)
-        shutil.copy(dataset / "labelsTr" / f"{case}.nii.gz", labels)
-    predictions = tmp_path / "predictions"
-    pipeline.predict(images, predictions, dataset_id, CONFIGURATION, 0, TRAINER, env, log)
-    summary = pipeline.evaluate(labels, predictions, dataset_id, TRAINER, CONFIGURATION, env, log)
+def test_msd_hippocampus_through_the_cli(hippocampus_nnunet):
+    run = hippocampus_nnunet  # converted with nnUNetv2_convert_MSD_dataset, 15 training cases, 3 held out
+    assert run["id"] == 4
+    env, log = run["env"], run["log"]
+    pipeline.train(run["id"], CONFIGURATION, 0, TRAINER, env, log)
+    predictions = run["work"] / "predictions_nb"
+    pipeline.predict(run["images"], predictions, run["id"], CONFIGURATION, 0, TRAINER, env, log)
+    summary = pipeline.evaluate(run["labels"], predictions, run["id"], TRAINER, CONFIGURATION, env, log)
     _assert_dice_in_unit_interval(summary, ["1", "2"])
-    assert len(summary["metric_per_case"]) == 3
+    assert len(summary["metric_per_case"]) == len(run["heldout"]) == 3

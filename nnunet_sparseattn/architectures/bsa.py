@@ -28,6 +28,7 @@ from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecod
 from nnunet_sparseattn.architectures.base import PlansError, PlansNetwork, per_stage, stage_shapes
 from nnunet_sparseattn.layers.bilevel_attention import BSABlock
 from nnunet_sparseattn.layers.routing import clamp_topk
+from nnunet_sparseattn.layers.transformer import num_heads_for
 
 __all__ = ["BSAEncoder", "BSAUNet", "choose_region_size"]
 
@@ -55,13 +56,6 @@ def choose_region_size(shape: Sequence[int], dense_max_tokens: int = DENSE_MAX_T
         return round(abs(sum(logs) - target), 9), float(np.std(logs))  # size first (rounded: ties), then cubic
 
     return list(min(itertools.product(*[_divisors(s) for s in shape]), key=cost))
-
-
-def _num_heads(channels: int, head_dim: int) -> int:
-    heads = max(1, channels // head_dim)
-    while channels % heads:
-        heads -= 1
-    return heads
 
 
 class BSAEncoder(nn.Module):
@@ -243,7 +237,7 @@ class BSAUNet(PlansNetwork):
             nonlin_kwargs,
             attention_from_stage,
             per_stage(blocks_per_stage, n, "blocks_per_stage"),
-            [_num_heads(f, head_dim) for f in features],
+            [num_heads_for(f, head_dim) for f in features],
             regions,
             per_stage(topk, n, "topk"),
             mlp_ratio,

@@ -11,6 +11,7 @@ class ChannelLayerNorm(nn.Module):
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
+        self.channels = channels
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
@@ -19,6 +20,19 @@ class ChannelLayerNorm(nn.Module):
         # fp32 statistics: under fp16 autocast the variance of wide maps overflows/loses precision
         y = F.layer_norm(x.movedim(1, -1).float(), (x.shape[1],), self.weight.float(), self.bias.float(), self.eps)
         return y.movedim(-1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, eps={self.eps}"
+
+
+def num_heads_for(channels: int, head_dim: int = 32) -> int:
+    """Heads of ``head_dim`` channels (at least one; the largest divisor of ``channels`` not above the ratio)."""
+    if head_dim < 1:
+        raise ValueError(f"head_dim must be >= 1, got {head_dim}")
+    heads = max(1, channels // head_dim)
+    while channels % heads:
+        heads -= 1
+    return heads
 
 
 class ConvMlp(nn.Module):

@@ -1,0 +1,390 @@
+"""Bilateral spatial attention network (Sun et al., 2024; modules.md §5) on nnU-Net plans, 2D and 3D.
+
+Read top to bottom, this is the paper's Figure 1 on nnU-Net's stages::
+
+    stem                 conv - norm - act (input channels -> stage 0 width)
+    stage s              ResNeXt blocks (the plans' width, kernel and stride; grouped 3x3 convolutions)  -> f_s
+    attention stages     f_s -> ISAM (6 Swin blocks + conv + residual) -> FSAM (channel weights + conv)  -> f_s
+                         (default: the three largest stages of at most 4096 tokens, never full resolution:
+                         the paper's 1/4 .. 1/16 maps of a 256 x 256 image; see default_isam_stages)
+    decoder              nnU-Net's: transposed conv, concat skip, conv blocks, a head per stage
+    rendering            the attention rendering module refines the most uncertain voxels of the
+                         full-resolution logits with a point head on the last decoder features
+
+Only the attended features go on, to the next stage and to the decoder (the paper's f_i). The point loss of the
+rendering module is added by ``nnUNetTrainerBilateral``: after every forward, ``network.rendered`` holds the
+points and their logits (:class:`~nnunet_sparseattn.layers.point_rendering.RenderedPoints`).
+
+ISAM widths: the stage's width capped at ``isam_max_dim`` (a 1x1 conv in, the ISAM's conv out), or, with
+``swin_embed_dim`` set, Swin's stage widths (embed x 1, 2, 4 for the third-deepest, second-deepest and deepest
+attention stage), so a timm Swin checkpoint maps onto them (``swin_weights.py``). Windows are fitted to each
+stage's shape (``fit_window``) and written into variant plans.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+
+from nnunet_sparseattn.architectures.base import (
+    PlansError,
+    PlansNetwork,
+    normalize_plans_kwargs,
+    stage_shapes,
+)
+from nnunet_sparseattn.layers.fsam import FSAM
+from nnunet_sparseattn.layers.isam import ISAM, ConvNormAct
+from nnunet_sparseattn.layers.point_rendering import AttentionRendering, RenderedPoints
+from nnunet_sparseattn.layers.resnext import ResNeXtStage
+from nnunet_sparseattn.layers.window_attention import fit_window
+
+__all__ = [
+    "PAPER_INPUT",
+    "PAPER_PARAMS",
+    "BilateralAttention",
+    "BilateralDecoder",
+    "BilateralEncoder",
+    "BilateralUNet",
+    "bilateral_paper_network",
+    "default_isam_stages",
+    "isam_widths",
+]
+
+PAPER_PARAMS = 6.36e6
+PAPER_INPUT = (1, 3, 256, 256)
+
+ISAM_MAX_TOKENS = 4096  # largest map (tokens) that gets ISAM by default
+WINDOW = 7  # Swin's window; fitted per stage (fewer, even windows where the stage is not a multiple of 7)
+TRAIN_POINTS = 2048  # PointRend's training points per image; at most a quarter of the patch's voxels
+EVAL_POINTS = 8192  # PointRend's inference points; at most an eighth of the patch's voxels
+
+
+def default_isam_stages(n_stages: int, shapes: Optional[Sequence[Sequence[int]]] = None, count: int = 3,
+                        max_tokens: int = ISAM_MAX_TOKENS) -> list[int]:
+    """Stages that get ISAM + FSAM: the ``count`` largest stages (never stage 0) whose maps have at most
+    ``max_tokens`` tokens (64 x 64 in 2D, 16^3 in 3D: window attention stays affordable), or the bottleneck if no
+    stage is that small. Without ``shapes``: the ``count`` deepest stages."""
+    if shapes is None:
+        return list(range(max(1, n_stages - count), n_stages))
+    small = [s for s in range(1, n_stages) if math.prod(shapes[s]) <= max_tokens]
+    return small[:count] if small else [n_stages - 1]
+
+
+def isam_widths(features: Sequence[int], stages: Sequence[int], max_dim: int = 256,
+                swin_embed_dim: Optional[int] = None) -> list[int]:
+    """Swin width of each ISAM (see the module docstring)."""
+    if swin_embed_dim is None:
+        return [min(int(features[s]), int(max_dim)) for s in stages]
+    widths = []
+    for j, s in enumerate(stages):
+        depth_from_last = len(stages) - 1 - j  # 0: deepest attention stage -> Swin stage 2 (its 6-block stage)
+        widths.append(int(swin_embed_dim) * 2 ** (2 - depth_from_last) if depth_from_last <= 2
+                      else min(int(features[s]), int(max_dim)))
+    return widths
+
+
+class BilateralAttention(nn.Sequential):
+    """ISAM (image space) then FSAM (feature space) on one stage's features."""
+
+    def __init__(self, isam: ISAM, fsam: FSAM):
+        super().__init__()
+        self.isam, self.fsam = isam, fsam
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        return self.isam.compute_conv_feature_map_size(input_size) + self.fsam.compute_conv_feature_map_size(
+            input_size)
+
+
+class BilateralEncoder(nn.Module):
+    """Stem + ResNeXt stages + bilateral attention on the chosen stages; exposes what ``UNetDecoder`` reads."""
+
+    def __init__(
+        self,
+        input_channels: int,
+        features_per_stage: Sequence[int],
+        conv_op: type[nn.Module],
+        kernel_sizes: Sequence[Sequence[int]],
+        strides: Sequence[Sequence[int]],
+        n_blocks_per_stage: Sequence[int],
+        conv_bias: bool,
+        norm_op: Optional[type[nn.Module]],
+        norm_op_kwargs: Optional[dict],
+        dropout_op: Optional[type[nn.Module]],
+        dropout_op_kwargs: Optional[dict],
+        nonlin: Optional[type[nn.Module]],
+        nonlin_kwargs: Optional[dict],
+        isam_stages: Sequence[int],
+        isam_dims: Sequence[int],
+        isam_windows: Sequence[Sequence[int]],
+        isam_depth: int,
+        head_dim: int,
+        mlp_ratio: float,
+        drop_path: float,
+        cardinality: int,
+        fsam_reduction: int,
+        fsam_weighted: str,
+    ) -> None:
+        super().__init__()
+        ops = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
+                   nonlin_kwargs=nonlin_kwargs)
+        self.stem = ConvNormAct(conv_op, input_channels, features_per_stage[0], kernel_sizes[0], **ops)
+        stages, channels = [], features_per_stage[0]
+        for s, features in enumerate(features_per_stage):
+            stages.append(ResNeXtStage(n_blocks_per_stage[s], conv_op, channels, features, kernel_sizes[s],
+                                       strides[s], cardinality=cardinality, **ops))
+            channels = features
+        self.stages = nn.ModuleList(stages)
+        self.attention = nn.ModuleDict()
+        for s, dim, window in zip(isam_stages, isam_dims, isam_windows):
+            isam = ISAM(features_per_stage[s], window, conv_op, dim=dim, depth=isam_depth, head_dim=head_dim,
+                        mlp_ratio=mlp_ratio, drop_path=drop_path, kernel_size=kernel_sizes[s], **ops)
+            fsam = FSAM(features_per_stage[s], conv_op, kernel_sizes[s], reduction=fsam_reduction,
+                        weighted=fsam_weighted, **ops)
+            self.attention[str(s)] = BilateralAttention(isam, fsam)
+        # what UNetDecoder reads from its encoder
+        self.output_channels = list(features_per_stage)
+        self.strides = [list(s) for s in strides]
+        self.kernel_sizes = [list(k) for k in kernel_sizes]
+        self.conv_op, self.conv_bias, self.norm_op, self.norm_op_kwargs = conv_op, conv_bias, norm_op, norm_op_kwargs
+        self.dropout_op, self.dropout_op_kwargs = dropout_op, dropout_op_kwargs
+        self.nonlin, self.nonlin_kwargs = nonlin, nonlin_kwargs
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        skips = []
+        for s, stage in enumerate(self.stages):
+            x = stage(x)
+            if str(s) in self.attention:
+                x = self.attention[str(s)](x)
+            skips.append(x)
+        return skips
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        total = np.int64(self.stem.compute_conv_feature_map_size(input_size))
+        size = list(input_size)
+        for s, stage in enumerate(self.stages):
+            total += stage.compute_conv_feature_map_size(size)
+            size = stage.output_size(size)
+            if str(s) in self.attention:
+                total += self.attention[str(s)].compute_conv_feature_map_size(size)
+        return total
+
+
+class BilateralDecoder(UNetDecoder):
+    """nnU-Net's decoder that also hands back its last (full-resolution) features for the rendering module."""
+
+    def forward(self, skips: list[torch.Tensor]) -> tuple[Union[torch.Tensor, list[torch.Tensor]], torch.Tensor]:
+        x = skips[-1]
+        outputs = []
+        for s in range(len(self.stages)):
+            x = self.stages[s](torch.cat((self.transpconvs[s](x), skips[-(s + 2)]), 1))
+            if self.deep_supervision:
+                outputs.append(self.seg_layers[s](x))
+            elif s == len(self.stages) - 1:
+                outputs.append(self.seg_layers[-1](x))
+        outputs = outputs[::-1]  # highest resolution first
+        return (outputs if self.deep_supervision else outputs[0]), x
+
+
+class BilateralUNet(PlansNetwork):
+    """The bilateral spatial attention network on nnU-Net plans (2D or 3D by ``conv_op``)."""
+
+    own_kwargs = (
+        "isam_stages",
+        "isam_dims",
+        "isam_windows",
+        "isam_max_dim",
+        "swin_embed_dim",
+        "isam_depth",
+        "head_dim",
+        "mlp_ratio",
+        "drop_path",
+        "cardinality",
+        "fsam_reduction",
+        "fsam_weighted",
+        "rendering",
+        "render_train_points",
+        "render_eval_points",
+        "render_channels",
+        "render_layers",
+    )
+
+    def __init__(
+        self,
+        input_channels: int,
+        n_stages: int,
+        features_per_stage: Union[int, Sequence[int]],
+        conv_op: type[nn.Module],
+        kernel_sizes: Union[int, Sequence],
+        strides: Union[int, Sequence],
+        n_conv_per_stage: Union[int, Sequence[int]],
+        num_classes: int,
+        n_conv_per_stage_decoder: Union[int, Sequence[int]],
+        conv_bias: bool = False,
+        norm_op: Optional[type[nn.Module]] = None,
+        norm_op_kwargs: Optional[dict] = None,
+        dropout_op: Optional[type[nn.Module]] = None,
+        dropout_op_kwargs: Optional[dict] = None,
+        nonlin: Optional[type[nn.Module]] = None,
+        nonlin_kwargs: Optional[dict] = None,
+        deep_supervision: bool = False,
+        isam_stages: Optional[Sequence[int]] = None,
+        isam_dims: Optional[Sequence[int]] = None,
+        isam_windows: Optional[Sequence[Sequence[int]]] = None,
+        isam_max_dim: int = 256,
+        swin_embed_dim: Optional[int] = None,
+        isam_depth: int = 6,
+        head_dim: int = 32,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        cardinality: int = 32,
+        fsam_reduction: int = 16,
+        fsam_weighted: str = "input",
+        rendering: bool = True,
+        render_train_points: int = TRAIN_POINTS,
+        render_eval_points: int = EVAL_POINTS,
+        render_channels: int = 64,
+        render_layers: int = 3,
+    ) -> None:
+        """Plans' arguments as ``PlainConvUNet`` (``n_conv_per_stage``: ResNeXt blocks per stage); then our own:
+
+        isam_stages: encoder stages followed by ISAM + FSAM (None: the three deepest; variant plans and our
+            trainers choose them from the patch size: :func:`default_isam_stages`).
+        isam_dims: Swin width of each ISAM, aligned with ``isam_stages`` (None: :func:`isam_widths`).
+        isam_windows: window per stage (one entry per stage; None: 7 per axis). Variant plans and our trainers
+            fit them to the patch (``plans_arch_kwargs``).
+        isam_max_dim, swin_embed_dim: see :func:`isam_widths`.
+        isam_depth: Swin blocks per ISAM (the paper: 6); head_dim: channels per attention head (Swin: 32).
+        cardinality: most ResNeXt paths per grouped convolution (ResNeXt: 32; fewer at small widths).
+        fsam_reduction: FSAM's MLP reduction ratio; fsam_weighted: 'input' (the paper) or 'dilated'.
+        rendering: the attention rendering module (False: the ablation without it).
+        render_train_points, render_eval_points: voxels refined per sample in training / inference.
+        render_channels, render_layers: the point head's MLP.
+        """
+        super().__init__()
+        shared = normalize_plans_kwargs(dict(
+            n_stages=n_stages, features_per_stage=features_per_stage, conv_op=conv_op, kernel_sizes=kernel_sizes,
+            strides=strides, n_conv_per_stage=n_conv_per_stage, n_conv_per_stage_decoder=n_conv_per_stage_decoder,
+            conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
+            dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs))
+        n, features = shared["n_stages"], shared["features_per_stage"]
+        ndim = len(shared["strides"][0])
+        stages, dims, windows = _check_attention_kwargs(
+            n, ndim, features, isam_stages, isam_dims, isam_windows, isam_max_dim, swin_embed_dim, head_dim)
+        self.encoder = BilateralEncoder(
+            input_channels, features, shared["conv_op"], shared["kernel_sizes"], shared["strides"],
+            shared["n_conv_per_stage"], shared["conv_bias"], shared["norm_op"], shared["norm_op_kwargs"],
+            shared["dropout_op"], shared["dropout_op_kwargs"], shared["nonlin"], shared["nonlin_kwargs"],
+            stages, dims, [windows[s] for s in stages], isam_depth, head_dim, mlp_ratio, drop_path, cardinality,
+            fsam_reduction, fsam_weighted)
+        self.decoder = BilateralDecoder(self.encoder, num_classes, shared["n_conv_per_stage_decoder"],
+                                        deep_supervision)
+        self.rendering = (AttentionRendering(features[0], num_classes, render_train_points, render_eval_points,
+                                             channels=render_channels, num_layers=render_layers)
+                          if rendering else None)
+        # the points of the last forward (None without the rendering module); the trainer's point loss reads them
+        self.rendered: Optional[RenderedPoints] = None
+        # nnU-Net's keys for transfer of encoder weights between datasets
+        self.key_to_encoder = "encoder.stages"
+        self.key_to_stem = "encoder.stem"
+        self.keys_to_in_proj = ("encoder.stem.0",)
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        outputs, features = self.decoder(self.encoder(x))
+        if self.rendering is None:
+            return outputs
+        top = outputs[0] if self.decoder.deep_supervision else outputs
+        refined, self.rendered = self.rendering(top, features)
+        return [refined, *outputs[1:]] if self.decoder.deep_supervision else refined
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        total = self.encoder.compute_conv_feature_map_size(input_size)
+        total += self.decoder.compute_conv_feature_map_size(input_size)
+        if self.rendering is not None:
+            total += self.rendering.compute_conv_feature_map_size(input_size)
+        return np.int64(total)
+
+    @classmethod
+    def plans_arch_kwargs(cls, plans_kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
+        shapes = stage_shapes(patch_size, plans_kwargs["strides"])
+        voxels = math.prod(int(p) for p in patch_size)
+        return {
+            "isam_stages": default_isam_stages(int(plans_kwargs["n_stages"]), shapes),
+            "isam_windows": [list(fit_window(shape, WINDOW)) for shape in shapes],
+            "render_train_points": max(1, min(TRAIN_POINTS, voxels // 4)),
+            "render_eval_points": max(1, min(EVAL_POINTS, voxels // 8)),
+        }
+
+    @classmethod
+    def check_patch_size(cls, patch_size: Sequence[int], arch_kwargs: Mapping[str, Any]) -> None:
+        """Windows need not divide their stage (padding is masked); the attention arguments must agree."""
+        if len(patch_size) != len(arch_kwargs["strides"][0]):
+            raise PlansError(f"patch size {list(patch_size)} has {len(patch_size)} axes but the strides have "
+                             f"{len(arch_kwargs['strides'][0])}")
+        _check_attention_kwargs(
+            int(arch_kwargs["n_stages"]), len(patch_size), arch_kwargs["features_per_stage"],
+            arch_kwargs.get("isam_stages"), arch_kwargs.get("isam_dims"), arch_kwargs.get("isam_windows"),
+            arch_kwargs.get("isam_max_dim", 256), arch_kwargs.get("swin_embed_dim"), arch_kwargs.get("head_dim", 32))
+
+
+def _check_attention_kwargs(
+    n: int, ndim: int, features: Sequence[int], isam_stages, isam_dims, isam_windows, isam_max_dim, swin_embed_dim,
+    head_dim: int,
+) -> tuple[list[int], list[int], list[list[int]]]:
+    """The ISAM stages, widths and per-stage windows, defaults filled in; PlansError on inconsistent values."""
+    stages = default_isam_stages(n) if isam_stages is None else [int(s) for s in isam_stages]
+    if any(not 0 <= s < n for s in stages) or len(set(stages)) != len(stages):
+        raise PlansError(f"isam_stages={list(stages)} must be distinct stage indices in 0..{n - 1}")
+    stages = sorted(stages)
+    if isam_dims is None:
+        dims = isam_widths(features, stages, isam_max_dim, swin_embed_dim)
+    else:
+        dims = [int(d) for d in isam_dims]
+        if len(dims) != len(stages):
+            raise PlansError(f"isam_dims has {len(dims)} entries for {len(stages)} isam_stages {stages}: give one "
+                             "width per ISAM stage (or null for the default)")
+    for s, d in zip(stages, dims):
+        heads = max(1, d // head_dim)
+        if d < 1 or d % heads:
+            raise PlansError(f"ISAM width {d} at stage {s} does not split into {heads} heads of about head_dim "
+                             f"{head_dim} channels: choose a multiple of {head_dim}")
+    if isam_windows is None:
+        windows = [[WINDOW] * ndim for _ in range(n)]
+    else:
+        if len(isam_windows) != n:
+            raise PlansError(f"isam_windows has {len(isam_windows)} entries, expected {n} (one per stage)")
+        windows = [[int(w)] * ndim if isinstance(w, (int, float)) else [int(v) for v in w] for w in isam_windows]
+        bad = [s for s, w in enumerate(windows) if len(w) != ndim or min(w) < 1]
+        if bad:
+            raise PlansError(f"isam_windows of stage {bad[0]} is {isam_windows[bad[0]]}: give {ndim} positive "
+                             "window sizes per stage")
+    return stages, dims, windows
+
+
+def bilateral_paper_network(num_classes: int = 2) -> nn.Module:
+    """The paper's 2D setting (RGB, 256 x 256): five ResNeXt stages (32..256 channels, BatchNorm + ReLU as the
+    paper's convolution blocks), bilateral attention on the three deepest with Swin-T's first-stage width (96,
+    3 heads: ImageNet Swin-T weights map onto every ISAM), the rendering module. The paper gives only the total
+    (6.36 M); the widths were chosen to land near it. ``nnunet-sparseattn info --variant bilateral-paper``."""
+    patch = PAPER_INPUT[2:]
+    strides = [[1, 1]] + [[2, 2]] * 4
+    plans = dict(
+        n_stages=5,
+        features_per_stage=[32, 64, 128, 192, 256],
+        conv_op=nn.Conv2d,
+        kernel_sizes=[[3, 3]] * 5,
+        strides=strides,
+        n_conv_per_stage=[1, 2, 2, 2, 1],
+        n_conv_per_stage_decoder=[1, 1, 1, 1],
+        conv_bias=False,
+        norm_op=nn.BatchNorm2d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.ReLU,
+        nonlin_kwargs={"inplace": True},
+    )
+    return BilateralUNet.from_plans(plans, patch, PAPER_INPUT[1], num_classes, deep_supervision=False,
+                                    overrides={"isam_max_dim": 96})

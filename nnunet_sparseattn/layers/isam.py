@@ -1,0 +1,121 @@
+"""Image space attention module (ISAM) of the bilateral spatial attention network (modules.md §5).
+
+    f_{i,j} = STB_{i,j}(f_{i,j-1}),  j = 1..6          (Swin blocks, shifted windows every second block)
+    f_i     = Conv(f_{i,6}) + f_{i,0}                  (Conv = 3x3 conv - norm - nonlinearity, residual)
+
+Norm and nonlinearity are the plans' (the paper's BatchNorm + ReLU in its own 2D configuration). The Swin blocks
+may run at their own width ``dim`` (e.g. a Swin checkpoint's 96/192/384 channels): a 1x1 convolution then maps the
+stage's channels to ``dim`` and the 3x3 convolution maps back; the residual stays on the stage's features.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Type
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from nnunet_sparseattn.layers.window_attention import SwinBlock
+
+__all__ = ["ISAM", "ConvNormAct"]
+
+
+class ConvNormAct(nn.Sequential):
+    """conv -> norm -> nonlinearity, 'same' padding (dilation aware), 2D/3D by ``conv_op``."""
+
+    def __init__(
+        self,
+        conv_op: Type[nn.Module],
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        conv_bias: bool = False,
+        norm_op: Optional[Type[nn.Module]] = None,
+        norm_op_kwargs: Optional[dict] = None,
+        nonlin: Optional[Type[nn.Module]] = None,
+        nonlin_kwargs: Optional[dict] = None,
+    ):
+        ndim = _ndim(conv_op)
+        kernel = [int(kernel_size)] * ndim if isinstance(kernel_size, int) else [int(k) for k in kernel_size]
+        padding = [dilation * (k - 1) // 2 for k in kernel]
+        # a kernel of 1 along an axis (anisotropic plans) is not dilated there
+        dil = [dilation if k > 1 else 1 for k in kernel]
+        layers = [conv_op(in_channels, out_channels, kernel, stride, padding, dilation=dil, groups=groups,
+                          bias=conv_bias)]
+        if norm_op is not None:
+            layers.append(norm_op(out_channels, **(norm_op_kwargs or {})))
+        if nonlin is not None:
+            layers.append(nonlin(**(nonlin_kwargs or {})))
+        super().__init__(*layers)
+        self.out_channels = out_channels
+        self.stride = [int(stride)] * ndim if isinstance(stride, int) else [int(s) for s in stride]
+
+    def output_size(self, input_size: Sequence[int]) -> list[int]:
+        return [-(-int(i) // s) for i, s in zip(input_size, self.stride)]
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """One output map per block, as nnU-Net's ``ConvDropoutNormReLU`` counts."""
+        return int(np.prod([self.out_channels, *self.output_size(input_size)], dtype=np.int64))
+
+
+def _ndim(conv_op: Type[nn.Module]) -> int:
+    ndim = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}.get(conv_op)
+    if ndim is None:
+        raise ValueError(f"conv_op {conv_op} is not torch.nn.Conv1d/2d/3d")
+    return ndim
+
+
+class ISAM(nn.Module):
+    """``depth`` Swin blocks (windows ``window``, fixed for the stage) + Conv + residual, on (B, C, *S) maps."""
+
+    def __init__(
+        self,
+        channels: int,
+        window: Sequence[int],
+        conv_op: Type[nn.Module],
+        dim: Optional[int] = None,
+        depth: int = 6,
+        head_dim: int = 32,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        kernel_size: int | Sequence[int] = 3,
+        conv_bias: bool = False,
+        norm_op: Optional[Type[nn.Module]] = None,
+        norm_op_kwargs: Optional[dict] = None,
+        nonlin: Optional[Type[nn.Module]] = None,
+        nonlin_kwargs: Optional[dict] = None,
+    ):
+        super().__init__()
+        dim = int(dim or channels)
+        if len(window) != _ndim(conv_op):
+            raise ValueError(f"window {tuple(window)} must have one entry per spatial axis of {conv_op.__name__}")
+        if depth < 1:
+            raise ValueError(f"ISAM depth {depth} must be at least 1")
+        num_heads = max(1, dim // head_dim)
+        if dim % num_heads:
+            raise ValueError(f"ISAM width {dim} is not a multiple of head_dim {head_dim}; choose a width that is")
+        self.channels, self.dim, self.num_heads, self.window = channels, dim, num_heads, tuple(window)
+        self.proj_in = conv_op(channels, dim, 1) if dim != channels else nn.Identity()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window, shift=bool(j % 2), mlp_ratio=mlp_ratio, drop_path=drop_path)
+            for j in range(depth)
+        )
+        self.conv = ConvNormAct(conv_op, dim, channels, kernel_size, conv_bias=conv_bias, norm_op=norm_op,
+                                norm_op_kwargs=norm_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj_in(x).movedim(1, -1)  # channels-last for the Swin blocks
+        for block in self.blocks:
+            y = block(y)
+        return self.conv(y.movedim(-1, 1).contiguous()) + x
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        tokens = int(np.prod(input_size, dtype=np.int64))
+        # per block: LN, qkv (3C), attention output, proj, LN, fc1 (mlp_ratio C), GELU, fc2 -> ~ (8 + 2 r) C maps
+        hidden = self.blocks[0].mlp.fc1.out_features
+        per_block = tokens * (7 * self.dim + 2 * hidden)
+        stem = 0 if isinstance(self.proj_in, nn.Identity) else tokens * self.dim
+        return stem + per_block * len(self.blocks) + self.conv.compute_conv_feature_map_size(input_size)

@@ -1,0 +1,250 @@
+"""n-dimensional Swin Transformer block: window attention with relative position bias and shifted windows.
+
+Swin (Liu et al., ICCV 2021) for 2D and 3D feature maps of any shape. Three departures from the 2D original, all
+needed for nnU-Net's stage shapes (e.g. 5 x 7 x 5 at a bottleneck):
+
+- windows are fitted to the stage shape (``fit_window``): per axis the fewest windows of at most ``window`` tokens,
+  made as even as possible, so a 10-token axis gets two windows of 5 rather than one padded window of 7;
+- the map is padded to whole windows and padded keys are MASKED (Swin's segmentation code pads with zeros and lets
+  them be attended);
+- an axis that fits in one window is not shifted (as Swin does when the resolution equals the window).
+
+The parameter names (``norm1``, ``attn.qkv``, ``attn.proj``, ``attn.relative_position_bias_table``, ``norm2``,
+``mlp.fc1``, ``mlp.fc2``) and the bias table layout (``prod(2 w - 1)`` rows, row-major over the axes' offsets) are
+timm's, so a timm Swin checkpoint maps onto these blocks (``architectures/swin_weights.py``).
+
+Attention runs through ``scaled_dot_product_attention`` with one additive mask (relative bias + -inf where a key
+is padding or on the other side of a shifted window's wrap): softmax in the kernel's own accumulation precision,
+safe under fp16 autocast.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "Mlp",
+    "SwinBlock",
+    "WindowAttention",
+    "fit_window",
+    "relative_position_index",
+    "window_attention_mask",
+    "window_partition",
+    "window_reverse",
+]
+
+
+def fit_window(shape: Sequence[int], window: int | Sequence[int]) -> tuple[int, ...]:
+    """The window (tokens per axis) used on a map of ``shape``: the fewest windows of at most ``window`` per axis,
+    as even as possible (``n = ceil(S / w)``, then ``w = ceil(S / n)``), so padding stays below one token per
+    window."""
+    window = [int(window)] * len(shape) if isinstance(window, int) else [int(w) for w in window]
+    if len(window) != len(shape):
+        raise ValueError(f"window {window} must have one entry per spatial axis of {tuple(shape)}")
+    if any(w < 1 for w in window) or any(int(s) < 1 for s in shape):
+        raise ValueError(f"window {window} and shape {tuple(shape)} must be positive")
+    out = []
+    for s, w in zip(shape, window):
+        n = -(-int(s) // w)
+        out.append(-(-int(s) // n))
+    return tuple(out)
+
+
+def relative_position_index(window: Sequence[int]) -> torch.Tensor:
+    """(N, N) index into a bias table of ``prod(2 w - 1)`` rows, N = prod(w): row-major over the per-axis offsets
+    ``d_a + w_a - 1`` (timm's layout in 2D)."""
+    coords = torch.stack(torch.meshgrid(*[torch.arange(w) for w in window], indexing="ij")).flatten(1)  # (n, N)
+    rel = coords[:, :, None] - coords[:, None, :]  # (n, N, N)
+    index = torch.zeros(rel.shape[1:], dtype=torch.long)
+    for axis, w in enumerate(window):
+        index = index * (2 * w - 1) + rel[axis] + (w - 1)
+    return index
+
+
+def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """(B, *S, C) with S divisible by ``window`` -> (B, nW, N, C), windows in row-major order."""
+    b, *spatial, c = x.shape
+    n = len(window)
+    grid = [s // w for s, w in zip(spatial, window)]
+    shape = [b]
+    for g, w in zip(grid, window):
+        shape += [g, w]
+    x = x.reshape(*shape, c)
+    # (B, g0, w0, g1, w1, ..., C) -> (B, g0, g1, ..., w0, w1, ..., C)
+    perm = [0] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [1 + 2 * n]
+    return x.permute(perm).reshape(b, math.prod(grid), math.prod(window), c)
+
+
+def window_reverse(windows: torch.Tensor, window: Sequence[int], spatial: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (B, nW, N, C) -> (B, *spatial, C)."""
+    b, _, _, c = windows.shape
+    n = len(window)
+    grid = [s // w for s, w in zip(spatial, window)]
+    x = windows.reshape(b, *grid, *window, c)
+    perm = [0]
+    for i in range(n):
+        perm += [1 + i, 1 + n + i]
+    perm.append(1 + 2 * n)
+    return x.permute(perm).reshape(b, *spatial, c)
+
+
+def window_attention_mask(
+    shape: Sequence[int],
+    padded: Sequence[int],
+    window: Sequence[int],
+    shift: Sequence[int],
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """Which keys each query may attend to, per window: bool (nW, N, N), True = allowed.
+
+    The map (``shape``, padded at the end to ``padded``) has been rolled by ``-shift``. Within a window, two tokens
+    may attend to each other when they lie on the same side of the roll's wrap along every axis (Swin's shifted
+    window mask) and the key is not padding. A token may always attend to itself, so no row is empty (only padded
+    queries can lose every other key, and their outputs are cropped away).
+    """
+    groups = torch.zeros(padded, dtype=torch.long, device=device)
+    valid = torch.ones(padded, dtype=torch.bool, device=device)
+    for axis, (s, p, sh) in enumerate(zip(shape, padded, shift)):
+        pos = torch.arange(p, device=device)
+        view = [1] * len(padded)
+        view[axis] = p
+        original = (pos + sh) % p  # the token at rolled position i came from (i + shift) mod padded
+        wrapped = (pos >= p - sh) if sh > 0 else torch.zeros(p, dtype=torch.bool, device=device)
+        groups = groups + (wrapped.long() << axis).view(view)
+        valid = valid & (original < s).view(view)
+    g = window_partition(groups[None, ..., None], window)[0, :, :, 0]  # (nW, N)
+    v = window_partition(valid[None, ..., None], window)[0, :, :, 0]
+    allowed = (g[:, :, None] == g[:, None, :]) & v[:, None, :]
+    eye = torch.eye(g.shape[1], dtype=torch.bool, device=device)
+    return allowed | eye
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows of ``window`` tokens with a learned relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, window: Sequence[int], qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
+        self.dim, self.num_heads, self.window = dim, num_heads, tuple(int(w) for w in window)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros(math.prod(2 * w - 1 for w in self.window), num_heads)
+        )
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        # derived from the window: not part of the state dict (as in timm)
+        self.register_buffer("relative_position_index", relative_position_index(self.window), persistent=False)
+
+    def relative_position_bias(self) -> torch.Tensor:
+        """(heads, N, N) additive bias, float32."""
+        n = math.prod(self.window)
+        bias = self.relative_position_bias_table.float()[self.relative_position_index.view(-1)]
+        return bias.view(n, n, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, windows: torch.Tensor, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``windows`` (B, nW, N, C); ``allowed`` bool (nW, N, N) or None (every key)."""
+        b, nw, n, c = windows.shape
+        h = self.num_heads
+        qkv = self.qkv(windows).reshape(b, nw, n, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
+        bias = self.relative_position_bias()  # (heads, N, N), fp32
+        if allowed is None:  # one bias for every window: (B x nW, heads) batches, the bias broadcasts
+            q, k, v = (t.reshape(b * nw, h, n, c // h) for t in qkv.unbind(0))
+            mask = bias[None].to(q.dtype)
+        else:  # windows x heads on one axis: the per-window mask broadcasts over the batch, not copied per sample
+            q, k, v = (t.reshape(b, nw * h, n, c // h) for t in qkv.unbind(0))
+            mask = bias[None].masked_fill(~allowed[:, None], float("-inf"))  # (nW, heads, N, N)
+            mask = mask.reshape(1, nw * h, n, n).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.reshape(b, nw, h, n, c // h).transpose(2, 3).reshape(b, nw, n, c)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity at rate 0 and in eval mode)."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = float(rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.rate)
+        return x * keep / (1.0 - self.rate)
+
+
+class SwinBlock(nn.Module):
+    """x + Attn_W(LN(x)); x + MLP(LN(x)) on channels-last maps (B, *S, C); ``shift`` rolls windows by half.
+
+    ``window`` is the block's window (fixed at construction: it sizes the bias table). Any input shape works: a
+    map smaller than the window is padded and masked, an axis no longer than its window is not shifted.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: Sequence[int],
+        shift: bool = False,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        qkv_bias: bool = True,
+    ):
+        super().__init__()
+        self.window = tuple(int(w) for w in window)
+        self.shift = bool(shift)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, self.window, qkv_bias)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def shifts(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """Per-axis roll of this block on a map of ``spatial`` tokens (0 where the axis fits one window)."""
+        if not self.shift:
+            return (0,) * len(spatial)
+        return tuple(w // 2 if s > w else 0 for s, w in zip(spatial, self.window))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = tuple(x.shape[1:-1])
+        if len(spatial) != len(self.window):
+            raise ValueError(f"a {len(self.window)}D Swin block got a map of shape {tuple(x.shape)}")
+        shift = self.shifts(spatial)
+        padded = tuple(-(-s // w) * w for s, w in zip(spatial, self.window))
+        axes = tuple(range(1, 1 + len(spatial)))
+
+        y = self.norm1(x)
+        if padded != spatial:
+            pad = []
+            for s, p in zip(reversed(spatial), reversed(padded)):
+                pad += [0, p - s]
+            y = F.pad(y, [0, 0] + pad)
+        if any(shift):
+            y = torch.roll(y, shifts=[-s for s in shift], dims=axes)
+        allowed = None
+        if any(shift) or padded != spatial:
+            allowed = window_attention_mask(spatial, padded, self.window, shift, device=x.device)
+        y = self.attn(window_partition(y, self.window), allowed)
+        y = window_reverse(y, self.window, padded)
+        if any(shift):
+            y = torch.roll(y, shifts=list(shift), dims=axes)
+        if padded != spatial:
+            y = y[(slice(None),) + tuple(slice(0, s) for s in spatial)]
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -1,0 +1,126 @@
+"""The bilateral network through nnU-Net's own CLI: ISIC 2017 in 2D (our trainer on nnU-Net's default plans) and
+MSD Hippocampus in 3D (``nnunet-sparseattn plan --variant bilateral``, then training on those plans), each trained
+with ``nnUNetTrainerBilateral_debug`` on the CPU, then predicted and evaluated.
+
+Slow (minutes): CI runs them. They check the plumbing, not accuracy, on 2 CPU cores: small subsets, the plans'
+batch size cut to 2, and the ISIC images downsized to 64 x 64 (at 256 x 256 one CPU training step of the 7-stage
+2D network takes over 10 s; the paper-scale figures are ``info --variant bilateral-paper``'s).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from nnunet_sparseattn.convert2d import convert_2d
+from nnunet_sparseattn.demo import pipeline
+
+pytestmark = pytest.mark.slow
+
+TRAINER = "nnUNetTrainerBilateral_debug"
+ISIC_ID = 971
+
+
+def _set_batch_size(env: dict, dataset_id: int, configuration: str, batch_size: int) -> None:
+    preprocessed = next(Path(env["nnUNet_preprocessed"]).glob(f"Dataset{dataset_id:03d}_*"))
+    path = preprocessed / "nnUNetPlans.json"
+    plans = json.loads(path.read_text())
+    plans["configurations"][configuration]["batch_size"] = batch_size
+    path.write_text(json.dumps(plans, indent=4))
+
+
+def _downsized(isic: Path, target: Path, cases: int, size: int) -> Path:
+    """The first ``cases`` ISIC images and masks at ``size`` x ``size`` (masks nearest), in ISIC's own layout."""
+    (target / "images").mkdir(parents=True), (target / "masks").mkdir(parents=True)
+    for image in sorted((isic / "images").glob("*.jpg"))[:cases]:
+        mask = isic / "masks" / f"{image.stem}_segmentation.png"
+        Image.open(image).convert("RGB").resize((size, size), Image.BILINEAR).save(target / "images" / image.name)
+        Image.open(mask).resize((size, size), Image.NEAREST).save(target / "masks" / mask.name)
+    return target
+
+
+def _check_run(env: dict, dataset_id: int, configuration: str, plans: str) -> dict:
+    model = next(Path(env["nnUNet_results"]).glob(f"Dataset{dataset_id:03d}_*")) / \
+        f"{TRAINER}__{plans}__{configuration}"
+    fold = model / "fold_0"
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "attention rendering: point loss weight 1.0" in log
+    assert "Epoch 1" in log and "Epoch 2" not in log
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER
+    weights = checkpoint["network_weights"]
+    assert any(k.startswith("rendering.head.") for k in weights)
+    assert any(".isam.blocks.5.attn.relative_position_bias_table" in k for k in weights)
+    assert (fold / "validation" / "summary.json").is_file()  # nnU-Net's final sliding-window validation ran
+    return json.loads((model / "plans.json").read_text())
+
+
+def test_isic2017_2d_through_the_cli(shared_data, tmp_path):
+    env = pipeline.nnunet_environment(tmp_path)
+    log = tmp_path / "nnunet.log"
+    isic = shared_data / "ISIC2017_256"
+    if not isic.is_dir():
+        pytest.skip(f"{isic} is absent")
+    small = _downsized(isic, tmp_path / "isic64", cases=14, size=64)
+    dataset = convert_2d(small / "images", small / "masks", ISIC_ID, name="ISIC2017", raw_root=Path(env["nnUNet_raw"]),
+                         num_test=2)
+    pipeline.plan_and_preprocess(ISIC_ID, "2d", env, log)
+    _set_batch_size(env, ISIC_ID, "2d", 2)
+    pipeline.train(ISIC_ID, "2d", 0, TRAINER, env, log)
+    saved = _check_run(env, ISIC_ID, "2d", "nnUNetPlans")
+    # the default plans keep nnU-Net's U-Net in the file; our trainer builds the bilateral network from it
+    assert saved["configurations"]["2d"]["architecture"]["network_class_name"].startswith("dynamic_network")
+
+    predictions = tmp_path / "predictions"
+    pipeline.predict(dataset / "imagesTs", predictions, ISIC_ID, "2d", 0, TRAINER, env, log)
+    assert len(list(predictions.glob("*.png"))) == 2
+    summary = pipeline.evaluate(dataset / "labelsTs", predictions, ISIC_ID, TRAINER, "2d", env, log)
+    assert len(summary["metric_per_case"]) == 2
+    assert 0.0 <= summary["mean"]["1"]["Dice"] <= 1.0
+
+
+def test_hippocampus_3d_variant_plans_through_the_cli(shared_data, tmp_path):
+    env = pipeline.nnunet_environment(tmp_path)
+    log = tmp_path / "nnunet.log"
+    dataset_id = pipeline.convert_msd(shared_data / "Task04_Hippocampus", env)
+    dataset = pipeline.dataset_folder(Path(env["nnUNet_raw"]), dataset_id)
+    pipeline.keep_training_cases(dataset, 10)
+    pipeline.plan_and_preprocess(dataset_id, "3d_fullres", env, log)
+    _set_batch_size(env, dataset_id, "3d_fullres", 2)
+    plan = subprocess.run(
+        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(dataset_id), "--variant",
+         "bilateral", "-c", "3d_fullres"],
+        env=env, capture_output=True, text=True,
+    )
+    assert plan.returncode == 0, plan.stderr
+    preprocessed = next(Path(env["nnUNet_preprocessed"]).glob("Dataset004_*"))
+    variant = json.loads((preprocessed / "nnUNetPlans_Bilateral.json").read_text())
+    arch = variant["configurations"]["3d_fullres"]["architecture"]
+    assert arch["network_class_name"] == "nnunet_sparseattn.architectures.bilateral.BilateralUNet"
+    assert arch["arch_kwargs"]["isam_stages"] and len(arch["arch_kwargs"]["isam_windows"]) == \
+        arch["arch_kwargs"]["n_stages"]
+
+    pipeline.train(dataset_id, "3d_fullres", 0, TRAINER, env, log, plans="nnUNetPlans_Bilateral")
+    saved = _check_run(env, dataset_id, "3d_fullres", "nnUNetPlans_Bilateral")
+    assert saved["configurations"]["3d_fullres"]["architecture"] == arch
+
+    heldout = pipeline.validation_cases(dataset_id, 0, env)[:2]
+    images, labels = tmp_path / "heldout_images", tmp_path / "heldout_labels"
+    images.mkdir(), labels.mkdir()
+    for case in heldout:
+        shutil.copy(dataset / "imagesTr" / f"{case}_0000.nii.gz", images)
+        shutil.copy(dataset / "labelsTr" / f"{case}.nii.gz", labels)
+    predictions = tmp_path / "predictions"
+    pipeline.predict(images, predictions, dataset_id, "3d_fullres", 0, TRAINER, env, log,
+                     plans="nnUNetPlans_Bilateral")
+    summary = pipeline.evaluate(labels, predictions, dataset_id, TRAINER, "3d_fullres", env, log,
+                                plans="nnUNetPlans_Bilateral")
+    assert len(summary["metric_per_case"]) == 2
+    for label in ("1", "2"):
+        assert 0.0 <= summary["mean"][label]["Dice"] <= 1.0

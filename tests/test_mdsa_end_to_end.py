@@ -1,0 +1,107 @@
+"""MDSA-UNet through nnU-Net's own CLI: 2D on ISIC 2017 (converted by convert_2d) and 3D on MSD Hippocampus.
+
+Slow (minutes): CI runs them. Every nnU-Net command is a subprocess, as a user types it; small subsets of cases keep
+each training run to a couple of minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_sparseattn.demo import pipeline
+
+pytestmark = pytest.mark.slow
+
+TRAINER = "nnUNetTrainerMDSA_debug"
+VARIANT_PLANS = "nnUNetPlans_MDSA"
+
+
+def _checkpoint(env: dict, dataset_id: int, plans: str, configuration: str) -> dict:
+    model = next(Path(env["nnUNet_results"]).glob(f"Dataset{dataset_id:03d}_*")) / \
+        f"{TRAINER}__{plans}__{configuration}"
+    return torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+
+
+def _assert_mdsa_checkpoint(checkpoint: dict) -> None:
+    assert checkpoint["trainer_name"] == TRAINER
+    keys = checkpoint["network_weights"].keys()
+    # MDSA blocks (encoder stage 2) and EUF upsampling: our network, not nnU-Net's U-Net
+    assert any(k.startswith("encoder.stages.2.1.attn.aggregate.") for k in keys), list(keys)[:10]
+    assert any(k.startswith("decoder.upsampling.0.gate.") for k in keys)
+
+
+def _assert_dice(summary: dict, labels: list[str], cases: int) -> None:
+    assert len(summary["metric_per_case"]) == cases
+    for label in labels:
+        dice = summary["mean"][label]["Dice"]
+        assert isinstance(dice, float) and 0.0 <= dice <= 1.0, (label, dice)
+
+
+def test_isic_2017_in_2d_through_convert_2d_and_the_cli(isic_nnunet):
+    run = isic_nnunet  # 20 training cases converted by convert_2d, 2 held out (imagesTs/labelsTs)
+    env, log = run["env"], run["log"]
+    pipeline.train(run["id"], "2d", 0, TRAINER, env, log)
+    _assert_mdsa_checkpoint(_checkpoint(env, run["id"], "nnUNetPlans", "2d"))
+
+    predictions = run["work"] / "predictions_mdsa"
+    pipeline.predict(run["images"], predictions, run["id"], "2d", 0, TRAINER, env, log)
+    assert sorted(p.name for p in predictions.glob("*.png")) == sorted(p.name for p in run["labels"].glob("*.png"))
+    summary = pipeline.evaluate(run["labels"], predictions, run["id"], TRAINER, "2d", env, log)
+    _assert_dice(summary, ["1"], 2)
+
+
+@pytest.fixture(scope="module")
+def hippocampus(hippocampus_nnunet):
+    run = dict(hippocampus_nnunet)
+    plan = subprocess.run(
+        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(run["id"]), "--variant", "mdsa",
+         "-c", "3d_fullres"],
+        env=run["env"], capture_output=True, text=True, check=False,
+    )
+    assert plan.returncode == 0, plan.stderr
+    return run
+
+
+def test_hippocampus_in_3d_train_predict_evaluate(hippocampus):
+    """Our trainer on nnU-Net's default plans (the variant plans are stepped below: one CPU training is enough)."""
+    run = hippocampus
+    plans = "nnUNetPlans"
+    pipeline.train(run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans)
+    _assert_mdsa_checkpoint(_checkpoint(run["env"], run["id"], plans, "3d_fullres"))
+    out = run["work"] / f"pred_mdsa_{plans}"
+    pipeline.predict(run["images"], out, run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans)
+    summary = pipeline.evaluate(run["labels"], out, run["id"], TRAINER, "3d_fullres", run["env"], run["log"],
+                                plans=plans)
+    _assert_dice(summary, ["1", "2"], len(run["heldout"]))
+
+
+def test_variant_plans_name_mdsa_and_the_stock_trainer_trains_them(hippocampus, monkeypatch):
+    """nnU-Net's own nnUNetTrainer, given nnUNetPlans_MDSA, builds and steps MDSA-UNet (no extTrainer needed)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_sparseattn.architectures.mdsa import MDSAUNet
+
+    env = hippocampus["env"]
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    preprocessed = next(Path(env["nnUNet_preprocessed"]).glob("Dataset004_*"))
+    plans = json.loads((preprocessed / f"{VARIANT_PLANS}.json").read_text())
+    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    assert arch["network_class_name"] == "nnunet_sparseattn.architectures.mdsa.MDSAUNet"
+    assert arch["arch_kwargs"]["grids"][2] is not None  # chosen for the patch and written down
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    plans["continue_training"] = False  # what nnUNetv2_train's get_trainer_from_args adds
+    trainer = nnUNetTrainer(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer.initialize()
+    assert isinstance(trainer.network, MDSAUNet)
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn(2, 1, *patch)
+    targets = [torch.randint(0, 3, (2, 1, *o.shape[2:])).float() for o in trainer.network(data)]
+    assert np.isfinite(trainer.train_step({"data": data, "target": targets})["loss"])
