@@ -115,8 +115,8 @@ def train_and_measure(trainer_cls: type, plans: dict, dataset_json: dict, device
         gt = np.asarray(Image.open(gt_folder / pred_path.name)) == 1
         per_case.append(boundary_metrics(pred, gt))
     mean = {k: float(np.mean([c[k] for c in per_case])) for k in per_case[0]}
-    logged = trainer.logger.my_fantastic_logging
-    return {"cases": len(per_case), "seconds": round(seconds, 1), "final_train_loss": float(logged["train_losses"][-1]),
+    train_losses = trainer.logger.get_value("train_losses", None)
+    return {"cases": len(per_case), "seconds": round(seconds, 1), "final_train_loss": round(float(train_losses[-1]), 4),
             **{k: round(v, 4) for k, v in mean.items()}}
 
 
@@ -124,9 +124,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=int, default=160, help="ISIC cases used (fold 0 validates a fifth)")
     parser.add_argument("--size", type=int, default=64, help="images are downsized to size x size")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=20, help="training iterations per epoch")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--runs", default="with,without",
+                        help="which runs: with, without or both (results are merged into --out)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
@@ -140,6 +142,8 @@ def main() -> int:
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (work / name).mkdir(parents=True, exist_ok=True)
         os.environ[name] = str(work / name)
+    # before torch loads OpenMP: on a shared CPU, spinning OpenMP threads made a step 10x slower here
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("nnUNet_compile", "f")
     os.environ["nnUNet_n_proc_DA"] = "0"
     os.environ.setdefault("nnUNet_def_n_proc", str(min(os.cpu_count() or 1, 4)))
@@ -163,14 +167,18 @@ def main() -> int:
     plans["configurations"]["2d"]["batch_size"] = args.batch
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
 
-    results = {"setting": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "patch_size": plans["configurations"]["2d"]["patch_size"]}
-    for key, trainer in (("with_rendering", nnUNetTrainerBilateral),
-                         ("without_rendering", nnUNetTrainerBilateral_noRendering)):
-        results[key] = train_and_measure(schedule(trainer, args.epochs, args.iterations), plans, dataset_json,
-                                         args.device, args.seed)
-        print(key, json.dumps(results[key]), flush=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    setting = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("runs", "out")}
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if results.get("setting") != setting:  # results of another setting are not mixed in
+        results = {"setting": setting}
+    results["patch_size"] = plans["configurations"]["2d"]["patch_size"]
+    for key, trainer in (("with", nnUNetTrainerBilateral), ("without", nnUNetTrainerBilateral_noRendering)):
+        if key not in args.runs.split(","):
+            continue
+        results[f"{key}_rendering"] = train_and_measure(schedule(trainer, args.epochs, args.iterations), plans,
+                                                        dataset_json, args.device, args.seed)
+        print(key, json.dumps(results[f"{key}_rendering"]), flush=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")  # after each run: a long benchmark keeps its part
     print(f"written {args.out}")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
