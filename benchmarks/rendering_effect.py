@@ -1,7 +1,7 @@
 """Effect of the attention rendering module: the bilateral network trained with and without it, same data, same
 schedule, same seed; boundary metrics of nnU-Net's own fold-0 validation predictions.
 
-    .venv/bin/python benchmarks/rendering_effect.py                     # ISIC 2017 subset, CPU, ~10 min
+    .venv/bin/python benchmarks/rendering_effect.py                     # ISIC 2017 subset, CPU: 9.5 min
     .venv/bin/python benchmarks/rendering_effect.py --cases 400 --epochs 40 --device cuda
 
 Data: the first ``--cases`` ISIC 2017 images of ``../shared/data/ISIC2017_256``, downsized to ``--size`` pixels
@@ -167,7 +167,7 @@ def main() -> int:
     plans["configurations"]["2d"]["batch_size"] = args.batch
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
 
-    setting = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("runs", "out")}
+    setting = {k: v for k, v in vars(args).items() if k not in ("runs", "out", "work")}
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if results.get("setting") != setting:  # results of another setting are not mixed in
         results = {"setting": setting}

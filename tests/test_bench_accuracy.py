@@ -328,14 +328,14 @@ def test_main_rejects_bad_arguments_in_one_line(tmp_path, capsys):
 @needs_medpy
 def test_harness_end_to_end_on_hippocampus(shared_data, tmp_path):
     work, out = tmp_path / "work", tmp_path / "results"
-    args = ["--budget", "tiny", "--datasets", "hippocampus", "--trainers", "nnUNetTrainer,nnUNetTrainerNB",
+    args = ["--budget", "tiny", "--datasets", "hippocampus", "--trainers", "nnUNetTrainer",
             "--work", str(work), "--data", str(shared_data), "--out-dir", str(out),
             "--section", str(tmp_path / "section.md")]
     assert accuracy.main(args) == 0
     results = json.loads((out / "accuracy-cpu-tiny.json").read_text())
     dataset = results["datasets"]["hippocampus"]
     assert dataset["prepared"] and dataset["training_cases"] == 8 and len(dataset["predicted_cases"]) == 1
-    assert list(dataset["runs"]) == ["nnUNetTrainer", "nnUNetTrainerNB"]
+    assert list(dataset["runs"]) == ["nnUNetTrainer"]  # one trainer keeps CI short; the unit tests cover several
     results_root = work / "nnUNet_results" / "Dataset004_Hippocampus"
     for trainer, r in dataset["runs"].items():
         assert r["status"] == "done", r
@@ -353,12 +353,10 @@ def test_harness_end_to_end_on_hippocampus(shared_data, tmp_path):
             {"0": (1, True), "1": (1, False)}
         assert r["s_per_iter"] == pytest.approx(timing["epochs"]["1"]["train_s"])
         assert not (fold / "validation").exists()  # nnU-Net's own final validation skipped
-    # both trainers build nnU-Net's default U-Net from the plans: the same parameters and FLOPs
-    stock, nb = dataset["runs"]["nnUNetTrainer"], dataset["runs"]["nnUNetTrainerNB"]
-    assert stock["params"] == nb["params"] and stock["flops"] == nb["flops"]
+    stock = dataset["runs"]["nnUNetTrainer"]
     assert (out / "accuracy-cpu-tiny.png").read_bytes()[:4] == b"\x89PNG"
     section = (tmp_path / "section.md").read_text()
-    assert "| MSD Hippocampus | stock nnU-Net |" in section and "| MSD Hippocampus | NB |" in section
+    assert "| MSD Hippocampus | stock nnU-Net |" in section
 
     # run again: nothing is redone
     logs = sorted(results_root.glob("*/fold_0/training_log_*.txt"))
@@ -367,12 +365,11 @@ def test_harness_end_to_end_on_hippocampus(shared_data, tmp_path):
     assert again == dataset["runs"]
     assert sorted(results_root.glob("*/fold_0/training_log_*.txt")) == logs
 
-    # killed after NB's training, before its scores were stored: scored again, not retrained
-    results["datasets"]["hippocampus"]["runs"]["nnUNetTrainerNB"] = {"status": "training", "train_wall_s": 1.0}
+    # killed after training, before the scores were stored: scored again, not retrained
+    results["datasets"]["hippocampus"]["runs"]["nnUNetTrainer"] = {"status": "training", "train_wall_s": 1.0}
     (out / "accuracy-cpu-tiny.json").write_text(json.dumps(results))
     assert accuracy.main(args) == 0
     rescored = json.loads((out / "accuracy-cpu-tiny.json").read_text())["datasets"]["hippocampus"]["runs"]
-    assert rescored["nnUNetTrainerNB"]["status"] == "done" and rescored["nnUNetTrainerNB"]["train_wall_s"] == 1.0
-    assert rescored["nnUNetTrainerNB"]["dice"] == nb["dice"]  # the same model, predicted again
-    assert rescored["nnUNetTrainer"] == stock
+    assert rescored["nnUNetTrainer"]["status"] == "done" and rescored["nnUNetTrainer"]["train_wall_s"] == 1.0
+    assert rescored["nnUNetTrainer"]["dice"] == stock["dice"]  # the same model, predicted again
     assert sorted(results_root.glob("*/fold_0/training_log_*.txt")) == logs

@@ -9,7 +9,6 @@ batch size cut to 2, and the ISIC images downsized to 64 x 64 (at 256 x 256 one 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.slow
 
 TRAINER = "nnUNetTrainerBilateral_debug"
 ISIC_ID = 971
-
-
-def _set_batch_size(env: dict, dataset_id: int, configuration: str, batch_size: int) -> None:
-    preprocessed = next(Path(env["nnUNet_preprocessed"]).glob(f"Dataset{dataset_id:03d}_*"))
-    path = preprocessed / "nnUNetPlans.json"
-    plans = json.loads(path.read_text())
-    plans["configurations"][configuration]["batch_size"] = batch_size
-    path.write_text(json.dumps(plans, indent=4))
 
 
 def _downsized(isic: Path, target: Path, cases: int, size: int) -> Path:
@@ -71,7 +62,6 @@ def test_isic2017_2d_through_the_cli(shared_data, tmp_path):
     dataset = convert_2d(small / "images", small / "masks", ISIC_ID, name="ISIC2017", raw_root=Path(env["nnUNet_raw"]),
                          num_test=2)
     pipeline.plan_and_preprocess(ISIC_ID, "2d", env, log)
-    _set_batch_size(env, ISIC_ID, "2d", 2)
     pipeline.train(ISIC_ID, "2d", 0, TRAINER, env, log)
     saved = _check_run(env, ISIC_ID, "2d", "nnUNetPlans")
     # the default plans keep nnU-Net's U-Net in the file; our trainer builds the bilateral network from it
@@ -85,14 +75,9 @@ def test_isic2017_2d_through_the_cli(shared_data, tmp_path):
     assert 0.0 <= summary["mean"]["1"]["Dice"] <= 1.0
 
 
-def test_hippocampus_3d_variant_plans_through_the_cli(shared_data, tmp_path):
-    env = pipeline.nnunet_environment(tmp_path)
-    log = tmp_path / "nnunet.log"
-    dataset_id = pipeline.convert_msd(shared_data / "Task04_Hippocampus", env)
-    dataset = pipeline.dataset_folder(Path(env["nnUNet_raw"]), dataset_id)
-    pipeline.keep_training_cases(dataset, 10)
-    pipeline.plan_and_preprocess(dataset_id, "3d_fullres", env, log)
-    _set_batch_size(env, dataset_id, "3d_fullres", 2)
+def test_hippocampus_3d_variant_plans_through_the_cli(hippocampus_nnunet):
+    run = hippocampus_nnunet  # shared: converted, 15 training cases preprocessed, 3 cases never trained on
+    env, log, dataset_id = run["env"], run["log"], run["id"]
     plan = subprocess.run(
         [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(dataset_id), "--variant",
          "bilateral", "-c", "3d_fullres"],
@@ -110,17 +95,11 @@ def test_hippocampus_3d_variant_plans_through_the_cli(shared_data, tmp_path):
     saved = _check_run(env, dataset_id, "3d_fullres", "nnUNetPlans_Bilateral")
     assert saved["configurations"]["3d_fullres"]["architecture"] == arch
 
-    heldout = pipeline.validation_cases(dataset_id, 0, env)[:2]
-    images, labels = tmp_path / "heldout_images", tmp_path / "heldout_labels"
-    images.mkdir(), labels.mkdir()
-    for case in heldout:
-        shutil.copy(dataset / "imagesTr" / f"{case}_0000.nii.gz", images)
-        shutil.copy(dataset / "labelsTr" / f"{case}.nii.gz", labels)
-    predictions = tmp_path / "predictions"
-    pipeline.predict(images, predictions, dataset_id, "3d_fullres", 0, TRAINER, env, log,
+    predictions = run["work"] / "predictions_bilateral"
+    pipeline.predict(run["images"], predictions, dataset_id, "3d_fullres", 0, TRAINER, env, log,
                      plans="nnUNetPlans_Bilateral")
-    summary = pipeline.evaluate(labels, predictions, dataset_id, TRAINER, "3d_fullres", env, log,
+    summary = pipeline.evaluate(run["labels"], predictions, dataset_id, TRAINER, "3d_fullres", env, log,
                                 plans="nnUNetPlans_Bilateral")
-    assert len(summary["metric_per_case"]) == 2
+    assert len(summary["metric_per_case"]) == len(run["heldout"])
     for label in ("1", "2"):
         assert 0.0 <= summary["mean"][label]["Dice"] <= 1.0
