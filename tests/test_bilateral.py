@@ -442,7 +442,6 @@ def test_a_few_training_steps_lower_the_loss_on_a_fixed_batch():
 # the paper's configuration
 
 
-@pytest.mark.slow
 def test_paper_configuration_is_near_the_papers_parameter_count():
     from nnunet_sparseattn.complexity import count_flops, count_parameters
 
