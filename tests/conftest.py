@@ -76,3 +76,34 @@ def isic_nnunet(shared_data, tmp_path_factory) -> dict:
     pipeline.plan_and_preprocess(ISIC_ID, "2d", env, log)
     return {"work": work, "env": env, "log": log, "id": ISIC_ID, "dataset": dataset,
             "images": dataset / "imagesTs", "labels": dataset / "labelsTs", "configuration": "2d"}
+
+
+@pytest.fixture
+def stock_trainer_step(monkeypatch):
+    """``step(run, plans_name) -> (plans, network)``: nnU-Net's own ``nnUNetTrainer``, given a variant plans file of a
+    prepared dataset (``hippocampus_nnunet``), builds the network it names and takes one finite training step, with
+    ``nnUNet_extTrainer`` unset (the stock trainer needs only the installed package)."""
+    import json
+
+    import numpy as np
+
+    def step(run: dict, plans_name: str):
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+        env = run["env"]
+        for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            monkeypatch.setenv(name, env[name])
+        monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+        preprocessed = next(Path(env["nnUNet_preprocessed"]).glob(f"Dataset{run['id']:03d}_*"))
+        plans = json.loads((preprocessed / f"{plans_name}.json").read_text())
+        dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+        trainer = nnUNetTrainer(dict(plans, continue_training=False),  # nnU-Net's CLI adds it; __init__ reads it
+                                run["configuration"], 0, dataset_json, device=torch.device("cpu"))
+        trainer.initialize()
+        patch = trainer.configuration_manager.patch_size
+        data = torch.randn(2, 1, *patch)
+        targets = [torch.randint(0, 3, (2, 1, *o.shape[2:])).float() for o in trainer.network(data)]
+        assert np.isfinite(trainer.train_step({"data": data, "target": targets})["loss"])
+        return plans, trainer.network
+
+    return step

@@ -10,9 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from nnunet_sparseattn.demo import pipeline
 
@@ -78,24 +76,9 @@ def test_find_best_configuration_and_ensemble_accept_bsa_models(hippocampus):
     assert sorted(p.name for p in ensembled.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in run["heldout"])
 
 
-def test_the_stock_trainer_trains_the_variant_plans(hippocampus, monkeypatch):
+def test_the_stock_trainer_trains_the_variant_plans(hippocampus, stock_trainer_step):
     """nnU-Net's own nnUNetTrainer, given nnUNetPlans_BSA, builds and steps our network (no extTrainer needed)."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
     from nnunet_sparseattn.architectures.bsa import BSAUNet
 
-    env = hippocampus["env"]
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, env[name])
-    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
-    preprocessed = next(Path(env["nnUNet_preprocessed"]).glob("Dataset004_*"))
-    plans = json.loads((preprocessed / f"{VARIANT_PLANS}.json").read_text())
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    plans["continue_training"] = False  # nnU-Net's __init__ reads it (its CLI sets it)
-    trainer = nnUNetTrainer(plans, CONFIGURATION, 0, dataset_json, device=torch.device("cpu"))
-    trainer.initialize()
-    assert isinstance(trainer.network, BSAUNet)
-    patch = trainer.configuration_manager.patch_size
-    data = torch.randn(2, 1, *patch)
-    targets = [torch.randint(0, 3, (2, 1, *o.shape[2:])).float() for o in trainer.network(data)]
-    assert np.isfinite(trainer.train_step({"data": data, "target": targets})["loss"])
+    _, network = stock_trainer_step(hippocampus, VARIANT_PLANS)
+    assert isinstance(network, BSAUNet)

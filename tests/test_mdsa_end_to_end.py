@@ -5,12 +5,10 @@ each training run to a couple of minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -81,27 +79,12 @@ def test_hippocampus_in_3d_train_predict_evaluate(hippocampus):
     _assert_dice(summary, ["1", "2"], len(run["heldout"]))
 
 
-def test_variant_plans_name_mdsa_and_the_stock_trainer_trains_them(hippocampus, monkeypatch):
+def test_variant_plans_name_mdsa_and_the_stock_trainer_trains_them(hippocampus, stock_trainer_step):
     """nnU-Net's own nnUNetTrainer, given nnUNetPlans_MDSA, builds and steps MDSA-UNet (no extTrainer needed)."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
     from nnunet_sparseattn.architectures.mdsa import MDSAUNet
 
-    env = hippocampus["env"]
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, env[name])
-    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
-    preprocessed = next(Path(env["nnUNet_preprocessed"]).glob("Dataset004_*"))
-    plans = json.loads((preprocessed / f"{VARIANT_PLANS}.json").read_text())
+    plans, network = stock_trainer_step(hippocampus, VARIANT_PLANS)
     arch = plans["configurations"]["3d_fullres"]["architecture"]
     assert arch["network_class_name"] == "nnunet_sparseattn.architectures.mdsa.MDSAUNet"
     assert arch["arch_kwargs"]["grids"][2] is not None  # chosen for the patch and written down
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    plans["continue_training"] = False  # what nnUNetv2_train's get_trainer_from_args adds
-    trainer = nnUNetTrainer(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
-    trainer.initialize()
-    assert isinstance(trainer.network, MDSAUNet)
-    patch = trainer.configuration_manager.patch_size
-    data = torch.randn(2, 1, *patch)
-    targets = [torch.randint(0, 3, (2, 1, *o.shape[2:])).float() for o in trainer.network(data)]
-    assert np.isfinite(trainer.train_step({"data": data, "target": targets})["loss"])
+    assert isinstance(network, MDSAUNet)

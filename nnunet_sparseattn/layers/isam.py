@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from nnunet_sparseattn.layers.conv import conv_ndim
 from nnunet_sparseattn.layers.window_attention import SwinBlock
 
 __all__ = ["ISAM", "ConvNormAct"]
@@ -38,7 +39,7 @@ class ConvNormAct(nn.Sequential):
         nonlin: Optional[Type[nn.Module]] = None,
         nonlin_kwargs: Optional[dict] = None,
     ):
-        ndim = _ndim(conv_op)
+        ndim = conv_ndim(conv_op)
         kernel = [int(kernel_size)] * ndim if isinstance(kernel_size, int) else [int(k) for k in kernel_size]
         padding = [dilation * (k - 1) // 2 for k in kernel]
         # a kernel of 1 along an axis (anisotropic plans) is not dilated there
@@ -59,13 +60,6 @@ class ConvNormAct(nn.Sequential):
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """One output map per block, as nnU-Net's ``ConvDropoutNormReLU`` counts."""
         return int(np.prod([self.out_channels, *self.output_size(input_size)], dtype=np.int64))
-
-
-def _ndim(conv_op: Type[nn.Module]) -> int:
-    ndim = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}.get(conv_op)
-    if ndim is None:
-        raise ValueError(f"conv_op {conv_op} is not torch.nn.Conv1d/2d/3d")
-    return ndim
 
 
 class ISAM(nn.Module):
@@ -90,7 +84,7 @@ class ISAM(nn.Module):
     ):
         super().__init__()
         dim = int(dim or channels)
-        if len(window) != _ndim(conv_op):
+        if len(window) != conv_ndim(conv_op):
             raise ValueError(f"window {tuple(window)} must have one entry per spatial axis of {conv_op.__name__}")
         if depth < 1:
             raise ValueError(f"ISAM depth {depth} must be at least 1")

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conv import conv_ndim
+
 __all__ = [
     "ChannelGate",
     "EnhancedDownsampling",
@@ -37,17 +39,8 @@ __all__ = [
 
 IntOrSeq = Union[int, Sequence[int]]
 
-_CONV_NDIM = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _TRANSPOSED = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-
-
-def conv_ndim(conv_op: type[nn.Module]) -> int:
-    """Spatial dims of ``nn.Conv1d/2d/3d`` (ValueError otherwise)."""
-    for op, n in _CONV_NDIM.items():
-        if isinstance(conv_op, type) and issubclass(conv_op, op):
-            return n
-    raise ValueError(f"conv_op must be torch.nn.Conv1d, Conv2d or Conv3d, got {conv_op!r}")
 
 
 def _per_axis(value: IntOrSeq, ndim: int, name: str, minimum: int = 1) -> tuple[int, ...]:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nnunet_sparseattn.layers.isam import ConvNormAct, _ndim
+from nnunet_sparseattn.layers.conv import conv_ndim
+from nnunet_sparseattn.layers.isam import ConvNormAct
 
 __all__ = ["ResNeXtBlock", "ResNeXtStage", "resnext_groups"]
 
@@ -52,7 +53,7 @@ class ResNeXtBlock(nn.Module):
         nonlin_kwargs: Optional[dict] = None,
     ):
         super().__init__()
-        ndim = _ndim(conv_op)
+        ndim = conv_ndim(conv_op)
         stride = [int(stride)] * ndim if isinstance(stride, int) else [int(s) for s in stride]
         width = max(min_group_width, int(round(out_channels * bottleneck_ratio)))
         self.groups = resnext_groups(width, cardinality, min_group_width)

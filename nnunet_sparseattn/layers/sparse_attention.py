@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conv import conv_ndim
 from .routing import (
     GridLike,
     _as_grid,
@@ -409,9 +410,6 @@ def routed_attention_reference(
     return o.transpose(-1, -2).reshape(q.shape).to(q.dtype)
 
 
-_CONV_NDIM = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
-
-
 class RoutedAttention(nn.Module):
     """Bi-level routing attention (BiFormer's BRA) for ``(B, C, *S)`` feature maps, 2D or 3D.
 
@@ -439,15 +437,13 @@ class RoutedAttention(nn.Module):
         super().__init__()
         if (grid is None) == (region_size is None):
             raise ValueError("give exactly one of grid (regions per axis) and region_size (tokens per region per axis)")
-        if conv_op not in _CONV_NDIM:
-            raise ValueError(f"conv_op must be one of nn.Conv1d/2d/3d, got {conv_op}")
         if num_heads < 1 or channels % num_heads != 0:
             raise ValueError(f"num_heads={num_heads} must be >= 1 and divide channels={channels}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         if lce_kernel_size < 0 or (lce_kernel_size > 0 and lce_kernel_size % 2 == 0):
             raise ValueError(f"lce_kernel_size must be 0 (off) or odd, got {lce_kernel_size}")
-        self.ndim = _CONV_NDIM[conv_op]
+        self.ndim = conv_ndim(conv_op)
         # validate the grid length now rather than at the first forward
         self.grid = None if grid is None else _as_grid(grid, self.ndim)
         self.region_size = None if region_size is None else _as_grid(region_size, self.ndim)
