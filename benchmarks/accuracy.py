@@ -593,7 +593,8 @@ def render_results(results: dict[str, Any], png: str | None) -> str:
     parts = [f"### `{budget['name']}` budget on {results['machine']} ({date})", "",
              f"Command: `{results['command']}`  ",
              f"Budget: {results['budget_text']}.  ",
-             f"Versions: torch {results['torch']}, nnU-Net {results['nnunetv2']}, Python {results['python']}.", ""]
+             f"Versions: torch {results['torch']}, nnU-Net {results['nnunetv2']}, Python {results['python']}.  ",
+             f"Ran from {results.get('started', '?')} to {results.get('updated', '?')} (resumed runs included).", ""]
     for key, dataset in results["datasets"].items():
         if dataset.get("prepared"):
             parts.append(f"- {dataset.get('title', key)}: dataset {dataset['dataset_id']} "

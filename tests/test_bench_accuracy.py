@@ -2,8 +2,9 @@
 
 Fast: the boundary metric against hand-made cases with known answers, the timing and resume bookkeeping, the
 results file, the report writers. Slow: the harness end to end through nnU-Net's CLI on a Hippocampus subset with a
-tiny budget, stock nnU-Net and NB, then run again (nothing redone) and after a simulated kill between training and
-scoring (the model is scored, not retrained).
+tiny budget, stock nnU-Net, then run again (nothing redone), after a simulated kill between training and scoring
+(the model is scored, not retrained) and after a simulated kill during the last epoch (nnU-Net's ``--c`` trains that
+epoch again from the epoch before's checkpoint).
 """
 from __future__ import annotations
 
@@ -276,6 +277,7 @@ def test_section_states_command_budget_machine_date_and_the_table(tmp_path):
     assert "### `gpu` budget on NVIDIA H100 (2026-02-03)" in section
     assert "Command: `python benchmarks/accuracy.py --budget gpu`" in section
     assert "50 epochs x 250 iterations" in section and "torch.compile in training on" in section
+    assert "Ran from 2026-01-01T00:00:00+00:00 to 2026-02-03T10:00:00+00:00" in section
     assert ("| MSD Hippocampus | stock nnU-Net | 0.800 | Anterior 0.810, Posterior 0.790 | Anterior 2.50, "
             "Posterior 3.00 mm | 0.200 | 1.50 | 3.00 GiB | 5.60 M | 38.28 G | – | done |") in section
     assert "| MSD Hippocampus | NB | 0.806 |" in section and "| +0.6, 1.05x | done |" in section
@@ -373,3 +375,25 @@ def test_harness_end_to_end_on_hippocampus(shared_data, tmp_path):
     assert rescored["nnUNetTrainer"]["status"] == "done" and rescored["nnUNetTrainer"]["train_wall_s"] == 1.0
     assert rescored["nnUNetTrainer"]["dice"] == stock["dice"]  # the same model, predicted again
     assert sorted(results_root.glob("*/fold_0/training_log_*.txt")) == logs
+
+    # killed during epoch 1: what nnU-Net leaves is epoch 0's checkpoint_latest.pth (current_epoch 1), no final one
+    import torch
+
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    checkpoint["current_epoch"] = 1
+    torch.save(checkpoint, fold / "checkpoint_latest.pth")
+    (fold / "checkpoint_final.pth").unlink()
+    assert accuracy.training_state(fold) == "resume"
+    results = json.loads((out / "accuracy-cpu-tiny.json").read_text())
+    results["datasets"]["hippocampus"]["runs"]["nnUNetTrainer"] = {"status": "training", "train_wall_s": 1.0}
+    (out / "accuracy-cpu-tiny.json").write_text(json.dumps(results))
+    assert accuracy.main(args) == 0
+    resumed = json.loads((out / "accuracy-cpu-tiny.json").read_text())["datasets"]["hippocampus"]["runs"]
+    assert resumed["nnUNetTrainer"]["status"] == "done" and resumed["nnUNetTrainer"]["train_wall_s"] > 1.0
+    assert (fold / "checkpoint_final.pth").is_file() and accuracy.training_state(fold) == "done"
+    assert len(sorted(results_root.glob("*/fold_0/training_log_*.txt"))) == len(logs) + 1  # one more session
+    timing = json.loads((fold / budgets.TIMING_FILE).read_text())
+    assert [s["start_epoch"] for s in timing["sessions"]] == [0, 1]  # continued at epoch 1, not from scratch
+    assert timing["epochs"]["0"]["first_in_session"] and timing["epochs"]["1"]["first_in_session"]
+    # both epochs now open a session: none is free of warm-up, and the record says so
+    assert resumed["nnUNetTrainer"]["timed_epochs"] == 2 and not resumed["nnUNetTrainer"]["warmup_excluded"]
