@@ -283,7 +283,6 @@ def bench_environment(work: Path, budget: Budget) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     # nnU-Net's predictor compiles only when asked: the budget's compile applies to training (see _train)
     env["nnUNet_compile"] = "f"
-    env["PYTHONUNBUFFERED"] = "1"  # nnUNetv2_predict's lines are timed as they arrive
     return env
 
 
@@ -476,7 +475,6 @@ def prediction_timing(lines: list[tuple[float, str]], cases: int) -> dict[str, A
 
 def run_benchmark(budget: Budget, datasets: list[str], trainers: list[str], work: Path, data_root: Path,
                   out_dir: Path, command: str) -> ResultsStore:
-    import nnunetv2
     import torch
 
     if budget.device == "cuda" and not torch.cuda.is_available():
@@ -490,7 +488,7 @@ def run_benchmark(budget: Budget, datasets: list[str], trainers: list[str], work
 
     header = {"benchmark": "accuracy", "schema": SCHEMA, "device": budget.device, "budget": budget.to_json(),
               "budget_text": budget.describe(), "machine": _machine(torch.device(budget.device)),
-              "torch": torch.__version__, "nnunetv2": getattr(nnunetv2, "__version__", _version("nnunetv2")),
+              "torch": torch.__version__, "nnunetv2": _version("nnunetv2"),
               "python": platform.python_version(), "command": command, "started": now()}
     store = ResultsStore(out_dir / f"accuracy-{budget.device}-{budget.name}.json", header)
     todo = pending_runs(store, datasets, trainers)

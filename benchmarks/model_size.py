@@ -50,9 +50,9 @@ def measure() -> dict:
         for name, build in nets.items():
             torch.manual_seed(0)
             net = build()
-            flops = count_flops(net, (1, 1, *patch))
-            rows[plan_name]["networks"][name] = {"params": count_parameters(net), "flops": flops}
-            print(f"{plan_name:24s} {name:24s} {count_parameters(net) / 1e6:7.2f} M params {flops / 1e9:8.1f} GFLOPs")
+            params, flops = count_parameters(net), count_flops(net, (1, 1, *patch))
+            rows[plan_name]["networks"][name] = {"params": params, "flops": flops}
+            print(f"{plan_name:24s} {name:24s} {params / 1e6:7.2f} M params {flops / 1e9:8.1f} GFLOPs")
     return rows
 
 

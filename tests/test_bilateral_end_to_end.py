@@ -37,8 +37,7 @@ def _downsized(isic: Path, target: Path, cases: int, size: int) -> Path:
 
 
 def _check_run(env: dict, dataset_id: int, configuration: str, plans: str) -> dict:
-    model = next(Path(env["nnUNet_results"]).glob(f"Dataset{dataset_id:03d}_*")) / \
-        f"{TRAINER}__{plans}__{configuration}"
+    model = pipeline.model_folder(env, dataset_id, TRAINER, configuration, plans)
     fold = model / "fold_0"
     log = next(fold.glob("training_log_*.txt")).read_text()
     assert "attention rendering: point loss weight 1.0" in log

@@ -36,7 +36,7 @@ def hippocampus(hippocampus_nnunet):
 
 
 def _model(run, plans: str) -> Path:
-    return next(Path(run["env"]["nnUNet_results"]).glob("Dataset004_*")) / f"{TRAINER}__{plans}__{CONFIGURATION}"
+    return pipeline.model_folder(run["env"], run["id"], TRAINER, CONFIGURATION, plans)
 
 
 @pytest.mark.parametrize("plans", ["nnUNetPlans", VARIANT_PLANS])

@@ -21,8 +21,7 @@ VARIANT_PLANS = "nnUNetPlans_MDSA"
 
 
 def _checkpoint(env: dict, dataset_id: int, plans: str, configuration: str) -> dict:
-    model = next(Path(env["nnUNet_results"]).glob(f"Dataset{dataset_id:03d}_*")) / \
-        f"{TRAINER}__{plans}__{configuration}"
+    model = pipeline.model_folder(env, dataset_id, TRAINER, configuration, plans)
     return torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
 
 

@@ -33,13 +33,10 @@ import torch.nn as nn
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 
 from nnunet_sparseattn.architectures.base import PlansError, PlansNetwork, normalize_plans_kwargs, stage_shapes
-from nnunet_sparseattn.layers.multiscale_attention import (
-    AGGREGATIONS,
-    MDSABlock,
-    auto_grid,
-    num_heads_for,
-)
-from nnunet_sparseattn.layers.resampling import EnhancedDownsampling, EnhancedUpsampling, conv_ndim
+from nnunet_sparseattn.layers.conv import conv_ndim
+from nnunet_sparseattn.layers.multiscale_attention import AGGREGATIONS, MDSABlock, auto_grid
+from nnunet_sparseattn.layers.resampling import EnhancedDownsampling, EnhancedUpsampling
+from nnunet_sparseattn.layers.transformer import num_heads_for
 
 __all__ = [
     "MDSAPaperUNet",
@@ -271,8 +268,6 @@ class MDSAUNet(PlansNetwork):
         ))
         for key in ("norm_op_kwargs", "dropout_op_kwargs", "nonlin_kwargs"):
             kw[key] = kw.get(key) or {}
-        for key in ("norm_op", "dropout_op", "nonlin"):
-            kw.setdefault(key, None)
         cfg = dict(first_attention_stage=first_attention_stage, head_dim=head_dim, mlp_ratio=mlp_ratio, topk=topk,
                    grids=grids, aggregation=aggregation, aggregation_scales=aggregation_scales,
                    lce_kernel_size=lce_kernel_size, edm_local_branch=edm_local_branch)

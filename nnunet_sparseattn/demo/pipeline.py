@@ -132,11 +132,17 @@ def predict(input_folder: Path, output_folder: Path, dataset_id: int, configurat
               "--disable_progress_bar", *extra], env, log)
 
 
+def model_folder(env: dict[str, str], dataset_id: int, trainer: str, configuration: str,
+                 plans: str = "nnUNetPlans") -> Path:
+    """Where ``nnUNetv2_train`` wrote a model: ``nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIGURATION``."""
+    return next(Path(env["nnUNet_results"]).glob(f"Dataset{dataset_id:03d}_*")) / \
+        f"{trainer}__{plans}__{configuration}"
+
+
 def evaluate(gt_folder: Path, prediction_folder: Path, dataset_id: int, trainer: str, configuration: str,
              env: dict[str, str], log: Path | None = None, plans: str = "nnUNetPlans") -> dict:
     """``nnUNetv2_evaluate_folder`` with the trained model's dataset.json and plans; returns its summary.json."""
-    model = next(Path(env["nnUNet_results"]).glob(f"Dataset{dataset_id:03d}_*")) / \
-        f"{trainer}__{plans}__{configuration}"
+    model = model_folder(env, dataset_id, trainer, configuration, plans)
     run_step(["nnUNetv2_evaluate_folder", gt_folder, prediction_folder, "-djfile", model / "dataset.json",
               "-pfile", model / "plans.json", "-np", "1"], env, log)
     return json.loads((Path(prediction_folder) / "summary.json").read_text())

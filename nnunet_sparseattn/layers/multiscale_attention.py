@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .resampling import conv_ndim
+from .conv import conv_ndim
 from .routing import GridLike, _as_grid, clamp_topk, region_layout
 from .sparse_attention import BACKENDS, routed_attention
 from .transformer import ChannelLayerNorm, num_heads_for

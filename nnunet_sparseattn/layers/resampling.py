@@ -33,7 +33,6 @@ __all__ = [
     "ChannelGate",
     "EnhancedDownsampling",
     "EnhancedUpsampling",
-    "conv_ndim",
     "space_to_depth",
 ]
 
