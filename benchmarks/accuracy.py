@@ -73,7 +73,8 @@ from benchmarks.budgets import (
     seconds_per_iteration,
     write_json_atomic,
 )
-from nnunet_sparseattn.discovery import UserError, ext_trainer_path
+from nnunet_sparseattn.discovery import ext_trainer_path
+from nnunet_sparseattn.errors import UserError
 
 RESULTS = ROOT / "benchmarks" / "results"
 SECTION = ROOT / "benchmarks" / "accuracy_section.md"

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from nnunet_sparseattn.discovery import UserError, ext_trainer_path
+from nnunet_sparseattn.discovery import ext_trainer_path
+from nnunet_sparseattn.errors import UserError, install_user_error_hook
 
 
 def _ext_path(args: argparse.Namespace) -> int:
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_user_error_hook()  # refusals raised where this function does not catch them (e.g. at exit)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from nnunet_sparseattn.discovery import UserError
+from nnunet_sparseattn.errors import UserError
 
 __all__ = ["IMAGE_SUFFIXES", "Pair", "convert_2d", "pair_images_and_masks"]
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sys
 from pathlib import Path
 
-
-class UserError(Exception):
-    """A mistake the user can fix; the command-line tool prints its message as one line, without a traceback."""
+from nnunet_sparseattn.errors import UserError
 
 
 def ext_trainer_path() -> Path:
@@ -42,25 +39,3 @@ def require_trainer(name: str) -> type:
             return recursive_find_trainer_class_by_name(name)
     except RuntimeError as error:
         raise UserError(f"no nnU-Net trainer named {name}: ours are {', '.join(trainers.__all__)}") from error
-
-
-def _print_user_errors(previous_hook):
-    def hook(exc_type, exc, tb):
-        if issubclass(exc_type, UserError):
-            # inside nnU-Net's own commands (nnUNetv2_train, ...): our message, one line, no traceback
-            print(f"nnunet-sparseattn: error: {exc}", file=sys.stderr)
-            return
-        previous_hook(exc_type, exc, tb)
-
-    hook._nnunet_sparseattn = True  # type: ignore[attr-defined]
-    return hook
-
-
-def install_user_error_hook() -> None:
-    """Make an uncaught :class:`UserError` print as one line in any process (idempotent).
-
-    Our code runs inside nnU-Net's commands, which print tracebacks; a plans file we refuse deserves a one-line
-    message there too. Every other exception keeps the previous hook's behaviour.
-    """
-    if not getattr(sys.excepthook, "_nnunet_sparseattn", False):
-        sys.excepthook = _print_user_errors(sys.excepthook)

@@ -41,7 +41,8 @@ def check_ext_trainer(environ: dict) -> list[Finding]:
 
 def check_trainer_lookup() -> list[Finding]:
     """Ask nnU-Net itself to find our trainer, as ``nnUNetv2_train -tr`` will."""
-    from nnunet_sparseattn.discovery import UserError, require_trainer
+    from nnunet_sparseattn.discovery import require_trainer
+    from nnunet_sparseattn.errors import UserError
     from nnunet_sparseattn.trainers import DEMO_TRAINER
 
     try:

@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import accuracy, budgets  # noqa: E402
-from nnunet_sparseattn.discovery import UserError  # noqa: E402
+from nnunet_sparseattn.errors import UserError  # noqa: E402
 
 needs_medpy = pytest.mark.skipif(
     __import__("importlib.util").util.find_spec("medpy") is None,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from nnunet_sparseattn.convert2d import convert_2d, pair_images_and_masks
-from nnunet_sparseattn.discovery import UserError
+from nnunet_sparseattn.errors import UserError
 
 
 def _write(folder: Path, name: str, array: np.ndarray) -> Path:

@@ -13,7 +13,8 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 import nnunet_sparseattn
 from nnunet_sparseattn import trainers
-from nnunet_sparseattn.discovery import UserError, ext_trainer_is_configured, ext_trainer_path, require_trainer
+from nnunet_sparseattn.discovery import ext_trainer_is_configured, ext_trainer_path, require_trainer
+from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.trainers.short_schedule import SHORT_SCHEDULES
 
 

@@ -17,7 +17,7 @@ from nnunet_sparseattn.architectures.swin_weights import (
     map_swin_onto_isams,
     read_swin_state_dict,
 )
-from nnunet_sparseattn.discovery import UserError
+from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.layers.isam import ISAM
 
 timm = pytest.importorskip("timm")

@@ -35,10 +35,7 @@ import torch.nn as nn
 from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 
-from nnunet_sparseattn.discovery import UserError, install_user_error_hook
-
-# nnU-Net's stock trainer imports our networks by dotted path from variant plans: refusals print as one line there
-install_user_error_hook()
+from nnunet_sparseattn.errors import UserError, install_user_error_hook
 
 __all__ = [
     "PlansError",
@@ -54,6 +51,12 @@ __all__ = [
 
 class PlansError(UserError):
     """A plans configuration this network cannot be built from (the message says what to change)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        # nnU-Net's stock trainer builds our networks from variant plans (pydoc.locate) with no entry point of ours
+        # in the process: the refusal itself makes sure it prints as one line there
+        install_user_error_hook()
 
 
 # The plans' architecture arguments every network here takes (PlainConvUNet's names).

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nnunet_sparseattn.discovery import UserError
+from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.layers.isam import ISAM
 
 __all__ = [

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from nnunet_sparseattn.discovery import UserError
+from nnunet_sparseattn.errors import UserError
 
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SparseAttnDemo"

@@ -16,7 +16,8 @@ from typing import Sequence
 from pathlib import Path
 from unittest import mock
 
-from nnunet_sparseattn.discovery import UserError, ext_trainer_path
+from nnunet_sparseattn.discovery import ext_trainer_path
+from nnunet_sparseattn.errors import UserError
 
 
 def nnunet_environment(work: str | Path) -> dict[str, str]:

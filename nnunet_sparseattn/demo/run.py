@@ -9,7 +9,7 @@ from pathlib import Path
 from nnunet_sparseattn.demo import pipeline
 from nnunet_sparseattn.demo.dataset import DEMO_DATASET_ID, make_demo_dataset
 from nnunet_sparseattn.demo.report import dice_table, save_comparison_png
-from nnunet_sparseattn.discovery import UserError
+from nnunet_sparseattn.errors import UserError
 
 
 def _stage(message: str, started: float) -> None:

@@ -5,7 +5,7 @@ import pydoc
 from dataclasses import dataclass
 from typing import Callable
 
-from nnunet_sparseattn.discovery import UserError
+from nnunet_sparseattn.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from nnunet_sparseattn.architectures.base import PlansError, serialize_arch_kwargs
-from nnunet_sparseattn.discovery import UserError
+from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.plans.variants import get_variant, network_class
 
 

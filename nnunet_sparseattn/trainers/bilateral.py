@@ -20,7 +20,7 @@ from nnunet_sparseattn.architectures.swin_weights import (
     SWIN_WEIGHTS_ENV,
     load_swin_into,
 )
-from nnunet_sparseattn.discovery import UserError
+from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.layers.point_rendering import point_loss
 from nnunet_sparseattn.trainers.architecture import ArchitectureTrainer
 
