@@ -34,9 +34,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conv import conv_dims
+from .conv import conv_dims, grouped_conv_op
 from .routing import GridLike, Router, as_grid, clamp_topk, region_layout
-from .sparse_attention import check_attention_arguments, local_context, route_regions, routed_attention
+from .sparse_attention import (
+    check_attention_arguments,
+    local_context,
+    route_regions,
+    routed_attention,
+)
 from .transformer import ChannelLayerNorm, TransformerBlock, num_heads_for
 
 __all__ = [
@@ -84,15 +89,13 @@ class MultiScaleAggregation(nn.Module):
         if aggregation == "dwconv":
             if any(k < 1 or k % 2 == 0 for k in self.scales):
                 raise ValueError(f"dwconv aggregation kernels must be odd and >= 1, got {self.scales}")
-            self.branches = nn.ModuleList(
-                conv_op(channels, channels, k, padding=k // 2, groups=channels) for k in self.scales
-            )
+            dw = grouped_conv_op(conv_op)
+            self.branches = nn.ModuleList(dw(channels, channels, k, padding=k // 2, groups=channels) for k in self.scales)
         else:
             if any(r < 1 for r in self.scales):
                 raise ValueError(f"pooling ratios must be >= 1, got {self.scales}")
-            self.branches = nn.ModuleList(
-                conv_op(channels, channels, 3, padding=1, groups=channels) for _ in self.scales
-            )
+            dw = grouped_conv_op(conv_op)
+            self.branches = nn.ModuleList(dw(channels, channels, 3, padding=1, groups=channels) for _ in self.scales)
         self.norm = ChannelLayerNorm(channels)
 
     def output_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
@@ -100,11 +103,28 @@ class MultiScaleAggregation(nn.Module):
             return tuple(int(s) for s in spatial)
         return _pooled_size(spatial, min(self.scales))
 
+    def dwconv_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x + sum_k DWConv_k(x)`` as ONE depthwise convolution (it is linear): the identity plus every branch's
+        kernel zero-padded to the largest, and the biases summed. One pass over the map instead of one per scale
+        (1.4x fewer multiply-adds for kernels 3, 5, 7); the branches keep their own parameters and gradients."""
+        largest = max(self.scales)
+        weight = None
+        for k, branch in zip(self.scales, self.branches):
+            padded = F.pad(branch.weight, [(largest - k) // 2] * (2 * self.ndim))
+            weight = padded if weight is None else weight + padded
+        assert weight is not None
+        centre = (slice(None), slice(None)) + (largest // 2,) * self.ndim
+        identity = torch.zeros_like(weight)
+        identity[centre] = 1.0
+        bias = torch.stack([branch.bias for branch in self.branches]).sum(0)
+        return weight + identity, bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.aggregation == "dwconv":
-            a = x
-            for branch in self.branches:
-                a = a + branch(x)
+            weight, bias = self.dwconv_kernel()
+            # the largest branch's convolution (its padding, groups and CPU layout) with the summed kernel
+            largest = self.branches[self.scales.index(max(self.scales))]
+            a = largest._conv_forward(x, weight, bias)
         else:
             size = self.output_size(x.shape[2:])
             a = None

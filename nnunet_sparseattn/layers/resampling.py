@@ -25,8 +25,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-
-from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp, get_matching_pool_op
+from dynamic_network_architectures.building_blocks.helper import (
+    get_matching_convtransp,
+    get_matching_pool_op,
+)
 
 from .conv import ChannelAttention, conv_dims
 from .shapes import IntOrSeq, ceil_div, pad_end, partition, per_axis

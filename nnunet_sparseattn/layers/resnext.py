@@ -17,7 +17,6 @@ from typing import Optional, Sequence, Type
 import numpy as np
 import torch
 import torch.nn as nn
-
 from dynamic_network_architectures.building_blocks.helper import get_matching_pool_op
 
 from .conv import ConvNormAct, conv_dims

@@ -42,8 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conv import conv_dims
-from .shapes import pad_end
+from .conv import conv_dims, grouped_conv_op
 from .routing import (
     GridLike,
     RegionLayout,
@@ -58,6 +57,7 @@ from .routing import (
     route,
     to_regions,
 )
+from .shapes import pad_end
 
 __all__ = [
     "BACKENDS",
@@ -438,7 +438,9 @@ def check_attention_arguments(channels: int, num_heads: int, backend: str, lce_k
 
 def local_context(channels: int, conv_op: type[nn.Module], kernel_size: int) -> Optional[nn.Module]:
     """BiFormer's local context enhancement: a depthwise convolution on v (None when ``kernel_size`` is 0)."""
-    return conv_op(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels) if kernel_size else None
+    if not kernel_size:
+        return None
+    return grouped_conv_op(conv_op)(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
 
 
 class RoutedAttention(nn.Module):

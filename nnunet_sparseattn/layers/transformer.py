@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conv import grouped_conv_op
 from .mlp import Mlp
 
 __all__ = ["ChannelLayerNorm", "TransformerBlock", "num_heads_for"]
@@ -78,7 +79,7 @@ class TransformerBlock(nn.Module):
             raise ValueError(f"positional_kernel_size must be 0 (off) or odd, got {k}")
         self.channels = channels
         self.transformer_init = transformer_init
-        self.pos = conv_op(channels, channels, k, padding=k // 2, groups=channels) if k else None
+        self.pos = grouped_conv_op(conv_op)(channels, channels, k, padding=k // 2, groups=channels) if k else None
         self.norm1 = ChannelLayerNorm(channels)
         self.attn = attention
         self.norm2 = ChannelLayerNorm(channels)
