@@ -131,7 +131,7 @@ class BilateralEncoder(nn.Module):
         fsam_weighted: str,
     ) -> None:
         super().__init__()
-        ops = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
+        ops: dict[str, Any] = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
                    nonlin_kwargs=nonlin_kwargs)
         self.stem = ConvNormAct(conv_op, input_channels, features_per_stage[0], kernel_sizes[0], **ops)
         stages, channels = [], features_per_stage[0]

@@ -12,7 +12,7 @@ divide the width with at least ``min_group_width`` channels each (width 16 -> 4 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Type
+from typing import Any, Optional, Sequence, Type
 
 import numpy as np
 import torch
@@ -55,8 +55,8 @@ class ResNeXtBlock(nn.Module):
         width = max(min_group_width, int(round(out_channels * bottleneck_ratio)))
         self.groups = resnext_groups(width, cardinality, min_group_width)
         self.in_channels, self.out_channels, self.width, self.stride = in_channels, out_channels, width, stride
-        norm = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs)
-        act = dict(nonlin=nonlin, nonlin_kwargs=nonlin_kwargs)
+        norm: dict[str, Any] = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs)
+        act: dict[str, Any] = dict(nonlin=nonlin, nonlin_kwargs=nonlin_kwargs)
         self.conv1 = ConvNormAct(conv_op, in_channels, width, 1, **norm, **act)
         self.conv2 = ConvNormAct(conv_op, width, width, kernel_size, stride, groups=self.groups, **norm, **act)
         self.conv3 = ConvNormAct(conv_op, width, out_channels, 1, **norm)
