@@ -56,8 +56,8 @@ def measure(rounds: int) -> dict:
                        check=True)
         venv.create(tmp / "env", with_pip=True)
         python = tmp / "env" / "bin" / "python"
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *map(str, (tmp / "dist").glob("*.whl"))],
-                       check=True)
+        wheels = map(str, (tmp / "dist").glob("*.whl"))
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", *wheels], check=True)
         pth = _site_packages(tmp / "env") / PTH_NAME
         off = pth.with_suffix(".off")
         env = {k: v for k, v in os.environ.items() if k not in ("nnUNet_extTrainer", "PYTHONPATH")}

@@ -22,11 +22,13 @@ def ext_trainer_path() -> Path:
 
 def ext_trainer_is_configured(environ: os._Environ | dict | None = None) -> bool:
     """True when ``nnUNet_extTrainer`` lists our shim folder."""
-    return autodiscovery.lists_shim((os.environ if environ is None else environ).get(autodiscovery.EXT_TRAINER_VARIABLE))
+    environ = os.environ if environ is None else environ
+    return autodiscovery.lists_shim(environ.get(autodiscovery.EXT_TRAINER_VARIABLE))
 
 
 def ext_trainer_fix() -> str:
-    return f"export nnUNet_extTrainer={ext_trainer_path()}   (or: export nnUNet_extTrainer=$(nnunet-sparseattn ext-path))"
+    return (f"export nnUNet_extTrainer={ext_trainer_path()}   "
+            "(or: export nnUNet_extTrainer=$(nnunet-sparseattn ext-path))")
 
 
 def environment_for_nnunet_commands(environ: os._Environ | dict | None = None) -> dict[str, str]:
@@ -43,7 +45,8 @@ def environment_for_nnunet_commands(environ: os._Environ | dict | None = None) -
         else:
             env[autodiscovery.EXT_TRAINER_VARIABLE] = autodiscovery.value_before_startup
     elif not ext_trainer_is_configured(env):
-        env[autodiscovery.EXT_TRAINER_VARIABLE] = autodiscovery.with_shim_folder(env.get(autodiscovery.EXT_TRAINER_VARIABLE))
+        variable = autodiscovery.EXT_TRAINER_VARIABLE
+        env[variable] = autodiscovery.with_shim_folder(env.get(variable))
     return env
 
 

@@ -13,9 +13,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 from nnunet_sparseattn import __version__
 from nnunet_sparseattn.errors import UserError

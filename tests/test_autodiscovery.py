@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import nnunet_sparseattn_autodiscovery as autodiscovery
-from nnunet_sparseattn.discovery import (describe_mechanism, environment_for_nnunet_commands, ext_trainer_path,
-                                         require_trainer)
+from nnunet_sparseattn.discovery import (
+    describe_mechanism,
+    environment_for_nnunet_commands,
+    ext_trainer_path,
+    require_trainer,
+)
 from nnunet_sparseattn.doctor import check_ext_trainer
 from nnunet_sparseattn.errors import UserError
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from nnunetv2.model_sharing.model_export import export_pretrained_model
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from plans_cases import PLANS_CASES, plans_for
 
 import nnunet_sparseattn
 from nnunet_sparseattn.cli import main
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.export import export_model
 from nnunet_sparseattn.model_stamp import STAMP_KEY, ModelVersionError, check_installed_version, stamp
-from plans_cases import PLANS_CASES, plans_for
 
 TRAINER = "nnUNetTrainerBSA"
 MODEL = f"{TRAINER}__nnUNetPlans__2d"
@@ -72,8 +72,8 @@ def test_export_is_nnunets_zip_with_plans_stamped_and_the_results_untouched(resu
 
 
 @pytest.mark.parametrize("args, expected", [
-    (dict(folds=["2"]), f"fold_2 has no checkpoint_final.pth (training not finished): finish it (nnUNetv2_train "
-                        f"Dataset123_Fake 2d 2 -tr {TRAINER} -p nnUNetPlans --c) or leave fold 2 out of -f"),
+    (dict(folds=["2"]), (f"fold_2 has no checkpoint_final.pth (training not finished): finish it (nnUNetv2_train "
+                         f"Dataset123_Fake 2d 2 -tr {TRAINER} -p nnUNetPlans --c) or leave fold 2 out of -f")),
     (dict(folds=["0", "3"]), "fold_3 has no checkpoint_final.pth"),
     (dict(configurations=["3d_fullres"]), "no trained model in "),
     (dict(trainer="nnUNetTrainerMDSA"), "no trained model in "),
@@ -81,7 +81,8 @@ def test_export_is_nnunets_zip_with_plans_stamped_and_the_results_untouched(resu
     (dict(dataset=7), "no dataset 7 in nnUNet_results="),
 ])
 def test_export_refuses_in_one_line_and_writes_nothing(results, tmp_path, args, expected):
-    call = {**dict(dataset=123, configurations=["2d"], trainer=TRAINER, folds=["0"], output=tmp_path / "out.zip"), **args}
+    call = dict(dataset=123, configurations=["2d"], trainer=TRAINER, folds=["0"], output=tmp_path / "out.zip")
+    call.update(args)
     with pytest.raises(UserError) as error:
         export_model(**call)
     assert expected in str(error.value) and "\n" not in str(error.value)

@@ -98,7 +98,8 @@ class FreshVenv:
         env.update(extra)
         return env
 
-    def run(self, args: list[str], env: dict[str, str] | None, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    def run(self, args: list[str], env: dict[str, str] | None, check: bool = True,
+            **kwargs) -> subprocess.CompletedProcess:
         env = self.env() if env is None else {**self.env(), **env}
         command = [str(self.bin / args[0]) if (self.bin / args[0]).exists() else args[0], *map(str, args[1:])]
         # from the venv's folder, not this checkout (python -c would import the checkout's package from the cwd)
@@ -217,13 +218,12 @@ def test_the_container_recipe_installs_the_zip_and_predicts_then_refuses_a_newer
     steps = _dockerfile_steps(ROOT / "docker" / "Dockerfile")
     assert [s for s, _ in steps][:2] == ["ARG", "FROM"] and "python:3.12" in steps[0][1]  # the CPU base, named
     for instruction, rest in steps:
-        variables = {**args, **env}
-        expand = lambda text: re.sub(r"\$\{(\w+)\}", lambda m: variables.get(m.group(1), ""), text)  # noqa: E731
         if instruction == "ARG":
             name = rest.split("=", 1)[0]
             assert name in args or name == "BASE", f"the test does not know the recipe's ARG {name}"
         elif instruction == "ENV":
-            env.update({k: inside(expand(v)) for k, v in (pair.split("=", 1) for pair in shlex.split(rest))})
+            for name, value in (pair.split("=", 1) for pair in shlex.split(rest)):
+                env[name] = inside(re.sub(r"\$\{(\w+)\}", lambda m: {**args, **env}.get(m.group(1), ""), value))
         elif instruction == "RUN":
             receiving.run(["/bin/sh", "-c", inside(rest)], {**args, **env})
         elif instruction == "COPY":
