@@ -252,3 +252,23 @@ def test_the_container_recipe_installs_the_zip_and_predicts_then_refuses_a_newer
         f"nnunet-sparseattn: error: this model needs nnunet-sparseattn >= 99.0 (installed: {wheel.name.split('-')[1]}):"
         " pip install -U nnunet-sparseattn")
     assert "Traceback" not in refused.stderr
+
+
+def test_an_editable_install_runs_the_hook_from_the_checkout(tmp_path):
+    """``pip install -e``: hatchling's editable wheel puts the checkout on sys.path and our .pth beside it. No
+    dependencies are needed for the hook itself (--no-deps), so this venv shares nothing."""
+    root = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", root], check=True)
+    python = root / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "-e",
+                    str(ROOT)], check=True)
+    site = Path(subprocess.run([python, "-c", PURELIB], capture_output=True, text=True, check=True).stdout.strip())
+    assert (site / autodiscovery.PTH_NAME).is_file()
+    assert not (site / "nnunet_sparseattn_autodiscovery.py").exists()  # the checkout's module runs, not a copy
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", autodiscovery.EXT_TRAINER_VARIABLE)}
+    code = ("import os, nnunet_sparseattn_autodiscovery as hook; "
+            "print(hook.__file__, hook.startup_outcome, os.environ['nnUNet_extTrainer'])")
+    out = subprocess.run([python, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(ROOT / "nnunet_sparseattn_autodiscovery.py"), autodiscovery.ADDED,
+                   str(ROOT / "nnunet_sparseattn" / "ext_trainers")]
