@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnunet-sparseattn-installed
 MSD    ?=
 
-.PHONY: install test test-fast demo bench-attention bench-accuracy clean-demo
+.PHONY: install test test-fast test-py312 demo bench-attention bench-accuracy clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow"
+
+# The fresh-install tests under Python 3.12 as well (containers and GPU machines run it). The first run makes .venv312,
+# a full install of our dependencies for 3.12 (minutes, several GB); PY312=/path/to/python3.12 if not on PATH.
+PY312 ?= python3.12
+test-py312: $(STAMP)
+	@test -x .venv312/bin/python || ($(PY312) -m venv .venv312 && .venv312/bin/pip install -q --disable-pip-version-check .)
+	NNUNET_SPARSEATTN_TEST_PY312_VENV=$(CURDIR)/.venv312 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --durations=10 \
+		tests/test_fresh_install.py
 
 demo: $(STAMP)
 	$(VENV)/bin/nnunet-sparseattn demo --work demo_work $(if $(MSD),--msd "$(MSD)")

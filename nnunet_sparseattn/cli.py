@@ -1,4 +1,4 @@
-"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, convert-2d, make-demo-dataset, demo."""
+"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, convert-2d, export, make-demo-dataset, demo."""
 from __future__ import annotations
 
 import argparse
@@ -98,6 +98,13 @@ def _convert_2d(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from nnunet_sparseattn.export import describe, export_model
+
+    print(describe(export_model(args.dataset, args.configurations, args.trainer, args.folds, args.output, args.plans)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nnunet_sparseattn.demo.dataset import DEMO_DATASET_ID
 
@@ -132,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="convert only the first N pairs (by name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     p.set_defaults(func=_convert_2d)
+
+    p = commands.add_parser("export", help="nnU-Net's model zip, stamped with our version, for "
+                                           "nnUNetv2_install_pretrained_model_from_zip elsewhere")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    p.add_argument("-c", "--configurations", nargs="+", required=True, help="configurations, e.g. 3d_fullres")
+    p.add_argument("-tr", "--trainer", default="nnUNetTrainer", help="trainer class (default nnUNetTrainer)")
+    p.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default 0 1 2 3 4)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-o", "--output", required=True, help="the zip file to write")
+    p.set_defaults(func=_export)
 
     p = commands.add_parser("make-demo-dataset", help="write the synthetic 3D demo dataset into nnUNet_raw")
     p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_sparseattn.discovery import ext_trainer_fix, ext_trainer_is_configured, ext_trainer_path
+from nnunet_sparseattn.discovery import describe_mechanism, ext_trainer_is_configured, ext_trainer_path
 
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -30,13 +30,14 @@ def check_path_variables(environ: dict) -> list[Finding]:
 
 
 def check_ext_trainer(environ: dict) -> list[Finding]:
+    """Which mechanism lets nnU-Net find our trainers (the startup hook and its installed file, the variable set by
+    hand, or the opt-out), or what to do when none does."""
     if not ext_trainer_path().is_dir():
         return [Finding("fix", f"the shim folder {ext_trainer_path()} is missing: reinstall nnunet-sparseattn")]
-    if not ext_trainer_is_configured(environ):
-        current = environ.get("nnUNet_extTrainer")
-        what = " is not set" if not current else f"={current} does not list our trainers"
-        return [Finding("fix", f"nnUNet_extTrainer{what}: {ext_trainer_fix()}")]
-    return [Finding("ok", f"nnUNet_extTrainer lists {ext_trainer_path()}")]
+    mechanism = describe_mechanism(environ)
+    if not mechanism.active:
+        return [Finding("fix", f"{mechanism.how}: {mechanism.fix}")]
+    return [Finding("ok", f"trainers: {mechanism.how}")]
 
 
 def check_trainer_lookup() -> list[Finding]:

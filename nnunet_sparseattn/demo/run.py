@@ -32,7 +32,8 @@ def run_demo(work: str | Path, msd: str | Path | None = None, trainer: str | Non
     print(f"demo working folder: {work}; the commands below run with:")
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_compile",
                  "nnUNet_def_n_proc"):
-        print(f"   export {name}={env[name]}")
+        print(f"   export {name}={env[name]}" if name in env else
+              f"   ({name} not set: the startup hook adds our trainers in each command)")
 
     if msd is None:
         _stage("writing the synthetic demo dataset", started)

@@ -8,6 +8,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_sparseattn.architectures.base import PlansNetwork
+from nnunet_sparseattn.model_stamp import check_installed_version
 
 
 class ArchitectureTrainer(nnUNetTrainer):
@@ -21,7 +22,8 @@ class ArchitectureTrainer(nnUNetTrainer):
     network_class: ClassVar[type[PlansNetwork]]
     network_kwargs: ClassVar[dict[str, Any]] = {}
 
-    # A classmethod: nnU-Net calls it on the class at inference and on the instance in training.
+    # A classmethod: nnU-Net calls it on the class at inference and on the instance in training. A shared model's plans
+    # carry the version that exported it (model_stamp.py): a newer one than ours is refused before anything is built.
     @classmethod
     def build_network_architecture(
         cls,
@@ -31,6 +33,7 @@ class ArchitectureTrainer(nnUNetTrainer):
         num_output_channels: int,
         enable_deep_supervision: bool = True,
     ) -> nn.Module:
+        check_installed_version(plans_manager.plans)
         return cls.network_class.from_plans(
             configuration_manager.network_arch_init_kwargs,
             configuration_manager.patch_size,
