@@ -214,7 +214,7 @@ def _isic_copies(shared_data: Path, root: Path, n: int, mask_format: str, size=N
 
 def test_rgb_jpeg_masks_are_refused_without_threshold_and_binarised_with_it(shared_data, tmp_path):
     images, masks = _isic_copies(shared_data, tmp_path / "src", 5, "rgb-jpeg")
-    first = np.asarray(Image.open(sorted(masks.iterdir())[0]))
+    first = np.asarray(Image.open(min(masks.iterdir())))
     assert first.ndim == 3 and not np.all(first == first[..., :1])  # channels differ slightly: lossy colour
     raw = tmp_path / "raw"
     with pytest.raises(UserError, match=r"\d+\.\d% of its pixels are neither 0 nor 255; pass --threshold T") as error:
@@ -285,7 +285,7 @@ def test_tiff_images_and_masks_cvc_clinicdb_layout(shared_data, tmp_path):
     images, masks = _isic_copies(shared_data, tmp_path / "src", 5, "tiff")
     folder = convert_2d(images, masks, 524, name="Tiff", raw_root=tmp_path / "raw")
     isic = shared_data / "ISIC2017_256"
-    case = sorted(json.loads((folder / "conversion.json").read_text())["cases"])[0]
+    case = min(json.loads((folder / "conversion.json").read_text())["cases"])
     image = np.asarray(Image.open(folder / "imagesTr" / f"{case}_0000.png"))
     assert np.array_equal(image, np.asarray(Image.open(isic / "images" / f"{case}.jpg").convert("RGB")))
     label = np.asarray(Image.open(folder / "labelsTr" / f"{case}.png"))

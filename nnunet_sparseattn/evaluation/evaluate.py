@@ -121,6 +121,7 @@ def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tol
 
     ending = dataset.file_ending
     cases = _cases(reference, predictions, ending, chill)
+
     def read(case: str) -> tuple[np.ndarray, np.ndarray, Sequence[float]]:
         ref, props = dataset.reader.read_seg(str(reference / f"{case}{ending}"))
         pred, _ = dataset.reader.read_seg(str(predictions / f"{case}{ending}"))
