@@ -126,19 +126,21 @@ def test_predictions_go_back_to_the_original_size_through_the_cli(converted, tmp
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_3d_nifti_spacing_in_mm_and_no_2d_metrics(tmp_path):
+def test_3d_nifti_spacing_in_mm_empty_classes_and_no_2d_metrics(tmp_path):
     import SimpleITK as sitk
 
     ref_dir, pred_dir = tmp_path / "labelsTs", tmp_path / "pred"
     ref_dir.mkdir(), pred_dir.mkdir()
     meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "anterior": 1, "posterior": 2},
-            "numTraining": 2, "file_ending": ".nii.gz"}
+            "numTraining": 3, "file_ending": ".nii.gz"}
     (tmp_path / "dataset.json").write_text(json.dumps(meta))  # beside labelsTs, as in nnUNet_raw
-    for case in ("a", "b"):
-        ref = np.zeros((10, 16, 16), np.uint8)
-        ref[2:6, 4:12, 4:12], ref[6:8, 4:8, 4:8] = 1, 2
-        pred = np.roll(ref, 1, axis=0)  # one slice off along z, spaced 2 mm
-        for folder, arr in ((ref_dir, ref), (pred_dir, pred)):
+    full = np.zeros((10, 16, 16), np.uint8)
+    full[2:6, 4:12, 4:12], full[6:8, 4:8, 4:8] = 1, 2
+    anterior_only = np.where(full == 2, 0, full).astype(np.uint8)
+    # a: both classes; b: posterior in neither; c: posterior predicted but absent from the reference.
+    # Every prediction is its reference's source one slice off along z (spaced 2 mm).
+    for case, ref, source in (("a", full, full), ("b", anterior_only, anterior_only), ("c", anterior_only, full)):
+        for folder, arr in ((ref_dir, ref), (pred_dir, np.roll(source, 1, axis=0))):
             image = sitk.GetImageFromArray(arr)
             image.SetSpacing((0.5, 1.0, 2.0))  # x, y, z
             sitk.WriteImage(image, str(folder / f"{case}.nii.gz"))
@@ -146,8 +148,18 @@ def test_3d_nifti_spacing_in_mm_and_no_2d_metrics(tmp_path):
     result = results[0]
     assert result["dimensionality"] == "3d" and result["distance_unit"] == "mm"
     assert "dice" not in result["mean"] and "S_α" not in json.dumps(result["sources"])
-    assert result["mean"]["classes"]["anterior"]["HD95"] == pytest.approx(2.0)  # one slice, 2 mm
-    assert result["mean"]["classes"]["anterior"]["Dice"] == pytest.approx(2 * 3 / 8)
+    anterior, posterior = result["mean"]["classes"]["anterior"], result["mean"]["classes"]["posterior"]
+    assert anterior["HD95"] == pytest.approx(2.0)  # one slice, 2 mm
+    assert anterior["Dice"] == pytest.approx(2 * 3 / 8)  # 4 slices against 4, 3 shared
+    per_case = {c: v["classes"]["posterior"] for c, v in result["per_case"].items()}
+    assert per_case["a"]["Dice"] == pytest.approx(0.5)  # 2 slices against 2, 1 shared
+    # empty in both: nothing to score (nnU-Net's NaN, ours too): written as null, left out of the means
+    assert per_case["b"] == {"Dice": None, "IoU": None, "HD95": None, "NSD": None}
+    # empty reference, non-empty prediction: Dice 0, NSD 0, HD95 undefined and counted
+    assert per_case["c"] == {"Dice": 0.0, "IoU": 0.0, "HD95": None, "NSD": 0.0}
+    assert posterior["Dice"] == pytest.approx(0.25) and posterior["hd95_undefined"] == 1
+    assert posterior["HD95"] == pytest.approx(per_case["a"]["HD95"])
+    assert posterior["NSD"] == pytest.approx(per_case["a"]["NSD"] / 2)
     assert table.splitlines()[0] == ("| predictions | Dice anterior | Dice posterior | IoU anterior | IoU posterior | "
                                      "HD95 (mm) anterior | HD95 (mm) posterior | NSD (1 mm) anterior | "
                                      "NSD (1 mm) posterior |")
