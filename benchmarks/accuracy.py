@@ -12,9 +12,10 @@ stock ``nnUNetTrainer`` included) with ``nnUNetv2_train``, predicts the fold's v
 ``nnUNetv2_predict``, scores them with ``nnUNetv2_evaluate_folder`` and records:
 
 - Dice per class and its mean over classes: nnU-Net's evaluation (``summary.json``: ``mean`` and ``foreground_mean``);
-- HD95 per class: MedPy's ``hd95`` (95th percentile of the symmetric surface distances of both boundaries, pooled),
-  spacing-aware (mm on Hippocampus, pixels on ISIC, whose images were resized), averaged over the cases where both
-  the reference and the prediction contain the class; the other cases are counted, not scored;
+- HD95 per class: MONAI's, through ``nnunet_sparseattn.evaluation.metrics.hd95`` (the larger of the two directed
+  95th percentiles of the distances between the masks' edge pixels/voxels), spacing-aware (mm on Hippocampus,
+  pixels on ISIC, whose images were resized), averaged over the cases where both the reference and the prediction
+  contain the class; the other cases are counted, not scored;
 - training time per iteration: timed inside the training process by the budgeted trainer, per epoch, from the
   first to the last training iteration (data loading, forward, backward, optimiser step; nnU-Net's validation
   iterations excluded), summed over the epochs that were not the first of their process (warm-up) and divided
@@ -75,6 +76,7 @@ from benchmarks.budgets import (
 )
 from nnunet_sparseattn.discovery import ext_trainer_path
 from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.evaluation.metrics import hd95  # the one HD95 of the project (MONAI's), as `evaluate` reports it
 
 RESULTS = ROOT / "benchmarks" / "results"
 SECTION = ROOT / "benchmarks" / "accuracy_section.md"
@@ -127,24 +129,6 @@ def convert_dataset(spec: DatasetSpec, data_root: Path, env: dict[str, str], kee
 
 
 # ------------------------------------------------------------------------------------------------ the metric
-def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...]) -> float:
-    """HD95 between two binary masks (MedPy's definition, in the unit of ``spacing``).
-
-    NaN where either mask is empty: the boundary distance is undefined there (the caller counts those cases).
-    """
-    try:
-        from medpy.metric.binary import hd95 as medpy_hd95
-    except ImportError as error:  # pragma: no cover - a missing install, reported in one line
-        raise UserError("the benchmark's boundary metric needs MedPy: pip install medpy") from error
-    prediction, reference = np.asarray(prediction, bool), np.asarray(reference, bool)
-    if prediction.shape != reference.shape or len(spacing) != prediction.ndim:
-        raise ValueError(f"prediction {prediction.shape}, reference {reference.shape} and spacing {spacing} "
-                         "must have the same dimensions")
-    if not prediction.any() or not reference.any():
-        return math.nan
-    return float(medpy_hd95(prediction, reference, voxelspacing=spacing))
-
-
 def drop_singleton_axes(seg: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
     """nnU-Net reads a segmentation as (1, *spatial) with one spacing per spatial axis, a 2D image as (1, 1, X, Y)
     with a dummy spacing (999) for the dummy axis: keep the real spatial axes and their spacings."""
@@ -617,7 +601,8 @@ METHODS = """\
 It predicts the fold's validation cases (at most the budget's number, first in name order) and records:
 
 - **Dice**: nnU-Net's evaluation of those cases, per class and its mean over classes (`foreground_mean`).
-- **HD95**: MedPy's `hd95` per case and class (95th percentile of both boundaries' surface distances, pooled),
+- **HD95**: MONAI's per case and class (`nnunet_sparseattn.evaluation.metrics.hd95`, the one `evaluate` reports:
+  the larger of the two directed 95th percentiles of the edge distances),
   in mm on Hippocampus, in pixels on ISIC (its images were resized to 256 x 256), averaged over the cases where
   reference and prediction both hold the class (the JSON counts the others: `hd95_undefined_cases`).
 - **s/iter**: training time per iteration, timed inside `nnUNetv2_train` per epoch from the first to the last

@@ -1,4 +1,5 @@
-"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, convert-2d, export, make-demo-dataset, demo."""
+"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, convert-2d, evaluate, export, make-demo-dataset,
+demo."""
 from __future__ import annotations
 
 import argparse
@@ -89,11 +90,13 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _convert_2d(args: argparse.Namespace) -> int:
-    from nnunet_sparseattn.convert2d import convert_2d
+    from nnunet_sparseattn.convert2d import convert_2d, parse_size
 
     folder = convert_2d(Path(args.images), Path(args.masks), args.dataset, name=args.name,
                         mask_suffix=args.mask_suffix, num_test=args.num_test, limit=args.limit,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, threshold=args.threshold,
+                        resize=parse_size(args.resize) if args.resize else None,
+                        test_list=args.test_list, train_list=args.train_list)
     print(folder)
     return 0
 
@@ -102,6 +105,20 @@ def _export(args: argparse.Namespace) -> int:
     from nnunet_sparseattn.export import describe, export_model
 
     print(describe(export_model(args.dataset, args.configurations, args.trainer, args.folds, args.output, args.plans)))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from nnunet_sparseattn.evaluation import PAPER_METRICS_FILE, evaluate_folders
+
+    results, table, path = evaluate_folders(Path(args.reference), [Path(p) for p in args.predictions],
+                                            dataset_json=args.dataset_json, nsd_tolerance=args.nsd_tolerance,
+                                            original_size=args.original_size, num_processes=args.num_processes,
+                                            chill=args.chill, table=args.table)
+    print(table)
+    print(f"table: {path}")
+    for result in results:
+        print(f"per case: {Path(result['predictions']) / PAPER_METRICS_FILE}")
     return 0
 
 
@@ -138,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test", type=int, default=0, help="cases to hold out into imagesTs/labelsTs")
     p.add_argument("--limit", type=int, help="convert only the first N pairs (by name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="binarise masks: foreground where the grey value > T (RGB: the brightest channel); for "
+                        "masks saved lossily (JPEG)")
+    p.add_argument("--resize", metavar="HxW", help="resize images (bilinear) and masks (nearest), e.g. 256x256; "
+                                                    "the original sizes are recorded")
+    p.add_argument("--test-list", metavar="FILE", help="image names (one a line) to hold out into imagesTs")
+    p.add_argument("--train-list", metavar="FILE", help="image names (one a line) to train on")
     p.set_defaults(func=_convert_2d)
 
     p = commands.add_parser("export", help="nnU-Net's model zip, stamped with our version, for "
@@ -149,6 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("-o", "--output", required=True, help="the zip file to write")
     p.set_defaults(func=_export)
+    p = commands.add_parser("evaluate", help="nnU-Net's Dice/IoU, HD95, NSD and (2D) the polyp papers' metrics, "
+                                             "as a table with one row per prediction folder")
+    p.add_argument("reference", help="folder of reference labels, e.g. nnUNet_raw/DatasetXXX_NAME/labelsTs")
+    p.add_argument("predictions", nargs="+", help="nnUNetv2_predict output folders (one table row each)")
+    p.add_argument("--original-size", action="store_true",
+                   help="bring predictions of a convert-2d --resize dataset back to the original sizes and score "
+                        "them there (writes PRED_DIR/original_size/)")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0,
+                   help="NSD tolerance in the data's spacing unit: mm, or pixels for PNG data (default 1)")
+    p.add_argument("--dataset-json", help="dataset.json (default: the prediction folder's, else the reference's "
+                                          "dataset folder's)")
+    p.add_argument("--table", help="Markdown table to write (default: paper_table.md in the prediction folders' "
+                                   "common folder)")
+    p.add_argument("-np", "--num-processes", type=int, help="processes for nnU-Net's evaluation (default: nnU-Net's)")
+    p.add_argument("--chill", action="store_true", help="score only the predicted cases of the reference folder")
+    p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("make-demo-dataset", help="write the synthetic 3D demo dataset into nnUNet_raw")
     p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")

@@ -6,15 +6,36 @@ wants, which :func:`convert_2d` writes::
     <nnUNet_raw>/DatasetXXX_NAME/
         imagesTr/CASE_0000.png      one file per case; RGB stays ONE 3-channel PNG (channel_names R, G, B)
         labelsTr/CASE.png           uint8 labels 0..K (binary 0/255 masks become 0/1)
-        imagesTs/, labelsTs/        the last ``num_test`` cases (sorted by name), when asked for
+        imagesTs/, labelsTs/        held-out cases (--num-test, --test-list, --train-list), when asked for
         dataset.json                channel_names, labels, numTraining, file_ending ".png"
+        conversion.json             ours, ignored by nnU-Net: source file of every case, its size before any
+                                    resize, the threshold and resize used (:data:`CONVERSION_RECORD`)
+        original_size/labelsTr/     with ``resize`` only: the labels at the source's own size, so predictions
+        original_size/labelsTs/     brought back to that size can be scored (``evaluate --original-size``)
 
 Images are paired with masks by name: ``mask stem = image stem + suffix``. The suffix is found from the files
 when not given (ISIC: ``ISIC_0000000.jpg`` <-> ``ISIC_0000000_segmentation.png``, suffix ``_segmentation``;
-the same stem in both folders: suffix ``""``). Every problem (missing folder, an unpaired image or mask, a mask
-whose values are neither 0/255 nor small integer labels, images with different channel counts, an image and
-its mask of different sizes) stops the conversion with a one-line :class:`UserError` before anything is left
-in ``nnUNet_raw``: the dataset is written into a hidden folder and renamed when complete.
+the same stem in both folders: suffix ``""``). A stem that is not a plain nnU-Net case identifier (spaces, dots,
+other punctuation) is mapped to one (``"polyp 1.v2"`` -> ``polyp_1_v2``) and the mapping is recorded.
+
+Masks as public datasets distribute them:
+
+- 0/255 masks become 0/1; integer labels 0..254 are kept (palette PNGs: the palette index is the label);
+- RGB(A) masks whose colour channels are equal are read as grey (alpha ignored);
+- ``threshold=T`` binarises every mask: foreground where the grey value > T. A colour mask's grey value is the
+  brightest of its R, G and B (:data:`GREY_RULE`), so a white, red or green outline on black is foreground
+  whatever its colour; palette masks are read through their palette's colours;
+- without a threshold, a mask saved as JPEG, or one that looks like a lossily saved 0/255 mask (values other
+  than 0 and 255, yet nearly all within 32 of them), is refused with the share of its ambiguous pixels: the
+  conversion never guesses a threshold.
+
+``resize=(H, W)`` (the papers' protocol: the bilateral paper trains at 256 x 256) resizes images bilinearly and
+masks by nearest neighbour after thresholding.
+
+Every problem (missing folder, an unpaired image or mask, an unreadable or ambiguous mask, images with different
+channel counts, an image and its mask of different sizes, names in a split list that match no image) stops the
+conversion with a one-line :class:`UserError` before anything is left in ``nnUNet_raw``: the dataset is written
+into a hidden folder and renamed when complete.
 """
 from __future__ import annotations
 
@@ -24,27 +45,41 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from nnunet_sparseattn.errors import UserError
 
-__all__ = ["IMAGE_SUFFIXES", "Pair", "convert_2d", "pair_images_and_masks"]
+__all__ = ["CONVERSION_RECORD", "GREY_RULE", "IMAGE_SUFFIXES", "ORIGINAL_SIZE_FOLDER", "Pair", "convert_2d",
+           "pair_images_and_masks", "parse_size", "read_conversion_record", "read_mask"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+CONVERSION_RECORD = "conversion.json"
+ORIGINAL_SIZE_FOLDER = "original_size"
+GREY_RULE = "the brightest of R, G and B at each pixel (alpha ignored; palette masks through their colours)"
 # Modes whose pixels are colours: converted to RGB (alpha dropped: it is no image content).
 _COLOUR_MODES = {"RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBa"}
 _GREY_MODES = {"L", "LA", "La", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _MIN_TRAINING = 5  # nnU-Net's 5-fold cross-validation split
+# A lossily saved 0/255 mask: values other than 0/255, yet nearly all of them near 0 or 255 (JPEG ringing).
+_NEAR_BINARY = 32
+_LOSSY_SHARE = 0.9
+_CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
 class Pair:
-    case: str  # nnU-Net case identifier (the image's stem)
+    case: str  # nnU-Net case identifier: the image's stem, or a safe name mapped from it
     image: Path
     mask: Path
+
+    @property
+    def name(self) -> str:
+        """The image's stem as distributed (what split lists name)."""
+        return self.image.stem
 
 
 def _files(folder: Path) -> list[Path]:
@@ -63,6 +98,26 @@ def _detect_suffix(image_stem: str, mask_stems: set[str]) -> str:
                         "masks folder): pass the mask-name suffix (e.g. --mask-suffix _segmentation)")
     raise UserError(f"several masks could belong to image {image_stem!r} ({', '.join(image_stem + c for c in candidates[:3])}):"
                     " pass the mask-name suffix (e.g. --mask-suffix _segmentation)")
+
+
+def _case_identifiers(stems: Sequence[str]) -> list[str]:
+    """A valid, unique nnU-Net case identifier per stem: kept when already one, else every run of other
+    characters (spaces, dots, ...) becomes ``_``; clashes get ``_2``, ``_3``, ... in name order."""
+    taken = {s for s in stems if _CASE_ID.fullmatch(s)}
+    out = []
+    for stem in stems:
+        if _CASE_ID.fullmatch(stem):
+            out.append(stem)
+            continue
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "case"
+        base = base if base[0].isalnum() else f"case{base}"
+        case, n = base, 1
+        while case in taken:
+            n += 1
+            case = f"{base}_{n}"
+        taken.add(case)
+        out.append(case)
+    return out
 
 
 def pair_images_and_masks(images: Path, masks: Path, mask_suffix: Optional[str] = None) -> tuple[list[Pair], str]:
@@ -91,7 +146,7 @@ def pair_images_and_masks(images: Path, masks: Path, mask_suffix: Optional[str] 
         if what == "mask":
             by_stem = seen
     suffix = _detect_suffix(image_files[0].stem, set(by_stem)) if mask_suffix is None else mask_suffix
-    pairs, unpaired = [], []
+    paired, unpaired = [], []
     used: set[str] = set()
     for image in image_files:
         mask = by_stem.get(image.stem + suffix)
@@ -99,7 +154,7 @@ def pair_images_and_masks(images: Path, masks: Path, mask_suffix: Optional[str] 
             unpaired.append(image.name)
         else:
             used.add(mask.stem)
-            pairs.append(Pair(image.stem, image, mask))
+            paired.append((image, mask))
     if unpaired:
         raise UserError(f"{len(unpaired)} image(s) have no mask named <image>{suffix}.<ext> in {masks} "
                         f"(e.g. {', '.join(unpaired[:3])}): add the masks, remove the images, or pass the right "
@@ -108,7 +163,16 @@ def pair_images_and_masks(images: Path, masks: Path, mask_suffix: Optional[str] 
     if orphans:
         raise UserError(f"{len(orphans)} mask(s) have no image (e.g. {', '.join(orphans[:3])}; masks are paired as "
                         f"<image>{suffix}.<ext>): remove them or pass the right mask suffix")
-    return pairs, suffix
+    cases = _case_identifiers([image.stem for image, _ in paired])
+    return [Pair(case, image, mask) for case, (image, mask) in zip(cases, paired)], suffix
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"256x256"`` -> ``(256, 256)`` (height, width)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if match is None or min(int(match.group(1)), int(match.group(2))) < 1:
+        raise UserError(f"--resize {text!r}: expected HEIGHTxWIDTH in pixels, e.g. --resize 256x256")
+    return int(match.group(1)), int(match.group(2))
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -136,30 +200,132 @@ def _read_image(path: Path) -> np.ndarray:
     return arr.astype(np.uint8 if arr.max() <= 255 else np.uint16)
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    """``(H, W)`` uint8 labels: 0/255 -> 0/1; integer labels 0..254 kept; anything else refused."""
+def _grey(img: Image.Image) -> np.ndarray:
+    """A mask's grey values for thresholding (:data:`GREY_RULE`)."""
+    if img.mode in _COLOUR_MODES:
+        return np.asarray(img.convert("RGB")).max(axis=-1)
+    if img.mode in {"LA", "La", "1"}:
+        return np.asarray(img.convert("L"))
+    return np.asarray(img)
+
+
+def _ambiguous_share(grey: np.ndarray) -> float:
+    return float(np.mean((grey != 0) & (grey != 255)))
+
+
+def _looks_lossy_binary(grey: np.ndarray) -> bool:
+    near = (grey <= _NEAR_BINARY) | (grey >= 255 - _NEAR_BINARY)
+    return bool(_ambiguous_share(grey) > 0 and np.any(grey >= 255 - _NEAR_BINARY) and np.mean(near) >= _LOSSY_SHARE)
+
+
+def _refuse_lossy(path: Path, why: str, grey: np.ndarray) -> UserError:
+    return UserError(f"mask {path} {why}: {_ambiguous_share(grey):.1%} of its pixels are neither 0 nor 255; pass "
+                     "--threshold T to binarise the masks (foreground where the grey value > T, e.g. --threshold "
+                     "127)")
+
+
+def read_mask(path: Path, threshold: Optional[float] = None) -> np.ndarray:
+    """A mask file -> ``(H, W)`` uint8 labels, by the rules in this module's docstring."""
+    path = Path(path)
     try:
         with Image.open(path) as img:
+            img.load()
+            if threshold is not None:
+                return (_grey(img) > threshold).astype(np.uint8)
             arr = np.asarray(img)
+            grey = _grey(img)
     except Exception as error:
         raise UserError(f"cannot read mask {path}: {error}") from error
     if arr.ndim == 3:  # a colour-saved mask is usable when its colour channels agree (alpha ignored)
         colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
         if not np.all(colour == colour[..., :1]):
-            raise UserError(f"mask {path} is a colour image: save one label value per class (0, 1, 2, ... or 0/255) "
-                            "as a greyscale PNG")
+            if _looks_lossy_binary(grey):
+                raise _refuse_lossy(path, "looks like a lossily saved 0/255 mask (colour channels that differ "
+                                          "slightly, values smeared around 0 and 255)", grey)
+            raise UserError(f"mask {path} is a colour image: save one label value per class (0, 1, 2, ... or "
+                            "0/255) as a greyscale PNG, or pass --threshold T to binarise its brightest channel")
         arr = colour[..., 0]
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     values = np.unique(arr)
     if np.all(np.isin(values, (0, 255))):
         return (arr == 255).astype(np.uint8)
+    if path.suffix.lower() in LOSSY_SUFFIXES:
+        raise _refuse_lossy(path, "is a JPEG, whose values are lossy", grey)
+    if _looks_lossy_binary(grey):
+        raise _refuse_lossy(path, "looks like a lossily saved 0/255 mask (values smeared around 0 and 255)", grey)
     integral = arr.dtype.kind in "iu" or bool(np.all(values == np.round(values)))
     if integral and values.min() >= 0 and values.max() < 255:
         return arr.astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
     raise UserError(f"mask {path} has values {{{shown}}} that are neither 0/255 nor integer labels 0..254 (a lossy "
-                    "JPEG or a smoothed resize?): save masks losslessly with one value per class")
+                    "save or a smoothed resize?): save masks losslessly with one value per class, or pass "
+                    "--threshold T to binarise them")
+
+
+def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    """Resize an ``(H, W[, 3])`` array to ``size`` = (H, W) with Pillow: bilinear, or nearest for labels."""
+    if arr.shape[:2] == tuple(size):
+        return arr
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    wh = (size[1], size[0])
+    if arr.dtype == np.uint16:  # Pillow interpolates 16-bit grey as 32-bit integers ("I")
+        out = np.asarray(Image.fromarray(arr.astype(np.int32)).resize(wh, resample))
+        return np.clip(out, 0, 65535).astype(np.uint16)
+    return np.asarray(Image.fromarray(arr).resize(wh, resample))
+
+
+def _read_name_list(path: Path, what: str) -> list[str]:
+    """Image names, one per line (blank lines and ``#`` comments skipped; folders and image extensions dropped)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist: pass a text file with one image file name per line")
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = Path(line.replace("\\", "/")).name
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            name = Path(name).stem
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise UserError(f"{what} {path} names no image: write one image file name per line")
+    return names
+
+
+def _split(pairs: list[Pair], num_test: int, test_list: Optional[Path],
+           train_list: Optional[Path]) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """(training, held-out, left out) cases: by lists of image names, else the last ``num_test`` by name."""
+    if test_list is None and train_list is None:
+        if num_test < 0:
+            raise UserError(f"num_test={num_test} must be >= 0")
+        return pairs[:len(pairs) - num_test], pairs[len(pairs) - num_test:], []
+    if num_test:
+        raise UserError("--num-test and a split list (--test-list/--train-list) were both given: choose one")
+    by_name = {p.name: p for p in pairs}
+    chosen: dict[str, list[str]] = {}
+    for what, path in (("test list", test_list), ("train list", train_list)):
+        if path is None:
+            continue
+        names = _read_name_list(path, what)
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise UserError(f"{len(unknown)} name(s) in {what} {path} match no paired image (e.g. "
+                            f"{', '.join(unknown[:3])}): use the images' file names, one per line")
+        chosen[what] = names
+    if "test list" in chosen and "train list" in chosen:
+        both = sorted(set(chosen["test list"]) & set(chosen["train list"]))
+        if both:
+            raise UserError(f"{len(both)} image(s) are in both the train and the test list (e.g. "
+                            f"{', '.join(both[:3])}): a case is either trained on or held out")
+    test = set(chosen.get("test list", []))
+    train = set(chosen["train list"]) if "train list" in chosen else {p.name for p in pairs} - test
+    if "test list" not in chosen:
+        test = {p.name for p in pairs} - train
+    return ([p for p in pairs if p.name in train], [p for p in pairs if p.name in test],
+            [p for p in pairs if p.name not in train | test])
 
 
 def _dataset_name(images: Path, name: Optional[str]) -> str:
@@ -173,6 +339,15 @@ def _dataset_name(images: Path, name: Optional[str]) -> str:
     return name
 
 
+def read_conversion_record(dataset: Path) -> dict[str, Any]:
+    """The record :func:`convert_2d` wrote into a raw dataset folder (:data:`CONVERSION_RECORD`)."""
+    path = Path(dataset) / CONVERSION_RECORD
+    if not path.is_file():
+        raise UserError(f"{Path(dataset)} has no {CONVERSION_RECORD}: it was not written by nnunet-sparseattn "
+                        "convert-2d (or by a version before original sizes were recorded); convert it again")
+    return json.loads(path.read_text())
+
+
 def convert_2d(
     images: Path,
     masks: Path,
@@ -184,12 +359,16 @@ def convert_2d(
     limit: Optional[int] = None,
     label_names: Optional[Sequence[str]] = None,
     overwrite: bool = False,
+    threshold: Optional[float] = None,
+    resize: Optional[tuple[int, int]] = None,
+    test_list: Optional[Path] = None,
+    train_list: Optional[Path] = None,
 ) -> Path:
     """Write ``<raw_root>/Dataset{dataset_id:03d}_{name}`` in nnU-Net's raw format; return that folder.
 
     Args:
-        images, masks: folders of 2D images (PNG/JPEG/BMP/TIFF; RGB kept as 3 channels, greyscale as 1) and of
-            masks (0/255 binary or integer labels 0..K).
+        images, masks: folders of 2D images (PNG/JPEG/BMP/TIFF; RGB(A) and palette kept as 3 channels, greyscale
+            as 1) and of masks (0/255 binary, integer labels 0..K, palette PNGs, or lossy masks with ``threshold``).
         dataset_id: nnU-Net dataset id (1..999); name: the dataset's name (default: from the images' folder, e.g.
             ``ISIC2017_256`` for ``ISIC2017_256/images``).
         raw_root: nnU-Net's raw folder (default ``$nnUNet_raw``).
@@ -198,10 +377,17 @@ def convert_2d(
         limit: convert only the first ``limit`` cases (sorted by name): quick experiments, tests.
         label_names: names of labels 1..K (default ``foreground`` for one label, else ``label_1`` ...).
         overwrite: replace an existing dataset folder of the same id AND name (never one of another name).
+        threshold: binarise masks: foreground where the grey value (:data:`GREY_RULE`) > ``threshold``.
+        resize: (height, width): images bilinear, masks nearest after thresholding; the original sizes and labels
+            are kept (``conversion.json``, ``original_size/``).
+        test_list, train_list: text files of image names (one a line, extension optional): a published split.
+            With one list the other cases form the other set; with both, cases in neither are left out.
     """
     images, masks = Path(images).expanduser(), Path(masks).expanduser()
     if not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
         raise UserError(f"dataset id {dataset_id!r} must be an integer from 1 to 999")
+    if threshold is not None and not 0 <= threshold < 255:
+        raise UserError(f"--threshold {threshold}: masks' grey values run from 0 to 255; choose T in 0..254")
     if raw_root is None:
         if not os.environ.get("nnUNet_raw"):
             raise UserError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (or pass the raw folder)")
@@ -214,20 +400,24 @@ def convert_2d(
         hint = " (pass overwrite to replace it)" if clash == [target] else ""
         raise UserError(f"dataset id {dataset_id} is taken by {clash[0]}{hint}: choose another id or remove it")
 
-    pairs, _ = pair_images_and_masks(images, masks, mask_suffix)
+    pairs, suffix = pair_images_and_masks(images, masks, mask_suffix)
     if limit is not None:
         if limit < 1:
             raise UserError(f"limit={limit} must be >= 1")
+        if test_list is not None or train_list is not None:
+            raise UserError("--limit and a split list were both given: a list names its cases; drop --limit")
         pairs = pairs[:limit]
-    if num_test < 0 or len(pairs) - num_test < _MIN_TRAINING:
-        raise UserError(f"{len(pairs)} case(s) with num_test={num_test} leave {len(pairs) - num_test} for training: "
-                        f"nnU-Net's 5-fold cross-validation needs at least {_MIN_TRAINING}")
+    training, test, left_out = _split(pairs, num_test, test_list, train_list)
+    if len(training) < _MIN_TRAINING:
+        raise UserError(f"{len(pairs)} case(s) leave {len(training)} for training: nnU-Net's 5-fold "
+                        f"cross-validation needs at least {_MIN_TRAINING}")
 
     raw_root.mkdir(parents=True, exist_ok=True)
     partial = raw_root / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        max_label, channels = _write_cases(pairs, len(pairs) - num_test, partial)
+        written = _write_cases(training, test, partial, threshold, resize)
+        max_label, channels = written["max_label"], written["channels"]
         names = list(label_names) if label_names is not None else \
             (["foreground"] if max_label <= 1 else [f"label_{i}" for i in range(1, max_label + 1)])
         if len(names) != max(1, max_label):
@@ -238,11 +428,20 @@ def convert_2d(
             "description": f"2D images {images} and masks {masks}, converted by nnunet-sparseattn convert-2d",
             "channel_names": channel_names,
             "labels": {"background": 0, **{n: i for i, n in enumerate(names, start=1)}},
-            "numTraining": len(pairs) - num_test,
+            "numTraining": len(training),
             "file_ending": ".png",
             "overwrite_image_reader_writer": "NaturalImage2DIO",
         }
         (partial / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+        record = {
+            "written_by": "nnunet-sparseattn convert-2d",
+            "images": str(images.resolve()), "masks": str(masks.resolve()), "mask_suffix": suffix,
+            "threshold": threshold, "grey_rule": GREY_RULE if threshold is not None else None,
+            "resize": list(resize) if resize is not None else None,
+            "cases": written["cases"],
+            "left_out": [p.image.name for p in left_out],
+        }
+        (partial / CONVERSION_RECORD).write_text(json.dumps(record, indent=2))
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)
@@ -251,30 +450,43 @@ def convert_2d(
     return target
 
 
-def _write_cases(pairs: Sequence[Pair], num_training: int, out: Path) -> tuple[int, int]:
-    """Write every case (the first ``num_training`` to imagesTr/labelsTr); return the largest label, channels."""
-    folders = {k: out / k for k in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
-    for key in ("imagesTr", "labelsTr"):
-        folders[key].mkdir(parents=True)
-    if num_training < len(pairs):
-        folders["imagesTs"].mkdir()
-        folders["labelsTs"].mkdir()
-    max_label = 0
+def _write_cases(training: Sequence[Pair], test: Sequence[Pair], out: Path, threshold: Optional[float],
+                 resize: Optional[tuple[int, int]]) -> dict[str, Any]:
+    """Write every case; return the largest label, the channel count and each case's record."""
+    splits = [("Tr", training)] + ([("Ts", test)] if test else [])
+    for split, _ in splits:
+        (out / f"images{split}").mkdir(parents=True)
+        (out / f"labels{split}").mkdir(parents=True)
+        if resize is not None:
+            (out / ORIGINAL_SIZE_FOLDER / f"labels{split}").mkdir(parents=True)
+    max_label, any_above_threshold = 0, False
     first: Optional[tuple[int, Path]] = None
-    for i, pair in enumerate(pairs):
-        image, mask = _read_image(pair.image), _read_mask(pair.mask)
-        n_channels = 3 if image.ndim == 3 else 1
-        if first is None:
-            first = (n_channels, pair.image)
-        elif n_channels != first[0]:
-            raise UserError(f"images differ in channels: {first[1].name} has {first[0]}, {pair.image.name} has "
-                            f"{n_channels}: convert them all to RGB or all to greyscale")
-        if image.shape[:2] != mask.shape:
-            raise UserError(f"image {pair.image.name} is {image.shape[1]}x{image.shape[0]} but its mask "
-                            f"{pair.mask.name} is {mask.shape[1]}x{mask.shape[0]}: they must have the same size")
-        max_label = max(max_label, int(mask.max()))
-        split = "Tr" if i < num_training else "Ts"
-        Image.fromarray(image).save(folders[f"images{split}"] / f"{pair.case}_0000.png")
-        Image.fromarray(mask).save(folders[f"labels{split}"] / f"{pair.case}.png")
+    cases: dict[str, dict[str, Any]] = {}
+    for split, pairs in splits:
+        for pair in pairs:
+            image, mask = _read_image(pair.image), read_mask(pair.mask, threshold)
+            n_channels = 3 if image.ndim == 3 else 1
+            if first is None:
+                first = (n_channels, pair.image)
+            elif n_channels != first[0]:
+                raise UserError(f"images differ in channels: {first[1].name} has {first[0]}, {pair.image.name} has "
+                                f"{n_channels}: convert them all to RGB or all to greyscale")
+            if image.shape[:2] != mask.shape:
+                raise UserError(f"image {pair.image.name} is {image.shape[1]}x{image.shape[0]} but its mask "
+                                f"{pair.mask.name} is {mask.shape[1]}x{mask.shape[0]}: they must have the same size")
+            max_label = max(max_label, int(mask.max()))
+            any_above_threshold |= bool(mask.any())
+            original_size = [int(n) for n in mask.shape]
+            if resize is not None:
+                Image.fromarray(mask).save(out / ORIGINAL_SIZE_FOLDER / f"labels{split}" / f"{pair.case}.png")
+                image, mask = _resize(image, resize, nearest=False), _resize(mask, resize, nearest=True)
+            Image.fromarray(image).save(out / f"images{split}" / f"{pair.case}_0000.png")
+            Image.fromarray(mask).save(out / f"labels{split}" / f"{pair.case}.png")
+            cases[pair.case] = {"image": pair.image.name, "mask": pair.mask.name, "split": split,
+                                "original_size": original_size}
+    if threshold is not None and not any_above_threshold:
+        raise UserError(f"no mask has a grey value above --threshold {threshold:g}: every mask would be empty (masks "
+                        "of labels 0/1 need no threshold); drop --threshold or lower it")
     assert first is not None
-    return max_label, first[0]
+    return {"max_label": max_label, "channels": first[0], "cases": cases}
+

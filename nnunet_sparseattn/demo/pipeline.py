@@ -113,8 +113,11 @@ def keep_training_cases(dataset: Path, keep: int) -> None:
     (dataset / "dataset.json").write_text(json.dumps(meta, indent=2))
 
 
-def plan_and_preprocess(dataset_id: int, configuration: str, env: dict[str, str], log: Path | None = None) -> None:
-    run_step(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", configuration, "-np", "2", "-npfp", "2",
+def plan_and_preprocess(dataset_id: int | Sequence[int], configuration: str, env: dict[str, str],
+                        log: Path | None = None) -> None:
+    """One ``nnUNetv2_plan_and_preprocess`` for one dataset or several (one process start for all)."""
+    ids = [dataset_id] if isinstance(dataset_id, int) else list(dataset_id)
+    run_step(["nnUNetv2_plan_and_preprocess", "-d", *ids, "-c", configuration, "-np", "2", "-npfp", "2",
               "--verify_dataset_integrity"], env, log)
 
 

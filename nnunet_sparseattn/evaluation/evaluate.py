@@ -1,0 +1,275 @@
+"""``nnunet-sparseattn evaluate REF_DIR PRED_DIR [PRED_DIR ...]``: a paper-style table, one row per prediction folder.
+
+For each prediction folder (``nnUNetv2_predict``'s output):
+
+- nnU-Net's own evaluation (``compute_metrics_on_folder``) gives Dice and IoU per class and writes its
+  ``summary.json`` there, as ``nnUNetv2_evaluate_folder`` does;
+- HD95 and NSD per class (:mod:`.metrics`: MONAI), spacing-aware: mm for medical images, pixels for PNG data;
+- for 2D data, the bilateral paper's six metrics on the foreground (all labels > 0), image by image: from the
+  foreground probability (1 - background probability) where every case has ``nnUNetv2_predict
+  --save_probabilities`` output (``CASE.npz``), from the predicted mask otherwise; the output says which;
+- ``summary_paper_metrics.json`` beside ``summary.json``: per case and mean, with the sources and the rules used.
+
+``original_size=True`` first brings the predictions of a ``convert-2d --resize`` dataset back to the original
+sizes (:mod:`.original_size`, into ``PRED_DIR/original_size``) and scores them there against the labels at their
+original size, so each folder's files go to ``PRED_DIR/original_size/``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.evaluation.metrics import (
+    FOREGROUND_MAP_METRICS,
+    ForegroundMapMetrics,
+    hd95,
+    normalized_surface_dice,
+)
+from nnunet_sparseattn.evaluation.original_size import original_size_reference, restore_original_size
+
+__all__ = ["PAPER_METRICS_FILE", "TABLE_FILE", "evaluate_folders", "markdown_table"]
+
+PAPER_METRICS_FILE = "summary_paper_metrics.json"
+TABLE_FILE = "paper_table.md"
+EMPTY_RULES = {
+    "Dice, IoU (nnU-Net)": "NaN when reference and prediction are both empty (left out of nnU-Net's mean)",
+    "HD95": "NaN when either mask is empty (left out of the mean; counted in hd95_undefined)",
+    "NSD": "NaN when both are empty (left out of the mean), 0 when only one is",
+    "mDSC, mIoU": "1 when both are empty, 0 for an empty reference and a non-empty prediction",
+    "S_α, F^w_β, E^max_φ, MAE": "pysodmetrics' values for an empty reference: S = 1 - mean(map), F^w = 0, "
+                               "E^max = (N - pixels at the map's maximum)/(N - 1), MAE = mean(map)",
+}
+
+
+@dataclass
+class _Dataset:
+    json: dict
+    labels: dict[int, str]  # foreground label -> name
+    reader: Any
+    file_ending: str
+
+
+def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Path]) -> _Dataset:
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    candidates = [dataset_json] if dataset_json is not None else \
+        [predictions / "dataset.json", reference.parent / "dataset.json"]
+    found = next((Path(c) for c in candidates if Path(c).is_file()), None)
+    if found is None:
+        raise UserError(f"no dataset.json in {predictions} (nnUNetv2_predict writes one) or beside {reference}: "
+                        "pass --dataset-json FILE")
+    meta = json.loads(found.read_text())
+    manager = LabelManager(meta["labels"], meta.get("regions_class_order"))
+    if manager.has_regions or manager.has_ignore_label:
+        raise UserError(f"{found} defines {'regions' if manager.has_regions else 'an ignore label'}: evaluate scores "
+                        "plain label datasets; use nnUNetv2_evaluate_folder for this one")
+    names = {int(v): k for k, v in meta["labels"].items()}
+    example = next(iter(sorted(reference.glob(f"*{meta['file_ending']}"))), None)
+    if example is None:
+        raise UserError(f"no references (*{meta['file_ending']}) in {reference}")
+    reader = determine_reader_writer_from_dataset_json(meta, str(example), verbose=False)()
+    return _Dataset(meta, {int(l): names[int(l)] for l in manager.foreground_labels}, reader, meta["file_ending"])
+
+
+def _cases(reference: Path, predictions: Path, ending: str, chill: bool) -> list[str]:
+    def stems(folder: Path) -> list[str]:
+        return sorted(p.name[: -len(ending)] for p in folder.glob(f"*{ending}") if p.is_file())
+
+    predicted, referenced = stems(predictions), set(stems(reference))
+    if not predicted:
+        raise UserError(f"no predictions (*{ending}) in {predictions}")
+    unreferenced = [c for c in predicted if c not in referenced]
+    if unreferenced:
+        raise UserError(f"{len(unreferenced)} prediction(s) in {predictions} have no reference in {reference} (e.g. "
+                        f"{', '.join(unreferenced[:3])}): pass the reference folder of the cases predicted")
+    missing = sorted(referenced - set(predicted))
+    if missing and not chill:
+        raise UserError(f"{len(missing)} reference case(s) in {reference} have no prediction in {predictions} (e.g. "
+                        f"{', '.join(missing[:3])}): predict them, or pass --chill to score only the predicted cases")
+    return predicted
+
+
+def _spatial(seg: np.ndarray, spacing: Sequence[float], is_2d: bool) -> tuple[np.ndarray, tuple[float, ...]]:
+    """nnU-Net's (1, *spatial) segmentation -> the spatial array and its spacing; 2D data drop the dummy axis
+    (NaturalImage2DIO reads a PNG as (1, 1, H, W) with spacing (999, 1, 1))."""
+    if is_2d:
+        return seg[0, 0], tuple(float(s) for s in spacing[1:])
+    return seg[0], tuple(float(s) for s in spacing)
+
+
+def _nan_mean(values: list[float]) -> Optional[float]:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def _json_number(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tolerance: float,
+                  num_processes: int, chill: bool) -> dict[str, Any]:
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    ending = dataset.file_ending
+    cases = _cases(reference, predictions, ending, chill)
+
+    def read(case: str) -> tuple[np.ndarray, np.ndarray, Sequence[float]]:
+        ref, props = dataset.reader.read_seg(str(reference / f"{case}{ending}"))
+        pred, _ = dataset.reader.read_seg(str(predictions / f"{case}{ending}"))
+        if ref.shape != pred.shape:
+            raise UserError(f"prediction {case}{ending} is {pred.shape[1:]} but its reference is {ref.shape[1:]}: "
+                            "predictions of a --resize dataset are scored against the original labels only with "
+                            "--original-size")
+        return ref, pred, props["spacing"]
+
+    # 2D data: nnU-Net reads every case as (1, 1, H, W)
+    is_2d = read(cases[0])[0].shape[1] == 1
+    unit = "px" if isinstance(dataset.reader, NaturalImage2DIO) else "mm"  # PNG/BMP/TIFF carry no spacing
+    with_probabilities = [c for c in cases if (predictions / f"{c}.npz").is_file()]
+    source = "probabilities" if is_2d and len(with_probabilities) == len(cases) else "masks"
+    maps = ForegroundMapMetrics() if is_2d else None
+
+    per_case: dict[str, Any] = {}
+    surface = {name: {"hd95": [], "nsd": [], "hd95_undefined": 0} for name in dataset.labels.values()}
+    for case in cases:
+        ref, pred, spacing = read(case)
+        if (ref.shape[1] == 1) != is_2d:
+            raise UserError(f"{case}{ending} is {'2D' if ref.shape[1] == 1 else '3D'} unlike {cases[0]}{ending}: "
+                            "evaluate one kind of data per folder")
+        pred, _ = _spatial(pred, spacing, is_2d)
+        ref, spacing = _spatial(ref, spacing, is_2d)
+        entry: dict[str, Any] = {"classes": {}}
+        for label, name in dataset.labels.items():
+            in_ref, in_pred = ref == label, pred == label
+            d, n = hd95(in_pred, in_ref, spacing), normalized_surface_dice(in_pred, in_ref, spacing, nsd_tolerance)
+            surface[name]["hd95"].append(d)
+            surface[name]["nsd"].append(n)
+            # one mask empty, the other not: HD95 is undefined there (a miss), not merely absent from both
+            surface[name]["hd95_undefined"] += int(math.isnan(d) and (in_ref.any() or in_pred.any()))
+            entry["classes"][name] = {"HD95": _json_number(d), "NSD": _json_number(n)}
+        if maps is not None:
+            if source == "probabilities":
+                probabilities = np.load(predictions / f"{case}.npz")["probabilities"]
+                foreground = 1.0 - probabilities[0, 0].astype(np.float64)
+                if foreground.shape != ref.shape:
+                    raise UserError(f"{case}.npz holds probabilities of shape {foreground.shape} but the reference "
+                                    f"is {ref.shape}: keep each prediction's .npz beside its mask")
+                foreground = np.clip(foreground, 0.0, 1.0)  # float32 sums may overshoot 1 by an ulp
+            else:
+                foreground = (pred > 0).astype(np.float64)
+            entry.update(maps.add(foreground, ref > 0))
+        per_case[case] = entry
+
+    # nnU-Net's own Dice and IoU (and its summary.json), once every case has passed the checks above
+    nnunet = compute_metrics_on_folder(str(reference), str(predictions), str(predictions / "summary.json"),
+                                       dataset.reader, ending, list(dataset.labels), None,
+                                       max(1, min(num_processes, len(cases))), chill=True)
+    for scored in nnunet["metric_per_case"]:
+        entry = per_case[Path(scored["prediction_file"]).name[: -len(ending)]]
+        for label, name in dataset.labels.items():
+            metrics = scored["metrics"][label]
+            entry["classes"][name] = {"Dice": _json_number(metrics["Dice"]), "IoU": _json_number(metrics["IoU"]),
+                                      **entry["classes"][name]}
+    classes = {}
+    for label, name in dataset.labels.items():
+        mean = nnunet["mean"][label]
+        classes[name] = {"Dice": _json_number(mean["Dice"]), "IoU": _json_number(mean["IoU"]),
+                         "HD95": _nan_mean(surface[name]["hd95"]), "NSD": _nan_mean(surface[name]["nsd"]),
+                         "hd95_undefined": surface[name]["hd95_undefined"]}
+    mean: dict[str, Any] = {"classes": classes}
+    if maps is not None:
+        mean.update(maps.results())
+    sources = {"Dice, IoU, HD95, NSD": "masks"}
+    if maps is not None:
+        sources["mDSC, mIoU"] = "probabilities > 0.5" if source == "probabilities" else "masks"
+        sources["S_α, F^w_β, E^max_φ, MAE"] = source
+        if source == "masks" and with_probabilities:
+            sources["note"] = (f"only {len(with_probabilities)} of {len(cases)} cases have probabilities (.npz): "
+                               "masks used for all")
+    return {"reference": str(reference), "predictions": str(predictions), "dimensionality": "2d" if is_2d else "3d",
+            "distance_unit": unit, "nsd_tolerance": nsd_tolerance, "num_cases": len(cases), "sources": sources,
+            "empty_reference_rules": EMPTY_RULES, "mean": mean, "per_case": per_case}
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """The paper's layout: one row per prediction folder; 2D: mDSC, mIoU, S_α, F^w_β, E^max_φ, MAE, then Dice,
+    IoU, HD95 and NSD per class (3D: the per-class columns only)."""
+    first = rows[0][1]
+    names = list(first["mean"]["classes"])
+    is_2d = first["dimensionality"] == "2d"
+    unit, tolerance = first["distance_unit"], first["nsd_tolerance"]
+    suffix = (lambda n: "") if len(names) == 1 else (lambda n: f" {n}")
+    header = ["predictions"]
+    if is_2d:
+        header += [title for title, _ in FOREGROUND_MAP_METRICS.values()] + ["maps"]
+    for what in ("Dice", "IoU", f"HD95 ({unit})", f"NSD ({tolerance:g} {unit})"):
+        header += [f"{what}{suffix(n)}" for n in names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, result in rows:
+        mean = result["mean"]
+        cells = [label]
+        if is_2d:
+            cells += [_fmt(mean[key]) for key in FOREGROUND_MAP_METRICS]
+            cells.append(result["sources"]["S_α, F^w_β, E^max_φ, MAE"])
+        for key, digits in (("Dice", 3), ("IoU", 3), ("HD95", 2), ("NSD", 3)):
+            cells += [_fmt(mean["classes"][n][key], digits) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    n = rows[0][1]["num_cases"]
+    lines.append("")
+    lines.append(f"Per case, then averaged over the {n} case(s) of each row. Dice and IoU: nnU-Net's evaluation; "
+                 f"HD95 and NSD: MONAI (NSD at {tolerance:g} {unit})" +
+                 ("; mDSC and mIoU at threshold 0.5 and S_α, F^w_β (β = 1), E^max_φ, MAE from pysodmetrics, on the "
+                  "foreground of each image, from the column 'maps'." if is_2d else "."))
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_folders(reference: Path, predictions: Sequence[Path], dataset_json: Optional[Path] = None,
+                     nsd_tolerance: float = 1.0, original_size: bool = False, num_processes: Optional[int] = None,
+                     chill: bool = False, table: Optional[Path] = None) -> tuple[list[dict[str, Any]], str, Path]:
+    """Score every prediction folder against ``reference``; write each folder's JSON and the Markdown table.
+    Returns the results, the table and the table's path (default: ``paper_table.md`` in the folders' common
+    folder)."""
+    from nnunetv2.configuration import default_num_processes
+
+    reference = Path(reference).expanduser()
+    if not reference.is_dir():
+        raise UserError(f"reference folder {reference} does not exist: pass the folder of reference labels")
+    if nsd_tolerance < 0 or not math.isfinite(nsd_tolerance):
+        raise UserError(f"--nsd-tolerance {nsd_tolerance}: give a distance >= 0 in the data's spacing unit")
+    folders = [Path(p).expanduser() for p in predictions]
+    for folder in folders:
+        if not folder.is_dir():
+            raise UserError(f"prediction folder {folder} does not exist: pass nnUNetv2_predict's output folder")
+    num_processes = default_num_processes if num_processes is None else num_processes
+    scored_reference = original_size_reference(reference) if original_size else reference
+    rows, results, written = [], [], []
+    for given, folder in zip(predictions, folders):
+        dataset = _load_dataset(reference, folder, Path(dataset_json) if dataset_json else None)
+        scored = restore_original_size(folder, reference, dataset.file_ending) if original_size else folder
+        result = _score_folder(scored_reference, scored, dataset, nsd_tolerance, num_processes, chill)
+        result["original_size"] = original_size
+        (scored / PAPER_METRICS_FILE).write_text(json.dumps(result, indent=2))
+        results.append(result)
+        written.append(scored)
+        rows.append((f"{given}" + (" (original size)" if original_size else ""), result))
+    if len({json.dumps([r["dimensionality"], list(r["mean"]["classes"])]) for r in results}) > 1:
+        raise UserError("the prediction folders hold different datasets (classes or dimensionality differ): "
+                        "evaluate one dataset per table")
+    text = markdown_table(rows)
+    path = Path(table).expanduser() if table is not None else Path(os.path.commonpath(written)) / TABLE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return results, text, path
