@@ -106,9 +106,9 @@ def plan_runs(trainers: Sequence[str], baselines: Sequence[str], plans: str) -> 
         run = Run(f"{b.trainer}__{b.plans or plans}", b.label, b.trainer, b.plans or plans, True)
         runs.setdefault(run.key, run)
     for trainer in trainers:
-        find_trainer_class(trainer)  # unknown trainers are refused here, before any work
         if "_bench" in trainer:
             raise UserError(f"{trainer} is a budgeted trainer: name its base trainer; --budget applies the budget")
+        find_trainer_class(trainer)  # unknown trainers are refused here, before any work
         run = Run(f"{trainer}__{plans}", short_label(trainer) if plans == DEFAULT_PLANS else
                   f"{short_label(trainer)} ({plans})", trainer, plans, False)
         runs.setdefault(run.key, run)

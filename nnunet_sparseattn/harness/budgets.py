@@ -17,7 +17,9 @@ The mixin:
 - seeds Python, NumPy and torch before nnU-Net builds anything (network initialisation, and the data augmentation
   when it runs in the training process: ``nnUNet_n_proc_DA=0``, the CPU setting). NOT seeded: nnU-Net's
   augmentation worker processes (GPU runs; nnU-Net starts them with ``seeds=None``), cuDNN's algorithm choice
-  (``cudnn.benchmark``) and atomics on the GPU. The 5-fold split is nnU-Net's own, seeded (12345) by nnU-Net;
+  (``cudnn.benchmark``) and atomics on the GPU. The 5-fold split is nnU-Net's own, seeded (12345) by nnU-Net.
+  nnU-Net's checkpoints hold no random state: a session resumed at epoch ``e`` reseeds with ``seed + e``, so it
+  draws other batches than the epochs before it, and other batches than an uninterrupted run would have;
 - saves ``checkpoint_latest.pth`` after every epoch, so that a killed run continues (``--c``) where it stopped;
 - times the training iterations of every epoch (from after ``on_train_epoch_start`` to the start of
   ``on_train_epoch_end``: data loading, forward, backward and optimiser step; nnU-Net's validation iterations
@@ -227,6 +229,8 @@ class BudgetMixin(ShortScheduleMixin):
         self._timing = restart_timing(previous, self.current_epoch)
         self._timing["sessions"].append({"start_epoch": self.current_epoch, "device": self.device.type})
         self._first_epoch_of_session = self.current_epoch
+        if self.current_epoch > 0:  # resumed: not the random stream epoch 0 started from again
+            seed_everything(self.budget.seed + self.current_epoch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         # registered last: runs after any clip of the trainer's own hooks, sees what the optimizer steps with

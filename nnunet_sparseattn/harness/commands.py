@@ -123,7 +123,7 @@ def check_trainer(name: str, env: dict[str, str]) -> type:
 # ------------------------------------------------------------------------------------------ nnU-Net's commands
 def plan_and_preprocess(dataset_id: int, configuration: str, env: dict[str, str], log: Path | None = None,
                         echo: bool = True) -> None:
-    """Fingerprint, nnU-Net's default planner and preprocessing of ``configuration`` (``nnUNetv2_plan_and_preprocess``)."""
+    """Fingerprint, nnU-Net's default planner, preprocessing of ``configuration``: ``nnUNetv2_plan_and_preprocess``."""
     run_command(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", configuration, "-np", "2", "-npfp", "2",
                  "--verify_dataset_integrity"], env, log, echo=echo)
 

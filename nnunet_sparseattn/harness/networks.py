@@ -130,7 +130,6 @@ def dataset_networks(dataset: int | str, configuration: str, plans_name: str = "
     also gets the ResEnc M plans' network when those plans exist."""
     import json
     import os
-    from pathlib import Path
 
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 

@@ -35,8 +35,9 @@ def find_trainer_class(name: str) -> type:
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
             return recursive_find_trainer_class_by_name(name)
     except (RuntimeError, AssertionError):
-        raise UserError(f"no nnU-Net trainer named {name}: ours are {', '.join(trainers.__all__)}; nnU-Net's own "
-                        "and those in nnUNet_extTrainer work too") from None
+        ours = ", ".join(t.__name__ for t in trainers.SHIPPED_TRAINERS)
+        raise UserError(f"no nnU-Net trainer named {name}: ours are {ours} (each also as _debug and _demo); "
+                        "nnU-Net's own and those in nnUNet_extTrainer work too") from None
 
 
 def initialize_without_data(trainer: nnUNetTrainer) -> None:
