@@ -5,7 +5,7 @@ that the command-line tool (``nnunet-sparseattn ext-path``) answers without impo
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

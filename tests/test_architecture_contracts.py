@@ -7,14 +7,17 @@ with targets, highest resolution first; DDP needs a gradient for every parameter
 """
 from __future__ import annotations
 
+import math
 import pydoc
 
 import pytest
 import torch
+from dynamic_network_architectures.architectures.abstract_arch import test_submodules_loadable as check_submodules_loadable
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_sparseattn.architectures.base import stage_shapes
+from nnunet_sparseattn.layers.window_attention import fit_window
 from nnunet_sparseattn.plans import VARIANTS, variant_plans
 from plans_cases import PLANS_CASES, plans_for
 
@@ -118,3 +121,43 @@ def test_trainer_builds_from_default_plans_in_both_modes(variant):
     assert type(train_net).__name__ == NETWORKS[variant].rsplit(".", 1)[1]
     infer_net.load_state_dict(train_net.state_dict(), strict=True)
     assert infer_net.decoder.deep_supervision is False and train_net.decoder.deep_supervision is True
+
+
+# the setting that says where attention starts, per network, and how to read which stages got it
+EARLIER_ATTENTION = {"bsa": {"attention_from_stage": 1}, "mdsa": {"attention_from_stage": 1},
+                     "bilateral": {"isam_stages": [1, 2]}}
+
+
+@pytest.mark.parametrize("variant", list(NETWORKS))
+def test_moving_attention_to_an_earlier_stage_configures_that_stage(variant):
+    """``nnunet-sparseattn plan --set`` of the first attention stage: the stage gets regions (windows) chosen for
+    its shape, not the defaults for the stages attention used to start at (BSA ran dense attention there)."""
+    kw, patch = PLANS_CASES["hippocampus_3d"]
+    shapes = stage_shapes(patch, kw["strides"])
+    plans = variant_plans(plans_for(PLANS_CASES["hippocampus_3d"]), variant, overrides=EARLIER_ATTENTION[variant])
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    net = _cls(variant).from_plans(arch, patch, 1, NUM_CLASSES, True)
+    if variant == "bsa":
+        assert arch["region_sizes"][1] is not None and math.prod(arch["region_sizes"][1]) < math.prod(shapes[1])
+        attn = net.encoder.stages[1][1].attn
+        assert attn.region_size == tuple(arch["region_sizes"][1]) and attn.topk < math.prod(attn.grid_for(shapes[1]))
+    elif variant == "mdsa":
+        assert arch["grids"][1] is not None and math.prod(arch["grids"][1]) > net.encoder.stages[1][1].attn.topk
+        assert net.attention_stages == [1, 2, 3]
+    else:
+        assert arch["isam_stages"] == [1, 2] and sorted(net.encoder.attention) == ["1", "2"]
+        assert tuple(net.encoder.attention["1"].isam.window) == fit_window(shapes[1], 7)
+
+
+@pytest.mark.parametrize("variant", list(NETWORKS))
+@pytest.mark.parametrize("case", ["hippocampus_3d", "hippocampus_2d"])
+def test_transfer_learning_keys_name_real_weights(variant, case):
+    """nnU-Net's pretraining transfer reads key_to_encoder / key_to_stem / keys_to_in_proj (every network sets
+    them; the in-projection keys name the weights that depend on the input channels)."""
+    overrides = {"attention_from_stage": 0} if variant == "bsa" and case.endswith("2d") else None
+    arch_kwargs, patch = PLANS_CASES[case]
+    net = _cls(variant).from_plans(arch_kwargs, patch, 2, NUM_CLASSES, True, overrides=overrides)
+    check_submodules_loadable(net)  # dynamic_network_architectures' own check of the encoder and stem keys
+    weights = net.state_dict()
+    for key in net.keys_to_in_proj:
+        assert weights[f"{key}.weight"].shape[1] == 2, key  # the input channels sit there

@@ -194,7 +194,7 @@ def test_fsam_dilated_conv_reaches_two_voxels_and_weights_the_input():
     with torch.no_grad():
         u = fsam.conv(x)
         z = fsam.dconv(u)
-        mlp = lambda v: fsam.mlp(v[..., None, None, None])
+        mlp = lambda v: fsam.gate.mlp(v[..., None, None, None])
         alpha = torch.sigmoid(mlp(F.adaptive_avg_pool3d(z, 1).flatten(1)) + mlp(F.adaptive_max_pool3d(z, 1).flatten(1)))
         assert torch.allclose(fsam(x), alpha * x + u, atol=1e-6)
         fsam.weighted = "dilated"
@@ -547,3 +547,51 @@ def test_fp16_autocast_training_and_inference_on_cuda():
             half = net(x)
     assert torch.isfinite(half).all()
     assert (half.float().argmax(1) == reference.argmax(1)).float().mean() > 0.95
+
+
+def _count_mask_builds(monkeypatch) -> list:
+    from nnunet_sparseattn.layers import shapes, window_attention
+
+    monkeypatch.setattr(shapes, "_CONSTANTS", {})  # a fresh cache for this test
+    built = []
+    real = window_attention._build_window_mask
+
+    def counting(*args):
+        built.append(args[:4])
+        return real(*args)
+
+    monkeypatch.setattr(window_attention, "_build_window_mask", counting)
+    return built
+
+
+def test_swin_masks_are_built_once_per_shape_across_training_steps(monkeypatch):
+    built = _count_mask_builds(monkeypatch)
+    torch.manual_seed(0)
+    isam = ISAM(16, (3, 4), nn.Conv2d, depth=4, head_dim=8)  # 5 x 6 map: padded windows, shifted every 2nd block
+    optimizer = torch.optim.SGD(isam.parameters(), lr=0.1)
+    for _ in range(3):
+        isam(torch.randn(2, 16, 5, 6)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert len(built) == 2  # one mask for the plain blocks (padding only), one for the shifted ones
+    isam(torch.randn(1, 16, 7, 9))  # a new shape (e.g. a sliding-window border): its own two masks, once
+    isam(torch.randn(1, 16, 7, 9))
+    assert len(built) == 4
+
+
+def test_swin_masks_are_built_once_per_shape_under_torch_compile(monkeypatch):
+    built = _count_mask_builds(monkeypatch)
+    torch.manual_seed(0)
+    isam = ISAM(16, (3, 4), nn.Conv2d, depth=4, head_dim=8)
+    eager = [isam(x) for x in [torch.randn(2, 16, 5, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]]
+    built.clear()
+    from nnunet_sparseattn.layers import shapes
+
+    shapes._CONSTANTS.clear()
+    compiled = torch.compile(isam, backend="eager")  # dynamo's tracing and guards, without inductor's codegen
+    for i in range(3):
+        x = torch.randn(2, 16, 5, 6, generator=torch.Generator().manual_seed(i))
+        out = compiled(x)
+        out.square().mean().backward()
+        torch.testing.assert_close(out, eager[i])
+    assert len(built) == 2

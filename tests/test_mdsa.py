@@ -100,7 +100,7 @@ def test_euf_is_gated_fusion_plus_the_upsampled_map_and_refuses_foreign_skips():
     x, skip = torch.randn(2, 6, 4, 5), torch.randn(2, 3, 7, 9)
     u = F.conv_transpose2d(x, euf.up.weight, stride=2)[..., :7, :9]
     f = F.relu(F.conv2d(torch.cat([u, skip], 1), euf.fuse.weight, padding=1))
-    gate = torch.sigmoid(euf.gate.fc2(F.relu(euf.gate.fc1(f.mean((2, 3), keepdim=True)))))
+    gate = torch.sigmoid(euf.gate.mlp.fc2(F.relu(euf.gate.mlp.fc1(f.mean((2, 3), keepdim=True)))))
     assert gate.shape == (2, 4, 1, 1) and bool(((gate > 0) & (gate < 1)).all())
     torch.testing.assert_close(euf(x, skip), f * gate + u)
     with pytest.raises(ValueError, match="skip size"):
@@ -191,9 +191,9 @@ def test_mdsa_block_trains_every_parameter_and_is_a_residual_block(aggregation):
     block(x).square().mean().backward()
     assert not [n for n, p in block.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     block.reset_parameters()
-    assert abs(block.mlp[0].weight.std().item() - 0.02) < 0.005
+    assert abs(block.mlp.fc1.weight.std().item() - 0.02) < 0.005
     # zero residual branches: identity
-    for m in (block.pos, block.attn.proj, block.mlp[2]):
+    for m in (block.pos, block.attn.proj, block.mlp.fc2):
         nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
     torch.testing.assert_close(block(x), x)
 
@@ -314,7 +314,7 @@ def test_feature_map_size_grows_with_the_input_and_counts_deep_supervision():
     ({"grids": [None, None, [2, 2], None]}, r"grids\[2\]"),
     ({"topk": [8, 8]}, "topk"),
     ({"aggregation_scales": [2, 4]}, "odd"),
-    ({"first_attention_stage": -1}, "first_attention_stage"),
+    ({"attention_from_stage": -1}, "attention_from_stage"),
     ({"lce_kernel_size": 4}, "lce_kernel_size"),
     ({"window": 7}, "no argument"),
 ])
@@ -327,7 +327,7 @@ def test_bad_settings_are_refused_in_one_line(overrides, message):
 
 def test_pool_reading_and_maxpool_edm_build_and_run():
     net, patch, c = _net("hippocampus_2d", aggregation="pool", aggregation_scales=[2, 4], edm_local_branch="maxpool",
-                         first_attention_stage=1, topk=[0, 4, 4, 0])
+                         attention_from_stage=1, topk=[0, 4, 4, 0])
     assert net.attention_stages == [1, 2, 3]
     out = net(torch.randn(1, c, *patch))
     sum(o.square().mean() for o in out).backward()

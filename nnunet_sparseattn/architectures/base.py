@@ -13,7 +13,7 @@ Constructor contract of every :class:`PlansNetwork` subclass (mirrors ``PlainCon
     __init__(self, input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
              n_conv_per_stage, num_classes, n_conv_per_stage_decoder, conv_bias=False, norm_op=None,
              norm_op_kwargs=None, dropout_op=None, dropout_op_kwargs=None, nonlin=None, nonlin_kwargs=None,
-             deep_supervision=False, <the network's own keyword arguments, listed in ``own_kwargs``>)
+             deep_supervision=False, <the network's own keyword arguments, each with its default>)
 
 and nnU-Net's contracts (checked by ``tests/test_architecture_contracts.py`` for every shipped network):
 
@@ -28,20 +28,27 @@ and nnU-Net's contracts (checked by ``tests/test_architecture_contracts.py`` for
 
 from __future__ import annotations
 
+import inspect
 import pydoc
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+import torch
 import torch.nn as nn
 from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 
 from nnunet_sparseattn.errors import UserError, install_user_error_hook
+from nnunet_sparseattn.layers.conv import conv_dims
+from nnunet_sparseattn.layers.shapes import ceil_div, per_axis
+from nnunet_sparseattn.layers.transformer import TransformerBlock, num_heads_for
 
 __all__ = [
     "PlansError",
     "PlansNetwork",
     "REQUIRES_IMPORT",
     "SHARED_KWARGS",
+    "SkipsEncoder",
+    "heads_for",
     "normalize_plans_kwargs",
     "per_stage",
     "serialize_arch_kwargs",
@@ -99,11 +106,21 @@ def per_stage(value: Any, n: int, name: str) -> list:
     return [value] * n
 
 
-def _per_axis(value: Any, ndim: int, name: str) -> list[int]:
-    out = [int(value)] * ndim if isinstance(value, int) else [int(v) for v in value]
-    if len(out) != ndim:
-        raise PlansError(f"{name}={value!r} must have {ndim} entries (one per spatial axis)")
-    return out
+def _plans_per_axis(value: Any, ndim: int, name: str) -> list[int]:
+    try:
+        return list(per_axis(value, ndim, name))
+    except (TypeError, ValueError) as error:
+        raise PlansError(str(error)) from None
+
+
+def heads_for(channels: int, head_dim: Any, where: str) -> int:
+    """:func:`~nnunet_sparseattn.layers.transformer.num_heads_for`, refusing in one line what it refuses."""
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
+        raise PlansError(f"head_dim={head_dim!r} must be an integer >= 1")
+    try:
+        return num_heads_for(int(channels), head_dim)
+    except ValueError as error:
+        raise PlansError(f"{where}: {error}") from None
 
 
 def normalize_plans_kwargs(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,17 +146,21 @@ def normalize_plans_kwargs(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     if n < 2:
         raise PlansError(f"n_stages={n}: a U-Net needs at least 2 stages")
     kw["n_stages"] = n
-    ndim = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}.get(kw["conv_op"])
-    if ndim is None:
-        raise PlansError(f"conv_op={kw['conv_op']} is not torch.nn.Conv2d or Conv3d")
+    conv_op = kw["conv_op"]
+    if not (isinstance(conv_op, type) and issubclass(conv_op, (nn.Conv2d, nn.Conv3d))):
+        raise PlansError(f"conv_op={conv_op} is not torch.nn.Conv2d or Conv3d")
+    ndim = conv_dims(conv_op)
     kw["features_per_stage"] = [int(f) for f in per_stage(kw["features_per_stage"], n, "features_per_stage")]
-    kw["kernel_sizes"] = [_per_axis(k, ndim, "kernel_sizes") for k in per_stage(kw["kernel_sizes"], n, "kernel_sizes")]
-    kw["strides"] = [_per_axis(s, ndim, "strides") for s in per_stage(kw["strides"], n, "strides")]
+    kw["kernel_sizes"] = [_plans_per_axis(k, ndim, "kernel_sizes")
+                          for k in per_stage(kw["kernel_sizes"], n, "kernel_sizes")]
+    kw["strides"] = [_plans_per_axis(s, ndim, "strides") for s in per_stage(kw["strides"], n, "strides")]
     kw["n_conv_per_stage"] = [int(c) for c in per_stage(kw["n_conv_per_stage"], n, "n_conv_per_stage")]
     kw["n_conv_per_stage_decoder"] = [
         int(c) for c in per_stage(kw["n_conv_per_stage_decoder"], n - 1, "n_conv_per_stage_decoder")
     ]
     kw.setdefault("conv_bias", False)
+    for key in ("norm_op_kwargs", "dropout_op_kwargs", "nonlin_kwargs"):
+        kw[key] = kw.get(key) or {}
     return kw
 
 
@@ -157,32 +178,63 @@ def serialize_arch_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], li
 
 def stage_shapes(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     """Feature-map shape of every encoder stage for ``patch_size`` (stride-s convs with 'same' padding: ceil)."""
-    shape = [int(p) for p in patch_size]
+    shape = tuple(int(p) for p in patch_size)
     shapes = []
     for stride in strides:
-        shape = [-(-a // int(s)) for a, s in zip(shape, stride)]
-        shapes.append(tuple(shape))
+        shape = ceil_div(shape, stride)
+        shapes.append(shape)
     return shapes
+
+
+class SkipsEncoder(nn.Module):
+    """An encoder whose ``forward`` runs ``self.stages`` in turn and returns every stage's output: the skips,
+    bottleneck last, as nnU-Net's decoders read them."""
+
+    stages: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips = []
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        return skips
 
 
 class PlansNetwork(AbstractDynamicNetworkArchitectures):
     """Base of every network we ship (contracts in the module docstring).
 
-    Subclasses list their own constructor arguments in ``own_kwargs`` and may resolve them for a configuration in
-    :meth:`plans_arch_kwargs` (e.g. region sizes from the stage shapes) and validate them in
-    :meth:`check_patch_size`.
+    A subclass states its own arguments and their defaults once, in its constructor's signature (after
+    ``deep_supervision``), and meets the plans through two class methods:
+
+    - :meth:`fill_for_patch`: values of its own arguments left at ``None`` that depend on the stage shapes (region
+      sizes, windows), chosen for a configuration's patch size;
+    - :meth:`check_own`: validate its own arguments against the shared ones (and the patch, when known) and return
+      them normalised per stage. The constructor calls it (without a patch), and so does :meth:`resolve_arch_kwargs`
+      (with one): a plans file and a direct call are refused by the same code, in one line (:class:`PlansError`).
     """
 
-    own_kwargs: ClassVar[tuple[str, ...]] = ()
+    @classmethod
+    def own_defaults(cls) -> dict[str, Any]:
+        """The network's own arguments and their defaults, read from the constructor's signature."""
+        params = list(inspect.signature(cls.__init__).parameters.values())
+        names = [p.name for p in params]
+        return {p.name: p.default for p in params[names.index("deep_supervision") + 1:]}
 
     @classmethod
-    def plans_arch_kwargs(cls, plans_kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
-        """The network's own arguments chosen for this configuration (JSON-serialisable). Default: none."""
+    def own_values(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The own arguments among ``arguments`` (a constructor passes its ``locals()``)."""
+        return {name: arguments[name] for name in cls.own_defaults()}
+
+    @classmethod
+    def fill_for_patch(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
+        """Own arguments to set for this patch size (``kwargs``: shared + own so far). Default: none."""
         return {}
 
     @classmethod
-    def check_patch_size(cls, patch_size: Sequence[int], arch_kwargs: Mapping[str, Any]) -> None:
-        """Raise :class:`PlansError` (which stage, what to change) if ``patch_size`` does not suit the arguments."""
+    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> Any:
+        """Raise :class:`PlansError` (what to change) for own arguments that do not suit the shared ones (or the
+        patch); return them normalised for the constructor. Default: nothing to check."""
+        return None
 
     @classmethod
     def resolve_arch_kwargs(
@@ -191,18 +243,25 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
         patch_size: Sequence[int],
         overrides: Optional[Mapping[str, Any]] = None,
     ) -> dict[str, Any]:
-        """Shared plans arguments + own arguments: chosen for the patch < given in the plans < ``overrides``."""
+        """Shared plans arguments + own arguments: defaults < given in the plans < ``overrides``; then the values
+        left at None that depend on the patch are chosen for it, and everything is checked against it."""
         shared = normalize_plans_kwargs(arch_kwargs)
-        unknown = set(overrides or {}) - set(cls.own_kwargs)
+        defaults = cls.own_defaults()
+        unknown = set(overrides or {}) - set(defaults)
         if unknown:
             raise PlansError(
-                f"{cls.__name__} has no argument(s) {sorted(unknown)}; its own arguments are {list(cls.own_kwargs)}"
+                f"{cls.__name__} has no argument(s) {sorted(unknown)}; its own arguments are {list(defaults)}"
             )
-        own = dict(cls.plans_arch_kwargs(shared, patch_size))
-        own.update({k: v for k, v in arch_kwargs.items() if k in cls.own_kwargs})
+        ndim = len(shared["strides"][0])
+        if len(patch_size) != ndim:
+            raise PlansError(f"patch size {list(patch_size)} has {len(patch_size)} axes but the plans' conv_op is "
+                             f"{ndim}D")
+        own = dict(defaults)
+        own.update({k: v for k, v in arch_kwargs.items() if k in defaults})
         own.update(overrides or {})
         kwargs = {**shared, **own}
-        cls.check_patch_size(patch_size, kwargs)
+        kwargs.update(cls.fill_for_patch(kwargs, patch_size))
+        cls.check_own(kwargs, patch_size)
         return kwargs
 
     @classmethod
@@ -225,4 +284,8 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
 
     @staticmethod
     def initialize(module: nn.Module) -> None:
-        InitWeights_He(1e-2)(module)  # nnU-Net's convolution init; attention's Linear/1x1 layers keep torch's
+        """nnU-Net's He initialisation of the convolutions; then, since ``apply`` visits a block after its children,
+        the transformer initialisation of the blocks that ask for it (``TransformerBlock(transformer_init=True)``)."""
+        InitWeights_He(1e-2)(module)
+        if isinstance(module, TransformerBlock) and module.transformer_init:
+            module.reset_parameters()

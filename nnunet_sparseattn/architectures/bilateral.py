@@ -1,4 +1,4 @@
-"""Bilateral spatial attention network (Sun et al., 2024; modules.md §5) on nnU-Net plans, 2D and 3D.
+"""Bilateral spatial attention network (Sun et al., 2024) on nnU-Net plans, 2D and 3D.
 
 Read top to bottom, this is the paper's Figure 1 on nnU-Net's stages::
 
@@ -33,11 +33,13 @@ from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecod
 from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
+    heads_for,
     normalize_plans_kwargs,
     stage_shapes,
 )
+from nnunet_sparseattn.layers.conv import ConvNormAct
 from nnunet_sparseattn.layers.fsam import FSAM
-from nnunet_sparseattn.layers.isam import ISAM, ConvNormAct
+from nnunet_sparseattn.layers.isam import ISAM
 from nnunet_sparseattn.layers.point_rendering import AttentionRendering, RenderedPoints
 from nnunet_sparseattn.layers.resnext import ResNeXtStage
 from nnunet_sparseattn.layers.window_attention import fit_window
@@ -175,43 +177,26 @@ class BilateralEncoder(nn.Module):
 
 
 class BilateralDecoder(UNetDecoder):
-    """nnU-Net's decoder that also hands back its last (full-resolution) features for the rendering module."""
+    """nnU-Net's decoder, its forward unchanged, that also keeps the output of its last stage (the full-resolution
+    features the rendering module reads) in ``features`` until the network takes them."""
 
-    def forward(self, skips: list[torch.Tensor]) -> tuple[Union[torch.Tensor, list[torch.Tensor]], torch.Tensor]:
-        x = skips[-1]
-        outputs = []
-        for s in range(len(self.stages)):
-            x = self.stages[s](torch.cat((self.transpconvs[s](x), skips[-(s + 2)]), 1))
-            if self.deep_supervision:
-                outputs.append(self.seg_layers[s](x))
-            elif s == len(self.stages) - 1:
-                outputs.append(self.seg_layers[-1](x))
-        outputs = outputs[::-1]  # highest resolution first
-        return (outputs if self.deep_supervision else outputs[0]), x
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.features: Optional[torch.Tensor] = None
+        self.stages[-1].register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.features = output
+
+    def take_features(self) -> torch.Tensor:
+        """The last forward's full-resolution features (released here, so no activation outlives its step)."""
+        features, self.features = self.features, None
+        assert features is not None, "the decoder has not run"
+        return features
 
 
 class BilateralUNet(PlansNetwork):
     """The bilateral spatial attention network on nnU-Net plans (2D or 3D by ``conv_op``)."""
-
-    own_kwargs = (
-        "isam_stages",
-        "isam_dims",
-        "isam_windows",
-        "isam_max_dim",
-        "swin_embed_dim",
-        "isam_depth",
-        "head_dim",
-        "mlp_ratio",
-        "drop_path",
-        "cardinality",
-        "fsam_reduction",
-        "fsam_weighted",
-        "rendering",
-        "render_train_points",
-        "render_eval_points",
-        "render_channels",
-        "render_layers",
-    )
 
     def __init__(
         self,
@@ -245,24 +230,25 @@ class BilateralUNet(PlansNetwork):
         fsam_reduction: int = 16,
         fsam_weighted: str = "input",
         rendering: bool = True,
-        render_train_points: int = TRAIN_POINTS,
-        render_eval_points: int = EVAL_POINTS,
+        render_train_points: Optional[int] = None,
+        render_eval_points: Optional[int] = None,
         render_channels: int = 64,
         render_layers: int = 3,
     ) -> None:
         """Plans' arguments as ``PlainConvUNet`` (``n_conv_per_stage``: ResNeXt blocks per stage); then our own:
 
-        isam_stages: encoder stages followed by ISAM + FSAM (None: the three deepest; variant plans and our
-            trainers choose them from the patch size: :func:`default_isam_stages`).
+        isam_stages: encoder stages followed by ISAM + FSAM (None: chosen for the patch by variant plans and our
+            trainers, :func:`default_isam_stages`; the three deepest when the constructor is called without one).
         isam_dims: Swin width of each ISAM, aligned with ``isam_stages`` (None: :func:`isam_widths`).
-        isam_windows: window per stage (one entry per stage; None: 7 per axis). Variant plans and our trainers
-            fit them to the patch (``plans_arch_kwargs``).
+        isam_windows: window per stage (one entry per stage; None: fitted to the patch's stage shapes by variant
+            plans and our trainers, 7 per axis without a patch).
         isam_max_dim, swin_embed_dim: see :func:`isam_widths`.
         isam_depth: Swin blocks per ISAM (the paper: 6); head_dim: channels per attention head (Swin: 32).
         cardinality: most ResNeXt paths per grouped convolution (ResNeXt: 32; fewer at small widths).
         fsam_reduction: FSAM's MLP reduction ratio; fsam_weighted: 'input' (the paper) or 'dilated'.
         rendering: the attention rendering module (False: the ablation without it).
-        render_train_points, render_eval_points: voxels refined per sample in training / inference.
+        render_train_points, render_eval_points: voxels refined per sample in training / inference (None:
+            PointRend's 2048 / 8192, at most a quarter / an eighth of the patch's voxels when built from plans).
         render_channels, render_layers: the point head's MLP.
         """
         super().__init__()
@@ -271,20 +257,19 @@ class BilateralUNet(PlansNetwork):
             strides=strides, n_conv_per_stage=n_conv_per_stage, n_conv_per_stage_decoder=n_conv_per_stage_decoder,
             conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
             dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs))
-        n, features = shared["n_stages"], shared["features_per_stage"]
-        ndim = len(shared["strides"][0])
-        stages, dims, windows = _check_attention_kwargs(
-            n, ndim, features, isam_stages, isam_dims, isam_windows, isam_max_dim, swin_embed_dim, head_dim)
+        own = self.check_own({**shared, **self.own_values(locals())})
+        stages = own["isam_stages"]
         self.encoder = BilateralEncoder(
-            input_channels, features, shared["conv_op"], shared["kernel_sizes"], shared["strides"],
-            shared["n_conv_per_stage"], shared["conv_bias"], shared["norm_op"], shared["norm_op_kwargs"],
-            shared["dropout_op"], shared["dropout_op_kwargs"], shared["nonlin"], shared["nonlin_kwargs"],
-            stages, dims, [windows[s] for s in stages], isam_depth, head_dim, mlp_ratio, drop_path, cardinality,
-            fsam_reduction, fsam_weighted)
+            input_channels, shared["features_per_stage"], shared["conv_op"], shared["kernel_sizes"],
+            shared["strides"], shared["n_conv_per_stage"], shared["conv_bias"], shared["norm_op"],
+            shared["norm_op_kwargs"], shared["dropout_op"], shared["dropout_op_kwargs"], shared["nonlin"],
+            shared["nonlin_kwargs"], stages, own["isam_dims"], [own["isam_windows"][s] for s in stages], isam_depth,
+            head_dim, mlp_ratio, drop_path, cardinality, fsam_reduction, fsam_weighted)
         self.decoder = BilateralDecoder(self.encoder, num_classes, shared["n_conv_per_stage_decoder"],
                                         deep_supervision)
-        self.rendering = (AttentionRendering(features[0], num_classes, render_train_points, render_eval_points,
-                                             channels=render_channels, num_layers=render_layers)
+        self.rendering = (AttentionRendering(shared["features_per_stage"][0], num_classes, own["render_train_points"],
+                                             own["render_eval_points"], channels=render_channels,
+                                             num_layers=render_layers)
                           if rendering else None)
         # the points of the last forward (None without the rendering module); the trainer's point loss reads them
         self.rendered: Optional[RenderedPoints] = None
@@ -294,7 +279,8 @@ class BilateralUNet(PlansNetwork):
         self.keys_to_in_proj = ("encoder.stem.0",)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
-        outputs, features = self.decoder(self.encoder(x))
+        outputs = self.decoder(self.encoder(x))
+        features = self.decoder.take_features()
         if self.rendering is None:
             return outputs
         top = outputs[0] if self.decoder.deep_supervision else outputs
@@ -309,60 +295,57 @@ class BilateralUNet(PlansNetwork):
         return np.int64(total)
 
     @classmethod
-    def plans_arch_kwargs(cls, plans_kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
-        shapes = stage_shapes(patch_size, plans_kwargs["strides"])
+    def fill_for_patch(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
+        """Attention stages, windows and point counts for this patch, where the plans or the caller leave None."""
+        shapes = stage_shapes(patch_size, kwargs["strides"])
         voxels = math.prod(int(p) for p in patch_size)
-        return {
-            "isam_stages": default_isam_stages(int(plans_kwargs["n_stages"]), shapes),
+        chosen = {
+            "isam_stages": default_isam_stages(int(kwargs["n_stages"]), shapes),
             "isam_windows": [list(fit_window(shape, WINDOW)) for shape in shapes],
             "render_train_points": max(1, min(TRAIN_POINTS, voxels // 4)),
             "render_eval_points": max(1, min(EVAL_POINTS, voxels // 8)),
         }
+        return {key: value for key, value in chosen.items() if kwargs[key] is None}
 
     @classmethod
-    def check_patch_size(cls, patch_size: Sequence[int], arch_kwargs: Mapping[str, Any]) -> None:
-        """Windows need not divide their stage (padding is masked); the attention arguments must agree."""
-        if len(patch_size) != len(arch_kwargs["strides"][0]):
-            raise PlansError(f"patch size {list(patch_size)} has {len(patch_size)} axes but the strides have "
-                             f"{len(arch_kwargs['strides'][0])}")
-        _check_attention_kwargs(
-            int(arch_kwargs["n_stages"]), len(patch_size), arch_kwargs["features_per_stage"],
-            arch_kwargs.get("isam_stages"), arch_kwargs.get("isam_dims"), arch_kwargs.get("isam_windows"),
-            arch_kwargs.get("isam_max_dim", 256), arch_kwargs.get("swin_embed_dim"), arch_kwargs.get("head_dim", 32))
-
-
-def _check_attention_kwargs(
-    n: int, ndim: int, features: Sequence[int], isam_stages, isam_dims, isam_windows, isam_max_dim, swin_embed_dim,
-    head_dim: int,
-) -> tuple[list[int], list[int], list[list[int]]]:
-    """The ISAM stages, widths and per-stage windows, defaults filled in; PlansError on inconsistent values."""
-    stages = default_isam_stages(n) if isam_stages is None else [int(s) for s in isam_stages]
-    if any(not 0 <= s < n for s in stages) or len(set(stages)) != len(stages):
-        raise PlansError(f"isam_stages={list(stages)} must be distinct stage indices in 0..{n - 1}")
-    stages = sorted(stages)
-    if isam_dims is None:
-        dims = isam_widths(features, stages, isam_max_dim, swin_embed_dim)
-    else:
-        dims = [int(d) for d in isam_dims]
-        if len(dims) != len(stages):
-            raise PlansError(f"isam_dims has {len(dims)} entries for {len(stages)} isam_stages {stages}: give one "
-                             "width per ISAM stage (or null for the default)")
-    for s, d in zip(stages, dims):
-        heads = max(1, d // head_dim)
-        if d < 1 or d % heads:
-            raise PlansError(f"ISAM width {d} at stage {s} does not split into {heads} heads of about head_dim "
-                             f"{head_dim} channels: choose a multiple of {head_dim}")
-    if isam_windows is None:
-        windows = [[WINDOW] * ndim for _ in range(n)]
-    else:
-        if len(isam_windows) != n:
-            raise PlansError(f"isam_windows has {len(isam_windows)} entries, expected {n} (one per stage)")
-        windows = [[int(w)] * ndim if isinstance(w, (int, float)) else [int(v) for v in w] for w in isam_windows]
-        bad = [s for s, w in enumerate(windows) if len(w) != ndim or min(w) < 1]
-        if bad:
-            raise PlansError(f"isam_windows of stage {bad[0]} is {isam_windows[bad[0]]}: give {ndim} positive "
-                             "window sizes per stage")
-    return stages, dims, windows
+    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> dict[str, Any]:
+        """The ISAM stages, widths and per-stage windows and the point counts, defaults filled in; PlansError on
+        inconsistent values. Windows need not divide their stage (padding is masked)."""
+        n, features = int(kwargs["n_stages"]), kwargs["features_per_stage"]
+        ndim = len(kwargs["strides"][0])
+        isam_stages, isam_dims, isam_windows = kwargs["isam_stages"], kwargs["isam_dims"], kwargs["isam_windows"]
+        stages = default_isam_stages(n) if isam_stages is None else [int(s) for s in isam_stages]
+        if any(not 0 <= s < n for s in stages) or len(set(stages)) != len(stages):
+            raise PlansError(f"isam_stages={list(stages)} must be distinct stage indices in 0..{n - 1}")
+        stages = sorted(stages)
+        if isam_dims is None:
+            dims = isam_widths(features, stages, kwargs["isam_max_dim"], kwargs["swin_embed_dim"])
+        else:
+            dims = [int(d) for d in isam_dims]
+            if len(dims) != len(stages):
+                raise PlansError(f"isam_dims has {len(dims)} entries for {len(stages)} isam_stages {stages}: give "
+                                 "one width per ISAM stage (or null for the default)")
+        for s, d in zip(stages, dims):
+            if d < 1:
+                raise PlansError(f"ISAM width {d} at stage {s} must be >= 1")
+            heads_for(d, kwargs["head_dim"], f"ISAM width at stage {s}")
+        if isam_windows is None:
+            windows = [[WINDOW] * ndim for _ in range(n)]
+        else:
+            if len(isam_windows) != n:
+                raise PlansError(f"isam_windows has {len(isam_windows)} entries, expected {n} (one per stage)")
+            windows = [[int(w)] * ndim if isinstance(w, (int, float)) else [int(v) for v in w] for w in isam_windows]
+            bad = [s for s, w in enumerate(windows) if len(w) != ndim or min(w) < 1]
+            if bad:
+                raise PlansError(f"isam_windows of stage {bad[0]} is {isam_windows[bad[0]]}: give {ndim} positive "
+                                 "window sizes per stage")
+        points = {}
+        for key, default in (("render_train_points", TRAIN_POINTS), ("render_eval_points", EVAL_POINTS)):
+            value = default if kwargs[key] is None else kwargs[key]
+            if not isinstance(value, int) or value < 1:
+                raise PlansError(f"{key}={value!r} must be an integer >= 1 (or null for the default)")
+            points[key] = value
+        return {"isam_stages": stages, "isam_dims": dims, "isam_windows": windows, **points}
 
 
 def bilateral_paper_network(num_classes: int = 2) -> nn.Module:

@@ -25,10 +25,17 @@ import torch.nn as nn
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 
-from nnunet_sparseattn.architectures.base import PlansError, PlansNetwork, per_stage, stage_shapes
+from nnunet_sparseattn.architectures.base import (
+    PlansError,
+    PlansNetwork,
+    SkipsEncoder,
+    heads_for,
+    normalize_plans_kwargs,
+    per_stage,
+    stage_shapes,
+)
 from nnunet_sparseattn.layers.bilevel_attention import BSABlock
 from nnunet_sparseattn.layers.routing import clamp_topk
-from nnunet_sparseattn.layers.transformer import num_heads_for
 
 __all__ = ["BSAEncoder", "BSAUNet", "choose_region_size"]
 
@@ -58,7 +65,7 @@ def choose_region_size(shape: Sequence[int], dense_max_tokens: int = DENSE_MAX_T
     return list(min(itertools.product(*[_divisors(s) for s in shape]), key=cost))
 
 
-class BSAEncoder(nn.Module):
+class BSAEncoder(SkipsEncoder):
     """Convolution stages, then strided conv + BSA blocks; exposes what nnU-Net's ``UNetDecoder`` reads."""
 
     def __init__(
@@ -120,13 +127,6 @@ class BSAEncoder(nn.Module):
         self.topk = list(topk)
         self.region_sizes = list(region_sizes)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
-
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Stored activations: nnU-Net's count for the convolutions, an explicit count for the BSA blocks."""
         total = np.int64(0)
@@ -158,17 +158,6 @@ def _region(region: Optional[Sequence[int]]) -> Union[int, Sequence[int]]:
 
 class BSAUNet(PlansNetwork):
     """BSA-Seg on nnU-Net plans (2D or 3D by ``conv_op``); see the module docstring."""
-
-    own_kwargs = (
-        "attention_from_stage",
-        "blocks_per_stage",
-        "head_dim",
-        "region_sizes",
-        "topk",
-        "mlp_ratio",
-        "coarse_branch",
-        "lce_kernel_size",
-    )
 
     def __init__(
         self,
@@ -203,48 +192,50 @@ class BSAUNet(PlansNetwork):
         attention_from_stage: first encoder stage built of BSA blocks (0-based); later stages too.
         blocks_per_stage: BSA blocks per attention stage (int or one entry per stage).
         head_dim: channels per attention head.
-        region_sizes: per stage, tokens per region per axis (None entries: dense attention); None: dense everywhere.
-            Our trainers and ``nnunet-sparseattn plan`` fill it from the patch size (:func:`choose_region_size`).
+        region_sizes: per stage, tokens per region per axis (None entries: dense attention); None: chosen for the
+            patch by our trainers and ``nnunet-sparseattn plan`` (:func:`choose_region_size`), dense everywhere
+            when the constructor is called without a patch.
         topk: key regions each query region attends to (int or per stage; <= 0: all, i.e. dense).
         coarse_branch: BSAM's patch-level attention branch (False: BiFormer's BRA; an ablation).
         """
         super().__init__()
-        ndim = {nn.Conv2d: 2, nn.Conv3d: 3}.get(conv_op)
-        if ndim is None:
-            raise PlansError(f"conv_op must be torch.nn.Conv2d or Conv3d, got {conv_op}")
-        n = int(n_stages)
-        features = [int(f) for f in per_stage(features_per_stage, n, "features_per_stage")]
-        kernel_sizes = [[k] * ndim if isinstance(k, int) else list(k) for k in per_stage(kernel_sizes, n, "kernel_sizes")]
-        strides = [[s] * ndim if isinstance(s, int) else list(s) for s in per_stage(strides, n, "strides")]
-        if not 0 <= attention_from_stage <= n:
-            raise PlansError(f"attention_from_stage={attention_from_stage} must lie in 0..{n} (n_stages={n})")
-        regions = list(region_sizes) if region_sizes is not None else [None] * n
-        if len(regions) != n:
-            raise PlansError(f"region_sizes has {len(regions)} entries, expected {n} (one per stage, null allowed)")
+        kw = normalize_plans_kwargs(dict(
+            n_stages=n_stages, features_per_stage=features_per_stage, conv_op=conv_op, kernel_sizes=kernel_sizes,
+            strides=strides, n_conv_per_stage=n_conv_per_stage, n_conv_per_stage_decoder=n_conv_per_stage_decoder,
+            conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
+            dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
+        ))
+        own = self.check_own({**kw, **self.own_values(locals())})
         self.encoder = BSAEncoder(
             input_channels,
-            features,
-            conv_op,
-            kernel_sizes,
-            strides,
-            per_stage(n_conv_per_stage, n, "n_conv_per_stage"),
-            conv_bias,
-            norm_op,
-            norm_op_kwargs,
-            dropout_op,
-            dropout_op_kwargs,
-            nonlin,
-            nonlin_kwargs,
-            attention_from_stage,
-            per_stage(blocks_per_stage, n, "blocks_per_stage"),
-            [num_heads_for(f, head_dim) for f in features],
-            regions,
-            per_stage(topk, n, "topk"),
+            kw["features_per_stage"],
+            kw["conv_op"],
+            kw["kernel_sizes"],
+            kw["strides"],
+            kw["n_conv_per_stage"],
+            kw["conv_bias"],
+            kw["norm_op"],
+            kw["norm_op_kwargs"],
+            kw["dropout_op"],
+            kw["dropout_op_kwargs"],
+            kw["nonlin"],
+            kw["nonlin_kwargs"],
+            own["attention_from_stage"],
+            own["blocks_per_stage"],
+            own["num_heads"],
+            own["region_sizes"],
+            own["topk"],
             mlp_ratio,
             coarse_branch,
             lce_kernel_size,
         )
-        self.decoder = UNetDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision)
+        self.decoder = UNetDecoder(self.encoder, num_classes, kw["n_conv_per_stage_decoder"], deep_supervision)
+        # nnU-Net's keys for transfer of encoder weights between datasets (stage 0: conv blocks, or the downsampling
+        # conv block of an attention stage)
+        first_conv = "encoder.stages.0" + (".0" if own["attention_from_stage"] == 0 else "") + ".convs.0"
+        self.key_to_encoder = "encoder.stages"
+        self.key_to_stem = "encoder.stages.0"
+        self.keys_to_in_proj = (f"{first_conv}.conv", f"{first_conv}.all_modules.0")
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
         return self.decoder(self.encoder(x))
@@ -255,31 +246,48 @@ class BSAUNet(PlansNetwork):
         )
 
     @classmethod
-    def plans_arch_kwargs(cls, plans_kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
-        first = 2
-        shapes = stage_shapes(patch_size, plans_kwargs["strides"])
-        return {
-            "attention_from_stage": first,
-            "region_sizes": [choose_region_size(shape) if s >= first else None for s, shape in enumerate(shapes)],
-        }
+    def fill_for_patch(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
+        """Region sizes for the attention stages' shapes, unless the plans or the caller give them."""
+        first = kwargs["attention_from_stage"]
+        if kwargs["region_sizes"] is not None or not isinstance(first, int):
+            return {}
+        shapes = stage_shapes(patch_size, kwargs["strides"])
+        return {"region_sizes": [choose_region_size(shape) if s >= first else None for s, shape in enumerate(shapes)]}
 
     @classmethod
-    def check_patch_size(cls, patch_size: Sequence[int], arch_kwargs: Mapping[str, Any]) -> None:
-        n = int(arch_kwargs["n_stages"])
-        first = int(arch_kwargs.get("attention_from_stage", 2))
-        regions = arch_kwargs.get("region_sizes") or [None] * n
-        shapes = stage_shapes(patch_size, arch_kwargs["strides"])
+    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> dict[str, Any]:
+        n, features = int(kwargs["n_stages"]), kwargs["features_per_stage"]
+        ndim = len(kwargs["strides"][0])
+        first = kwargs["attention_from_stage"]
+        if not isinstance(first, int) or not 0 <= first <= n:
+            raise PlansError(f"attention_from_stage={first!r} must lie in 0..{n} (n_stages={n})")
+        if not (isinstance(kwargs["mlp_ratio"], (int, float)) and kwargs["mlp_ratio"] > 0):
+            raise PlansError(f"mlp_ratio={kwargs['mlp_ratio']!r} must be a number > 0")
+        lce = kwargs["lce_kernel_size"]
+        if not isinstance(lce, int) or lce < 0 or (lce and lce % 2 == 0):
+            raise PlansError(f"lce_kernel_size={lce!r} must be 0 (off) or an odd integer")
+        topk = [int(t) for t in per_stage(kwargs["topk"], n, "topk")]
+        blocks = [int(b) for b in per_stage(kwargs["blocks_per_stage"], n, "blocks_per_stage")]
+        heads = [heads_for(f, kwargs["head_dim"], f"stage {s}") if s >= first else 1 for s, f in enumerate(features)]
+        regions = kwargs["region_sizes"]
+        regions = [None] * n if regions is None else list(regions)
         if len(regions) != n:
             raise PlansError(f"region_sizes has {len(regions)} entries, expected {n} (one per stage, null allowed)")
+        shapes = stage_shapes(patch_size, kwargs["strides"]) if patch_size is not None else None
         for s in range(first, n):
-            region, shape = regions[s], shapes[s]
-            if region is None:
+            if regions[s] is None:
                 continue
-            region = [int(region)] * len(shape) if isinstance(region, int) else [int(r) for r in region]
-            if len(region) != len(shape) or any(r < 1 or a % r for r, a in zip(region, shape)):
-                fix = "x".join(str(v) for v in choose_region_size(shape))
+            region = [int(regions[s])] * ndim if isinstance(regions[s], int) else [int(r) for r in regions[s]]
+            if len(region) != ndim or min(region) < 1:
+                raise PlansError(f"region_sizes[{s}]={regions[s]!r} must be null or {ndim} integers >= 1")
+            if shapes is not None and any(a % r for r, a in zip(region, shapes[s])):
+                assert patch_size is not None
+                fix = "x".join(str(v) for v in choose_region_size(shapes[s]))
                 raise PlansError(
-                    f"stage {s} has a {'x'.join(map(str, shape))} feature map (patch "
+                    f"stage {s} has a {'x'.join(map(str, shapes[s]))} feature map (patch "
                     f"{'x'.join(map(str, patch_size))}) that region size {'x'.join(map(str, region))} does not cut "
                     f"into whole regions: use sizes that divide it per axis (e.g. {fix}), or null for dense attention"
                 )
+            regions[s] = region
+        return {"attention_from_stage": first, "blocks_per_stage": blocks, "num_heads": heads,
+                "region_sizes": regions, "topk": topk}

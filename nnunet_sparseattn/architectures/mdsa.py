@@ -1,6 +1,6 @@
 """MDSA-UNet (Li et al., "Multi-Scale Dynamic Sparse Attention UNet for Medical Image Segmentation", JBHI 2025).
 
-The paper's figure, as we read its abstract (modules.md §4; no code or full text was available)::
+The paper's figure, as we read its abstract (no code or full text was available)::
 
     input ─ stem ─ stage 0 ───────────────────────────────────── EUF ─ blocks ─ head ─ logits
                      └ EDM ─ stage 1 ──────────────────── EUF ─ blocks ┘   (skips)
@@ -12,7 +12,7 @@ The paper's figure, as we read its abstract (modules.md §4; no code or full tex
 - decoder: an upsampling EUF (:class:`~nnunet_sparseattn.layers.resampling.EnhancedUpsampling`, the skip fused
   in and channel-gated) opens every stage; then blocks; one 1x1 segmentation head per decoder stage;
 - blocks: MDSA transformer blocks (:class:`~nnunet_sparseattn.layers.multiscale_attention.MDSABlock`) from
-  ``first_attention_stage`` down; above it, nnU-Net's conv-norm-nonlin blocks.
+  ``attention_from_stage`` down; above it, nnU-Net's conv-norm-nonlin blocks.
 
 Two ways to build it:
 
@@ -25,15 +25,22 @@ Two ways to build it:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 
-from nnunet_sparseattn.architectures.base import PlansError, PlansNetwork, normalize_plans_kwargs, stage_shapes
-from nnunet_sparseattn.layers.conv import conv_ndim
+from nnunet_sparseattn.architectures.base import (
+    PlansError,
+    PlansNetwork,
+    SkipsEncoder,
+    heads_for,
+    normalize_plans_kwargs,
+    stage_shapes,
+)
+from nnunet_sparseattn.layers.conv import conv_dims
 from nnunet_sparseattn.layers.multiscale_attention import AGGREGATIONS, MDSABlock, auto_grid
 from nnunet_sparseattn.layers.resampling import EnhancedDownsampling, EnhancedUpsampling
 from nnunet_sparseattn.layers.transformer import num_heads_for
@@ -70,12 +77,12 @@ def _feature_map_size(module: nn.Module, size: Sequence[int]) -> np.int64:
     return np.int64(0)
 
 
-class MDSAEncoder(nn.Module):
+class MDSAEncoder(SkipsEncoder):
     """Stages of [entry, blocks...]; returns every stage's output (the skips, bottleneck last).
 
     Entry: the first stage's first convolution (when it does not downsample; otherwise an EDM), then an EDM per
     stage. A stage's other ``n_conv_per_stage - 1`` convolutions are kept as nnU-Net's conv blocks above
-    ``first_attention_stage`` and become as many MDSA blocks (at least one) from it down.
+    ``attention_from_stage`` and become as many MDSA blocks (at least one) from it down.
     """
 
     def __init__(self, input_channels: int, kw: Mapping[str, Any], attention: Sequence[bool],
@@ -106,13 +113,6 @@ class MDSAEncoder(nn.Module):
             stages.append(nn.Sequential(entry, *blocks))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         total = np.int64(0)
@@ -193,26 +193,12 @@ class MDSADecoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ plans network
-def _own_defaults() -> dict[str, Any]:
-    return dict(
-        first_attention_stage=2,
-        head_dim=32,
-        mlp_ratio=3.0,
-        topk=8,
-        grids=None,
-        aggregation="dwconv",
-        aggregation_scales=None,
-        lce_kernel_size=3,
-        edm_local_branch="conv",
-    )
-
-
 class MDSAUNet(PlansNetwork):
     """MDSA-UNet built from nnU-Net plans, 2D or 3D (plans arguments as ``PlainConvUNet``'s).
 
     Own arguments (our inference where the paper is silent; all JSON values, written into variant plans):
 
-    - ``first_attention_stage=2``: stages above it (full and 1/2 resolution) keep nnU-Net's convolutions, where
+    - ``attention_from_stage=2``: stages above it (full and 1/2 resolution) keep nnU-Net's convolutions, where
       attention over tens of thousands of tokens would cost most and convolutions already see far; clamped so
       that the bottleneck always has attention.
     - ``head_dim=32``: channels per head (heads = channels // 32: 4 heads at 128 channels).
@@ -221,14 +207,12 @@ class MDSAUNet(PlansNetwork):
       most ``topk`` regions (the bottleneck, typically) is dense: there is nothing to filter.
     - ``grids=None``: regions per axis per stage (a list with one ``[g0, g1(, g2)]`` or ``null`` per stage);
       ``null`` = chosen from the stage's shape at run time (about 8 x 8 tokens per region in 2D, 4 x 4 x 4 in
-      3D: 64-token regions). :meth:`plans_arch_kwargs` writes the grids chosen for the patch size.
+      3D: 64-token regions). Variant plans and our trainers write the grids chosen for the patch size.
     - ``aggregation="dwconv"`` | ``"pool"`` and ``aggregation_scales`` (kernels, default 3, 5, 7; or pooling
       ratios, default 2, 4): the two readings of multi-scale aggregation (layers.multiscale_attention).
     - ``lce_kernel_size=3``: local context enhancement on v (0: off).
     - ``edm_local_branch="conv"`` | ``"maxpool"``: EDM's second branch.
     """
-
-    own_kwargs: ClassVar[tuple[str, ...]] = tuple(_own_defaults())
 
     def __init__(
         self,
@@ -249,7 +233,7 @@ class MDSAUNet(PlansNetwork):
         nonlin: Optional[type[nn.Module]] = None,
         nonlin_kwargs: Optional[dict] = None,
         deep_supervision: bool = False,
-        first_attention_stage: int = 2,
+        attention_from_stage: int = 2,
         head_dim: int = 32,
         mlp_ratio: float = 3.0,
         topk: int | Sequence[int] = 8,
@@ -266,101 +250,86 @@ class MDSAUNet(PlansNetwork):
             conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
             dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
         ))
-        for key in ("norm_op_kwargs", "dropout_op_kwargs", "nonlin_kwargs"):
-            kw[key] = kw.get(key) or {}
-        cfg = dict(first_attention_stage=first_attention_stage, head_dim=head_dim, mlp_ratio=mlp_ratio, topk=topk,
-                   grids=grids, aggregation=aggregation, aggregation_scales=aggregation_scales,
-                   lce_kernel_size=lce_kernel_size, edm_local_branch=edm_local_branch)
-        attention, grid_list, topk_list = _check_own(kw, cfg)
+        cfg = self.own_values(locals())
+        attention, grid_list, topk_list = self.check_own({**kw, **cfg})
         self.attention_stages = [s for s, a in enumerate(attention) if a]
-        self.key_to_encoder = "encoder.stages"
-        self.key_to_stem = "encoder.stages.0"
-        self.keys_to_in_proj = ("encoder.stages.0.0.convs.0.conv", "encoder.stages.0.0.convs.0.all_modules.0")
         self.encoder = MDSAEncoder(input_channels, kw, attention, grid_list, topk_list, cfg)
         self.decoder = MDSADecoder(self.encoder, num_classes, kw, attention, grid_list, topk_list, cfg,
                                    deep_supervision)
+        # nnU-Net's keys for transfer of encoder weights between datasets (stage 0 opens with a conv block, or with
+        # an EDM when the plans downsample at once)
+        entry = "encoder.stages.0.0"
+        in_proj = ("convs.0.conv", "convs.0.all_modules.0") if isinstance(self.encoder.stages[0][0], StackedConvBlocks) \
+            else ("merge", "local")
+        self.key_to_encoder = "encoder.stages"
+        self.key_to_stem = "encoder.stages.0"
+        self.keys_to_in_proj = tuple(f"{entry}.{key}" for key in in_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.decoder(self.encoder(x))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        ndim = conv_ndim(self.encoder.conv_op)
+        ndim = conv_dims(self.encoder.conv_op)
         if len(input_size) != ndim:
             raise ValueError(f"input_size must be the {ndim} spatial sizes (no batch or channel), got {input_size}")
         return self.encoder.compute_conv_feature_map_size(input_size) + \
             self.decoder.compute_conv_feature_map_size(input_size)
 
-    @staticmethod
-    def initialize(module: nn.Module) -> None:
-        # nn.Module.apply visits children before their parent: an MDSA block re-initialises its projections
-        # after He's init has touched them
-        PlansNetwork.initialize(module)
-        if isinstance(module, MDSABlock):
-            module.reset_parameters()
+    @classmethod
+    def fill_for_patch(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
+        """The region grids for the attention stages' shapes, unless the plans or the caller give them."""
+        first = kwargs["attention_from_stage"]
+        if kwargs["grids"] is not None or not isinstance(first, int):
+            return {}
+        first = min(first, kwargs["n_stages"] - 1)
+        shapes = stage_shapes(patch_size, kwargs["strides"])
+        return {"grids": [list(auto_grid(shape)) if s >= first else None for s, shape in enumerate(shapes)]}
 
     @classmethod
-    def plans_arch_kwargs(cls, plans_kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
-        """Every own argument at its default, with the region grids chosen for the patch's stage shapes."""
-        own = _own_defaults()
-        n = plans_kwargs["n_stages"]
-        first = min(own["first_attention_stage"], n - 1)
-        shapes = stage_shapes(patch_size, plans_kwargs["strides"])
-        own["grids"] = [list(auto_grid(shape)) if s >= first else None for s, shape in enumerate(shapes)]
-        return own
-
-    @classmethod
-    def check_patch_size(cls, patch_size: Sequence[int], arch_kwargs: Mapping[str, Any]) -> None:
-        ndim = conv_ndim(arch_kwargs["conv_op"])
-        if len(patch_size) != ndim:
-            raise PlansError(f"patch size {list(patch_size)} has {len(patch_size)} axes but the plans' conv_op is "
-                             f"{ndim}D")
-        cfg = {k: arch_kwargs.get(k, v) for k, v in _own_defaults().items()}
-        _check_own(arch_kwargs, cfg)
-
-
-def _check_own(kw: Mapping[str, Any], cfg: Mapping[str, Any]) -> tuple[list[bool], list, list[int]]:
-    """Validate the own arguments against the plans; return per-stage attention flags, grids and top-k."""
-    n = kw["n_stages"]
-    ndim = conv_ndim(kw["conv_op"])
-    first = cfg["first_attention_stage"]
-    if not isinstance(first, int) or first < 0:
-        raise PlansError(f"first_attention_stage={first!r} must be an integer >= 0")
-    first = min(first, n - 1)  # the bottleneck always attends
-    attention = [s >= first for s in range(n)]
-    if cfg["aggregation"] not in AGGREGATIONS:
-        raise PlansError(f"aggregation={cfg['aggregation']!r}: choose one of {', '.join(AGGREGATIONS)}")
-    if not (isinstance(cfg["head_dim"], int) and cfg["head_dim"] >= 1):
-        raise PlansError(f"head_dim={cfg['head_dim']!r} must be an integer >= 1")
-    if not (isinstance(cfg["mlp_ratio"], (int, float)) and cfg["mlp_ratio"] > 0):
-        raise PlansError(f"mlp_ratio={cfg['mlp_ratio']!r} must be a number > 0")
-    if cfg["edm_local_branch"] not in ("conv", "maxpool"):
-        raise PlansError(f"edm_local_branch={cfg['edm_local_branch']!r}: choose 'conv' or 'maxpool'")
-    lce = cfg["lce_kernel_size"]
-    if not isinstance(lce, int) or lce < 0 or (lce and lce % 2 == 0):
-        raise PlansError(f"lce_kernel_size={lce!r} must be 0 (off) or an odd integer")
-    scales = cfg["aggregation_scales"]
-    if scales is not None:
-        if not (isinstance(scales, (list, tuple)) and scales and all(isinstance(x, int) and x >= 1 for x in scales)):
-            raise PlansError(f"aggregation_scales={scales!r} must be a non-empty list of integers >= 1")
-        if cfg["aggregation"] == "dwconv" and any(x % 2 == 0 for x in scales):
-            raise PlansError(f"aggregation_scales={scales!r}: depthwise kernels must be odd (e.g. [3, 5, 7])")
-    topk = cfg["topk"]
-    topks = list(topk) if isinstance(topk, (list, tuple)) else [topk] * n
-    if len(topks) != n or not all(isinstance(t, int) for t in topks):
-        raise PlansError(f"topk={topk!r} must be an integer or a list of {n} integers (one per stage; <= 0: dense)")
-    grids = cfg["grids"]
-    if grids is None:
-        grids = [None] * n
-    if not isinstance(grids, (list, tuple)) or len(grids) != n:
-        raise PlansError(f"grids={grids!r} must be null or a list of {n} entries (one per stage, each null or "
-                         f"{ndim} regions per axis)")
-    checked = []
-    for s, g in enumerate(grids):
-        if g is not None and not (isinstance(g, (list, tuple)) and len(g) == ndim
-                                  and all(isinstance(x, int) and x >= 1 for x in g)):
-            raise PlansError(f"grids[{s}]={g!r} must be null or {ndim} integers >= 1 (regions per axis)")
-        checked.append(None if g is None else tuple(g))
-    return attention, checked, topks
+    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None
+                  ) -> tuple[list[bool], list, list[int]]:
+        """Per-stage attention flags, grids and top-k (PlansError on values that do not fit the plans)."""
+        n = kwargs["n_stages"]
+        ndim = len(kwargs["strides"][0])
+        first = kwargs["attention_from_stage"]
+        if not isinstance(first, int) or first < 0:
+            raise PlansError(f"attention_from_stage={first!r} must be an integer >= 0")
+        first = min(first, n - 1)  # the bottleneck always attends
+        attention = [s >= first for s in range(n)]
+        for s in range(first, n):
+            heads_for(kwargs["features_per_stage"][s], kwargs["head_dim"], f"stage {s}")
+        if kwargs["aggregation"] not in AGGREGATIONS:
+            raise PlansError(f"aggregation={kwargs['aggregation']!r}: choose one of {', '.join(AGGREGATIONS)}")
+        if not (isinstance(kwargs["mlp_ratio"], (int, float)) and kwargs["mlp_ratio"] > 0):
+            raise PlansError(f"mlp_ratio={kwargs['mlp_ratio']!r} must be a number > 0")
+        if kwargs["edm_local_branch"] not in ("conv", "maxpool"):
+            raise PlansError(f"edm_local_branch={kwargs['edm_local_branch']!r}: choose 'conv' or 'maxpool'")
+        lce = kwargs["lce_kernel_size"]
+        if not isinstance(lce, int) or lce < 0 or (lce and lce % 2 == 0):
+            raise PlansError(f"lce_kernel_size={lce!r} must be 0 (off) or an odd integer")
+        scales = kwargs["aggregation_scales"]
+        if scales is not None:
+            if not (isinstance(scales, (list, tuple)) and scales and all(isinstance(x, int) and x >= 1 for x in scales)):
+                raise PlansError(f"aggregation_scales={scales!r} must be a non-empty list of integers >= 1")
+            if kwargs["aggregation"] == "dwconv" and any(x % 2 == 0 for x in scales):
+                raise PlansError(f"aggregation_scales={scales!r}: depthwise kernels must be odd (e.g. [3, 5, 7])")
+        topk = kwargs["topk"]
+        topks = list(topk) if isinstance(topk, (list, tuple)) else [topk] * n
+        if len(topks) != n or not all(isinstance(t, int) for t in topks):
+            raise PlansError(f"topk={topk!r} must be an integer or a list of {n} integers (one per stage; <= 0: dense)")
+        grids = kwargs["grids"]
+        if grids is None:
+            grids = [None] * n
+        if not isinstance(grids, (list, tuple)) or len(grids) != n:
+            raise PlansError(f"grids={grids!r} must be null or a list of {n} entries (one per stage, each null or "
+                             f"{ndim} regions per axis)")
+        checked = []
+        for s, g in enumerate(grids):
+            if g is not None and not (isinstance(g, (list, tuple)) and len(g) == ndim
+                                      and all(isinstance(x, int) and x >= 1 for x in g)):
+                raise PlansError(f"grids[{s}]={g!r} must be null or {ndim} integers >= 1 (regions per axis)")
+            checked.append(None if g is None else tuple(g))
+        return attention, checked, topks
 
 
 # ------------------------------------------------------------------------------------------------ paper scale

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import inspect
 import math
 import pydoc
 from dataclasses import dataclass
@@ -62,10 +61,6 @@ def _x(values: Sequence[int]) -> str:
     return "x".join(str(int(v)) for v in values)
 
 
-def _default(cls: type, name: str) -> Any:
-    return inspect.signature(cls.__init__).parameters[name].default
-
-
 def network_kwargs(trainer_class: type, plans: dict, configuration: str) -> tuple[type | None, dict[str, Any]]:
     """Our network class and its resolved arguments for this configuration (None, {} for nnU-Net's networks): a
     trainer of ours builds its ``network_class`` from any plans; a variant plans file names one of our networks."""
@@ -91,27 +86,24 @@ def attention_layout(network_class: type | None, kwargs: dict[str, Any], patch_s
     shapes = stage_shapes(patch_size, kwargs["strides"])
     out = []
     if issubclass(network_class, BSAUNet):
-        first = int(kwargs.get("attention_from_stage", _default(BSAUNet, "attention_from_stage")))
-        topk = per_stage(kwargs.get("topk", _default(BSAUNet, "topk")), n, "topk")
-        regions = kwargs.get("region_sizes") or [None] * n
-        for s in range(first, n):
+        topk = per_stage(kwargs["topk"], n, "topk")
+        regions = kwargs["region_sizes"] or [None] * n
+        for s in range(kwargs["attention_from_stage"], n):
             region = list(shapes[s]) if regions[s] is None else per_stage(regions[s], len(shapes[s]), "region")
             count = math.prod(-(-a // r) for a, r in zip(shapes[s], region))
             routing = "dense" if count <= max(1, topk[s]) or topk[s] <= 0 else f"top-{topk[s]}"
             out.append(StageAttention(s, shapes[s], f"regions of {_x(region)} tokens ({count}), {routing}"))
     elif issubclass(network_class, MDSAUNet):
-        first = min(int(kwargs.get("first_attention_stage", _default(MDSAUNet, "first_attention_stage"))), n - 1)
-        topk = per_stage(kwargs.get("topk", _default(MDSAUNet, "topk")), n, "topk")
-        grids = kwargs.get("grids") or [None] * n
-        for s in range(first, n):
+        topk = per_stage(kwargs["topk"], n, "topk")
+        grids = kwargs["grids"] or [None] * n
+        for s in range(min(kwargs["attention_from_stage"], n - 1), n):  # the bottleneck always attends
             grid = grids[s] or [1] * len(shapes[s])
             count = math.prod(int(g) for g in grid)
             routing = "dense" if count <= max(1, topk[s]) or topk[s] <= 0 else f"top-{topk[s]}"
             out.append(StageAttention(s, shapes[s], f"grid {_x(grid)} ({count} regions), {routing}"))
     elif issubclass(network_class, BilateralUNet):
-        windows = kwargs.get("isam_windows") or [[7] * len(patch_size)] * n
-        for s in kwargs.get("isam_stages") or []:
-            window = per_stage(windows[s], len(shapes[s]), "window")
+        for s in kwargs["isam_stages"]:
+            window = per_stage(kwargs["isam_windows"][s], len(shapes[s]), "window")
             count = math.prod(-(-a // w) for a, w in zip(shapes[s], window))
             out.append(StageAttention(s, shapes[s], f"Swin windows of {_x(window)} ({count}), ISAM + FSAM"))
     return out

@@ -1,5 +1,17 @@
-"""Attention layers: the n-dimensional routed (bi-level) sparse-attention core."""
+"""Building blocks, each defined once: the routed (bi-level) sparse-attention core and routing, the shared
+transformer block and MLP, Swin window attention, and the convolutional pieces of the three networks."""
 
+from .routing import (
+    RegionLayout,
+    Router,
+    Routing,
+    from_regions,
+    region_affinity,
+    region_layout,
+    region_pool,
+    route,
+    to_regions,
+)
 from .sparse_attention import (
     RoutedAttention,
     build_block_mask,
@@ -9,11 +21,12 @@ from .sparse_attention import (
     routed_attention_reference,
     select_backend,
 )
-from .routing import RegionLayout, from_regions, region_affinity, region_layout, region_pool, route, to_regions
 
 __all__ = [
     "RegionLayout",
     "RoutedAttention",
+    "Router",
+    "Routing",
     "build_block_mask",
     "compute_routing",
     "flex_available",

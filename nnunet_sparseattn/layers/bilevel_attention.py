@@ -2,7 +2,7 @@
 
 BSAM = BiFormer's bi-level routing attention plus a coarse branch that BSA-Seg's abstract describes as
 "coarse-grained patch-level attention" whose scores learn an "adaptive receptive field" for the "fine-grained
-pixel-level attention" (modules.md §2)::
+pixel-level attention"::
 
     q, k, v   = qkv(x)                                    1x1 conv
     q_r, k_r, v_r = region means of q, k, v               fp32, padding excluded
@@ -21,9 +21,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .routing import GridLike, RegionLayout, clamp_topk, region_layout, region_pool, route
+from .routing import GridLike, RegionLayout, clamp_topk, region_layout, region_pool
 from .sparse_attention import RoutedAttention, routed_attention
-from .transformer import ChannelLayerNorm, ConvMlp
+from .transformer import TransformerBlock
 
 __all__ = ["BiLevelSparseAttention", "BSABlock", "coarse_region_attention", "upsample_regions"]
 
@@ -93,7 +93,8 @@ class BiLevelSparseAttention(RoutedAttention):
         layout = region_layout(x.shape[2:], grid)
         coarse, scores = coarse_region_attention(q, k, v, layout, self.num_heads)
         if routing is None and clamp_topk(self.topk, layout.num_regions) < layout.num_regions:
-            routing = route(scores.detach(), self.topk)  # the coarse scores choose each region's receptive field
+            # the coarse scores choose each region's receptive field
+            routing = self.router(scores.detach(), layout, layout).indices
         fine = routed_attention(q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing)
         out = fine + self.gamma * upsample_regions(coarse, layout).to(fine.dtype)
         if self.lce is not None:
@@ -104,8 +105,9 @@ class BiLevelSparseAttention(RoutedAttention):
         return super().extra_repr() + f", coarse_branch={self.gamma is not None}"
 
 
-class BSABlock(nn.Module):
-    """``x + DWConv(x)`` (position) -> ``x + BSAM(Norm(x))`` -> ``x + MLP(Norm(x))``."""
+class BSABlock(TransformerBlock):
+    """BSA-Seg's block: the shared transformer block (``x + DWConv(x)``; ``x + BSAM(LN(x))``; ``x + MLP(LN(x))``)
+    with BSAM as its attention, MLP ratio 4 and torch's default initialisation of the projections."""
 
     def __init__(
         self,
@@ -118,16 +120,6 @@ class BSABlock(nn.Module):
         coarse_branch: bool = True,
         lce_kernel_size: int = 3,
     ) -> None:
-        super().__init__()
-        self.pos = conv_op(channels, channels, 3, padding=1, groups=channels)
-        self.norm1 = ChannelLayerNorm(channels)
-        self.attn = BiLevelSparseAttention(
-            channels, num_heads, region_size, topk, conv_op, coarse_branch=coarse_branch, lce_kernel_size=lce_kernel_size
-        )
-        self.norm2 = ChannelLayerNorm(channels)
-        self.mlp = ConvMlp(channels, mlp_ratio, conv_op)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos(x)
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        attention = BiLevelSparseAttention(channels, num_heads, region_size, topk, conv_op,
+                                           coarse_branch=coarse_branch, lce_kernel_size=lce_kernel_size)
+        super().__init__(attention, channels, conv_op, mlp_ratio)

@@ -1,4 +1,4 @@
-"""Feature space attention module (FSAM) of the bilateral spatial attention network (modules.md §5).
+"""Feature space attention module (FSAM) of the bilateral spatial attention network (Sun et al., 2024).
 
     u     = Conv(f)                    3x3 conv - norm - act
     z     = DConv(u)                   3x3 conv with dilation 2 - norm - act (wider receptive field)
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nnunet_sparseattn.layers.isam import ConvNormAct
+from .conv import ChannelAttention, ConvNormAct
 
 __all__ = ["FSAM"]
 
@@ -44,16 +44,12 @@ class FSAM(nn.Module):
                    nonlin_kwargs=nonlin_kwargs)
         self.conv = ConvNormAct(conv_op, channels, channels, kernel_size, **ops)
         self.dconv = ConvNormAct(conv_op, channels, channels, kernel_size, dilation=dilation, **ops)
-        hidden = max(min_hidden, channels // reduction)
-        # the shared MLP as 1x1 convolutions on the pooled (B, C, 1, ...) vectors
-        self.mlp = nn.Sequential(conv_op(channels, hidden, 1), nn.ReLU(inplace=True), conv_op(hidden, channels, 1))
+        # GAP and GMP through one shared MLP, summed, sigmoid: CBAM's channel attention
+        self.gate = ChannelAttention(channels, conv_op, reduction, min_hidden, pools=("avg", "max"))
 
     def channel_weights(self, z: torch.Tensor) -> torch.Tensor:
         """alpha (B, C, 1, ...) from GAP and GMP of ``z`` through the shared MLP."""
-        axes = tuple(range(2, z.ndim))
-        avg = z.mean(dim=axes, keepdim=True)
-        mx = z.amax(dim=axes, keepdim=True)
-        return torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+        return self.gate(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.conv(x)

@@ -1,4 +1,4 @@
-"""Image space attention module (ISAM) of the bilateral spatial attention network (modules.md §5).
+"""Image space attention module (ISAM) of the bilateral spatial attention network (Sun et al., 2024).
 
     f_{i,j} = STB_{i,j}(f_{i,j-1}),  j = 1..6          (Swin blocks, shifted windows every second block)
     f_i     = Conv(f_{i,6}) + f_{i,0}                  (Conv = 3x3 conv - norm - nonlinearity, residual)
@@ -15,51 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nnunet_sparseattn.layers.conv import conv_ndim
-from nnunet_sparseattn.layers.window_attention import SwinBlock
+from .conv import ConvNormAct, conv_dims
+from .transformer import num_heads_for
+from .window_attention import SwinBlock
 
-__all__ = ["ISAM", "ConvNormAct"]
-
-
-class ConvNormAct(nn.Sequential):
-    """conv -> norm -> nonlinearity, 'same' padding (dilation aware), 2D/3D by ``conv_op``."""
-
-    def __init__(
-        self,
-        conv_op: Type[nn.Module],
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        dilation: int = 1,
-        groups: int = 1,
-        conv_bias: bool = False,
-        norm_op: Optional[Type[nn.Module]] = None,
-        norm_op_kwargs: Optional[dict] = None,
-        nonlin: Optional[Type[nn.Module]] = None,
-        nonlin_kwargs: Optional[dict] = None,
-    ):
-        ndim = conv_ndim(conv_op)
-        kernel = [int(kernel_size)] * ndim if isinstance(kernel_size, int) else [int(k) for k in kernel_size]
-        padding = [dilation * (k - 1) // 2 for k in kernel]
-        # a kernel of 1 along an axis (anisotropic plans) is not dilated there
-        dil = [dilation if k > 1 else 1 for k in kernel]
-        layers = [conv_op(in_channels, out_channels, kernel, stride, padding, dilation=dil, groups=groups,
-                          bias=conv_bias)]
-        if norm_op is not None:
-            layers.append(norm_op(out_channels, **(norm_op_kwargs or {})))
-        if nonlin is not None:
-            layers.append(nonlin(**(nonlin_kwargs or {})))
-        super().__init__(*layers)
-        self.out_channels = out_channels
-        self.stride = [int(stride)] * ndim if isinstance(stride, int) else [int(s) for s in stride]
-
-    def output_size(self, input_size: Sequence[int]) -> list[int]:
-        return [-(-int(i) // s) for i, s in zip(input_size, self.stride)]
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """One output map per block, as nnU-Net's ``ConvDropoutNormReLU`` counts."""
-        return int(np.prod([self.out_channels, *self.output_size(input_size)], dtype=np.int64))
+__all__ = ["ISAM"]
 
 
 class ISAM(nn.Module):
@@ -84,13 +44,11 @@ class ISAM(nn.Module):
     ):
         super().__init__()
         dim = int(dim or channels)
-        if len(window) != conv_ndim(conv_op):
+        if len(window) != conv_dims(conv_op):
             raise ValueError(f"window {tuple(window)} must have one entry per spatial axis of {conv_op.__name__}")
         if depth < 1:
             raise ValueError(f"ISAM depth {depth} must be at least 1")
-        num_heads = max(1, dim // head_dim)
-        if dim % num_heads:
-            raise ValueError(f"ISAM width {dim} is not a multiple of head_dim {head_dim}; choose a width that is")
+        num_heads = num_heads_for(dim, head_dim)
         self.channels, self.dim, self.num_heads, self.window = channels, dim, num_heads, tuple(window)
         self.proj_in = conv_op(channels, dim, 1) if dim != channels else nn.Identity()
         self.blocks = nn.ModuleList(

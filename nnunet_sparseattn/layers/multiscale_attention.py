@@ -1,6 +1,6 @@
 """MDSA: multi-scale dynamic sparse attention (MDSA-UNet, JBHI 2025), and the transformer block built on it.
 
-Our reading of the abstract (modules.md §4): "multi-scale aggregation is first applied to the feature maps ...
+Our reading of the abstract (Li et al., JBHI 2025): "multi-scale aggregation is first applied to the feature maps ...
 then, for each query, irrelevant key-value pairs are filtered out at a coarse-grained level ... finally,
 fine-grained self-attention is performed on the remaining key-value pairs"::
 
@@ -34,10 +34,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conv import conv_ndim
-from .routing import GridLike, _as_grid, clamp_topk, region_layout
-from .sparse_attention import BACKENDS, routed_attention
-from .transformer import ChannelLayerNorm, num_heads_for
+from .conv import conv_dims
+from .routing import GridLike, Router, as_grid, clamp_topk, region_layout
+from .sparse_attention import check_attention_arguments, local_context, route_regions, routed_attention
+from .transformer import ChannelLayerNorm, TransformerBlock, num_heads_for
 
 __all__ = [
     "AGGREGATIONS",
@@ -76,7 +76,7 @@ class MultiScaleAggregation(nn.Module):
     def __init__(self, channels: int, conv_op: type[nn.Module] = nn.Conv3d, aggregation: str = "dwconv",
                  scales: Optional[Sequence[int]] = None) -> None:
         super().__init__()
-        self.ndim = conv_ndim(conv_op)
+        self.ndim = conv_dims(conv_op)
         self.aggregation = aggregation
         self.scales = tuple(int(s) for s in (default_scales(aggregation) if scales is None else scales))
         if not self.scales:
@@ -159,23 +159,17 @@ class MultiScaleDynamicSparseAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.ndim = conv_ndim(conv_op)
-        if num_heads < 1 or channels % num_heads != 0:
-            raise ValueError(f"num_heads={num_heads} must be >= 1 and divide channels={channels}")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-        if lce_kernel_size < 0 or (lce_kernel_size > 0 and lce_kernel_size % 2 == 0):
-            raise ValueError(f"lce_kernel_size must be 0 (off) or odd, got {lce_kernel_size}")
+        self.ndim = conv_dims(conv_op)
+        check_attention_arguments(channels, num_heads, backend, lce_kernel_size)
         self.channels, self.num_heads = channels, num_heads
-        self.grid = None if grid is None else _as_grid(grid, self.ndim)
-        self.topk = int(topk)
+        self.grid = None if grid is None else as_grid(grid, self.ndim)
+        self.router = Router(topk)
         self.detach_routing = detach_routing
         self.backend = backend
         self.q = conv_op(channels, channels, 1, bias=qkv_bias)
         self.aggregate = MultiScaleAggregation(channels, conv_op, aggregation, scales)
         self.kv = conv_op(channels, 2 * channels, 1, bias=qkv_bias)
-        self.lce = (conv_op(channels, channels, lce_kernel_size, padding=lce_kernel_size // 2, groups=channels)
-                    if lce_kernel_size else None)
+        self.lce = local_context(channels, conv_op, lce_kernel_size)
         self.proj = conv_op(channels, channels, 1)
 
     def regions(self, spatial: Sequence[int]) -> tuple[int, ...]:
@@ -193,27 +187,32 @@ class MultiScaleDynamicSparseAttention(nn.Module):
             raise ValueError(f"MDSA expects (B, {self.channels}, {self.ndim} spatial dims), got {tuple(x.shape)}")
         q = self.q(x)
         k, v = self.kv(self.aggregate(x)).chunk(2, dim=1)
-        out = routed_attention(q, k, v, self.num_heads, self.regions(x.shape[2:]), self.topk,
-                               backend=self.backend, detach_routing=self.detach_routing)
+        grid = self.regions(x.shape[2:])
+        routing = route_regions(self.router, q, k, grid, self.detach_routing)
+        out = routed_attention(q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing)
         if self.lce is not None:
             local = v if v.shape[2:] == x.shape[2:] else F.interpolate(v, size=x.shape[2:], mode="nearest")
             out = out + self.lce(local)
         return self.proj(out)
+
+    @property
+    def topk(self) -> int:
+        return self.router.topk
+
+    def projections(self) -> tuple[nn.Module, ...]:
+        """The linear maps of the attention (what a transformer initialisation resets)."""
+        return (self.q, self.kv, self.proj)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, num_heads={self.num_heads}, grid={self.grid or 'auto'}, "
                 f"topk={self.topk}, backend={self.backend!r}")
 
 
-class MDSABlock(nn.Module):
-    """A transformer block with MDSA (BiFormer's block layout)::
-
-        x = x + DWConv3(x)                 conditional positional encoding (attention itself is position-blind)
-        x = x + MDSA(LN(x))
-        x = x + MLP(LN(x))                 1x1 conv (C -> mlp_ratio C), GELU, 1x1 conv back
-
-    ``(B, C, *S) -> (B, C, *S)``, any spatial shape. Remaining arguments: :class:`MultiScaleDynamicSparseAttention`.
-    """
+class MDSABlock(TransformerBlock):
+    """MDSA-UNet's block: the shared transformer block (``x + DWConv3(x)``; ``x + MDSA(LN(x))``; ``x + MLP(LN(x))``)
+    with MDSA as its attention, BiFormer's MLP ratio 3 and the transformer initialisation (truncated normal, std
+    0.02, after nnU-Net's He init). ``(B, C, *S) -> (B, C, *S)``, any spatial shape. Remaining arguments:
+    :class:`MultiScaleDynamicSparseAttention`."""
 
     def __init__(
         self,
@@ -229,40 +228,9 @@ class MDSABlock(nn.Module):
         positional_kernel_size: int = 3,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        self.ndim = conv_ndim(conv_op)
-        if mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
-        if positional_kernel_size < 0 or (positional_kernel_size > 0 and positional_kernel_size % 2 == 0):
-            raise ValueError(f"positional_kernel_size must be 0 (off) or odd, got {positional_kernel_size}")
-        self.channels = channels
-        k = positional_kernel_size
-        self.pos = conv_op(channels, channels, k, padding=k // 2, groups=channels) if k else None
-        self.norm1 = ChannelLayerNorm(channels)
-        self.attn = MultiScaleDynamicSparseAttention(channels, num_heads, conv_op, grid, topk, aggregation, scales,
+        attention = MultiScaleDynamicSparseAttention(channels, num_heads, conv_op, grid, topk, aggregation, scales,
                                                      lce_kernel_size, backend=backend)
-        self.norm2 = ChannelLayerNorm(channels)
-        hidden = max(1, int(round(channels * mlp_ratio)))
-        self.mlp = nn.Sequential(conv_op(channels, hidden, 1), nn.GELU(), conv_op(hidden, channels, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pos is not None:
-            x = x + self.pos(x)
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Transformer initialisation (truncated normal, std 0.02, zero biases) for the projections and MLP.
-
-        nnU-Net initialises every convolution with He's scheme (``network.apply(network.initialize)``), which
-        suits conv-norm-nonlin stacks but makes residual attention/MLP branches start large; networks call this
-        after He's init.
-        """
-        for module in (self.attn.q, self.attn.kv, self.attn.proj, self.mlp[0], self.mlp[2]):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        super().__init__(attention, channels, conv_op, mlp_ratio, positional_kernel_size, transformer_init=True)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Stored activations in nnU-Net's units (one map per layer output; attention as flex's, no K/V copies).
@@ -273,7 +241,7 @@ class MDSABlock(nn.Module):
         n = math.prod(int(s) for s in input_size)
         agg = self.attn.aggregate
         nk = math.prod(agg.output_size(input_size))
-        hidden = self.mlp[0].out_channels
+        hidden = self.mlp.fc1.out_channels
         token_maps = 1 + 2 + 1 + 1 + 1 + 1 + 1  # pos, norms, q, attention, lce, proj, mlp out
         kv_maps = len(agg.scales) + 1 + 2  # aggregation branches, its norm, k and v
         return np.int64(self.channels * (token_maps * n + kv_maps * nk) + 2 * hidden * n)

@@ -1,6 +1,6 @@
 """MDSA-UNet's resampling blocks, 2D and 3D: enhanced downsampling merging (EDM) and upsampling fusion (EUF).
 
-Our reading of the paper (modules.md §4; the paper's full text was not available):
+Our reading of the paper (Li et al., JBHI 2025; only its abstract was available):
 
 - EDM: two downsampling branches, summed and normalised. One keeps every input value (space-to-depth by the
   stride, then a 1x1 convolution: a learned "patch merging"); the other sees a neighbourhood (a strided
@@ -20,43 +20,22 @@ the end of the axis with zeros up to a multiple of ``s``. EUF undoes exactly tha
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .conv import conv_ndim
+from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp, get_matching_pool_op
+
+from .conv import ChannelAttention, conv_dims
+from .shapes import IntOrSeq, ceil_div, pad_end, partition, per_axis
 
 __all__ = [
-    "ChannelGate",
     "EnhancedDownsampling",
     "EnhancedUpsampling",
     "space_to_depth",
 ]
-
-IntOrSeq = Union[int, Sequence[int]]
-
-_TRANSPOSED = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-
-
-def _per_axis(value: IntOrSeq, ndim: int, name: str, minimum: int = 1) -> tuple[int, ...]:
-    out = (int(value),) * ndim if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
-    if len(out) != ndim:
-        raise ValueError(f"{name}={value!r} must have {ndim} entries (one per spatial axis)")
-    if any(v < minimum for v in out):
-        raise ValueError(f"{name}={value!r}: every entry must be >= {minimum}")
-    return out
-
-
-def _end_padding(spatial: Sequence[int], multiple: Sequence[int]) -> list[int]:
-    """``F.pad`` argument that pads the end of every axis up to a multiple (last axis first, as F.pad wants)."""
-    pad: list[int] = []
-    for s, m in zip(reversed(tuple(spatial)), reversed(tuple(multiple))):
-        pad += [0, -s % m]
-    return pad
 
 
 def space_to_depth(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
@@ -66,21 +45,14 @@ def space_to_depth(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
     end first. Output channel ``c * prod(f) + offset`` holds channel ``c`` at the row-major offset inside the block.
     """
     n = x.dim() - 2
-    factors = _per_axis(factors, n, "factors")
+    factors = per_axis(factors, n, "factors")
     if all(f == 1 for f in factors):
         return x
-    pad = _end_padding(x.shape[2:], factors)
-    if any(pad):
-        x = F.pad(x, pad)
+    out_spatial = ceil_div(x.shape[2:], factors)
+    x = pad_end(x, [o * f for o, f in zip(out_spatial, factors)])
     b, c = x.shape[:2]
-    out_spatial = [s // f for s, f in zip(x.shape[2:], factors)]
-    shape = [b, c]
-    for o, f in zip(out_spatial, factors):
-        shape += [o, f]
-    x = x.reshape(shape)
-    # dims: 0 b, 1 c, then (out_i, f_i) at 2 + 2i, 3 + 2i -> (b, c, f_0.., out_0..)
-    perm = [0, 1] + [3 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)]
-    return x.permute(perm).reshape(b, c * math.prod(factors), *out_spatial)
+    # (B, C, F_0 .., O_0 ..): the offset inside each block becomes channels
+    return partition(x, factors, start=2, block_axes_first=True).reshape(b, c * math.prod(factors), *out_spatial)
 
 
 def _norm(norm_op: Optional[type[nn.Module]], channels: int, kwargs: Optional[dict]) -> nn.Module:
@@ -98,7 +70,7 @@ class EnhancedDownsampling(nn.Module):
             that covers the stride (``2 * (s // 2) + 1``: 3 for stride 2), so that no input voxel is skipped and
             the output size is ``ceil(S / s)`` on every axis.
         local_branch: ``"conv"`` (strided convolution, default) or ``"maxpool"`` (max-pool by the stride, then
-            a 1x1 convolution): modules.md gives both readings of the paper.
+            a 1x1 convolution): both are readings of the abstract.
         norm_op, norm_op_kwargs: the normalisation after the sum (the plans' norm; ``None``: none).
         bias: convolution biases (pointless before an instance/batch norm, hence off by default).
     """
@@ -116,11 +88,11 @@ class EnhancedDownsampling(nn.Module):
         bias: bool = False,
     ) -> None:
         super().__init__()
-        self.ndim = conv_ndim(conv_op)
+        self.ndim = conv_dims(conv_op)
         if local_branch not in ("conv", "maxpool"):
             raise ValueError(f"local_branch must be 'conv' or 'maxpool', got {local_branch!r}")
-        self.stride = _per_axis(stride, self.ndim, "stride")
-        kernel = _per_axis(kernel_size, self.ndim, "kernel_size")
+        self.stride = per_axis(stride, self.ndim, "stride")
+        kernel = per_axis(kernel_size, self.ndim, "kernel_size")
         # odd kernels, at least as wide as the stride: padding k // 2 then gives ceil(S / s) outputs
         self.kernel_size = tuple(max(k | 1, 2 * (s // 2) + 1) for k, s in zip(kernel, self.stride))
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -131,10 +103,11 @@ class EnhancedDownsampling(nn.Module):
                                  padding=tuple(k // 2 for k in self.kernel_size), bias=bias)
         else:
             self.local = conv_op(in_channels, out_channels, 1, bias=bias)
+            self.pool = get_matching_pool_op(conv_op, pool_type="max")(self.stride, self.stride, ceil_mode=True)
         self.norm = _norm(norm_op, out_channels, norm_op_kwargs)
 
     def output_size(self, input_size: Sequence[int]) -> tuple[int, ...]:
-        return tuple(-(-int(i) // s) for i, s in zip(input_size, self.stride))
+        return ceil_div(input_size, self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.ndim + 2 or x.shape[1] != self.in_channels:
@@ -143,9 +116,7 @@ class EnhancedDownsampling(nn.Module):
         if self.local_branch == "conv":
             local = self.local(x)
         else:
-            pooled = x if all(s == 1 for s in self.stride) else \
-                _MAX_POOL[self.ndim](x, self.stride, self.stride, ceil_mode=True)
-            local = self.local(pooled)
+            local = self.local(x if all(s == 1 for s in self.stride) else self.pool(x))
         return self.norm(merged + local)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
@@ -154,22 +125,6 @@ class EnhancedDownsampling(nn.Module):
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, kernel_size={self.kernel_size}, local_branch={self.local_branch!r}"
-
-
-class ChannelGate(nn.Module):
-    """Squeeze-and-excitation: ``sigmoid(W2 relu(W1 mean(x)))``, one weight per channel, ``(B, C, 1, ..)``."""
-
-    def __init__(self, channels: int, conv_op: type[nn.Module] = nn.Conv3d, reduction: int = 4,
-                 min_hidden: int = 8) -> None:
-        super().__init__()
-        self.ndim = conv_ndim(conv_op)
-        hidden = max(min_hidden, channels // reduction)
-        self.fc1 = conv_op(channels, hidden, 1)
-        self.fc2 = conv_op(hidden, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squeezed = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-        return torch.sigmoid(self.fc2(F.relu(self.fc1(squeezed))))
 
 
 class EnhancedUpsampling(nn.Module):
@@ -205,16 +160,16 @@ class EnhancedUpsampling(nn.Module):
         gate_reduction: int = 4,
     ) -> None:
         super().__init__()
-        self.ndim = conv_ndim(conv_op)
-        self.stride = _per_axis(stride, self.ndim, "stride")
-        kernel = tuple(k | 1 for k in _per_axis(kernel_size, self.ndim, "kernel_size"))  # odd: "same" padding
+        self.ndim = conv_dims(conv_op)
+        self.stride = per_axis(stride, self.ndim, "stride")
+        kernel = tuple(k | 1 for k in per_axis(kernel_size, self.ndim, "kernel_size"))  # odd: "same" padding
         self.in_channels, self.skip_channels, self.out_channels = in_channels, skip_channels, out_channels
-        self.up = _TRANSPOSED[self.ndim](in_channels, out_channels, self.stride, self.stride, bias=bias)
+        self.up = get_matching_convtransp(conv_op)(in_channels, out_channels, self.stride, self.stride, bias=bias)
         self.fuse = conv_op(out_channels + skip_channels, out_channels, kernel, 1,
                             padding=tuple(k // 2 for k in kernel), bias=bias)
         self.norm = _norm(norm_op, out_channels, norm_op_kwargs)
         self.nonlin = nn.Identity() if nonlin is None else nonlin(**(nonlin_kwargs or {}))
-        self.gate = ChannelGate(out_channels, conv_op, gate_reduction)
+        self.gate = ChannelAttention(out_channels, conv_op, gate_reduction, min_hidden=8)  # squeeze-and-excitation
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.ndim + 2 or x.shape[1] != self.in_channels or skip.dim() != x.dim() or \

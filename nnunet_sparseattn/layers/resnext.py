@@ -18,13 +18,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nnunet_sparseattn.layers.conv import conv_ndim
-from nnunet_sparseattn.layers.isam import ConvNormAct
+from dynamic_network_architectures.building_blocks.helper import get_matching_pool_op
+
+from .conv import ConvNormAct, conv_dims
+from .shapes import ceil_div, per_axis
 
 __all__ = ["ResNeXtBlock", "ResNeXtStage", "resnext_groups"]
-
-_POOL = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
-
 
 def resnext_groups(width: int, cardinality: int = 32, min_group_width: int = 4) -> int:
     """Number of grouped-convolution paths for ``width`` channels (see the module docstring)."""
@@ -53,8 +52,7 @@ class ResNeXtBlock(nn.Module):
         nonlin_kwargs: Optional[dict] = None,
     ):
         super().__init__()
-        ndim = conv_ndim(conv_op)
-        stride = [int(stride)] * ndim if isinstance(stride, int) else [int(s) for s in stride]
+        stride = list(per_axis(stride, conv_dims(conv_op), "stride"))
         width = max(min_group_width, int(round(out_channels * bottleneck_ratio)))
         self.groups = resnext_groups(width, cardinality, min_group_width)
         self.in_channels, self.out_channels, self.width, self.stride = in_channels, out_channels, width, stride
@@ -66,7 +64,7 @@ class ResNeXtBlock(nn.Module):
         skip = []
         if any(s != 1 for s in stride):
             # ceil_mode: same output size as the strided 'same' convolution on odd sizes
-            skip.append(_POOL[ndim](stride, stride, ceil_mode=True))
+            skip.append(get_matching_pool_op(conv_op, pool_type="avg")(stride, stride, ceil_mode=True))
         if in_channels != out_channels:
             skip.append(ConvNormAct(conv_op, in_channels, out_channels, 1, **norm))
         self.skip = nn.Sequential(*skip)
@@ -104,7 +102,7 @@ class ResNeXtStage(nn.Module):
         return self.blocks(x)
 
     def output_size(self, input_size: Sequence[int]) -> list[int]:
-        return [-(-int(i) // s) for i, s in zip(input_size, self.stride)]
+        return list(ceil_div(input_size, self.stride))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         total = self.blocks[0].compute_conv_feature_map_size(input_size)

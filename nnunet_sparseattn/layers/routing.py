@@ -13,17 +13,24 @@ Region index order is row-major over the grid (last axis fastest); token order i
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import NamedTuple, Sequence, Union
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+from .shapes import ceil_div, pad_end, partition, per_axis, shape_constant, unpartition
 
 GridLike = Union[int, Sequence[int]]
 
 __all__ = [
     "RegionLayout",
+    "Router",
+    "Routing",
+    "as_grid",
     "region_layout",
     "to_regions",
     "from_regions",
@@ -57,33 +64,41 @@ class RegionLayout:
         return self.padded != self.spatial
 
     def token_valid(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Bool ``(Nr, r)``: True for real tokens, False for padding, in region-major order."""
-        ones = torch.ones((1, 1, *self.spatial), dtype=torch.bool, device=device)
-        return to_regions(ones, self, 1)[0, 0, :, :, 0]
+        """Bool ``(Nr, r)``: True for real tokens, False for padding, in region-major order (built once per device)."""
+
+        def build() -> torch.Tensor:
+            ones = torch.ones((1, 1, *self.spatial), dtype=torch.bool, device=device)
+            return to_regions(ones, self, 1)[0, 0, :, :, 0]
+
+        return shape_constant("token_valid", (self.spatial, self.grid), torch.device(device or "cpu"), build)
 
     def region_counts(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Float ``(Nr,)``: number of real tokens in each region (always >= 1)."""
-        per_axis = []
-        for s, g, r in zip(self.spatial, self.grid, self.region):
-            c = torch.full((g,), float(r), device=device)
-            c[-1] = s - (g - 1) * r
-            per_axis.append(c)
-        counts = per_axis[0]
-        for c in per_axis[1:]:
-            counts = (counts[:, None] * c[None, :]).reshape(-1)
-        return counts
+        """Float ``(Nr,)``: number of real tokens in each region (always >= 1; built once per device)."""
+
+        def build() -> torch.Tensor:
+            per_axis_counts = []
+            for s, g, r in zip(self.spatial, self.grid, self.region):
+                c = torch.full((g,), float(r), device=device)
+                c[-1] = s - (g - 1) * r
+                per_axis_counts.append(c)
+            counts = per_axis_counts[0]
+            for c in per_axis_counts[1:]:
+                counts = (counts[:, None] * c[None, :]).reshape(-1)
+            return counts
+
+        return shape_constant("region_counts", (self.spatial, self.grid), torch.device(device or "cpu"), build)
 
 
-def _as_grid(grid: GridLike, ndim: int) -> tuple[int, ...]:
-    if isinstance(grid, int):
-        g = (grid,) * ndim
-    else:
-        g = tuple(int(x) for x in grid)
-        if len(g) != ndim:
-            raise ValueError(f"grid {tuple(grid)} has {len(g)} entries but the input has {ndim} spatial dims")
-    if any(x < 1 for x in g):
-        raise ValueError(f"grid entries must be >= 1, got {g}")
-    return g
+def as_grid(grid: GridLike, ndim: int) -> tuple[int, ...]:
+    """Regions per axis (or tokens per region per axis) as ``ndim`` ints >= 1 (ValueError)."""
+    return per_axis(grid, ndim, "grid")
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(spatial: tuple[int, ...], grid: tuple[int, ...]) -> RegionLayout:
+    region = tuple(math.ceil(s / min(g, s)) for s, g in zip(spatial, grid))
+    clamped = ceil_div(spatial, region)
+    return RegionLayout(spatial, clamped, region, tuple(g * r for g, r in zip(clamped, region)))
 
 
 def region_layout(spatial_shape: Sequence[int], grid: GridLike) -> RegionLayout:
@@ -91,53 +106,32 @@ def region_layout(spatial_shape: Sequence[int], grid: GridLike) -> RegionLayout:
     spatial = tuple(int(s) for s in spatial_shape)
     if len(spatial) == 0 or any(s < 1 for s in spatial):
         raise ValueError(f"spatial shape must have >= 1 axis, each >= 1, got {spatial}")
-    g_req = _as_grid(grid, len(spatial))
-    region = tuple(math.ceil(s / min(g, s)) for s, g in zip(spatial, g_req))
-    g_eff = tuple(math.ceil(s / r) for s, r in zip(spatial, region))
-    padded = tuple(g * r for g, r in zip(g_eff, region))
-    return RegionLayout(spatial, g_eff, region, padded)
+    return _layout(spatial, as_grid(grid, len(spatial)))  # one layout object per shape: no per-forward bookkeeping
 
 
 def grid_for_region_size(spatial_shape: Sequence[int], region_size: GridLike) -> tuple[int, ...]:
     """The grid that cuts ``spatial_shape`` into regions of (at most) ``region_size`` tokens per axis."""
     spatial = tuple(int(s) for s in spatial_shape)
-    region = _as_grid(region_size, len(spatial))
-    if any(r < 1 for r in region):
-        raise ValueError(f"region_size must be >= 1 per axis, got {region}")
-    return tuple(math.ceil(s / r) for s, r in zip(spatial, region))
+    return ceil_div(spatial, per_axis(region_size, len(spatial), "region_size"))
 
 
 def to_regions(x: torch.Tensor, layout: RegionLayout, num_heads: int = 1) -> torch.Tensor:
     """``(B, C, *S)`` -> ``(B, heads, Nr, r, C // heads)``, zero-padded, region-major."""
     b, c = x.shape[:2]
-    n = len(layout.spatial)
     if tuple(x.shape[2:]) != layout.spatial:
         raise ValueError(f"input spatial shape {tuple(x.shape[2:])} does not match layout {layout.spatial}")
-    if layout.is_padded:
-        pad = []
-        for s, p in zip(reversed(layout.spatial), reversed(layout.padded)):
-            pad += [0, p - s]
-        x = F.pad(x, pad)
     d = c // num_heads
-    shape = [b, num_heads, d]
-    for g, r in zip(layout.grid, layout.region):
-        shape += [g, r]
-    x = x.reshape(shape)
-    # dims: 0 b, 1 h, 2 d, then (g_i, r_i) pairs at 3 + 2i, 4 + 2i
-    perm = [0, 1] + [3 + 2 * i for i in range(n)] + [4 + 2 * i for i in range(n)] + [2]
-    return x.permute(perm).reshape(b, num_heads, layout.num_regions, layout.region_tokens, d)
+    x = pad_end(x, layout.padded).reshape(b, num_heads, d, *layout.padded)
+    regions = partition(x, layout.region, start=3).movedim(2, -1)  # (B, h, G.., R.., d): a view
+    return regions.reshape(b, num_heads, layout.num_regions, layout.region_tokens, d)
 
 
 def from_regions(y: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
     """Inverse of :func:`to_regions`: ``(B, heads, Nr, r, d)`` -> ``(B, heads * d, *S)`` (padding cropped)."""
     b, h, _, _, d = y.shape
     n = len(layout.spatial)
-    y = y.reshape(b, h, *layout.grid, *layout.region, d)
-    # dims: 0 b, 1 h, 2..2+n grid, 2+n..2+2n region, 2+2n d
-    perm = [0, 1, 2 + 2 * n]
-    for i in range(n):
-        perm += [2 + i, 2 + n + i]
-    y = y.permute(perm).reshape(b, h * d, *layout.padded)
+    y = unpartition(y.reshape(b, h, *layout.grid, *layout.region, d), n, start=2).movedim(-1, 2)
+    y = y.reshape(b, h * d, *layout.padded)
     if layout.is_padded:
         y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in layout.spatial)]
     return y
@@ -157,12 +151,7 @@ def region_pool(x: torch.Tensor, grid: GridLike | RegionLayout) -> torch.Tensor:
     if n not in _AVG_POOL:
         raise ValueError(f"region_pool supports 1 to 3 spatial dims, got {n}")
     with torch.autocast(device_type=x.device.type, enabled=False):
-        xf = x.float()
-        if layout.is_padded:
-            pad = []
-            for s, p in zip(reversed(layout.spatial), reversed(layout.padded)):
-                pad += [0, p - s]
-            xf = F.pad(xf, pad)
+        xf = pad_end(x.float(), layout.padded)
         pooled = _AVG_POOL[n](xf, kernel_size=layout.region, stride=layout.region)  # mean incl. zeros
         pooled = pooled.flatten(2).transpose(1, 2)  # (B, Nr, C)
         if layout.is_padded:
@@ -210,3 +199,35 @@ def route(affinity: torch.Tensor, topk: int) -> torch.Tensor:
         pos = torch.arange(nk, device=a.device, dtype=torch.float32)
         score = selected.float() * (2 * nk) - pos
         return torch.topk(score, k, dim=-1).indices
+
+
+class Routing(NamedTuple):
+    """What a router decided for one forward: per query region, the key regions its tokens attend to.
+
+    ``indices`` long ``(B, Nq, k)`` (ascending); ``affinity`` float32 ``(B, Nq, Nk)``, the region affinities the choice
+    was made from; ``query_layout`` and ``key_layout`` say which tokens form each region.
+    """
+
+    indices: torch.Tensor
+    affinity: torch.Tensor
+    query_layout: RegionLayout
+    key_layout: RegionLayout
+
+    def weights(self) -> torch.Tensor:
+        """Routing weights: the softmax of the region affinities over the key regions, ``(B, Nq, Nk)``."""
+        return torch.softmax(self.affinity.float(), dim=-1)
+
+
+class Router(nn.Module):
+    """Top-k routing of query regions to key regions, as a module of its own so that a forward hook can record
+    every decision (``register_forward_hook``: the output is a :class:`Routing`). No parameters; costs one top-k."""
+
+    def __init__(self, topk: int) -> None:
+        super().__init__()
+        self.topk = int(topk)
+
+    def forward(self, affinity: torch.Tensor, query_layout: RegionLayout, key_layout: RegionLayout) -> Routing:
+        return Routing(route(affinity, self.topk), affinity, query_layout, key_layout)
+
+    def extra_repr(self) -> str:
+        return f"topk={self.topk}"

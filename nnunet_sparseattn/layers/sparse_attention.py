@@ -42,11 +42,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conv import conv_ndim
+from .conv import conv_dims
+from .shapes import pad_end
 from .routing import (
     GridLike,
-    _as_grid,
     RegionLayout,
+    Router,
+    as_grid,
     clamp_topk,
     from_regions,
     grid_for_region_size,
@@ -65,6 +67,7 @@ __all__ = [
     "flex_available",
     "routed_attention",
     "routed_attention_reference",
+    "route_regions",
     "select_backend",
 ]
 
@@ -150,9 +153,24 @@ def compute_routing(
 def _routing(
     q: torch.Tensor, k: torch.Tensor, lq: RegionLayout, lk: RegionLayout, topk: int, detach: bool, scale=None
 ) -> torch.Tensor:
+    return route(_affinity(q, k, lq, lk, detach, scale), topk)
+
+
+def _affinity(q: torch.Tensor, k: torch.Tensor, lq: RegionLayout, lk: RegionLayout, detach: bool,
+              scale: Optional[float] = None) -> torch.Tensor:
     if detach:  # BiFormer routes on detached q/k: no gradient flows through the (discrete) routing
         q, k = q.detach(), k.detach()
-    return route(region_affinity(region_pool(q, lq), region_pool(k, lk), scale), topk)
+    return region_affinity(region_pool(q, lq), region_pool(k, lk), scale)
+
+
+def route_regions(router: Router, q: torch.Tensor, k: torch.Tensor, grid: GridLike, detach: bool = True
+                  ) -> Optional[torch.Tensor]:
+    """The routing an attention module's ``router`` chooses from the region means of ``q`` and ``k``, ``(B, Nq, k)``;
+    None when its top-k keeps every key region (dense attention: nothing to route)."""
+    lq, lk = region_layout(q.shape[2:], grid), region_layout(k.shape[2:], grid)
+    if clamp_topk(router.topk, lk.num_regions) == lk.num_regions:
+        return None
+    return router(_affinity(q, k, lq, lk, detach), lq, lk).indices
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> None:
@@ -230,9 +248,7 @@ def _flex_block(r: int) -> int:
 
 
 def _to_flex_tokens(x: torch.Tensor, layout: RegionLayout, h: int, rp: int) -> torch.Tensor:
-    xr = to_regions(x, layout, h)  # (B, h, Nr, r, d)
-    if rp != layout.region_tokens:
-        xr = F.pad(xr, (0, 0, 0, rp - layout.region_tokens))
+    xr = pad_end(to_regions(x, layout, h), (rp,), start=3)  # (B, h, Nr, rp, d)
     return xr.reshape(xr.shape[0], h, layout.num_regions * rp, xr.shape[-1])
 
 
@@ -410,6 +426,21 @@ def routed_attention_reference(
     return o.transpose(-1, -2).reshape(q.shape).to(q.dtype)
 
 
+def check_attention_arguments(channels: int, num_heads: int, backend: str, lce_kernel_size: int) -> None:
+    """ValueError for heads that do not divide the channels, an unknown backend or an even LCE kernel."""
+    if num_heads < 1 or channels % num_heads != 0:
+        raise ValueError(f"num_heads={num_heads} must be >= 1 and divide channels={channels}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if lce_kernel_size < 0 or (lce_kernel_size > 0 and lce_kernel_size % 2 == 0):
+        raise ValueError(f"lce_kernel_size must be 0 (off) or odd, got {lce_kernel_size}")
+
+
+def local_context(channels: int, conv_op: type[nn.Module], kernel_size: int) -> Optional[nn.Module]:
+    """BiFormer's local context enhancement: a depthwise convolution on v (None when ``kernel_size`` is 0)."""
+    return conv_op(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels) if kernel_size else None
+
+
 class RoutedAttention(nn.Module):
     """Bi-level routing attention (BiFormer's BRA) for ``(B, C, *S)`` feature maps, 2D or 3D.
 
@@ -437,28 +468,19 @@ class RoutedAttention(nn.Module):
         super().__init__()
         if (grid is None) == (region_size is None):
             raise ValueError("give exactly one of grid (regions per axis) and region_size (tokens per region per axis)")
-        if num_heads < 1 or channels % num_heads != 0:
-            raise ValueError(f"num_heads={num_heads} must be >= 1 and divide channels={channels}")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-        if lce_kernel_size < 0 or (lce_kernel_size > 0 and lce_kernel_size % 2 == 0):
-            raise ValueError(f"lce_kernel_size must be 0 (off) or odd, got {lce_kernel_size}")
-        self.ndim = conv_ndim(conv_op)
+        check_attention_arguments(channels, num_heads, backend, lce_kernel_size)
+        self.ndim = conv_dims(conv_op)
         # validate the grid length now rather than at the first forward
-        self.grid = None if grid is None else _as_grid(grid, self.ndim)
-        self.region_size = None if region_size is None else _as_grid(region_size, self.ndim)
+        self.grid = None if grid is None else as_grid(grid, self.ndim)
+        self.region_size = None if region_size is None else as_grid(region_size, self.ndim)
         self.channels = channels
         self.num_heads = num_heads
-        self.topk = topk
+        self.router = Router(topk)
         self.detach_routing = detach_routing
         self.backend = backend
         self.scale = qk_scale
         self.qkv = conv_op(channels, 3 * channels, 1, bias=qkv_bias)
-        self.lce = (
-            conv_op(channels, channels, lce_kernel_size, padding=lce_kernel_size // 2, groups=channels)
-            if lce_kernel_size
-            else None
-        )
+        self.lce = local_context(channels, conv_op, lce_kernel_size)
         self.proj = conv_op(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, routing: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -467,21 +489,26 @@ class RoutedAttention(nn.Module):
                 f"expected (B, {self.channels}, {self.ndim} spatial dims), got shape {tuple(x.shape)}"
             )
         q, k, v = self.qkv(x).chunk(3, dim=1)
-        out = routed_attention(
-            q,
-            k,
-            v,
-            self.num_heads,
-            self.grid_for(x.shape[2:]),
-            self.topk,
-            backend=self.backend,
-            routing=routing,
-            scale=self.scale,
-            detach_routing=self.detach_routing,
-        )
+        grid = self.grid_for(x.shape[2:])
+        if routing is None:
+            routing = route_regions(self.router, q, k, grid, self.detach_routing)
+        out = routed_attention(q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing,
+                               scale=self.scale)
         if self.lce is not None:
             out = out + self.lce(v)
         return self.proj(out)
+
+    @property
+    def topk(self) -> int:
+        return self.router.topk
+
+    @topk.setter
+    def topk(self, value: int) -> None:
+        self.router.topk = int(value)
+
+    def projections(self) -> tuple[nn.Module, ...]:
+        """The linear maps of the attention (what a transformer initialisation resets)."""
+        return (self.qkv, self.proj)
 
     def grid_for(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """Regions per axis for this input shape (fixed ``grid``, or from ``region_size``)."""

@@ -1,9 +1,22 @@
-"""Channel-first transformer pieces shared by the attention blocks (2D and 3D feature maps, no reshapes)."""
+"""The transformer block that BSA-Seg and MDSA-UNet both configure, and its pieces (channel-first, 2D and 3D).
+
+Both papers stack BiFormer's block around their own attention::
+
+    x = x + DWConv(x)                   conditional positional encoding (attention itself is position-blind)
+    x = x + Attention(LN(x))
+    x = x + MLP(LN(x))                  1x1 conv (C -> mlp_ratio C), GELU, 1x1 conv back
+
+What differs between the papers is an argument: the attention module, the MLP ratio and the initialisation.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .mlp import Mlp
+
+__all__ = ["ChannelLayerNorm", "TransformerBlock", "num_heads_for"]
 
 
 class ChannelLayerNorm(nn.Module):
@@ -26,24 +39,61 @@ class ChannelLayerNorm(nn.Module):
 
 
 def num_heads_for(channels: int, head_dim: int = 32) -> int:
-    """Heads of ``head_dim`` channels (at least one; the largest divisor of ``channels`` not above the ratio)."""
+    """Heads of about ``head_dim`` channels: the largest divisor of ``channels`` not above ``channels // head_dim``
+    (at least one). The one rule for every attention of the package (routed, MDSA, Swin). ValueError when the heads
+    it leaves are over twice ``head_dim`` wide (a width with no divisor near ``channels / head_dim``, e.g. a prime)."""
     if head_dim < 1:
         raise ValueError(f"head_dim must be >= 1, got {head_dim}")
     heads = max(1, channels // head_dim)
     while channels % heads:
         heads -= 1
+    if channels // heads > 2 * head_dim:
+        raise ValueError(f"{channels} channels do not split into heads of about head_dim={head_dim} channels (the "
+                         f"best is {heads} head(s) of {channels // heads}): choose a width that is a multiple of "
+                         f"{head_dim}, or another head_dim")
     return heads
 
 
-class ConvMlp(nn.Module):
-    """Token-wise MLP as two 1x1 convolutions: ``C -> ratio * C -> GELU -> C``."""
+class TransformerBlock(nn.Module):
+    """``x + pos(x)``; ``x + attn(norm1(x))``; ``x + mlp(norm2(x))`` on ``(B, C, *S)`` maps, any spatial shape.
 
-    def __init__(self, channels: int, mlp_ratio: float = 4.0, conv_op: type[nn.Module] = nn.Conv3d) -> None:
+    Args:
+        attention: the token mixer, ``(B, C, *S) -> (B, C, *S)`` (it must list its linear maps in ``projections()``
+            for the transformer initialisation).
+        channels, conv_op: width and 2D/3D.
+        mlp_ratio: the MLP's hidden width over ``channels``.
+        positional_kernel_size: the depthwise positional convolution (0: none).
+        transformer_init: after nnU-Net's He initialisation (``network.apply(network.initialize)`` visits this block
+            after its children), re-initialise the attention's projections and the MLP with a truncated normal of
+            std 0.02 and zero biases, as transformers are (He's scheme makes residual branches start large).
+    """
+
+    def __init__(self, attention: nn.Module, channels: int, conv_op: type[nn.Module], mlp_ratio: float = 4.0,
+                 positional_kernel_size: int = 3, transformer_init: bool = False) -> None:
         super().__init__()
-        hidden = max(1, int(round(channels * mlp_ratio)))
-        self.fc1 = conv_op(channels, hidden, 1)
-        self.act = nn.GELU()
-        self.fc2 = conv_op(hidden, channels, 1)
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
+        k = positional_kernel_size
+        if k < 0 or (k > 0 and k % 2 == 0):
+            raise ValueError(f"positional_kernel_size must be 0 (off) or odd, got {k}")
+        self.channels = channels
+        self.transformer_init = transformer_init
+        self.pos = conv_op(channels, channels, k, padding=k // 2, groups=channels) if k else None
+        self.norm1 = ChannelLayerNorm(channels)
+        self.attn = attention
+        self.norm2 = ChannelLayerNorm(channels)
+        self.mlp = Mlp(channels, Mlp.hidden_for(channels, mlp_ratio), conv_op)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        if self.pos is not None:
+            x = x + self.pos(x)
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The transformer initialisation (see ``transformer_init``); the networks call it after He's."""
+        for module in (*self.attn.projections(), self.mlp.fc1, self.mlp.fc2):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)

@@ -25,9 +25,12 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from dynamic_network_architectures.building_blocks.regularization import DropPath
+
+from .mlp import Mlp
+from .shapes import ceil_div, pad_end, partition, per_axis, shape_constant, unpartition
 
 __all__ = [
-    "Mlp",
     "SwinBlock",
     "WindowAttention",
     "fit_window",
@@ -42,16 +45,9 @@ def fit_window(shape: Sequence[int], window: int | Sequence[int]) -> tuple[int, 
     """The window (tokens per axis) used on a map of ``shape``: the fewest windows of at most ``window`` per axis,
     as even as possible (``n = ceil(S / w)``, then ``w = ceil(S / n)``), so padding stays below one token per
     window."""
-    window = [int(window)] * len(shape) if isinstance(window, int) else [int(w) for w in window]
-    if len(window) != len(shape):
-        raise ValueError(f"window {window} must have one entry per spatial axis of {tuple(shape)}")
-    if any(w < 1 for w in window) or any(int(s) < 1 for s in shape):
-        raise ValueError(f"window {window} and shape {tuple(shape)} must be positive")
-    out = []
-    for s, w in zip(shape, window):
-        n = -(-int(s) // w)
-        out.append(-(-int(s) // n))
-    return tuple(out)
+    shape = per_axis(shape, len(shape), "shape")
+    window = per_axis(window, len(shape), "window")
+    return ceil_div(shape, ceil_div(shape, window))
 
 
 def relative_position_index(window: Sequence[int]) -> torch.Tensor:
@@ -67,29 +63,16 @@ def relative_position_index(window: Sequence[int]) -> torch.Tensor:
 
 def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
     """(B, *S, C) with S divisible by ``window`` -> (B, nW, N, C), windows in row-major order."""
-    b, *spatial, c = x.shape
-    n = len(window)
-    grid = [s // w for s, w in zip(spatial, window)]
-    shape = [b]
-    for g, w in zip(grid, window):
-        shape += [g, w]
-    x = x.reshape(*shape, c)
-    # (B, g0, w0, g1, w1, ..., C) -> (B, g0, g1, ..., w0, w1, ..., C)
-    perm = [0] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [1 + 2 * n]
-    return x.permute(perm).reshape(b, math.prod(grid), math.prod(window), c)
+    b, c = x.shape[0], x.shape[-1]
+    return partition(x, window, start=1).reshape(b, -1, math.prod(window), c)
 
 
 def window_reverse(windows: torch.Tensor, window: Sequence[int], spatial: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`window_partition`: (B, nW, N, C) -> (B, *spatial, C)."""
-    b, _, _, c = windows.shape
-    n = len(window)
+    b, c = windows.shape[0], windows.shape[-1]
     grid = [s // w for s, w in zip(spatial, window)]
-    x = windows.reshape(b, *grid, *window, c)
-    perm = [0]
-    for i in range(n):
-        perm += [1 + i, 1 + n + i]
-    perm.append(1 + 2 * n)
-    return x.permute(perm).reshape(b, *spatial, c)
+    x = unpartition(windows.reshape(b, *grid, *window, c), len(window), start=1)
+    return x.reshape(b, *spatial, c)
 
 
 def window_attention_mask(
@@ -99,13 +82,21 @@ def window_attention_mask(
     shift: Sequence[int],
     device: Optional[torch.device] = None,
 ) -> torch.Tensor:
-    """Which keys each query may attend to, per window: bool (nW, N, N), True = allowed.
+    """Which keys each query may attend to, per window: bool (nW, N, N), True = allowed (built once per shape
+    and device: :func:`~.shapes.shape_constant`).
 
     The map (``shape``, padded at the end to ``padded``) has been rolled by ``-shift``. Within a window, two tokens
     may attend to each other when they lie on the same side of the roll's wrap along every axis (Swin's shifted
     window mask) and the key is not padding. A token may always attend to itself, so no row is empty (only padded
     queries can lose every other key, and their outputs are cropped away).
     """
+    key = (tuple(shape), tuple(padded), tuple(window), tuple(shift))
+    return shape_constant("swin_mask", key, torch.device(device or "cpu"),
+                          lambda: _build_window_mask(shape, padded, window, shift, device))
+
+
+def _build_window_mask(shape: Sequence[int], padded: Sequence[int], window: Sequence[int], shift: Sequence[int],
+                       device: Optional[torch.device]) -> torch.Tensor:
     groups = torch.zeros(padded, dtype=torch.long, device=device)
     valid = torch.ones(padded, dtype=torch.bool, device=device)
     for axis, (s, p, sh) in enumerate(zip(shape, padded, shift)):
@@ -164,31 +155,6 @@ class WindowAttention(nn.Module):
         return self.proj(out)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity at rate 0 and in eval mode)."""
-
-    def __init__(self, rate: float = 0.0):
-        super().__init__()
-        self.rate = float(rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rate == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.rate)
-        return x * keep / (1.0 - self.rate)
-
-
 class SwinBlock(nn.Module):
     """x + Attn_W(LN(x)); x + MLP(LN(x)) on channels-last maps (B, *S, C); ``shift`` rolls windows by half.
 
@@ -213,7 +179,7 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, num_heads, self.window, qkv_bias)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, Mlp.hidden_for(dim, mlp_ratio))
 
     def shifts(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """Per-axis roll of this block on a map of ``spatial`` tokens (0 where the axis fits one window)."""
@@ -226,15 +192,10 @@ class SwinBlock(nn.Module):
         if len(spatial) != len(self.window):
             raise ValueError(f"a {len(self.window)}D Swin block got a map of shape {tuple(x.shape)}")
         shift = self.shifts(spatial)
-        padded = tuple(-(-s // w) * w for s, w in zip(spatial, self.window))
+        padded = tuple(n * w for n, w in zip(ceil_div(spatial, self.window), self.window))
         axes = tuple(range(1, 1 + len(spatial)))
 
-        y = self.norm1(x)
-        if padded != spatial:
-            pad = []
-            for s, p in zip(reversed(spatial), reversed(padded)):
-                pad += [0, p - s]
-            y = F.pad(y, [0, 0] + pad)
+        y = pad_end(self.norm1(x), padded, start=1)
         if any(shift):
             y = torch.roll(y, shifts=[-s for s in shift], dims=axes)
         allowed = None

@@ -1,4 +1,4 @@
-"""nnU-Net's own network trained with Dice + CE + lambda * narrow-band loss (BSA-Seg's NB loss, modules.md §3)."""
+"""nnU-Net's own network trained with Dice + CE + lambda * narrow-band loss (BSA-Seg's NB loss)."""
 from __future__ import annotations
 
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
