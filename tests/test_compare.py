@@ -288,3 +288,37 @@ def test_compare_end_to_end_resumes_after_a_kill(hippocampus_nnunet, tmp_path):
     assert again.returncode == 0 and again.stdout.count("done before, kept") == 3
     assert sorted(results_root.glob("*/fold_0/training_log_*.txt")) == logs
     assert json.loads((out / RESULTS_FILE).read_text())["runs"] == results["runs"]
+
+
+@pytest.mark.slow
+def test_the_resenc_baseline_is_planned_by_nnunets_own_planner_on_the_shared_data(hippocampus_nnunet, tmp_path,
+                                                                                   capsys):
+    """``--baselines resenc-m``: nnUNetPlannerResEncM writes its plans beside the default ones and reuses their
+    preprocessed data (no preprocessing again); ``info`` then lists its network beside the others."""
+    run = hippocampus_nnunet
+    env = run["env"]
+    request = CompareRequest(run["id"], "3d_fullres", tmp_path / "out", trainers=[], baselines=["stock", "resenc-m"],
+                             budget="tiny", device="cpu", raw=Path(env["nnUNet_raw"]),
+                             preprocessed=Path(env["nnUNet_preprocessed"]))
+    comparison = Comparison(request, echo=print)
+    assert [r.key for r in comparison.runs] == ["nnUNetTrainer__nnUNetPlans",
+                                               "nnUNetTrainer__nnUNetResEncUNetMPlans"]
+    comparison.output.mkdir()
+    (comparison.output / "logs").mkdir()
+    from nnunet_sparseattn.harness import commands
+
+    comparison.env = commands.nnunet_environment(env["nnUNet_raw"], env["nnUNet_preprocessed"],
+                                                 comparison.output / "nnUNet_results")
+    comparison._prepare_plans()
+    out = capsys.readouterr().out
+    assert "planning the ResEnc M baseline with nnUNetPlannerResEncM" in out and "preprocessing" not in out
+    folder = Path(env["nnUNet_preprocessed"]) / "Dataset004_Hippocampus"
+    resenc = json.loads((folder / "nnUNetResEncUNetMPlans.json").read_text())["configurations"]["3d_fullres"]
+    assert resenc["data_identifier"] == "nnUNetPlans_3d_fullres"
+    assert resenc["architecture"]["network_class_name"].endswith("ResidualEncoderUNet")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("nnUNet_preprocessed", env["nnUNet_preprocessed"])
+        assert main(["info", "-d", "4", "-c", "3d_fullres"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("nnUNetTrainer ")]
+    assert [row.split()[1] for row in rows] == ["nnUNetPlans", "nnUNetResEncUNetMPlans"]
+    assert "ResidualEncoderUNet" in rows[1]

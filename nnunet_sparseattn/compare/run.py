@@ -35,6 +35,7 @@ from nnunet_sparseattn.harness.budgets import (
     peak_memory,
     TIMING_FILE,
     seconds_per_iteration,
+    split_budgeted_name,
     summarize_iterations,
     training_state,
 )
@@ -106,7 +107,7 @@ def plan_runs(trainers: Sequence[str], baselines: Sequence[str], plans: str) -> 
         run = Run(f"{b.trainer}__{b.plans or plans}", b.label, b.trainer, b.plans or plans, True)
         runs.setdefault(run.key, run)
     for trainer in trainers:
-        if "_bench" in trainer:
+        if split_budgeted_name(trainer) is not None:
             raise UserError(f"{trainer} is a budgeted trainer: name its base trainer; --budget applies the budget")
         find_trainer_class(trainer)  # unknown trainers are refused here, before any work
         run = Run(f"{trainer}__{plans}", short_label(trainer) if plans == DEFAULT_PLANS else

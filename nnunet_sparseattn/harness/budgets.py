@@ -323,12 +323,23 @@ def budgeted_trainer(base: type, budget: Budget) -> type:
     return cls
 
 
+def split_budgeted_name(name: str) -> tuple[str, Budget] | None:
+    """``(trainer, budget)`` of a budgeted trainer's name ``<trainer>_bench<budget>``; None for any other name."""
+    base, suffix, budget = name.rpartition(SUFFIX)
+    if not (suffix and base.startswith("nnUNetTrainer") and budget):
+        return None
+    try:
+        return base, parse_budget(budget)
+    except UserError:
+        return None
+
+
 def __getattr__(name: str) -> type:
     """``<Trainer>_bench<budget>`` made on first access (see the module's docstring); other names do not exist."""
-    base, suffix, budget = name.rpartition(SUFFIX)
-    if suffix and base.startswith("nnUNetTrainer") and budget:
+    split = split_budgeted_name(name)
+    if split is not None:
         try:
-            return budgeted_trainer(find_trainer_class(base), parse_budget(budget))
+            return budgeted_trainer(find_trainer_class(split[0]), split[1])
         except UserError:
             pass
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
