@@ -303,13 +303,7 @@ def test_the_resenc_baseline_is_planned_by_nnunets_own_planner_on_the_shared_dat
     comparison = Comparison(request, echo=print)
     assert [r.key for r in comparison.runs] == ["nnUNetTrainer__nnUNetPlans",
                                                "nnUNetTrainer__nnUNetResEncUNetMPlans"]
-    comparison.output.mkdir()
-    (comparison.output / "logs").mkdir()
-    from nnunet_sparseattn.harness import commands
-
-    comparison.env = commands.nnunet_environment(env["nnUNet_raw"], env["nnUNet_preprocessed"],
-                                                 comparison.output / "nnUNet_results")
-    comparison._prepare_plans()
+    comparison.prepare()
     out = capsys.readouterr().out
     assert "planning the ResEnc M baseline with nnUNetPlannerResEncM" in out and "preprocessing" not in out
     folder = Path(env["nnUNet_preprocessed"]) / "Dataset004_Hippocampus"

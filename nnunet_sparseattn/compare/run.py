@@ -195,7 +195,9 @@ class Comparison:
                             f"first, or leave --plans out (nnU-Net's default planner then plans the dataset)")
 
     # ------------------------------------------------------------------------------------------------- work
-    def run(self) -> dict[str, Any]:
+    def prepare(self) -> None:
+        """OUTPUT_FOLDER with the comparison's record, nnU-Net's environment (results into OUTPUT_FOLDER), and the
+        plans and preprocessed data every run needs."""
         created = not self.output.exists()
         self.output.mkdir(parents=True, exist_ok=True)
         (self.output / "logs").mkdir(exist_ok=True)
@@ -208,6 +210,9 @@ class Comparison:
             if created and not any(self.store.data["runs"].values()):
                 shutil.rmtree(self.output, ignore_errors=True)  # refused: leave no half-made comparison behind
             raise
+
+    def run(self) -> dict[str, Any]:
+        self.prepare()
         self.echo(f"compare {self.raw.name} {self.configuration}, budget {self.budget.name}: "
                   f"{self.budget.describe()}; folds {','.join(map(str, self.folds))}; device {self.device}")
         self.echo(f"results in {self.output} (nnU-Net's logs in {self.output / 'logs'})")

@@ -42,7 +42,8 @@ def find_trainer_class(name: str) -> type:
 
 def initialize_without_data(trainer: nnUNetTrainer) -> None:
     """nnU-Net's ``initialize`` minus the preprocessed dataset: batch size, network (on the trainer's device),
-    optimizer, learning-rate schedule and loss, built by the trainer's own methods; no ``torch.compile``, no DDP."""
+    optimizer, learning-rate schedule and loss, built by the trainer's own methods (nnU-Net's protected ones too, as
+    its ``initialize`` calls them, so a subclass's overrides apply); no ``torch.compile``, no DDP."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
     trainer._set_batch_size_and_oversample()
