@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import assert_dice
 
 from nnunet_sparseattn.demo.dataset import make_demo_dataset

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nnunet_sparseattn.compare.baselines import BASELINES
-from nnunet_sparseattn.compare.results import ResultsStore, now, paired_test
+from nnunet_sparseattn.compare.results import SCHEMA, ResultsStore, now, paired_test
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.harness import commands, datasets
 from nnunet_sparseattn.harness.budgets import (
@@ -164,7 +164,7 @@ class Comparison:
         self.runs = plan_runs(list(request.trainers), list(request.baselines), self.plans)
         self.output = Path(request.output).resolve()
         self.header = {
-            "schema": 1, "dataset": {"id": self.dataset_id, "name": self.raw.name},
+            "schema": SCHEMA, "dataset": {"id": self.dataset_id, "name": self.raw.name},
             "configuration": self.configuration, "budget": self.budget.to_json(),
             "budget_text": self.budget.describe(), "device": self.device,
             "machine": describe_machine(self.device), "plans": self.plans, "command": request.command,
@@ -241,7 +241,7 @@ class Comparison:
             self.echo(f"planning {self.raw.name} with nnU-Net's planner (nnUNetv2_plan_and_preprocess; log: {log})")
             commands.plan_and_preprocess(self.dataset_id, self.configuration, self.env, log, echo=False)
         needed = {run.plans for run in self.runs}
-        for name, baseline in BASELINES.items():
+        for baseline in BASELINES.values():
             if baseline.plans in needed and baseline.planner and not self._plans_file(baseline.plans).is_file():
                 self.echo(f"planning the {baseline.label} baseline with {baseline.planner} (log: {log})")
                 commands.plan_experiment(self.dataset_id, baseline.planner, self.env, log, echo=False)
