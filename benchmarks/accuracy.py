@@ -1,93 +1,43 @@
-"""Accuracy and cost of every trainer on real data, through nnU-Net's own commands, under one training budget.
+"""Accuracy and cost of every trainer on the project's shared data: ``nnunet-sparseattn compare`` on two datasets.
 
 Usage (``make bench-accuracy`` = ``--budget cpu``; ``make bench-accuracy BUDGET=gpu`` on a CUDA machine):
 
     .venv/bin/python benchmarks/accuracy.py --budget cpu|gpu|tiny [--datasets hippocampus,isic2017]
         [--trainers nnUNetTrainer,nnUNetTrainerNB,...] [--work DIR] [--update-docs] [--report-only]
 
-For each dataset (MSD Hippocampus 3d_fullres, ISIC 2017 2d, read from ``../shared/data``) it converts the data,
-plans and preprocesses once (``nnUNetv2_plan_and_preprocess``), then, for each trainer, trains the budgeted trainer
-``<Trainer>_bench<budget>`` (``benchmarks/budgets.py``: the same epochs x iterations, seed and fold for all, nnU-Net's
-stock ``nnUNetTrainer`` included) with ``nnUNetv2_train``, predicts the fold's validation cases with
-``nnUNetv2_predict``, scores them with ``nnUNetv2_evaluate_folder`` and records:
-
-- Dice per class and its mean over classes: nnU-Net's evaluation (``summary.json``: ``mean`` and ``foreground_mean``);
-- HD95 per class: MONAI's, through ``nnunet_sparseattn.evaluation.metrics.hd95`` (the larger of the two directed
-  95th percentiles of the distances between the masks' edge pixels/voxels), spacing-aware (mm on Hippocampus,
-  pixels on ISIC, whose images were resized), averaged over the cases where both the reference and the prediction
-  contain the class; the other cases are counted, not scored;
-- training time per iteration: timed inside the training process by the budgeted trainer, per epoch, from the
-  first to the last training iteration (data loading, forward, backward, optimiser step; nnU-Net's validation
-  iterations excluded), summed over the epochs that were not the first of their process (warm-up) and divided
-  by their iterations;
-- inference time per case: ``nnUNetv2_predict``'s output is timestamped as it arrives; nnU-Net's prediction loop
-  from its first ``Predicting <case>:`` line to its last ``done with <case>`` line, over the number of cases
-  (sliding-window inference; the next case is preprocessed meanwhile in nnU-Net's background process); process
-  start-up, model loading, the first case's preprocessing and the export after the loop excluded (recorded as
-  ``predict_startup_s`` and ``export_tail_s``);
-- peak memory of the training process: ``torch.cuda.max_memory_allocated`` on CUDA, peak RSS (``getrusage``) on
-  the CPU;
-- parameters and forward FLOPs at the plans' patch size, batch 1, of the inference network built by the
-  trainer's own ``build_network_architecture`` (``nnunet_sparseattn.complexity``: FLOPs = 2 x multiply-adds).
-
-Results go to ``benchmarks/results/accuracy-<device>-<budget>.json`` (rewritten atomically after every step) and a
-plot of mean Dice against training time per iteration to ``accuracy-<device>-<budget>.png``; the section text for
-BENCHMARKS.md to ``benchmarks/accuracy_section.md``; ``--update-docs`` also rewrites BENCHMARKS.md between the
-markers ``<!-- accuracy:begin -->`` and ``<!-- accuracy:end -->``.
-
-Resuming: run the same command again. A finished run is never redone; a killed training continues with nnU-Net's
-``--c`` from its last epoch (the budgeted trainers checkpoint every epoch); a trained model that was not yet scored
-is only predicted and scored. Trainers that do not exist yet are recorded as ``absent`` with the reason.
+For each dataset (MSD Hippocampus 3d_fullres, ISIC 2017 2d, read from ``../shared/data``) it converts the data
+once into the work folder's ``nnUNet_raw``, keeping the budget's number of training cases (``TRAINING_CASES``), and
+runs ``compare`` (``nnunet_sparseattn.compare``) on it: nnU-Net's planner, the budgeted trainers through
+``nnUNetv2_train`` (fold 0), ``nnUNetv2_predict`` on the fold's validation cases, scoring, the paired test against
+stock nnU-Net. Each comparison keeps its own folder (``WORK/compare-<dataset>``) and resumes there. This script
+then gathers them into ``benchmarks/results/accuracy-<device>-<budget>.json``, a PNG and the accuracy section of
+BENCHMARKS.md (``--update-docs``), and lists every mean Dice that moved by more than 2 points against the results
+file it replaces.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
-import os
-import platform
 import shlex
-import shutil
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable as a script; nnU-Net's processes get ROOT through PYTHONPATH
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.attention import _loadavg, _machine
-from benchmarks.budgets import (
-    BUDGETS,
-    TIMING_FILE,
-    TRAINERS,
-    Budget,
-    budgeted_name,
-    find_base_trainer,
-    peak_memory,
-    seconds_per_iteration,
-    write_json_atomic,
-)
-from nnunet_sparseattn.discovery import ext_trainer_path
-from nnunet_sparseattn.errors import UserError
-from nnunet_sparseattn.evaluation.metrics import hd95  # the one HD95 of the project (MONAI's), as `evaluate` reports it
-
 RESULTS = ROOT / "benchmarks" / "results"
 SECTION = ROOT / "benchmarks" / "accuracy_section.md"
 DOCS = ROOT / "BENCHMARKS.md"
 DATA = ROOT.parent / "shared" / "data"
 MARKERS = ("<!-- accuracy:begin -->", "<!-- accuracy:end -->")
-PLANS = "nnUNetPlans"
-SCHEMA = 1
+SCHEMA = 2
+
+# The trainers compared, in table order: nnU-Net's own first, then one per method.
+TRAINERS: tuple[str, ...] = ("nnUNetTrainer", "nnUNetTrainerNB", "nnUNetTrainerBSA", "nnUNetTrainerMDSA",
+                             "nnUNetTrainerBilateral")
+SPARSE_ATTENTION = ("nnUNetTrainerBSA", "nnUNetTrainerMDSA", "nnUNetTrainerBilateral")
 
 
-# ---------------------------------------------------------------------------------------------------- datasets
 @dataclass(frozen=True)
 class DatasetSpec:
     key: str
@@ -102,507 +52,163 @@ DATASETS: dict[str, DatasetSpec] = {
     "isic2017": DatasetSpec("isic2017", "ISIC 2017", "2d", "ISIC2017_256", "px"),
 }
 ISIC_DATASET_ID = 917
+# Training cases kept per budget and dataset (the first N of nnU-Net's raw dataset, in name order); absent: all.
+# 40 cases: nnU-Net caps a batch at 5 % of the dataset's voxels, so both datasets plan its minimum batch of 2 (the
+# full datasets plan larger batches: several times the CPU time per iteration).
+TRAINING_CASES: dict[str, dict[str, int]] = {
+    "tiny": {"hippocampus": 8, "isic2017": 20},
+    "cpu": {"hippocampus": 40, "isic2017": 40},
+}
 
 
-def convert_dataset(spec: DatasetSpec, data_root: Path, env: dict[str, str], keep: int | None) -> int:
-    """Convert ``spec``'s data into nnU-Net's raw folder, keeping its first ``keep`` training cases (None: all);
-    return the nnU-Net dataset id."""
-    from nnunet_sparseattn.demo import pipeline
+def work_folder(budget: str, device: str) -> Path:
+    return ROOT / "bench_work" / f"accuracy-{device}-{budget}"
+
+
+def prepare_dataset(spec: DatasetSpec, data_root: Path, env: dict[str, str], keep: int | None) -> int:
+    """``spec``'s data in ``env``'s nnUNet_raw (converted once), its first ``keep`` training cases (None: all);
+    returns the nnU-Net dataset id."""
+    from nnunet_sparseattn.errors import UserError
+    from nnunet_sparseattn.harness import datasets
 
     source = data_root / spec.source
     if not source.is_dir():
         raise UserError(f"{spec.title} is not at {source}: pass --data with the folder that holds {spec.source}")
     raw = Path(env["nnUNet_raw"])
     if spec.key == "hippocampus":
-        dataset_id = pipeline.convert_msd(source, env)
+        dataset_id = datasets.convert_msd(source, env)
         if keep is not None:
-            pipeline.keep_training_cases(pipeline.dataset_folder(raw, dataset_id), keep)
+            datasets.keep_training_cases(datasets.dataset_folder(raw, dataset_id), keep)
         return dataset_id
     if spec.key == "isic2017":
         from nnunet_sparseattn.convert2d import convert_2d
 
-        # overwrite: a conversion cut short by a kill is redone (the dataset is not prepared until planned)
-        convert_2d(source / "images", source / "masks", ISIC_DATASET_ID, name="ISIC2017", raw_root=raw,
-                   limit=keep, label_names=["lesion"], overwrite=True)
+        if datasets.dataset_folder(raw, ISIC_DATASET_ID) is None:
+            convert_2d(source / "images", source / "masks", ISIC_DATASET_ID, name="ISIC2017", raw_root=raw,
+                       limit=keep, label_names=["lesion"])
         return ISIC_DATASET_ID
     raise UserError(f"no converter for dataset {spec.key}")
 
 
-# ------------------------------------------------------------------------------------------------ the metric
-def drop_singleton_axes(seg: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
-    """nnU-Net reads a segmentation as (1, *spatial) with one spacing per spatial axis, a 2D image as (1, 1, X, Y)
-    with a dummy spacing (999) for the dummy axis: keep the real spatial axes and their spacings."""
-    spatial = seg[0]
-    keep = [i for i, n in enumerate(spatial.shape) if n > 1]
-    return spatial.squeeze(tuple(i for i in range(spatial.ndim) if i not in keep)), tuple(spacing[i] for i in keep)
+def compare_dataset(spec: DatasetSpec, budget: str, device: str, trainers: list[str], work: Path,
+                    data_root: Path, command: str) -> dict[str, Any]:
+    """Prepare ``spec`` and run (or resume) its comparison; returns compare's results."""
+    from nnunet_sparseattn.compare.run import CompareRequest, run_compare
+    from nnunet_sparseattn.harness.commands import work_environment
 
-
-def boundary_metrics(prediction_folder: Path, reference_folder: Path, dataset_json: dict,
-                     cases: list[str]) -> dict[str, Any]:
-    """HD95 per label over ``cases`` (files named ``<case><file_ending>`` in both folders), read with the reader
-    nnU-Net uses for the dataset."""
-    from nnunetv2.imageio.reader_writer_registry import (
-        determine_reader_writer_from_dataset_json,
-    )
-
-    ending = dataset_json["file_ending"]
-    labels = {name: value for name, value in dataset_json["labels"].items() if name != "background"}
-    if any(not isinstance(v, int) for v in labels.values()):
-        raise UserError("the benchmark scores label datasets, not region-based ones")
-    reader = determine_reader_writer_from_dataset_json(dataset_json, str(reference_folder / f"{cases[0]}{ending}"),
-                                                       verbose=False)()
-    values: dict[str, list[float]] = {name: [] for name in labels}
-    undefined = {name: 0 for name in labels}
-    for case in cases:
-        ref, ref_props = reader.read_seg(str(reference_folder / f"{case}{ending}"))
-        pred, _ = reader.read_seg(str(prediction_folder / f"{case}{ending}"))
-        ref, spacing = drop_singleton_axes(ref, tuple(ref_props["spacing"]))
-        pred, _ = drop_singleton_axes(pred, tuple(ref_props["spacing"]))
-        for name, value in labels.items():
-            in_ref, in_pred = ref == value, pred == value
-            if not in_ref.any() and not in_pred.any():
-                continue  # absent and not predicted: nothing to score (nnU-Net's Dice is NaN there too)
-            d = hd95(in_pred, in_ref, spacing)
-            if math.isnan(d):
-                undefined[name] += 1
-            else:
-                values[name].append(d)
-    per_class = {name: (float(np.mean(v)) if v else None) for name, v in values.items()}
-    scored = [v for v in per_class.values() if v is not None]
-    return {"hd95": per_class, "mean_hd95": float(np.mean(scored)) if len(scored) == len(per_class) else None,
-            "hd95_scored_cases": {name: len(v) for name, v in values.items()},
-            "hd95_undefined_cases": undefined}
-
-
-# ------------------------------------------------------------------------------------------------ the results
-def now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-class ResultsStore:
-    """The results file of one (device, budget): loaded if it exists, rewritten atomically on every change."""
-
-    def __init__(self, path: Path, header: dict[str, Any]):
-        self.path = Path(path)
-        if self.path.is_file():
-            self.data = json.loads(self.path.read_text())
-            if self.data.get("budget") != header["budget"]:
-                raise UserError(f"{self.path} was made with another budget ({self.data.get('budget')}): move it "
-                                "away, or pass another --out-dir, to start afresh")
-            if self.data.get("machine") != header["machine"]:
-                raise UserError(f"{self.path} was measured on {self.data.get('machine')}, this is "
-                                f"{header['machine']}: timings would mix machines; move it away or pass another "
-                                "--out-dir")
-            self.data.update({k: v for k, v in header.items() if k != "started"})
-        else:
-            self.data = dict(header, datasets={})
-        self.save()
-
-    def dataset(self, key: str) -> dict[str, Any]:
-        return self.data["datasets"].setdefault(key, {"runs": {}})
-
-    def run(self, dataset: str, trainer: str) -> dict[str, Any] | None:
-        return self.dataset(dataset)["runs"].get(trainer)
-
-    def set_run(self, dataset: str, trainer: str, record: dict[str, Any]) -> None:
-        runs = self.dataset(dataset)["runs"]
-        runs[trainer] = record
-        # keep the table order whatever order the runs finished in
-        self.dataset(dataset)["runs"] = {t: runs[t] for t in sorted(runs, key=_trainer_order)}
-        self.save()
-
-    def save(self) -> None:
-        self.data["updated"] = now()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.data)
-
-
-def _trainer_order(name: str) -> tuple[int, str]:
-    return (TRAINERS.index(name) if name in TRAINERS else len(TRAINERS), name)
-
-
-def training_state(fold_dir: Path) -> str:
-    """``done`` (nnU-Net wrote the final checkpoint), ``resume`` (a killed run left a checkpoint: ``--c``) or
-    ``fresh``."""
-    if (fold_dir / "checkpoint_final.pth").is_file():
-        return "done"
-    if any((fold_dir / f).is_file() for f in ("checkpoint_latest.pth", "checkpoint_best.pth")):
-        return "resume"
-    return "fresh"
-
-
-def pending_runs(store: ResultsStore, datasets: list[str], trainers: list[str],
-                 find: Callable[[str], type | None] = find_base_trainer) -> list[tuple[str, str]]:
-    """The (dataset, trainer) runs still to do; trainers that do not exist are recorded ``absent`` (and looked for
-    again next time), finished runs are skipped."""
-    todo = []
-    for dataset in datasets:
-        for trainer in trainers:
-            record = store.run(dataset, trainer)
-            if record is not None and record.get("status") == "done":
-                continue
-            if find(trainer) is None:
-                store.set_run(dataset, trainer, {
-                    "status": "absent",
-                    "reason": f"no trainer {trainer} in nnunet_sparseattn.trainers yet (not built), checked "
-                              f"{now()}"})
-                continue
-            todo.append((dataset, trainer))
-    return todo
-
-
-# --------------------------------------------------------------------------------------------------- the runs
-def bench_environment(work: Path, budget: Budget) -> dict[str, str]:
-    """nnU-Net's environment for the benchmark's commands (``pipeline.nnunet_environment``), plus the budgeted
-    trainers: a shim in ``work/ext_trainers`` imports them from ``benchmarks.budgets``, which stays importable in
-    nnU-Net's processes (``PYTHONPATH``), so the class nnU-Net finds is the object that pickles."""
-    from nnunet_sparseattn.demo import pipeline
-
-    env = pipeline.nnunet_environment(work)
-    shim = Path(work).resolve() / "ext_trainers"
-    shim.mkdir(exist_ok=True)
-    (shim / "nnunet_sparseattn_bench_shim.py").write_text(
-        "# written by benchmarks/accuracy.py: the budgeted benchmark trainers\n"
-        "from benchmarks.budgets import *  # noqa: F401,F403\n")
-    env["nnUNet_extTrainer"] = os.pathsep.join([str(ext_trainer_path()), str(shim)])
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    # nnU-Net's predictor compiles only when asked: the budget's compile applies to training (see _train)
-    env["nnUNet_compile"] = "f"
-    return env
-
-
-class Harness:
-    def __init__(self, budget: Budget, work: Path, data_root: Path, store: ResultsStore):
-        self.budget, self.work, self.data_root, self.store = budget, Path(work).resolve(), data_root, store
-        self.logs = self.work / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.env = bench_environment(self.work, budget)
-
-    # ---- one dataset, once
-    def prepare(self, spec: DatasetSpec) -> int:
-        from nnunet_sparseattn.demo import pipeline
-
-        record = self.store.dataset(spec.key)
-        if record.get("prepared"):
-            return record["dataset_id"]
-        started = time.monotonic()
-        dataset_id = convert_dataset(spec, self.data_root, self.env, self.budget.training_cases.get(spec.key))
-        folder = pipeline.dataset_folder(Path(self.env["nnUNet_raw"]), dataset_id)
-        pipeline.plan_and_preprocess(dataset_id, spec.configuration, self.env, self.logs / f"{spec.key}-prepare.log")
-        plans = json.loads((self._preprocessed(dataset_id) / f"{PLANS}.json").read_text())
-        configuration = plans["configurations"][spec.configuration]
-        record.update({
-            "title": spec.title, "dataset_id": dataset_id, "configuration": spec.configuration,
-            "training_cases": json.loads((folder / "dataset.json").read_text())["numTraining"],
-            "patch_size": configuration["patch_size"], "batch_size": configuration["batch_size"],
-            "spacing": configuration["spacing"], "distance_unit": spec.distance_unit,
-            "prepare_s": round(time.monotonic() - started, 1), "prepared": True})
-        self.store.save()
-        return dataset_id
-
-    def _preprocessed(self, dataset_id: int) -> Path:
-        return next(Path(self.env["nnUNet_preprocessed"]).glob(f"Dataset{dataset_id:03d}_*"))
-
-    def _model_folder(self, dataset_id: int, trainer_class: str, configuration: str) -> Path:
-        dataset = self._preprocessed(dataset_id).name
-        return Path(self.env["nnUNet_results"]) / dataset / f"{trainer_class}__{PLANS}__{configuration}"
-
-    # ---- one trainer on one dataset
-    def run(self, spec: DatasetSpec, dataset_id: int, trainer: str) -> dict[str, Any]:
-        budget = self.budget
-        trainer_class = budgeted_name(trainer, budget)
-        log = self.logs / f"{spec.key}-{trainer}.log"
-        record = dict(self.store.run(spec.key, trainer) or {})
-        if record.get("status") != "training":  # absent/failed before: start the record afresh
-            record = {"status": "training", "trainer_class": trainer_class, "log": str(log), "train_wall_s": 0.0}
-        record.update(self.complexity(spec, dataset_id, trainer))
-        self.store.set_run(spec.key, trainer, record)
-
-        fold_dir = self._model_folder(dataset_id, trainer_class, spec.configuration) / f"fold_{budget.fold}"
-        state = training_state(fold_dir)
-        if state != "done":
-            record["load_average_before_training"] = _loadavg()  # other processes inflate CPU timings
-            started = time.monotonic()
-            self._train(dataset_id, spec.configuration, trainer_class, resume=state == "resume", log=log)
-            record["train_wall_s"] += round(time.monotonic() - started, 1)  # a killed session's time is lost
-            record["load_average_after_training"] = _loadavg()
-            self.store.set_run(spec.key, trainer, record)
-        timing = json.loads((fold_dir / TIMING_FILE).read_text())
-        record.update(seconds_per_iteration(timing))
-        record.update(peak_memory(timing))
-        record["epochs"], record["iterations_per_epoch"] = budget.num_epochs, budget.num_iterations_per_epoch
-
-        images, labels, cases = self._heldout(spec, dataset_id)
-        predictions = self.work / "predictions" / spec.key / trainer
-        record.update(self._predict(spec, dataset_id, trainer_class, images, predictions, log))
-        from nnunet_sparseattn.demo import pipeline
-
-        summary = pipeline.evaluate(labels, predictions, dataset_id, trainer_class, spec.configuration, self.env,
-                                    log)
-        dataset_json = json.loads((self._preprocessed(dataset_id) / "dataset.json").read_text())
-        names = {str(v): k for k, v in dataset_json["labels"].items() if k != "background"}
-        record["dice"] = {names[k]: v["Dice"] for k, v in summary["mean"].items() if k in names}
-        record["mean_dice"] = summary["foreground_mean"]["Dice"]
-        record.update(boundary_metrics(predictions, labels, dataset_json, cases))
-        record.update(status="done", finished=now())
-        return record
-
-    def complexity(self, spec: DatasetSpec, dataset_id: int, trainer: str) -> dict[str, Any]:
-        """Parameters and forward FLOPs of the inference network, as nnU-Net's predictor builds it."""
-        import torch
-        from nnunetv2.utilities.label_handling.label_handling import (
-            determine_num_input_channels,
-        )
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        from nnunet_sparseattn.complexity import count_flops, count_parameters
-
-        preprocessed = self._preprocessed(dataset_id)
-        plans_manager = PlansManager(str(preprocessed / f"{PLANS}.json"))
-        configuration = plans_manager.get_configuration(spec.configuration)
-        dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-        inputs = determine_num_input_channels(plans_manager, configuration, dataset_json)
-        outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        torch.manual_seed(self.budget.seed)
-        network = find_base_trainer(trainer).build_network_architecture(
-            plans_manager, configuration, inputs, outputs, enable_deep_supervision=False)
-        return {"params": count_parameters(network),
-                "flops": count_flops(network, (1, inputs, *configuration.patch_size)),
-                "flops_input": [1, inputs, *configuration.patch_size]}
-
-    def _train(self, dataset_id: int, configuration: str, trainer_class: str, resume: bool, log: Path) -> None:
-        from nnunet_sparseattn.demo import pipeline
-
-        env = dict(self.env, nnUNet_compile="t" if self.budget.compile else "f")
-        if self.budget.device == "cpu":  # augmentation in the training process: seeded, and cheaper on 2 cores
-            env["nnUNet_n_proc_DA"] = "0"
-        args = ["nnUNetv2_train", dataset_id, configuration, self.budget.fold, "-tr", trainer_class,
-                "-device", self.budget.device] + (["--c"] if resume else [])
-        pipeline.run_step(args, env, log)
-
-    def _heldout(self, spec: DatasetSpec, dataset_id: int) -> tuple[Path, Path, list[str]]:
-        """The fold's validation cases to predict (nnU-Net's own split, written by the first training), copied
-        once into an images and a labels folder."""
-        from nnunet_sparseattn.demo import pipeline
-
-        cases = sorted(pipeline.validation_cases(dataset_id, self.budget.fold, self.env))
-        cases = cases[: self.budget.max_predicted_cases]
-        record = self.store.dataset(spec.key)
-        base = self.work / "heldout" / spec.key
-        images, labels = base / "images", base / "labels"
-        if record.get("predicted_cases") != cases:
-            raw = pipeline.dataset_folder(Path(self.env["nnUNet_raw"]), dataset_id)
-            ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
-            for folder in (images, labels):
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.mkdir(parents=True)
-            for case in cases:
-                for image in (raw / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"):
-                    shutil.copy(image, images / image.name)
-                shutil.copy(raw / "labelsTr" / f"{case}{ending}", labels / f"{case}{ending}")
-            record["predicted_cases"] = cases
-            self.store.save()
-        return images, labels, cases
-
-    def _predict(self, spec: DatasetSpec, dataset_id: int, trainer_class: str, images: Path, predictions: Path,
-                 log: Path) -> dict[str, Any]:
-        shutil.rmtree(predictions, ignore_errors=True)
-        args = ["nnUNetv2_predict", "-i", images, "-o", predictions, "-d", dataset_id, "-c", spec.configuration,
-                "-f", self.budget.fold, "-tr", trainer_class, "-device", self.budget.device, "--disable_progress_bar"]
-        args += [] if self.budget.tta else ["--disable_tta"]
-        args += ["-npp", "1", "-nps", "1"] if self.budget.device == "cpu" else []
-        lines = run_timestamped(args, self.env, log)
-        return prediction_timing(lines, len(self.store.dataset(spec.key)["predicted_cases"]))
-
-
-def run_timestamped(args: list, env: dict[str, str], log: Path) -> list[tuple[float, str]]:
-    """Run one nnU-Net command, appending its output to ``log``; return its lines with their arrival times
-    (seconds since the start; the last entry, ``<exit>``, is when the process ended)."""
-    import subprocess
-
-    from nnunet_sparseattn.demo import pipeline
-
-    command = [pipeline.nnunet_command(args[0])] + [str(a) for a in args[1:]]
-    print(f"\n$ {shlex.join([args[0]] + command[1:])}", flush=True)
-    lines = []
-    started = time.monotonic()
-    with open(log, "a") as stream:
-        stream.write(f"\n$ {shlex.join(command)}\n")
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            lines.append((time.monotonic() - started, line.rstrip("\n")))
-            stream.write(line)
-        code = process.wait()
-    lines.append((time.monotonic() - started, "<exit>"))
-    if code != 0:
-        raise UserError(f"{args[0]} failed with exit code {code}: see {log}")
-    print(f"   ({args[0]} took {lines[-1][0]:.0f} s)", flush=True)
-    return lines
-
-
-def prediction_timing(lines: list[tuple[float, str]], cases: int) -> dict[str, Any]:
-    """Inference time per case from ``nnUNetv2_predict``'s timestamped output: nnU-Net's prediction loop, from its
-    first ``Predicting <case>:`` line to its last ``done with <case>`` line, over the cases. Each turn of the loop
-    takes the next preprocessed case (preprocessed meanwhile in nnU-Net's background process), runs the
-    sliding-window inference and hands the logits to the export workers. Excluded: process start-up and model
-    loading (``predict_startup_s``, which includes the first case's preprocessing) and the export still running
-    after the loop (``export_tail_s``; with few cases it carries the spawned export workers' own start-up)."""
-    starts = [t for t, line in lines if line.startswith("Predicting ")]
-    ends = [t for t, line in lines if line.startswith("done with ")]
-    export = next((t for t, line in lines if line.strip() == "Segmentation export complete."), None)
-    if len(starts) != cases or len(ends) != cases or export is None:
-        raise UserError(f"nnUNetv2_predict's output did not show {cases} predicted cases and their export "
-                        f"({len(starts)} 'Predicting', {len(ends)} 'done with' lines): has its output format "
-                        "changed?")
-    return {"s_per_case": (ends[-1] - starts[0]) / cases, "predict_wall_s": round(lines[-1][0], 2),
-            "predict_startup_s": round(starts[0], 2), "export_tail_s": round(export - ends[-1], 2)}
-
-
-def run_benchmark(budget: Budget, datasets: list[str], trainers: list[str], work: Path, data_root: Path,
-                  out_dir: Path, command: str) -> ResultsStore:
-    import torch
-
-    if budget.device == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"budget {budget.name} trains on CUDA, and no CUDA device is visible: use --budget cpu")
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    stamp = work / "budget.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != budget.to_json():
-        raise UserError(f"{work} holds models trained under another budget ({stamp}): pass another --work")
-    write_json_atomic(stamp, budget.to_json())
-
-    header = {"benchmark": "accuracy", "schema": SCHEMA, "device": budget.device, "budget": budget.to_json(),
-              "budget_text": budget.describe(), "machine": _machine(torch.device(budget.device)),
-              "torch": torch.__version__, "nnunetv2": _version("nnunetv2"),
-              "python": platform.python_version(), "command": command, "started": now()}
-    store = ResultsStore(out_dir / f"accuracy-{budget.device}-{budget.name}.json", header)
-    todo = pending_runs(store, datasets, trainers)
-    harness = Harness(budget, work, data_root, store)
-    for key in datasets:
-        spec = DATASETS[key]
-        runs = [t for d, t in todo if d == key]
-        if not runs:
-            continue
-        dataset_id = harness.prepare(spec)
-        for trainer in runs:
-            print(f"\n== {spec.title}: {trainer} under budget {budget.name}", flush=True)
-            try:
-                record = harness.run(spec, dataset_id, trainer)
-            except UserError as error:  # one broken trainer must not cost the others their runs
-                record = dict(store.run(key, trainer) or {}, status="failed", reason=str(error))
-                print(f"   failed: {error}", flush=True)
-            store.set_run(key, trainer, record)
-    return store
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
+    env = work_environment(work)
+    dataset_id = prepare_dataset(spec, data_root, env, TRAINING_CASES.get(budget, {}).get(spec.key))
+    request = CompareRequest(dataset_id, spec.configuration, work / f"compare-{spec.key}", trainers=trainers,
+                             baselines=["stock"], budget=budget, folds=[0], device=device,
+                             raw=Path(env["nnUNet_raw"]), preprocessed=Path(env["nnUNet_preprocessed"]),
+                             command=command)
+    print(f"\n== {spec.title} ({spec.configuration}): compare in {request.output}", flush=True)
+    return run_compare(request)
 
 
 # ---------------------------------------------------------------------------------------------- the reports
-def _short(trainer: str) -> str:
-    return trainer.removeprefix("nnUNetTrainer") or "stock nnU-Net"
+def gather(comparisons: dict[str, dict[str, Any]], trainers: list[str], command: str) -> dict[str, Any]:
+    """One results record from the comparisons, their runs restricted to ``trainers`` (a comparison folder may hold
+    more: the optimizer benchmark adds its runs to the ISIC one)."""
+    first = next(iter(comparisons.values()))
+    out = {"benchmark": "accuracy", "schema": SCHEMA, "command": command, "trainers": trainers,
+           **{k: first[k] for k in ("budget", "budget_text", "device", "machine", "torch", "nnunetv2", "python")},
+           "datasets": {}}
+    for key, results in comparisons.items():
+        spec = DATASETS[key]
+        keys = [f"{t}__nnUNetPlans" for t in trainers]
+        runs = {k: results["runs"][k] for k in keys if k in results["runs"]}
+        tests = [t for t in results.get("tests", []) if t["run"] in runs and t["baseline"] in runs]
+        out["datasets"][key] = {"title": spec.title, "distance_unit": spec.distance_unit,
+                                **{k: results[k] for k in ("dataset", "configuration", "heldout", "started",
+                                                           "updated")},
+                                "runs": runs, "tests": tests}
+    return out
 
 
-def _num(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _size(n: float | None, unit: str = "", binary: bool = False) -> str:
-    if n is None:
-        return "–"
-    scales = ((2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki")) if binary else \
-        ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
-    for scale, prefix in scales:
-        if n >= scale:
-            return f"{n / scale:.2f} {prefix}{unit}"
-    return f"{n:.0f} {unit}".strip()
-
-
-SPARSE_ATTENTION = ("nnUNetTrainerBSA", "nnUNetTrainerMDSA", "nnUNetTrainerBilateral")
-
-
-def results_table(results: dict[str, Any]) -> str:
-    header = ("| dataset | trainer | mean Dice | Dice per class | HD95 per class | s/iter | s/case | peak memory "
-              "| params | FLOPs | vs stock: Dice points, s/iter | status |")
-    rows = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, dataset in results["datasets"].items():
-        title = dataset.get("title", key)
-        unit = dataset.get("distance_unit", "")
-        stock = dataset["runs"].get("nnUNetTrainer", {})
-        for trainer, r in dataset["runs"].items():
-            done = r.get("status") == "done"
-            status = r["status"] if done else f"{r['status']}: {r.get('reason', 'unfinished')}"
-            dice = ", ".join(f"{k} {_num(v)}" for k, v in r.get("dice", {}).items()) or "–"
-            hd = ", ".join(f"{k} {_num(v, 2)}" for k, v in r.get("hd95", {}).items()) or "–"
-            if r.get("hd95"):
-                hd += f" {unit}"
-            vs = "–"
-            if done and trainer != "nnUNetTrainer" and stock.get("status") == "done":
-                vs = (f"{100 * (r['mean_dice'] - stock['mean_dice']):+.1f}, "
-                      f"{r['s_per_iter'] / stock['s_per_iter']:.2f}x")
-            rows.append(
-                f"| {title} | {_short(trainer)} | {_num(r.get('mean_dice'))} | {dice} | {hd} "
-                f"| {_num(r.get('s_per_iter'), 3)} | {_num(r.get('s_per_case'), 2)} "
-                f"| {_size(r.get('peak_memory_bytes'), 'B', binary=True)} | {_size(r.get('params'))} "
-                f"| {_size(r.get('flops'))} | {vs} | {status} |")
-    return "\n".join(rows)
+def moved(old: dict[str, Any] | None, new: dict[str, Any], points: float = 2.0) -> list[str]:
+    """Every mean Dice (per class too) that moved by more than ``points`` Dice points against ``old``."""
+    if not old:
+        return []
+    lines = []
+    for key, dataset in new["datasets"].items():
+        before = old.get("datasets", {}).get(key, {}).get("runs", {})
+        for run_key, run in dataset["runs"].items():
+            trainer = run.get("trainer", run_key.split("__")[0])
+            was = before.get(run_key) or before.get(trainer)  # schema 1 keyed runs by trainer
+            if not was or was.get("status") != "done" or run.get("status") != "done":
+                continue
+            pairs = [("mean", was.get("mean_dice"), run.get("mean_dice"))]
+            pairs += [(c, was.get("dice", {}).get(c), v) for c, v in run.get("dice", {}).items()]
+            for what, a, b in pairs:
+                if a is not None and b is not None and abs(b - a) * 100 > points:
+                    lines.append(f"{dataset['title']} {run.get('label', trainer)} {what} Dice: {a:.3f} -> {b:.3f} "
+                                 f"({100 * (b - a):+.1f} points)")
+    return lines
 
 
 def target_lines(results: dict[str, Any]) -> list[str]:
-    """The issue's targets on Hippocampus: each sparse-attention trainer within 0.5 Dice points of stock nnU-Net's
+    """The project's targets on Hippocampus: each sparse-attention trainer within 0.5 Dice points of stock nnU-Net's
     mean Dice (or above), at no more than 1.5x its training time per iteration (stated for a GPU)."""
+    from nnunet_sparseattn.compare.run import short_label
+
     runs = results["datasets"].get("hippocampus", {}).get("runs", {})
-    stock = runs.get("nnUNetTrainer", {})
+    stock = runs.get("nnUNetTrainer__nnUNetPlans", {})
     lines = []
     for trainer in SPARSE_ATTENTION:
-        r = runs.get(trainer)
+        r = runs.get(f"{trainer}__nnUNetPlans")
         if r is None or r.get("status") != "done" or stock.get("status") != "done":
-            state = "not measured" if r is None else r.get("status")
-            lines.append(f"- {_short(trainer)}: {state}")
+            lines.append(f"- {short_label(trainer)}: {'not measured' if r is None else r.get('status')}")
             continue
         delta = 100 * (r["mean_dice"] - stock["mean_dice"])
         ratio = r["s_per_iter"] / stock["s_per_iter"]
-        lines.append(f"- {_short(trainer)}: Dice {delta:+.2f} points ({'met' if delta >= -0.5 else 'missed'}), "
+        lines.append(f"- {short_label(trainer)}: Dice {delta:+.2f} points ({'met' if delta >= -0.5 else 'missed'}), "
                      f"time per iteration {ratio:.2f}x ({'met' if ratio <= 1.5 else 'missed'})")
     return lines
 
 
+def _as_comparison(dataset: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    return {**dataset, **{k: results[k] for k in ("budget", "budget_text", "device", "machine")}}
+
+
 def render_results(results: dict[str, Any], png: str | None) -> str:
+    from nnunet_sparseattn.compare.report import paired_test_note, results_table
+
     budget = results["budget"]
-    date = results.get("updated", results.get("started", ""))[:10]
-    parts = [f"### `{budget['name']}` budget on {results['machine']} ({date})", "",
+    dates = [d.get("updated", "") for d in results["datasets"].values()]
+    parts = [f"### `{budget['name']}` budget on {results['machine']} ({max(dates)[:10]})", "",
              f"Command: `{results['command']}`  ",
-             f"Budget: {results['budget_text']}.  ",
-             f"Versions: torch {results['torch']}, nnU-Net {results['nnunetv2']}, Python {results['python']}.  ",
-             f"Ran from {results.get('started', '?')} to {results.get('updated', '?')} (resumed runs included).", ""]
-    for key, dataset in results["datasets"].items():
-        if dataset.get("prepared"):
-            parts.append(f"- {dataset.get('title', key)}: dataset {dataset['dataset_id']} "
-                         f"`{dataset['configuration']}`, {dataset['training_cases']} training cases, patch "
-                         f"{'x'.join(map(str, dataset['patch_size']))}, batch {dataset['batch_size']}, "
-                         f"{len(dataset.get('predicted_cases', []))} validation cases of fold {budget['fold']} "
-                         f"predicted and scored.")
-    parts += ["", results_table(results), "",
-              f"Targets on Hippocampus ({'measured on this GPU' if results['device'] == 'cuda' else 'stated for a GPU budget; this is a CPU run'}):",
-              *target_lines(results)]
+             f"Budget: {results['budget_text']}; fold 0.  ",
+             f"Versions: torch {results['torch']}, nnU-Net {results['nnunetv2']}, Python {results['python']}.", ""]
+    for dataset in results["datasets"].values():
+        cases = sum(len(c) for c in dataset["heldout"]["cases"].values())
+        parts.append(f"- {dataset['title']}: {dataset['dataset']['name']} `{dataset['configuration']}`, {cases} "
+                     f"{'validation cases of fold 0' if dataset['heldout']['kind'] == 'validation' else 'test cases'}"
+                     f" predicted and scored; HD95 in {dataset['distance_unit']}; ran from {dataset['started']} to "
+                     f"{dataset['updated']}.")
+    tables = [results_table(_as_comparison(d, results), dataset=d["title"]).split("\n")
+              for d in results["datasets"].values()]
+    table = "\n".join(tables[0] + [row for t in tables[1:] for row in t[2:]]) if tables else ""
+    note = paired_test_note({"tests": [t for d in results["datasets"].values() for t in d["tests"]]})
+    where = "measured on this GPU" if results["device"] == "cuda" else "stated for a GPU budget; this is a CPU run"
+    parts += ["", table, "", note, "", f"Targets on Hippocampus ({where}):", *target_lines(results)]
     if png:
-        parts += ["", f"![mean Dice against training time per iteration, {budget['name']} budget]({png})"]
+        parts += ["", f"![mean Dice against training time per iteration; per-case Dice, {budget['name']} budget]"
+                      f"({png})"]
     return "\n".join(parts)
 
 
 METHODS = """\
-`benchmarks/accuracy.py` trains every trainer through nnU-Net's own commands (`nnUNetv2_plan_and_preprocess`,
-`nnUNetv2_train`, `nnUNetv2_predict`, `nnUNetv2_evaluate_folder`) under one named budget
-(`benchmarks/budgets.py`): the same epochs x iterations per epoch, seed, fold 0 and training cases for stock
-`nnUNetTrainer` and ours, applied by one mixin (`<Trainer>_bench<budget>`), the default nnU-Net plans for all.
-It predicts the fold's validation cases (at most the budget's number, first in name order) and records:
+`benchmarks/accuracy.py` runs `nnunet-sparseattn compare` (`nnunet_sparseattn/compare/`) on each dataset: every
+trainer through nnU-Net's own commands (`nnUNetv2_plan_and_preprocess`, `nnUNetv2_train`, `nnUNetv2_predict`)
+under one named budget (`nnunet_sparseattn/harness/budgets.py`): the same epochs x iterations per epoch, seed,
+fold 0 and training cases for stock `nnUNetTrainer` and ours, applied by one mixin (`<Trainer>_bench<budget>`), the
+default nnU-Net plans for all. It predicts the fold's validation cases and records:
 
-- **Dice**: nnU-Net's evaluation of those cases, per class and its mean over classes (`foreground_mean`).
-- **HD95**: MONAI's per case and class (`nnunet_sparseattn.evaluation.metrics.hd95`, the one `evaluate` reports:
-  the larger of the two directed 95th percentiles of the edge distances),
+- **Dice**: nnU-Net's per-case evaluation (`compute_metrics`, what `nnUNetv2_evaluate_folder` runs), per class and
+  the mean over classes; **vs stock**: the mean of the per-case differences of mean Dice, in points, with the
+  two-sided Wilcoxon signed-rank test on them (scipy) and the cases where the trainer scored higher.
+- **HD95**: MedPy's `hd95` per case and class (95th percentile of both boundaries' surface distances, pooled),
   in mm on Hippocampus, in pixels on ISIC (its images were resized to 256 x 256), averaged over the cases where
   reference and prediction both hold the class (the JSON counts the others: `hd95_undefined_cases`).
 - **s/iter**: training time per iteration, timed inside `nnUNetv2_train` per epoch from the first to the last
@@ -610,17 +216,17 @@ It predicts the fold's validation cases (at most the budget's number, first in n
   were not the first of their process (warm-up: allocator, cuDNN, `torch.compile`).
 - **s/case**: `nnUNetv2_predict` over all predicted cases, its output timestamped as it arrives: nnU-Net's
   prediction loop from the first `Predicting <case>:` line to the last `done with <case>`, over the cases
-  (sliding-window inference, the next case preprocessed meanwhile in the background). Excluded, and in the JSON:
-  process start-up and model loading (`predict_startup_s`), the export after the loop (`export_tail_s`).
+  (sliding-window inference, the next case preprocessed meanwhile in the background).
 - **peak memory**: of the training process; CUDA: `torch.cuda.max_memory_allocated`; CPU: peak RSS (getrusage).
 - **params, FLOPs**: the inference network from the trainer's `build_network_architecture`, forward at the
   plans' patch size, batch 1, `torch.utils.flop_counter` (FLOPs = 2 x multiply-adds; norms and activations not
   counted).
 - Seeded: Python, NumPy and torch in the training process (network initialisation; CPU augmentation runs in that
-  process). Not seeded: nnU-Net's augmentation workers (GPU runs), cuDNN's algorithm choice, GPU atomics.
+  process); every run's batches are checksummed (`batches_digest`). Not seeded: nnU-Net's augmentation workers
+  (GPU runs), cuDNN's algorithm choice, GPU atomics.
 
 Resume: a killed benchmark continues where it stopped when the same command is run again (nnU-Net's `--c`, a
-checkpoint every epoch; finished runs are kept). Trainers not built yet are listed as `absent`."""
+checkpoint every epoch; finished runs are kept)."""
 
 
 def render_section(results_files: list[Path], docs_root: Path = ROOT) -> str:
@@ -634,6 +240,9 @@ def render_section(results_files: list[Path], docs_root: Path = ROOT) -> str:
         parts += ["", "No results yet."]
     for path in results_files:
         results = json.loads(Path(path).read_text())
+        if results.get("schema") != SCHEMA:
+            parts += ["", f"({Path(path).name}: written by an earlier version of this script; run it again)"]
+            continue
         png = Path(path).with_suffix(".png")
         link = None
         if png.is_file():
@@ -645,63 +254,42 @@ def render_section(results_files: list[Path], docs_root: Path = ROOT) -> str:
     return "\n".join(parts) + "\n"
 
 
-def splice_section(document: str, section: str) -> str:
-    """``document`` with the text between the accuracy markers replaced by ``section``."""
-    begin, end = MARKERS
+def splice_section(document: str, section: str, markers: tuple[str, str] = MARKERS) -> str:
+    """``document`` with the text between the markers replaced by ``section``."""
+    from nnunet_sparseattn.errors import UserError
+
+    begin, end = markers
     if document.count(begin) != 1 or document.count(end) != 1 or document.index(begin) > document.index(end):
-        raise UserError(f"BENCHMARKS.md needs exactly one {begin} followed by one {end} where the accuracy section "
-                        "goes: add them, then run with --update-docs again")
+        raise UserError(f"BENCHMARKS.md needs exactly one {begin} followed by one {end} where the section goes: add "
+                        "them, then run with --update-docs again")
     head, rest = document.split(begin, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{begin}\n{section.rstrip()}\n{end}{tail}"
 
 
 def plot(results: dict[str, Any], path: Path) -> Path | None:
-    """Mean Dice against training time per iteration, one marker per trainer, one panel per dataset."""
-    import matplotlib
+    """One row per dataset: mean Dice against s/iter, and per-case Dice per trainer (compare's two panels)."""
+    from nnunet_sparseattn.compare.report import plot as plot_rows
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(key, d) for key, d in results["datasets"].items()
-              if any(r.get("status") == "done" for r in d["runs"].values())]
-    if not panels:
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    markers = dict(zip(TRAINERS, "osD^v"))
-    for ax, (key, dataset) in zip(axes[0], panels):
-        for trainer, r in dataset["runs"].items():
-            if r.get("status") != "done":
-                continue
-            ax.scatter(r["s_per_iter"], r["mean_dice"], marker=markers.get(trainer, "x"), s=60,
-                       label=_short(trainer))
-            ax.annotate(_short(trainer), (r["s_per_iter"], r["mean_dice"]), textcoords="offset points",
-                        xytext=(5, 5), fontsize=8)
-        ax.set_title(f"{dataset.get('title', key)} ({dataset.get('configuration', '')})")
-        ax.set_xlabel("training time per iteration (s)")
-        ax.set_ylabel("mean Dice (validation cases of fold 0)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
     budget = results["budget"]
-    fig.suptitle(f"{budget['name']} budget: {budget['num_epochs']} x {budget['num_iterations_per_epoch']} "
-                 f"iterations, {results['machine']}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    rows = [(_as_comparison(d, results), None) for d in results["datasets"].values()]
+    return plot_rows(rows, path, f"{budget['name']} budget: {budget['num_epochs']} x "
+                                 f"{budget['num_iterations_per_epoch']} iterations, {results['machine']}")
 
 
 def write_reports(out_dir: Path, section_path: Path, docs: Path | None) -> None:
     files = sorted(Path(out_dir).glob("accuracy-*.json"))
     for path in files:
-        plot(json.loads(path.read_text()), path.with_suffix(".png"))
+        results = json.loads(path.read_text())
+        if results.get("schema") == SCHEMA:
+            plot(results, path.with_suffix(".png"))
     section = render_section(files, docs.parent if docs is not None else ROOT)
     section_path.parent.mkdir(parents=True, exist_ok=True)
     section_path.write_text(section)
-    print(f"wrote {section_path}" + "".join(f", {p.with_suffix('.png')}" for p in files
-                                           if p.with_suffix(".png").is_file()))
+    print(f"wrote {section_path}")
     if docs is not None:
+        from nnunet_sparseattn.errors import UserError
+
         if not docs.is_file():
             raise UserError(f"{docs} does not exist: --update-docs rewrites its accuracy section")
         docs.write_text(splice_section(docs.read_text(), section))
@@ -709,23 +297,27 @@ def write_reports(out_dir: Path, section_path: Path, docs: Path | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def _names(value: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown or not names:
+def names(value: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
+    from nnunet_sparseattn.errors import UserError
+
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in chosen if n not in known]
+    if unknown or not chosen:
         raise UserError(f"unknown {what} {', '.join(unknown) or '(none given)'}: choose from {', '.join(known)}")
-    return names
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nnunet_sparseattn.errors import UserError
+    from nnunet_sparseattn.harness.budgets import BUDGETS, parse_budget, write_json_atomic
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", default="cpu", help=f"named budget: {', '.join(BUDGETS)} (default cpu)")
-    ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of "
-                    f"{', '.join(DATASETS)}")
-    ap.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated subset of "
-                    f"{', '.join(TRAINERS)}")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="nnU-Net's raw/preprocessed/results folders and logs (default bench_work/accuracy-DEVICE-BUDGET)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {', '.join(DATASETS)}")
+    ap.add_argument("--trainers", default=",".join(TRAINERS), help=f"comma-separated subset of {', '.join(TRAINERS)}")
+    ap.add_argument("--work", type=Path, default=None, help="nnU-Net's folders and the comparisons (default "
+                                                           "bench_work/accuracy-DEVICE-BUDGET)")
     ap.add_argument("--data", type=Path, default=DATA, help=f"the shared data folder (default {DATA})")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help=f"results folder (default {RESULTS})")
     ap.add_argument("--section", type=Path, default=SECTION, help=f"section text output (default {SECTION})")
@@ -739,21 +331,29 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report_only:
             if args.budget not in BUDGETS:
                 raise UserError(f"unknown budget {args.budget}: choose from {', '.join(BUDGETS)}")
-            budget = BUDGETS[args.budget]
-            datasets = _names(args.datasets, tuple(DATASETS), "dataset")
-            trainers = _names(args.trainers, TRAINERS, "trainer")
-            work = args.work or ROOT / "bench_work" / f"accuracy-{budget.device}-{budget.name}"
+            parse_budget(args.budget)
+            keys = names(args.datasets, tuple(DATASETS), "dataset")
+            trainers = names(args.trainers, TRAINERS, "trainer")
+            work = (args.work or work_folder(args.budget, args.device)).resolve()
             command = shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
-            store = run_benchmark(budget, datasets, trainers, work, args.data, args.out_dir, command)
+            comparisons = {key: compare_dataset(DATASETS[key], args.budget, args.device, trainers, work, args.data,
+                                                command) for key in keys}
+            results = gather(comparisons, trainers, command)
+            path = args.out_dir / f"accuracy-{args.device}-{args.budget}.json"
+            old = json.loads(path.read_text()) if path.is_file() else None
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, results)
+            shifts = moved(old, results)
+            print("\n" + ("\n".join(["moved by more than 2 Dice points against the previous results:", *shifts])
+                          if shifts else "no mean Dice moved by more than 2 points against the previous results"))
         write_reports(args.out_dir, args.section, args.docs if args.update_docs else None)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.report_only:
         return 0
-    failed = [(d, t) for d, rec in store.data["datasets"].items() for t, r in rec["runs"].items()
+    failed = [(d, r.get("label")) for d, rec in results["datasets"].items() for r in rec["runs"].values()
               if r.get("status") == "failed"]
-    print("\n" + results_table(store.data))
     if failed:
         print(f"\n{len(failed)} run(s) failed: {', '.join(f'{d}/{t}' for d, t in failed)} (see their logs)")
     return 1 if failed else 0

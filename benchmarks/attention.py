@@ -33,7 +33,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable without the package installed
     sys.path.insert(0, str(ROOT))
 
+from nnunet_sparseattn.harness.machine import describe_machine, load_average  # noqa: E402
 from nnunet_sparseattn.layers import (  # noqa: E402
     compute_routing,
     from_regions,
@@ -217,7 +217,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     slow_s = 20.0  # above this, a case is timed once (its first, profiled call: overhead negligible then)
     avail = _available_bytes(device)
 
-    load_start = _loadavg()
+    load_start = load_average()
     t_start = time.perf_counter()
     records, notes, compile_s = [], [], {}
     history: dict[tuple, tuple[int, float, float]] = {}  # (backend, C, topk) -> (tokens, fwd, fwdbwd)
@@ -284,7 +284,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     out.write_text(json.dumps([{f: r[f] for f in FIELDS} for r in records], indent=1) + "\n")
     meta = dict(
         command=" ".join([Path(sys.executable).name, *sys.argv]),
-        machine=_machine(device),
+        machine=describe_machine(device),
         torch=torch.__version__,
         threads=args.threads,
         dtype=str(dtype),
@@ -294,7 +294,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                        else "torch.profiler profile_memory: peak of the running sum of tensor alloc/free events"),
         flex_first_call_s=compile_s,
         load_average_start=load_start,
-        load_average_end=_loadavg(),
+        load_average_end=load_average(),
         wall_s=round(time.perf_counter() - t_start, 1),
         nulls=notes,
     )
@@ -329,28 +329,6 @@ def _available_bytes(device: torch.device) -> int:
     except OSError:
         pass
     return 8 * 2**30
-
-
-def _loadavg() -> Optional[list[float]]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]  # other processes on the box inflate CPU timings
-    except OSError:
-        return None
-
-
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
 
 
 def _fmt(x, unit=""):

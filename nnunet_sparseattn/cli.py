@@ -1,10 +1,11 @@
-"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, convert-2d, evaluate, export, make-demo-dataset,
-demo."""
+"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, compare, convert-2d, evaluate, export,
+make-demo-dataset, demo."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if args.dataset is not None:
+        from nnunet_sparseattn.harness.networks import dataset_networks_table
+
+        if args.variant is not None or args.configuration is None:
+            raise UserError("info takes --variant NAME (a paper-scale network) or -d ID -c CONFIGURATION (the "
+                            "networks for a dataset's plans), not both")
+        print(dataset_networks_table(args.dataset, args.configuration, args.plans))
+        return 0
+    if args.variant is None:
+        raise UserError("info needs --variant NAME (mdsa-paper, bilateral-paper) or -d ID -c CONFIGURATION")
     from nnunet_sparseattn.complexity import count_flops, count_parameters
     from nnunet_sparseattn.plans.variants import PAPER_CONFIGURATIONS
 
@@ -87,6 +98,30 @@ def _info(args: argparse.Namespace) -> int:
     print(f"  MACs        {flops / 2e9:8.2f} G" + (f"   (paper: {paper['PAPER_FLOPS'] / 1e9:.2f} G \"FLOPs\", "
                                                    "most likely multiply-adds)" if "PAPER_FLOPS" in paper else ""))
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from nnunet_sparseattn.compare.run import CompareRequest, default_trainers, run_compare
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    request = CompareRequest(
+        args.dataset, args.configuration, Path(args.output),
+        trainers=_names(args.trainers) if args.trainers is not None else default_trainers(),
+        baselines=_names(args.baselines), budget=args.budget or ("gpu" if device == "cuda" else "cpu"),
+        folds=args.folds, device=device, plans=args.plans, command=args.command_line)
+    results = run_compare(request)
+    failed = [r.get("label", k) for k, r in results["runs"].items() if r.get("status") == "failed"]
+    print(f"\n{Path(args.output) / 'compare.md'}\n")
+    print((Path(args.output) / "compare.md").read_text())
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their logs in {Path(args.output) / 'logs'})")
+    return 1 if failed else 0
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _convert_2d(args: argparse.Namespace) -> int:
@@ -142,9 +177,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=JSON", help="fix a network setting, e.g. topk=8")
     p.set_defaults(func=_plan)
 
-    p = commands.add_parser("info", help="parameters and FLOPs of a paper-scale configuration")
-    p.add_argument("--variant", required=True, help="mdsa-paper or bilateral-paper")
+    p = commands.add_parser("info", help="parameters, FLOPs (and attention layout) of a paper-scale configuration "
+                                         "or of every network for a dataset's plans")
+    p.add_argument("--variant", help="mdsa-paper or bilateral-paper")
+    p.add_argument("-d", "--dataset", help="dataset id or name (planned): every network for its plans")
+    p.add_argument("-c", "--configuration", help="configuration of the plans, e.g. 3d_fullres or 2d (with -d)")
+    p.add_argument("--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.set_defaults(func=_info)
+
+    from nnunet_sparseattn.compare.baselines import BASELINES
+
+    p = commands.add_parser("compare", help="train, predict and score stock nnU-Net and our trainers on one dataset "
+                                            "under one budget; a table, a plot and paired tests")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name in nnUNet_raw")
+    p.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres or 2d")
+    p.add_argument("-o", "--output", required=True, help="folder for models, predictions, logs and reports "
+                                                          "(run again with the same arguments to resume)")
+    p.add_argument("--trainers", help="comma-separated trainers: ours, nnU-Net's or any nnU-Net finds (default: "
+                                      "stock nnUNetTrainer and our main trainers, NB, BSA, MDSA and Bilateral)")
+    p.add_argument("--baselines", default="stock", help=f"comma-separated references: {', '.join(BASELINES)} "
+                                                         "(default stock; resenc-m: nnU-Net's ResEnc M preset)")
+    p.add_argument("--budget", help="tiny, cpu, gpu or EPOCHSxITERATIONS, e.g. 20x50 (default: gpu on CUDA, "
+                                    "cpu otherwise)")
+    p.add_argument("--folds", default="0", help="folds to train: 0, 0,1,... or all (nnU-Net's five; default 0)")
+    p.add_argument("--device", help="cpu, cuda or mps (default: cuda when available)")
+    p.add_argument("--plans", default="nnUNetPlans", help="plans identifier of the trainers and the stock "
+                                                          "baseline (default nnUNetPlans)")
+    p.set_defaults(func=_compare)
 
     p = commands.add_parser("convert-2d", help="a folder of 2D images and masks -> nnU-Net's raw format")
     p.add_argument("images", help="folder of images (png, jpg, ...)")
@@ -210,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     install_user_error_hook()  # refusals raised where this function does not catch them (e.g. at exit)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["nnunet-sparseattn", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)
     except UserError as error:

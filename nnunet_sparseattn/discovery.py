@@ -32,20 +32,23 @@ def ext_trainer_fix() -> str:
 
 
 def environment_for_nnunet_commands(environ: os._Environ | dict | None = None) -> dict[str, str]:
-    """A copy of the environment for the nnU-Net commands we start (demo, end-to-end tests), set so they find ours.
+    """A copy of the environment for the nnU-Net commands we start (demo, harness, end-to-end tests), set so they
+    find ours as a user's shell makes them find ours.
 
-    Where this interpreter's startup hook added our folder, each command's own interpreter will too: the variable is
-    passed on as the user had it (usually unset), exactly what a user's shell gives those commands. Where no hook runs
-    (a checkout on PYTHONPATH), our folder is added to the variable.
+    Where this interpreter's startup hook added our folder, each command's own interpreter adds it again: the variable
+    is passed on without it (unset when nothing else is listed), exactly what a user's shell gives those commands;
+    entries set since (the user's own folders) are kept. Where no hook runs (a checkout on PYTHONPATH), our folder is
+    added to the variable.
     """
     env = dict(os.environ if environ is None else environ)
+    variable = autodiscovery.EXT_TRAINER_VARIABLE
     if autodiscovery.startup_outcome == autodiscovery.ADDED:
-        if autodiscovery.value_before_startup is None:
-            env.pop(autodiscovery.EXT_TRAINER_VARIABLE, None)
+        others = [e for e in env.get(variable, "").split(os.pathsep) if e.strip() and not autodiscovery.lists_shim(e)]
+        if others:
+            env[variable] = os.pathsep.join(others)
         else:
-            env[autodiscovery.EXT_TRAINER_VARIABLE] = autodiscovery.value_before_startup
+            env.pop(variable, None)
     elif not ext_trainer_is_configured(env):
-        variable = autodiscovery.EXT_TRAINER_VARIABLE
         env[variable] = autodiscovery.with_shim_folder(env.get(variable))
     return env
 

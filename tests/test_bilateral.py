@@ -458,23 +458,17 @@ def test_paper_configuration_is_near_the_papers_parameter_count():
 # the trainer
 
 
-def _trainer(cls, tmp_path, monkeypatch, labels: dict, regions_class_order=None):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, str(tmp_path / name))
+def _trainer(make, cls, labels: dict, regions_class_order=None):
+    """``make``: the ``trainer_without_data`` fixture (nnU-Net's initialize() without the preprocessed dataset it
+    would open: network, optimizer, loss)."""
     plans = plans_for(_tiny_plans(2), "2d")
-    plans["continue_training"] = False
+    plans["configurations"]["2d"]["batch_size"] = 2
     dataset_json = {"labels": labels, "channel_names": {"0": "a", "1": "b"}, "numTraining": 1,
                     "file_ending": ".png"}
     if regions_class_order:
         dataset_json["regions_class_order"] = regions_class_order
-    trainer = cls(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
-    # nnU-Net's initialize() without the preprocessed dataset it would open: network, optimizer, loss
     torch.manual_seed(0)
-    trainer.network = trainer.build_network_architecture(
-        trainer.plans_manager, trainer.configuration_manager, 2, trainer.label_manager.num_segmentation_heads, True)
-    trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
-    trainer.loss = trainer._build_loss()
-    return trainer
+    return make(cls, plans, "2d", dataset_json)
 
 
 def _batch(patch, channels_target, regions: bool, ignore: bool):
@@ -491,7 +485,7 @@ def _batch(patch, channels_target, regions: bool, ignore: bool):
 
 @pytest.mark.parametrize("regions,ignore", [(False, False), (False, True), (True, True)],
                          ids=["labels", "labels+ignore", "regions+ignore"])
-def test_trainer_steps_add_the_point_loss(tmp_path, monkeypatch, regions, ignore):
+def test_trainer_steps_add_the_point_loss(trainer_without_data, regions, ignore):
     from nnunet_sparseattn.trainers import nnUNetTrainerBilateral
     from nnunet_sparseattn.trainers.bilateral import PointRenderingLoss
 
@@ -501,7 +495,7 @@ def test_trainer_steps_add_the_point_loss(tmp_path, monkeypatch, regions, ignore
         labels = {"background": 0, "a": 1, "b": 2}
     if ignore:
         labels["ignore"] = 3
-    trainer = _trainer(nnUNetTrainerBilateral, tmp_path, monkeypatch, labels, [1, 2] if regions else None)
+    trainer = _trainer(trainer_without_data, nnUNetTrainerBilateral, labels, [1, 2] if regions else None)
     assert isinstance(trainer.loss, PointRenderingLoss) and trainer.loss.regions == regions
     patch = tuple(trainer.configuration_manager.patch_size)
     batch = _batch(patch, 2, regions, ignore)
@@ -523,12 +517,12 @@ def test_trainer_steps_add_the_point_loss(tmp_path, monkeypatch, regions, ignore
     assert not no_grad, no_grad[:5]
 
 
-def test_ablation_trainer_keeps_nnunets_loss(tmp_path, monkeypatch):
+def test_ablation_trainer_keeps_nnunets_loss(trainer_without_data):
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
     from nnunet_sparseattn.trainers import nnUNetTrainerBilateral_noRendering
 
-    trainer = _trainer(nnUNetTrainerBilateral_noRendering, tmp_path, monkeypatch, {"background": 0, "a": 1})
+    trainer = _trainer(trainer_without_data, nnUNetTrainerBilateral_noRendering, {"background": 0, "a": 1})
     assert trainer.network.rendering is None and isinstance(trainer.loss, DeepSupervisionWrapper)
 
 

@@ -9,16 +9,14 @@ batch size cut to 2, and the ISIC images downsized to 64 x 64 (at 256 x 256 one 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from helpers import assert_dice, plan_variant
 
 from nnunet_sparseattn.convert2d import convert_2d
-from nnunet_sparseattn.demo import pipeline
+from nnunet_sparseattn.harness import commands, datasets
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +24,8 @@ TRAINER = "nnUNetTrainerBilateral_debug"
 ISIC_ID = 971
 
 
-def _downsized(isic: Path, target: Path, cases: int, size: int) -> Path:
-    """The first ``cases`` ISIC images and masks at ``size`` x ``size`` (masks nearest), in ISIC's own layout."""
-    (target / "images").mkdir(parents=True), (target / "masks").mkdir(parents=True)
-    for image in sorted((isic / "images").glob("*.jpg"))[:cases]:
-        mask = isic / "masks" / f"{image.stem}_segmentation.png"
-        Image.open(image).convert("RGB").resize((size, size), Image.BILINEAR).save(target / "images" / image.name)
-        Image.open(mask).resize((size, size), Image.NEAREST).save(target / "masks" / mask.name)
-    return target
-
-
 def _check_run(env: dict, dataset_id: int, configuration: str, plans: str) -> dict:
-    model = pipeline.model_folder(env, dataset_id, TRAINER, configuration, plans)
+    model = datasets.model_folder(env, dataset_id, TRAINER, configuration, plans)
     fold = model / "fold_0"
     log = next(fold.glob("training_log_*.txt")).read_text()
     assert "attention rendering: point loss weight 1.0" in log
@@ -52,53 +40,47 @@ def _check_run(env: dict, dataset_id: int, configuration: str, plans: str) -> di
 
 
 def test_isic2017_2d_through_the_cli(shared_data, tmp_path):
-    env = pipeline.nnunet_environment(tmp_path)
+    env = commands.work_environment(tmp_path)
     log = tmp_path / "nnunet.log"
     isic = shared_data / "ISIC2017_256"
     if not isic.is_dir():
         pytest.skip(f"{isic} is absent")
-    small = _downsized(isic, tmp_path / "isic64", cases=14, size=64)
+    small = datasets.downsize_2d_pairs(isic / "images", isic / "masks", tmp_path / "isic64", cases=14, size=64)
     dataset = convert_2d(small / "images", small / "masks", ISIC_ID, name="ISIC2017", raw_root=Path(env["nnUNet_raw"]),
                          num_test=2)
-    pipeline.plan_and_preprocess(ISIC_ID, "2d", env, log)
-    pipeline.train(ISIC_ID, "2d", 0, TRAINER, env, log)
+    commands.plan_and_preprocess(ISIC_ID, "2d", env, log)
+    commands.train(ISIC_ID, "2d", 0, TRAINER, env, log)
     saved = _check_run(env, ISIC_ID, "2d", "nnUNetPlans")
     # the default plans keep nnU-Net's U-Net in the file; our trainer builds the bilateral network from it
     assert saved["configurations"]["2d"]["architecture"]["network_class_name"].startswith("dynamic_network")
 
     predictions = tmp_path / "predictions"
-    pipeline.predict(dataset / "imagesTs", predictions, ISIC_ID, "2d", 0, TRAINER, env, log)
+    commands.predict(dataset / "imagesTs", predictions, ISIC_ID, "2d", 0, TRAINER, env, log)
     assert len(list(predictions.glob("*.png"))) == 2
-    summary = pipeline.evaluate(dataset / "labelsTs", predictions, ISIC_ID, TRAINER, "2d", env, log)
-    assert len(summary["metric_per_case"]) == 2
-    assert 0.0 <= summary["mean"]["1"]["Dice"] <= 1.0
+    summary = commands.evaluate(dataset / "labelsTs", predictions, datasets.model_folder(env, ISIC_ID, TRAINER, "2d"),
+                                env, log)
+    assert_dice(summary, ["1"], 2)
 
 
 def test_hippocampus_3d_variant_plans_through_the_cli(hippocampus_nnunet):
     run = hippocampus_nnunet  # shared: converted, 15 training cases preprocessed, 3 cases never trained on
     env, log, dataset_id = run["env"], run["log"], run["id"]
-    plan = subprocess.run(
-        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(dataset_id), "--variant",
-         "bilateral", "-c", "3d_fullres"],
-        env=env, capture_output=True, text=True,
-    )
-    assert plan.returncode == 0, plan.stderr
-    preprocessed = next(Path(env["nnUNet_preprocessed"]).glob("Dataset004_*"))
-    variant = json.loads((preprocessed / "nnUNetPlans_Bilateral.json").read_text())
+    written = plan_variant(run, "bilateral", "3d_fullres")
+    assert written.name == "nnUNetPlans_Bilateral.json"
+    variant = json.loads(written.read_text())
     arch = variant["configurations"]["3d_fullres"]["architecture"]
     assert arch["network_class_name"] == "nnunet_sparseattn.architectures.bilateral.BilateralUNet"
     assert arch["arch_kwargs"]["isam_stages"] and len(arch["arch_kwargs"]["isam_windows"]) == \
         arch["arch_kwargs"]["n_stages"]
 
-    pipeline.train(dataset_id, "3d_fullres", 0, TRAINER, env, log, plans="nnUNetPlans_Bilateral")
+    commands.train(dataset_id, "3d_fullres", 0, TRAINER, env, log, plans="nnUNetPlans_Bilateral")
     saved = _check_run(env, dataset_id, "3d_fullres", "nnUNetPlans_Bilateral")
     assert saved["configurations"]["3d_fullres"]["architecture"] == arch
 
     predictions = run["work"] / "predictions_bilateral"
-    pipeline.predict(run["images"], predictions, dataset_id, "3d_fullres", 0, TRAINER, env, log,
+    commands.predict(run["images"], predictions, dataset_id, "3d_fullres", 0, TRAINER, env, log,
                      plans="nnUNetPlans_Bilateral")
-    summary = pipeline.evaluate(run["labels"], predictions, dataset_id, TRAINER, "3d_fullres", env, log,
-                                plans="nnUNetPlans_Bilateral")
-    assert len(summary["metric_per_case"]) == len(run["heldout"])
-    for label in ("1", "2"):
-        assert 0.0 <= summary["mean"][label]["Dice"] <= 1.0
+    summary = commands.evaluate(run["labels"], predictions,
+                                datasets.model_folder(env, dataset_id, TRAINER, "3d_fullres", "nnUNetPlans_Bilateral"),
+                                env, log)
+    assert_dice(summary, ["1", "2"], len(run["heldout"]))

@@ -6,13 +6,12 @@ Slow (minutes): CI runs it. Every nnU-Net command is a subprocess, as a user typ
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import assert_dice, plan_variant
 
-from nnunet_sparseattn.demo import pipeline
+from nnunet_sparseattn.harness import commands, datasets
 
 pytestmark = pytest.mark.slow
 
@@ -24,19 +23,14 @@ VARIANT_PLANS = "nnUNetPlans_BSA"
 @pytest.fixture(scope="module")
 def hippocampus(hippocampus_nnunet):
     run = dict(hippocampus_nnunet)
-    plan = subprocess.run(
-        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(run["id"]), "--variant", "bsa",
-         "-c", CONFIGURATION],
-        env=run["env"], capture_output=True, text=True,
-    )
-    assert plan.returncode == 0, plan.stderr
+    plan_variant(run, "bsa", CONFIGURATION)
     for plans in ("nnUNetPlans", VARIANT_PLANS):
-        pipeline.train(run["id"], CONFIGURATION, 0, TRAINER, run["env"], run["log"], plans=plans, extra=["--npz"])
+        commands.train(run["id"], CONFIGURATION, 0, TRAINER, run["env"], run["log"], plans=plans, extra=["--npz"])
     return run
 
 
 def _model(run, plans: str) -> Path:
-    return pipeline.model_folder(run["env"], run["id"], TRAINER, CONFIGURATION, plans)
+    return datasets.model_folder(run["env"], run["id"], TRAINER, CONFIGURATION, plans)
 
 
 @pytest.mark.parametrize("plans", ["nnUNetPlans", VARIANT_PLANS])
@@ -50,29 +44,27 @@ def test_predict_and_evaluate_with_a_bsa_model(hippocampus, plans):
     training_log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
     assert "narrow-band loss" in training_log and "Epoch 1" in training_log and "Epoch 2" not in training_log
     out = run["work"] / f"pred_bsa_{plans}"
-    pipeline.predict(run["images"], out, run["id"], CONFIGURATION, 0, TRAINER, run["env"], run["log"], plans=plans,
+    commands.predict(run["images"], out, run["id"], CONFIGURATION, 0, TRAINER, run["env"], run["log"], plans=plans,
                      extra=["--save_probabilities"])
-    summary = pipeline.evaluate(run["labels"], out, run["id"], TRAINER, CONFIGURATION, run["env"], run["log"],
-                                plans=plans)
-    assert len(summary["metric_per_case"]) == len(run["heldout"])
-    for label in ("1", "2"):
-        assert 0.0 <= summary["mean"][label]["Dice"] <= 1.0
+    summary = commands.evaluate(run["labels"], out, model, run["env"], run["log"])
+    assert_dice(summary, ["1", "2"], len(run["heldout"]))
 
 
 def test_find_best_configuration_and_ensemble_accept_bsa_models(hippocampus):
     run = hippocampus
     for plans in ("nnUNetPlans", VARIANT_PLANS):  # the predictions the ensemble reads
         if not (run["work"] / f"pred_bsa_{plans}").is_dir():
-            pipeline.predict(run["images"], run["work"] / f"pred_bsa_{plans}", run["id"], CONFIGURATION, 0, TRAINER,
+            commands.predict(run["images"], run["work"] / f"pred_bsa_{plans}", run["id"], CONFIGURATION, 0, TRAINER,
                              run["env"], run["log"], plans=plans, extra=["--save_probabilities"])
-    pipeline.run_step(["nnUNetv2_find_best_configuration", run["id"], "-p", "nnUNetPlans", VARIANT_PLANS,
-                       "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0", "-np", "1"], run["env"], run["log"])
-    results = next(Path(run["env"]["nnUNet_results"]).glob("Dataset004_*"))
+    commands.run_command(["nnUNetv2_find_best_configuration", run["id"], "-p", "nnUNetPlans", VARIANT_PLANS,
+                          "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0", "-np", "1"], run["env"], run["log"])
+    results = _model(run, "nnUNetPlans").parent
     instructions = (results / "inference_instructions.txt").read_text()
     assert TRAINER in instructions
     ensembled = run["work"] / "ensemble_bsa"
-    pipeline.run_step(["nnUNetv2_ensemble", "-i", run["work"] / "pred_bsa_nnUNetPlans", run["work"] / f"pred_bsa_{VARIANT_PLANS}",
-                       "-o", ensembled, "-np", "1"], run["env"], run["log"])
+    commands.run_command(["nnUNetv2_ensemble", "-i", run["work"] / "pred_bsa_nnUNetPlans",
+                          run["work"] / f"pred_bsa_{VARIANT_PLANS}", "-o", ensembled, "-np", "1"],
+                         run["env"], run["log"])
     assert sorted(p.name for p in ensembled.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in run["heldout"])
 
 

@@ -5,14 +5,14 @@ Slow (minutes): CI runs them. Each command is a subprocess, exactly as a user ty
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import assert_dice
 
-from nnunet_sparseattn.demo import pipeline
 from nnunet_sparseattn.demo.dataset import make_demo_dataset
+from nnunet_sparseattn.harness import commands, datasets
 
 pytestmark = pytest.mark.slow
 
@@ -21,34 +21,26 @@ TRAINER = "nnUNetTrainerNB_debug"
 SYNTHETIC_ID = 990
 
 
-def _assert_dice_in_unit_interval(summary: dict, labels: list[str]) -> None:
-    assert sorted(summary["mean"]) == sorted(labels)
-    for key in labels:
-        dice = summary["mean"][key]["Dice"]
-        assert isinstance(dice, float) and 0.0 <= dice <= 1.0, (key, dice)
-    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
-
-
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("synthetic")
-    env = pipeline.nnunet_environment(work)
+    env = commands.work_environment(work)
     log = work / "nnunet.log"
     dataset = make_demo_dataset(env["nnUNet_raw"], SYNTHETIC_ID, num_training=10, num_test=2, shape=(32, 40, 40))
-    pipeline.plan_and_preprocess(SYNTHETIC_ID, CONFIGURATION, env, log)
-    pipeline.train(SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
+    commands.plan_and_preprocess(SYNTHETIC_ID, CONFIGURATION, env, log)
+    commands.train(SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
     predictions = work / "predictions"
-    pipeline.predict(dataset / "imagesTs", predictions, SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
-    summary = pipeline.evaluate(dataset / "labelsTs", predictions, SYNTHETIC_ID, TRAINER, CONFIGURATION, env, log)
+    commands.predict(dataset / "imagesTs", predictions, SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
+    summary = commands.evaluate(dataset / "labelsTs", predictions,
+                                datasets.model_folder(env, SYNTHETIC_ID, TRAINER, CONFIGURATION), env, log)
     return {"work": work, "env": env, "summary": summary, "log": log, "predictions": predictions}
 
 
 def test_synthetic_dataset_through_the_cli(synthetic_run):
-    _assert_dice_in_unit_interval(synthetic_run["summary"], ["1", "2", "3"])
+    assert_dice(synthetic_run["summary"], ["1", "2", "3"])
     assert sorted(p.name for p in synthetic_run["predictions"].glob("*.nii.gz")) == \
         ["demo_010.nii.gz", "demo_011.nii.gz"]
-    results = Path(synthetic_run["env"]["nnUNet_results"])
-    fold = next(results.glob("Dataset990_*")) / f"{TRAINER}__nnUNetPlans__{CONFIGURATION}" / "fold_0"
+    fold = datasets.model_folder(synthetic_run["env"], SYNTHETIC_ID, TRAINER, CONFIGURATION) / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == TRAINER
     training_log = next(fold.glob("training_log_*.txt")).read_text()
@@ -64,23 +56,20 @@ REGIONS = {"background": 0, "organ_and_nodule": [1, 3], "vessel": [2], "nodule":
 
 @pytest.mark.parametrize("labels", [LABELS, dict(LABELS, ignore=4), REGIONS, dict(REGIONS, ignore=4)],
                          ids=["labels", "labels+ignore", "regions", "regions+ignore"])
-def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, monkeypatch, labels):
+def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, trainer_without_data, labels):
     from nnunet_sparseattn.losses import NarrowBandCompoundLoss
     from nnunet_sparseattn.trainers import nnUNetTrainerNB_debug
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, synthetic_run["env"][name])
-    preprocessed = next(Path(synthetic_run["env"]["nnUNet_preprocessed"]).glob("Dataset990_*"))
+    preprocessed = datasets.require_dataset(synthetic_run["env"]["nnUNet_preprocessed"], SYNTHETIC_ID,
+                                            "nnUNet_preprocessed")
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     dataset_json["labels"] = labels
     regions = "organ_and_nodule" in labels
     if regions:
         dataset_json["regions_class_order"] = [1, 2, 3]
-    plans["continue_training"] = False
-    trainer = nnUNetTrainerNB_debug(plans, CONFIGURATION, 0, dataset_json, device=torch.device("cpu"))
+    trainer = trainer_without_data(nnUNetTrainerNB_debug, plans, CONFIGURATION, dataset_json)
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (2, 4, 2)
-    trainer.initialize()
     assert isinstance(trainer.loss, NarrowBandCompoundLoss)
     assert trainer.label_manager.has_regions == regions
     assert all(nb.apply_nonlin == ("sigmoid" if regions else "softmax") for nb in trainer.loss.nb_losses)
@@ -112,9 +101,10 @@ def test_msd_hippocampus_through_the_cli(hippocampus_nnunet):
     run = hippocampus_nnunet  # converted with nnUNetv2_convert_MSD_dataset, 15 training cases, 3 held out
     assert run["id"] == 4
     env, log = run["env"], run["log"]
-    pipeline.train(run["id"], CONFIGURATION, 0, TRAINER, env, log)
+    commands.train(run["id"], CONFIGURATION, 0, TRAINER, env, log)
     predictions = run["work"] / "predictions_nb"
-    pipeline.predict(run["images"], predictions, run["id"], CONFIGURATION, 0, TRAINER, env, log)
-    summary = pipeline.evaluate(run["labels"], predictions, run["id"], TRAINER, CONFIGURATION, env, log)
-    _assert_dice_in_unit_interval(summary, ["1", "2"])
+    commands.predict(run["images"], predictions, run["id"], CONFIGURATION, 0, TRAINER, env, log)
+    summary = commands.evaluate(run["labels"], predictions,
+                                datasets.model_folder(env, run["id"], TRAINER, CONFIGURATION), env, log)
+    assert_dice(summary, ["1", "2"])
     assert len(summary["metric_per_case"]) == len(run["heldout"]) == 3

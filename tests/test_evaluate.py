@@ -230,7 +230,7 @@ def test_a_papers_protocol_end_to_end_through_nnunets_commands(shared_data, tmp_
     nnUNetv2_predict --save_probabilities, evaluate at the network's size and at the original size. The same
     download converted without --resize (mixed sizes) is planned and trained too."""
     from nnunet_sparseattn.cli import main
-    from nnunet_sparseattn.demo import pipeline
+    from nnunet_sparseattn.harness import commands, datasets
 
     isic = shared_data / "ISIC2017_256"
     images, masks = tmp_path / "download" / "images", tmp_path / "download" / "masks"
@@ -248,7 +248,7 @@ def test_a_papers_protocol_end_to_end_through_nnunets_commands(shared_data, tmp_
     (tmp_path / "test.txt").write_text("\n".join(f"{name}.jpg" for name in E2E_TEST) + "\n")
 
     work = tmp_path / "nnunet"
-    env = pipeline.nnunet_environment(work)
+    env = commands.work_environment(work)
     log = work / "nnunet.log"
     monkeypatch.setenv("nnUNet_raw", env["nnUNet_raw"])
     convert = ["convert-2d", str(images), str(masks), "-d", str(E2E_ID), "--name", "PolypLike",
@@ -264,16 +264,16 @@ def test_a_papers_protocol_end_to_end_through_nnunets_commands(shared_data, tmp_
     capsys.readouterr()
 
     trainer = "nnUNetTrainerNB_debug"
-    pipeline.plan_and_preprocess([E2E_ID, E2E_MIXED_ID], "2d", env, log)
+    commands.plan_and_preprocess([E2E_ID, E2E_MIXED_ID], "2d", env, log)
     # nnU-Net plans the mixed sizes from their median; training pads or crops each case to the patch
     preprocessed = Path(env["nnUNet_preprocessed"]) / f"Dataset{E2E_MIXED_ID}_PolypLikeMixed"
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     assert plans["configurations"]["2d"]["median_image_size_in_voxels"] == [80.0, 84.0]
-    pipeline.train(E2E_MIXED_ID, "2d", 0, trainer, env, log)
-    assert (pipeline.model_folder(env, E2E_MIXED_ID, trainer, "2d") / "fold_0" / "checkpoint_final.pth").is_file()
-    pipeline.train(E2E_ID, "2d", 0, trainer, env, log)
+    commands.train(E2E_MIXED_ID, "2d", 0, trainer, env, log)
+    assert (datasets.model_folder(env, E2E_MIXED_ID, trainer, "2d") / "fold_0" / "checkpoint_final.pth").is_file()
+    commands.train(E2E_ID, "2d", 0, trainer, env, log)
     predictions = tmp_path / "predictions" / trainer
-    pipeline.predict(dataset / "imagesTs", predictions, E2E_ID, "2d", 0, trainer, env, log,
+    commands.predict(dataset / "imagesTs", predictions, E2E_ID, "2d", 0, trainer, env, log,
                      extra=["--save_probabilities"])
     assert sorted(p.name for p in predictions.glob("*.npz")) == [f"{c}.npz" for c in E2E_TEST]
 

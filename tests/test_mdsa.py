@@ -408,12 +408,10 @@ def test_trainers_ship_with_short_variants_and_reuse_the_nb_loss():
 
 
 @pytest.mark.parametrize("trainer_name", ["nnUNetTrainerMDSA_debug", "nnUNetTrainerMDSA_NB_debug"])
-def test_trainer_takes_a_training_step_on_default_2d_plans(trainer_name, tmp_path, monkeypatch):
+def test_trainer_takes_a_training_step_on_default_2d_plans(trainer_name, trainer_without_data):
     from nnunet_sparseattn import trainers
     from nnunet_sparseattn.losses import NarrowBandCompoundLoss
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, str(tmp_path / name))
     kwargs, patch = _slim("hippocampus_2d", 4)
     plans = plans_for((kwargs, patch))
     conf = plans["configurations"]["2d"]
@@ -424,15 +422,10 @@ def test_trainer_takes_a_training_step_on_default_2d_plans(trainer_name, tmp_pat
                 resampling_fn_probabilities_kwargs={})
     plans.update(original_median_spacing_after_transp=[1.0, 1.0], transpose_forward=[0, 1, 2],
                  transpose_backward=[0, 1, 2], image_reader_writer="NaturalImage2DIO",
-                 foreground_intensity_properties_per_channel={}, continue_training=False)
+                 foreground_intensity_properties_per_channel={})
     dataset_json = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "a": 1, "b": 2},
                     "numTraining": 5, "file_ending": ".png"}
-    # initialize() only infers the dataset class from the preprocessed files' endings: one empty file will do
-    data_folder = tmp_path / "nnUNet_preprocessed" / plans["dataset_name"] / conf["data_identifier"]
-    data_folder.mkdir(parents=True)
-    (data_folder / "case.b2nd").touch()
-    trainer = getattr(trainers, trainer_name)(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
-    trainer.initialize()
+    trainer = trainer_without_data(getattr(trainers, trainer_name), plans, "2d", dataset_json)
     assert isinstance(trainer.network, MDSAUNet)
     assert isinstance(trainer.loss, NarrowBandCompoundLoss) == trainer_name.startswith("nnUNetTrainerMDSA_NB")
     data = torch.randn(2, 3, *patch)

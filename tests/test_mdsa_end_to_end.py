@@ -5,14 +5,11 @@ each training run to a couple of minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import assert_dice, plan_variant
 
-from nnunet_sparseattn.demo import pipeline
+from nnunet_sparseattn.harness import commands, datasets
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +18,7 @@ VARIANT_PLANS = "nnUNetPlans_MDSA"
 
 
 def _checkpoint(env: dict, dataset_id: int, plans: str, configuration: str) -> dict:
-    model = pipeline.model_folder(env, dataset_id, TRAINER, configuration, plans)
+    model = datasets.model_folder(env, dataset_id, TRAINER, configuration, plans)
     return torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
 
 
@@ -33,35 +30,24 @@ def _assert_mdsa_checkpoint(checkpoint: dict) -> None:
     assert any(k.startswith("decoder.upsampling.0.gate.") for k in keys)
 
 
-def _assert_dice(summary: dict, labels: list[str], cases: int) -> None:
-    assert len(summary["metric_per_case"]) == cases
-    for label in labels:
-        dice = summary["mean"][label]["Dice"]
-        assert isinstance(dice, float) and 0.0 <= dice <= 1.0, (label, dice)
-
-
 def test_isic_2017_in_2d_through_convert_2d_and_the_cli(isic_nnunet):
     run = isic_nnunet  # 20 training cases converted by convert_2d, 2 held out (imagesTs/labelsTs)
     env, log = run["env"], run["log"]
-    pipeline.train(run["id"], "2d", 0, TRAINER, env, log)
+    commands.train(run["id"], "2d", 0, TRAINER, env, log)
     _assert_mdsa_checkpoint(_checkpoint(env, run["id"], "nnUNetPlans", "2d"))
 
     predictions = run["work"] / "predictions_mdsa"
-    pipeline.predict(run["images"], predictions, run["id"], "2d", 0, TRAINER, env, log)
+    commands.predict(run["images"], predictions, run["id"], "2d", 0, TRAINER, env, log)
     assert sorted(p.name for p in predictions.glob("*.png")) == sorted(p.name for p in run["labels"].glob("*.png"))
-    summary = pipeline.evaluate(run["labels"], predictions, run["id"], TRAINER, "2d", env, log)
-    _assert_dice(summary, ["1"], 2)
+    summary = commands.evaluate(run["labels"], predictions, datasets.model_folder(env, run["id"], TRAINER, "2d"),
+                                env, log)
+    assert_dice(summary, ["1"], 2)
 
 
 @pytest.fixture(scope="module")
 def hippocampus(hippocampus_nnunet):
     run = dict(hippocampus_nnunet)
-    plan = subprocess.run(
-        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(run["id"]), "--variant", "mdsa",
-         "-c", "3d_fullres"],
-        env=run["env"], capture_output=True, text=True, check=False,
-    )
-    assert plan.returncode == 0, plan.stderr
+    plan_variant(run, "mdsa", "3d_fullres")
     return run
 
 
@@ -69,13 +55,14 @@ def test_hippocampus_in_3d_train_predict_evaluate(hippocampus):
     """Our trainer on nnU-Net's default plans (the variant plans are stepped below: one CPU training is enough)."""
     run = hippocampus
     plans = "nnUNetPlans"
-    pipeline.train(run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans)
+    commands.train(run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans)
     _assert_mdsa_checkpoint(_checkpoint(run["env"], run["id"], plans, "3d_fullres"))
     out = run["work"] / f"pred_mdsa_{plans}"
-    pipeline.predict(run["images"], out, run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans)
-    summary = pipeline.evaluate(run["labels"], out, run["id"], TRAINER, "3d_fullres", run["env"], run["log"],
-                                plans=plans)
-    _assert_dice(summary, ["1", "2"], len(run["heldout"]))
+    commands.predict(run["images"], out, run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans)
+    summary = commands.evaluate(run["labels"], out,
+                                datasets.model_folder(run["env"], run["id"], TRAINER, "3d_fullres", plans),
+                                run["env"], run["log"])
+    assert_dice(summary, ["1", "2"], len(run["heldout"]))
 
 
 def test_variant_plans_name_mdsa_and_the_stock_trainer_trains_them(hippocampus, stock_trainer_step):

@@ -40,21 +40,12 @@ DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "ante
                 "numTraining": 4, "file_ending": ".nii.gz"}
 
 
-def _trainer(cls: type, tmp_path, build: bool = True):
+def _trainer(make, cls: type, build: bool = True):
+    """``make``: the ``trainer_without_data`` fixture; ``build``: what nnUNetTrainer.initialize does, minus the
+    dataset (network, optimizer, schedule, loss)."""
     plans = plans_for((copy.deepcopy(ARCH), PATCH))
     plans["configurations"]["3d_fullres"]["batch_size"] = 2
-    plans["continue_training"] = False
-    with mock.patch.dict(os.environ, {"nnUNet_results": str(tmp_path / "results"),
-                                      "nnUNet_preprocessed": str(tmp_path / "preprocessed")}):
-        trainer = cls(plans, "3d_fullres", 0, DATASET_JSON, device=torch.device("cpu"))
-    if build:  # what nnUNetTrainer.initialize does, minus the dataset
-        trainer.num_input_channels = 1
-        trainer.network = trainer.build_network_architecture(
-            trainer.plans_manager, trainer.configuration_manager, 1, 3, True)
-        trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
-        trainer.loss = trainer._build_loss()
-        trainer.was_initialized = True
-    return trainer
+    return make(cls, plans, "3d_fullres", DATASET_JSON, initialize=build)
 
 
 def _batch(trainer, seed: int = 0) -> dict:
@@ -86,8 +77,8 @@ def _reference_lr(lr: float, warmup: int, total: int, g: int) -> float:
     return lr * (1 - (g - warmup) / (total - warmup)) ** 0.9
 
 
-def test_adamw_trainer_builds_adamw_with_primus_settings_and_sgd_trainer_stays_sgd(tmp_path):
-    adamw = _trainer(nnUNetTrainerBSA_AdamW, tmp_path)
+def test_adamw_trainer_builds_adamw_with_primus_settings_and_sgd_trainer_stays_sgd(trainer_without_data):
+    adamw = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW)
     assert isinstance(adamw.optimizer, torch.optim.AdamW)
     group = adamw.optimizer.param_groups[0]
     assert group["betas"] == (0.9, 0.98) and group["weight_decay"] == 5e-2
@@ -95,21 +86,36 @@ def test_adamw_trainer_builds_adamw_with_primus_settings_and_sgd_trainer_stays_s
     assert (adamw.initial_lr, adamw.weight_decay) == (3e-4, 5e-2)  # nnU-Net's own attributes, as it logs them
     assert {id(p) for p in group["params"]} == {id(p) for p in adamw.network.parameters()}
     assert group["lr"] == pytest.approx(3e-4 / adamw.warmup_iterations())  # starts at the warm-up's first value
-    sgd = _trainer(nnUNetTrainerBSA, tmp_path)
+    sgd = _trainer(trainer_without_data, nnUNetTrainerBSA)
     assert type(sgd.optimizer) is torch.optim.SGD and isinstance(sgd.lr_scheduler, PolyLRScheduler)
     assert sgd.initial_lr == 1e-2
     # same network class and loss: only the optimizer differs
     assert type(adamw.network) is type(sgd.network) and type(adamw.loss) is type(sgd.loss)
 
 
-def test_class_attributes_configure_it(tmp_path):
+@pytest.mark.parametrize("name, network, lr", [("nnUNetTrainerMDSA_AdamW", "MDSAUNet", 3e-4),
+                                               ("nnUNetTrainerBilateral_AdamW", "BilateralUNet", 1e-3)])
+def test_mdsa_and_bilateral_adamw_trainers_change_only_the_optimizer(trainer_without_data, name, network, lr):
+    """The bilateral paper trained with Adam at 1e-3: its AdamW trainer starts from that rate; MDSA's from Primus's."""
+    from nnunet_sparseattn import trainers
+
+    adamw = _trainer(trainer_without_data, getattr(trainers, name))
+    sgd = _trainer(trainer_without_data, getattr(trainers, name.removesuffix("_AdamW")))
+    assert isinstance(adamw.optimizer, torch.optim.AdamW) and type(sgd.optimizer) is torch.optim.SGD
+    assert adamw.initial_lr == lr and adamw.optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+    assert type(adamw.network).__name__ == type(sgd.network).__name__ == network
+    assert type(adamw.loss) is type(sgd.loss)
+    assert adamw.set_lr_for_iteration(adamw.warmup_iterations() - 1) == pytest.approx(lr)
+
+
+def test_class_attributes_configure_it(trainer_without_data):
     class Custom(nnUNetTrainerBSA_AdamW):
         adamw_lr = 1e-3
         adamw_weight_decay = 1e-2
         adamw_betas = (0.8, 0.9)
         warmup_fraction = 0.25
 
-    trainer = _trainer(Custom, tmp_path)
+    trainer = _trainer(trainer_without_data, Custom)
     group = trainer.optimizer.param_groups[0]
     assert (group["betas"], group["weight_decay"], trainer.initial_lr) == ((0.8, 0.9), 1e-2, 1e-3)
     assert trainer.warmup_iterations() == 0.25 * 1000 * 250
@@ -117,8 +123,8 @@ def test_class_attributes_configure_it(tmp_path):
 
 
 @pytest.mark.parametrize("epochs,per_epoch", [(1000, 250), (8, 25), (3, 7)])
-def test_lr_at_warmup_start_end_and_after_follows_the_closed_form(tmp_path, epochs, per_epoch):
-    trainer = _trainer(nnUNetTrainerBSA_AdamW, tmp_path)
+def test_lr_at_warmup_start_end_and_after_follows_the_closed_form(epochs, per_epoch, trainer_without_data):
+    trainer = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW)
     trainer.num_epochs, trainer.num_iterations_per_epoch = epochs, per_epoch
     total = epochs * per_epoch
     warmup = trainer.warmup_iterations()
@@ -135,9 +141,9 @@ def test_lr_at_warmup_start_end_and_after_follows_the_closed_form(tmp_path, epoc
     assert all(a >= b for a, b in itertools.pairwise(lrs[peak:]))
 
 
-def test_full_schedule_matches_nnunets_warmup_trainer_at_epoch_boundaries(tmp_path):
+def test_full_schedule_matches_nnunets_warmup_trainer_at_epoch_boundaries(trainer_without_data):
     # nnUNetTrainer_warmup / Primus: 50 warm-up epochs of 1000 (per epoch), then poly from epoch 50
-    trainer = _trainer(nnUNetTrainerBSA_AdamW, tmp_path)
+    trainer = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW)
     lr, per_epoch = 3e-4, trainer.num_iterations_per_epoch
     assert trainer.warmup_iterations() == 50 * per_epoch
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
@@ -151,8 +157,8 @@ def test_full_schedule_matches_nnunets_warmup_trainer_at_epoch_boundaries(tmp_pa
         assert trainer.set_lr_for_iteration(epoch * per_epoch) == pytest.approx(opt.param_groups[0]["lr"])
 
 
-def test_nnunet_logs_the_lr_of_each_epochs_first_iteration_and_train_step_moves_it(tmp_path, monkeypatch):
-    trainer = _trainer(nnUNetTrainerBSA_AdamW_debug, tmp_path)  # 2 epochs x 4 iterations
+def test_nnunet_logs_the_lr_of_each_epochs_first_iteration_and_train_step_moves_it(monkeypatch, trainer_without_data):
+    trainer = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW_debug)  # 2 epochs x 4 iterations
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch) == (2, 4)
     total, warmup = 8, trainer.warmup_iterations()
     assert 2 <= warmup < total
@@ -169,8 +175,8 @@ def test_nnunet_logs_the_lr_of_each_epochs_first_iteration_and_train_step_moves_
     assert used[0] < used[warmup - 1] == pytest.approx(3e-4) and used[-1] < 3e-4
 
 
-def test_a_time_budget_cut_rebuilds_the_schedule_for_the_epochs_left(tmp_path, monkeypatch):
-    trainer = _trainer(nnUNetTrainerBSA_AdamW_demo, tmp_path)  # 10 epochs x 20, 300 s budget
+def test_a_time_budget_cut_rebuilds_the_schedule_for_the_epochs_left(monkeypatch, trainer_without_data):
+    trainer = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW_demo)  # 10 epochs x 20, 300 s budget
     trainer.dataloader_train = itertools.repeat({})
     _record_steps(monkeypatch)
     ticks = itertools.count(0.0, 100.0)  # every timed step "takes" 100 s: the budget allows 1 epoch
@@ -200,11 +206,11 @@ def _grad_norm(network: torch.nn.Module) -> float:
                                                          for p in network.parameters()])))
 
 
-def test_train_step_clips_at_the_configured_norm_and_refuses_a_clip_above_nnunets(tmp_path):
+def test_train_step_clips_at_the_configured_norm_and_refuses_a_clip_above_nnunets(trainer_without_data):
     class Clipped(nnUNetTrainerBSA_AdamW):
         grad_clip_norm = 0.5
 
-    trainer = _trainer(Clipped, tmp_path, build=False)
+    trainer = _trainer(trainer_without_data, Clipped, build=False)
     batch = _with_small_network(trainer)
     trainer.on_train_epoch_start()
     before = [p.detach().clone() for p in trainer.network.parameters()]
@@ -212,7 +218,7 @@ def test_train_step_clips_at_the_configured_norm_and_refuses_a_clip_above_nnunet
     assert _grad_norm(trainer.network) == pytest.approx(0.5, rel=1e-5)  # the optimizer stepped with these
     assert all(not torch.equal(a, p) for a, p in zip(before, trainer.network.parameters()))
 
-    default = _trainer(nnUNetTrainerBSA_AdamW, tmp_path, build=False)  # None: nnU-Net's clip at 12 alone
+    default = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW, build=False)  # None: nnU-Net's clip at 12 alone
     batch = _with_small_network(default)
     assert not default.optimizer._optimizer_step_pre_hooks
     default.on_train_epoch_start()
@@ -223,11 +229,11 @@ def test_train_step_clips_at_the_configured_norm_and_refuses_a_clip_above_nnunet
         grad_clip_norm = 20.0
 
     with pytest.raises(ValueError, match=rf"grad_clip_norm is 20.0: use a value in \(0, {NNUNET_GRAD_CLIP:g}\]"):
-        _with_small_network(_trainer(TooLoose, tmp_path, build=False))
+        _with_small_network(_trainer(trainer_without_data, TooLoose, build=False))
 
 
-def test_checkpoint_resumes_adamw_state_and_the_schedule(tmp_path):
-    trainer = _trainer(nnUNetTrainerBSA_AdamW, tmp_path)
+def test_checkpoint_resumes_adamw_state_and_the_schedule(tmp_path, trainer_without_data):
+    trainer = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW)
     trainer.num_epochs, trainer.num_iterations_per_epoch = 6, 3
     trainer.on_train_epoch_start()
     trainer.train_step(_batch(trainer))
@@ -236,7 +242,7 @@ def test_checkpoint_resumes_adamw_state_and_the_schedule(tmp_path):
     path = str(tmp_path / "checkpoint.pth")
     trainer.save_checkpoint(path)
 
-    resumed = _trainer(nnUNetTrainerBSA_AdamW, tmp_path)
+    resumed = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW)
     resumed.num_epochs, resumed.num_iterations_per_epoch = 6, 3
     resumed.load_checkpoint(path)
     assert resumed.current_epoch == 4
@@ -253,30 +259,58 @@ def test_trainers_are_shipped_pickle_and_are_found_by_nnunet():
     import nnunet_sparseattn
     from nnunet_sparseattn.discovery import ext_trainer_path
 
+    from nnunet_sparseattn import trainers
+
     assert nnUNetTrainerBSA_AdamW in SHIPPED_TRAINERS
     assert issubclass(nnUNetTrainerBSA_AdamW, AdamWWarmupMixin) and issubclass(nnUNetTrainerBSA_AdamW,
                                                                                 nnUNetTrainerBSA)
     assert nnunet_sparseattn.nnUNetTrainerBSA_AdamW is nnUNetTrainerBSA_AdamW
+    for name, base in (("nnUNetTrainerMDSA_AdamW", trainers.nnUNetTrainerMDSA),
+                       ("nnUNetTrainerBilateral_AdamW", trainers.nnUNetTrainerBilateral)):
+        cls = getattr(trainers, name)
+        assert cls in SHIPPED_TRAINERS and issubclass(cls, AdamWWarmupMixin) and issubclass(cls, base)
     with mock.patch.dict(os.environ, {"nnUNet_extTrainer": str(ext_trainer_path())}):
-        for cls in (nnUNetTrainerBSA_AdamW, nnUNetTrainerBSA_AdamW_debug, nnUNetTrainerBSA_AdamW_demo):
-            assert pickle.loads(pickle.dumps(cls)) is cls
-            assert recursive_find_trainer_class_by_name(cls.__name__) is cls
+        for name in ("nnUNetTrainerBSA_AdamW", "nnUNetTrainerMDSA_AdamW", "nnUNetTrainerBilateral_AdamW"):
+            for suffix in ("", "_debug", "_demo"):
+                cls = getattr(trainers, name + suffix)
+                assert pickle.loads(pickle.dumps(cls)) is cls
+                assert recursive_find_trainer_class_by_name(cls.__name__) is cls
 
 
-def test_benchmark_budgeted_trainers_pickle_and_summaries():
+def _compare_run(trainer: str, per_case: list[float], digest: str = "d1") -> dict:
+    return {"status": "done", "mean_dice": sum(per_case) / len(per_case), "dice": {"lesion": 0.0},
+            "s_per_iter": 1.0, "per_case": {str(i): {"mean_dice": v} for i, v in enumerate(per_case)},
+            "folds": {"0": {"batches_digest": digest, "loss_first_quarter": 1.0, "loss_last_quarter": 0.5,
+                            "grad_norm_median": 1.0, "grad_norm_max": 2.0, "iterations_clipped_at_12": 0,
+                            "curve": {"train_loss": [1.0, 0.5]}}}}
+
+
+def test_optimizer_benchmark_calls_a_difference_clear_only_when_large_and_significant():
     pytest.importorskip("benchmarks.optimizer")
     from benchmarks import optimizer as bench
 
-    for name in bench.__all__:
-        cls = getattr(bench, name)
-        assert pickle.loads(pickle.dumps(cls)) is cls
-        assert cls.short_schedule.num_epochs == cls.budget.num_epochs
-    iterations = [{"step_s": s, "loss": l, "grad_norm": n}
-                  for s, l, n in [(9.0, 2.0, 12.0), (1.0, 1.8, 3.0), (3.0, 1.0, 0.5), (2.0, 0.8, 12.0)]]
-    summary = bench.summarize_iterations(iterations)
-    assert summary["s_per_iteration"] == 2.0  # the first step (warm-up) is left out
-    assert (summary["loss_first_quarter"], summary["loss_last_quarter"]) == (2.0, 0.8)
-    assert summary["iterations_clipped_at_12"] == 2 and summary["iterations_grad_norm_over_1"] == 3
+    sgd = [0.70, 0.72, 0.71, 0.69, 0.70, 0.73, 0.70, 0.71]
+    runs = {"nnUNetTrainerBSA__nnUNetPlans": _compare_run("nnUNetTrainerBSA", sgd),
+            "nnUNetTrainerBSA_AdamW__nnUNetPlans": _compare_run("nnUNetTrainerBSA_AdamW", [v + 0.05 for v in sgd]),
+            "nnUNetTrainerMDSA__nnUNetPlans": _compare_run("nnUNetTrainerMDSA", sgd),
+            "nnUNetTrainerMDSA_AdamW__nnUNetPlans": _compare_run("nnUNetTrainerMDSA_AdamW",
+                                                                 [v + (0.01 if i % 2 else -0.01)
+                                                                  for i, v in enumerate(sgd)], "d2")}
+    adamw = bench.pair({"runs": runs}, "nnUNetTrainerBSA", "nnUNetTrainerBSA_AdamW")
+    assert adamw["verdict"] == "AdamW clearly better" and adamw["same_batches"]
+    assert adamw["adamw_minus_sgd"]["mean_difference"] == pytest.approx(0.05)
+    assert adamw["adamw_minus_sgd"]["p_value"] == pytest.approx(2 / 2 ** 8)  # 8 of 8 better
+    assert adamw["sgd"]["loss_last_quarter"] == 0.5 and adamw["adamw"]["trainer"] == "nnUNetTrainerBSA_AdamW"
+    mixed = bench.pair({"runs": runs}, "nnUNetTrainerMDSA", "nnUNetTrainerMDSA_AdamW")
+    assert mixed["verdict"] == "no clear difference" and not mixed["same_batches"]
+    missing = bench.pair({"runs": runs}, "nnUNetTrainerBilateral", "nnUNetTrainerBilateral_AdamW")
+    assert missing["status"] == "incomplete"
+    section = bench.render({"command": "python benchmarks/optimizer.py", "training_cases": 40, "cases": 8,
+                            "budget": {"name": "cpu"}, "budget_text": "8 x 16", "machine": "test CPU",
+                            "networks": {"BSA": adamw, "MDSA": mixed, "Bilateral": missing}})
+    assert "| BSA | AdamW + warm-up | 0.758 | +5.0 (p 0.008, 8/8) | 1.000 -> 0.500 | 1.00, 2.00 (0) | 1.000 | yes " \
+           "| AdamW clearly better |" in section
+    assert "| Bilateral | – | – | – | – | – | – | – | incomplete |" in section
 
 
 @pytest.mark.gpu

@@ -147,31 +147,26 @@ def test_bad_checkpoints_are_clear_one_line_errors(tmp_path):
         assert "\n" not in str(e.value)
 
 
-def test_pretrained_trainer_loads_swin_tiny_into_its_network(tmp_path, monkeypatch):
+def test_pretrained_trainer_loads_swin_tiny_into_its_network(tmp_path, monkeypatch, trainer_without_data):
     """``nnUNetTrainerBilateral_pretrained``: ISAM widths 96/192/384 take Swin-T's stages 0, 1, 2; the report is
     logged; without the environment variable it stops before any work."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+    from nnunet_sparseattn.harness.trainers import initialize_without_data
     from nnunet_sparseattn.trainers import nnUNetTrainerBilateral_pretrained
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, str(tmp_path / name))
     torch.manual_seed(0)
     swin_t = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
     checkpoint = tmp_path / "swin_tiny_patch4_window7_224.pth"
     torch.save({"model": swin_t.state_dict()}, checkpoint)
 
     plans = plans_for(PLANS_CASES["hippocampus_2d"], "2d")
-    plans["continue_training"] = False  # what nnU-Net's run_training adds
+    plans["configurations"]["2d"]["batch_size"] = 2
     dataset_json = {"labels": {"background": 0, "a": 1, "b": 2}, "channel_names": {"0": "MRI"},
                     "numTraining": 1, "file_ending": ".nii.gz"}
-    trainer = nnUNetTrainerBilateral_pretrained(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
-
-    def build_only(self):  # nnU-Net's initialize minus the preprocessed dataset it would open
-        self.network = self.build_network_architecture(self.plans_manager, self.configuration_manager, 1, 3, True)
-        self.was_initialized = True
-
-    monkeypatch.setattr(nnUNetTrainer, "initialize", build_only)
+    trainer = trainer_without_data(nnUNetTrainerBilateral_pretrained, plans, "2d", dataset_json, initialize=False)
+    # the trainer's own initialize() runs; nnU-Net's, which it calls, without the preprocessed dataset it would open
+    monkeypatch.setattr(nnUNetTrainer, "initialize", initialize_without_data)
     monkeypatch.delenv(SWIN_WEIGHTS_ENV, raising=False)
     with pytest.raises(UserError, match=SWIN_WEIGHTS_ENV):
         trainer.initialize()

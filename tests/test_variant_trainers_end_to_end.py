@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_dice
 
 from nnunet_sparseattn.architectures.swin_weights import SWIN_WEIGHTS_ENV
-from nnunet_sparseattn.demo import pipeline
+from nnunet_sparseattn.harness import commands, datasets
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +46,8 @@ def test_variant_trains_predicts_and_evaluates_through_the_cli(base, hippocampus
     if base.endswith("_pretrained"):
         env[SWIN_WEIGHTS_ENV] = str(swin_tiny_checkpoint)
 
-    pipeline.train(dataset_id, "3d_fullres", 0, trainer, env, log)
-    model = pipeline.model_folder(env, dataset_id, trainer, "3d_fullres")
+    commands.train(dataset_id, "3d_fullres", 0, trainer, env, log)
+    model = datasets.model_folder(env, dataset_id, trainer, "3d_fullres")
     checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == trainer
     keys = checkpoint["network_weights"].keys()
@@ -58,8 +59,6 @@ def test_variant_trains_predicts_and_evaluates_through_the_cli(base, hippocampus
         assert f"Swin weights from {swin_tiny_checkpoint}" in training_log
 
     predictions = run["work"] / f"predictions_{base}"
-    pipeline.predict(run["images"], predictions, dataset_id, "3d_fullres", 0, trainer, env, log)
-    summary = pipeline.evaluate(run["labels"], predictions, dataset_id, trainer, "3d_fullres", env, log)
-    assert len(summary["metric_per_case"]) == len(run["heldout"])
-    for label in ("1", "2"):
-        assert 0.0 <= summary["mean"][label]["Dice"] <= 1.0
+    commands.predict(run["images"], predictions, dataset_id, "3d_fullres", 0, trainer, env, log)
+    summary = commands.evaluate(run["labels"], predictions, model, env, log)
+    assert_dice(summary, ["1", "2"], len(run["heldout"]))

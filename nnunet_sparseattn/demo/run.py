@@ -6,10 +6,10 @@ import shutil
 import time
 from pathlib import Path
 
-from nnunet_sparseattn.demo import pipeline
 from nnunet_sparseattn.demo.dataset import DEMO_DATASET_ID, make_demo_dataset
 from nnunet_sparseattn.demo.report import dice_table, save_comparison_png
 from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.harness import commands, datasets
 
 
 def _stage(message: str, started: float) -> None:
@@ -24,10 +24,10 @@ def run_demo(work: str | Path, msd: str | Path | None = None, trainer: str | Non
     started = time.monotonic()
     trainer = trainer or f"{DEMO_TRAINER.__name__}_demo"
     if msd is not None:
-        pipeline.check_msd_folder(msd)  # fail before any work
+        datasets.check_msd_folder(msd)  # fail before any work
     work = Path(work).resolve()
-    env = pipeline.nnunet_environment(work)
-    pipeline.check_trainer(trainer, env)
+    env = commands.work_environment(work)
+    commands.check_trainer(trainer, env)
     raw = Path(env["nnUNet_raw"])
     print(f"demo working folder: {work}; the commands below run with:")
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_compile",
@@ -42,38 +42,33 @@ def run_demo(work: str | Path, msd: str | Path | None = None, trainer: str | Non
         print(f"   {dataset}")
     else:
         _stage(f"converting {msd} with nnU-Net's MSD converter", started)
-        dataset_id = pipeline.convert_msd(Path(msd), env)
-        dataset = pipeline.dataset_folder(raw, dataset_id)
+        dataset_id = datasets.convert_msd(Path(msd), env)
+        dataset = datasets.dataset_folder(raw, dataset_id)
 
     _stage("planning and preprocessing", started)
-    pipeline.plan_and_preprocess(dataset_id, configuration, env)
+    commands.plan_and_preprocess(dataset_id, configuration, env)
 
     _stage(f"training {trainer} on the CPU (fold {fold})", started)
-    pipeline.train(dataset_id, configuration, fold, trainer, env)
+    commands.train(dataset_id, configuration, fold, trainer, env)
 
     _stage("predicting held-out cases", started)
     heldout_images, heldout_labels = work / "heldout" / "images", work / "heldout" / "labels"
-    for folder in (heldout_images, heldout_labels):
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+    shutil.rmtree(work / "heldout", ignore_errors=True)
     file_ending = json.loads((dataset / "dataset.json").read_text())["file_ending"]
-    if (dataset / "labelsTs").is_dir():  # the synthetic dataset keeps labelled test cases apart
-        cases = sorted(p.name[: -len(file_ending)] for p in (dataset / "labelsTs").iterdir())
-        images_from, labels_from = dataset / "imagesTs", dataset / "labelsTs"
-    else:  # an MSD task has no test labels: use the cases nnU-Net held out of this fold
-        cases = sorted(pipeline.validation_cases(dataset_id, fold, env))
-        images_from, labels_from = dataset / "imagesTr", dataset / "labelsTr"
-    cases = cases[:num_heldout]
-    for case in cases:
-        for image in images_from.glob(f"{case}_[0-9][0-9][0-9][0-9]{file_ending}"):
-            shutil.copy(image, heldout_images / image.name)
-        shutil.copy(labels_from / f"{case}{file_ending}", heldout_labels / f"{case}{file_ending}")
+    # the synthetic dataset keeps labelled test cases apart; an MSD task has none: the cases held out of this fold
+    source = datasets.heldout_source(dataset)
+    if source.kind == "test":
+        cases = datasets.labelled_cases(source.labels, file_ending)
+    else:
+        preprocessed = datasets.require_dataset(env["nnUNet_preprocessed"], dataset_id, "nnUNet_preprocessed")
+        cases = datasets.validation_cases(preprocessed, fold)
+    cases = datasets.copy_cases(cases[:num_heldout], source, heldout_images, heldout_labels, file_ending)
     predictions = work / "heldout" / "predictions"
-    shutil.rmtree(predictions, ignore_errors=True)
-    pipeline.predict(heldout_images, predictions, dataset_id, configuration, fold, trainer, env)
+    commands.predict(heldout_images, predictions, dataset_id, configuration, fold, trainer, env)
 
     _stage("evaluating", started)
-    summary = pipeline.evaluate(heldout_labels, predictions, dataset_id, trainer, configuration, env)
+    summary = commands.evaluate(heldout_labels, predictions,
+                                datasets.model_folder(env, dataset_id, trainer, configuration), env)
     labels = json.loads((dataset / "dataset.json").read_text())["labels"]
     if not isinstance(next(iter(labels.values())), int):
         raise UserError("the demo report handles label datasets, not region-based ones")

@@ -23,10 +23,12 @@ from nnunet_sparseattn.architectures.swin_weights import (
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.layers.point_rendering import point_loss
 from nnunet_sparseattn.trainers.architecture import ArchitectureTrainer
+from nnunet_sparseattn.trainers.optimizers import AdamWWarmupMixin
 
 __all__ = [
     "PointRenderingLoss",
     "nnUNetTrainerBilateral",
+    "nnUNetTrainerBilateral_AdamW",
     "nnUNetTrainerBilateral_noRendering",
     "nnUNetTrainerBilateral_pretrained",
     "unwrap_network",
@@ -109,3 +111,10 @@ class nnUNetTrainerBilateral_noRendering(nnUNetTrainerBilateral):
     """The ablation without the attention rendering module (nnU-Net's loss only): its effect is the difference."""
 
     network_kwargs = {"rendering": False}
+
+
+class nnUNetTrainerBilateral_AdamW(AdamWWarmupMixin, nnUNetTrainerBilateral):
+    """nnUNetTrainerBilateral with AdamW, a linear warm-up, then poly decay instead of nnU-Net's SGD, at the
+    paper's learning rate (it trained with Adam at 1e-3); weight decay, betas and warm-up as the mixin's."""
+
+    adamw_lr = 1e-3

@@ -1,9 +1,10 @@
-"""Trainers that train MDSA-UNet (Li et al., JBHI 2025) from any nnU-Net plans: ``-tr nnUNetTrainerMDSA[_NB]``."""
+"""Trainers of MDSA-UNet (Li et al., JBHI 2025) from any nnU-Net plans: ``-tr nnUNetTrainerMDSA[_NB|_AdamW]``."""
 from __future__ import annotations
 
 from nnunet_sparseattn.architectures.mdsa import MDSAUNet
 from nnunet_sparseattn.trainers.architecture import ArchitectureTrainer
 from nnunet_sparseattn.trainers.narrow_band import nnUNetTrainerNB
+from nnunet_sparseattn.trainers.optimizers import AdamWWarmupMixin
 
 
 class nnUNetTrainerMDSA(ArchitectureTrainer):
@@ -24,3 +25,8 @@ class nnUNetTrainerMDSA_NB(nnUNetTrainerMDSA, nnUNetTrainerNB):
     The network comes from ``nnUNetTrainerMDSA`` (first in the method order), the loss from ``nnUNetTrainerNB``
     (``_build_loss``; nnUNetTrainerMDSA does not define one), its settings (``nb_weight``, ``nb_radius_mm``) too.
     """
+
+
+class nnUNetTrainerMDSA_AdamW(AdamWWarmupMixin, nnUNetTrainerMDSA):
+    """nnUNetTrainerMDSA with AdamW, a linear warm-up, then poly decay (nnU-Net's own attention trainers' recipe,
+    ``AdamWWarmupMixin``'s defaults) instead of nnU-Net's SGD."""

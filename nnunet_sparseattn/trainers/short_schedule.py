@@ -35,7 +35,7 @@ SHORT_SCHEDULES: dict[str, ShortSchedule] = {
 }
 
 
-class _ShortScheduleMixin:
+class ShortScheduleMixin:
     short_schedule: ShortSchedule
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -87,5 +87,5 @@ def with_short_schedule(trainer: type, suffix: str, module: str) -> type:
         budget += f", batches of at most {schedule.max_batch_size}"
     doc = (f"{trainer.__name__} cut to {schedule.num_epochs} epochs x {schedule.num_iterations_per_epoch} "
            f"iterations (+{schedule.num_val_iterations_per_epoch} validation iterations){budget}.")
-    return type(name, (_ShortScheduleMixin, trainer),
+    return type(name, (ShortScheduleMixin, trainer),
                 {"short_schedule": schedule, "__module__": module, "__qualname__": name, "__doc__": doc})

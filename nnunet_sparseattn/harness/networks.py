@@ -1,0 +1,179 @@
+"""The network a trainer builds for a dataset's plans: its size, its cost and where its attention sits.
+
+``compare`` records parameters and FLOPs of every compared trainer's inference network, and ``nnunet-sparseattn info
+-d ID -c CONFIG`` prints them with the attention layout; both come from here, counted one way
+(``nnunet_sparseattn.complexity``).
+"""
+from __future__ import annotations
+
+import math
+import pydoc
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from nnunet_sparseattn.architectures.base import PlansNetwork, per_stage, stage_shapes
+from nnunet_sparseattn.architectures.bilateral import BilateralUNet
+from nnunet_sparseattn.architectures.bsa import BSAUNet
+from nnunet_sparseattn.architectures.mdsa import MDSAUNet
+from nnunet_sparseattn.complexity import count_flops, count_parameters
+from nnunet_sparseattn.trainers.architecture import ArchitectureTrainer
+
+
+def _managers(plans: dict, configuration: str, dataset_json: dict):
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(plans)
+    config = plans_manager.get_configuration(configuration)
+    inputs = determine_num_input_channels(plans_manager, config, dataset_json)
+    outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    return plans_manager, config, inputs, outputs
+
+
+def inference_network(trainer_class: type, plans: dict, configuration: str, dataset_json: dict,
+                      seed: int = 0) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """The network ``nnUNetv2_predict`` builds for ``trainer_class`` (deep supervision off), and the input shape of
+    one patch, batch 1."""
+    plans_manager, config, inputs, outputs = _managers(plans, configuration, dataset_json)
+    torch.manual_seed(seed)
+    network = trainer_class.build_network_architecture(plans_manager, config, inputs, outputs,
+                                                       enable_deep_supervision=False)
+    return network, (1, inputs, *config.patch_size)
+
+
+def network_cost(trainer_class: type, plans: dict, configuration: str, dataset_json: dict) -> dict[str, Any]:
+    """Parameters and forward FLOPs (2 per multiply-add) of the inference network at the plans' patch size."""
+    network, shape = inference_network(trainer_class, plans, configuration, dataset_json)
+    return {"params": count_parameters(network), "flops": count_flops(network, shape), "flops_input": list(shape)}
+
+
+# ------------------------------------------------------------------------------------------- attention layout
+@dataclass(frozen=True)
+class StageAttention:
+    stage: int
+    shape: tuple[int, ...]
+    text: str  # e.g. "regions 5x7x5 tokens (4 regions), top-4"
+
+
+def _x(values: Sequence[int]) -> str:
+    return "x".join(str(int(v)) for v in values)
+
+
+def network_kwargs(trainer_class: type, plans: dict, configuration: str) -> tuple[type | None, dict[str, Any]]:
+    """Our network class and its resolved arguments for this configuration (None, {} for nnU-Net's networks): a
+    trainer of ours builds its ``network_class`` from any plans; a variant plans file names one of our networks."""
+    config = plans["configurations"][configuration]
+    while "architecture" not in config and "inherits_from" in config:  # e.g. 3d_cascade_fullres
+        config = plans["configurations"][config["inherits_from"]]
+    arch = config["architecture"]
+    if issubclass(trainer_class, ArchitectureTrainer):
+        cls, overrides = trainer_class.network_class, trainer_class.network_kwargs
+    else:
+        cls, overrides = pydoc.locate(arch["network_class_name"]), {}
+        if not (isinstance(cls, type) and issubclass(cls, PlansNetwork)):
+            return None, {}
+    return cls, cls.resolve_arch_kwargs(arch["arch_kwargs"], config["patch_size"], overrides)
+
+
+def attention_layout(network_class: type | None, kwargs: dict[str, Any], patch_size: Sequence[int]) \
+        -> list[StageAttention]:
+    """Which encoder stages attend, and how: regions and top-k (BSA, MDSA), windows (bilateral)."""
+    if network_class is None:
+        return []
+    n = int(kwargs["n_stages"])
+    shapes = stage_shapes(patch_size, kwargs["strides"])
+    out = []
+    if issubclass(network_class, BSAUNet):
+        topk = per_stage(kwargs["topk"], n, "topk")
+        regions = kwargs["region_sizes"] or [None] * n
+        for s in range(kwargs["attention_from_stage"], n):
+            region = list(shapes[s]) if regions[s] is None else per_stage(regions[s], len(shapes[s]), "region")
+            count = math.prod(-(-a // r) for a, r in zip(shapes[s], region))
+            routing = "dense" if count <= max(1, topk[s]) or topk[s] <= 0 else f"top-{topk[s]}"
+            out.append(StageAttention(s, shapes[s], f"regions of {_x(region)} tokens ({count}), {routing}"))
+    elif issubclass(network_class, MDSAUNet):
+        topk = per_stage(kwargs["topk"], n, "topk")
+        grids = kwargs["grids"] or [None] * n
+        for s in range(min(kwargs["attention_from_stage"], n - 1), n):  # the bottleneck always attends
+            grid = grids[s] or [1] * len(shapes[s])
+            count = math.prod(int(g) for g in grid)
+            routing = "dense" if count <= max(1, topk[s]) or topk[s] <= 0 else f"top-{topk[s]}"
+            out.append(StageAttention(s, shapes[s], f"grid {_x(grid)} ({count} regions), {routing}"))
+    elif issubclass(network_class, BilateralUNet):
+        for s in kwargs["isam_stages"]:
+            window = per_stage(kwargs["isam_windows"][s], len(shapes[s]), "window")
+            count = math.prod(-(-a // w) for a, w in zip(shapes[s], window))
+            out.append(StageAttention(s, shapes[s], f"Swin windows of {_x(window)} ({count}), ISAM + FSAM"))
+    return out
+
+
+def describe_layout(layout: list[StageAttention]) -> str:
+    if not layout:
+        return "none (convolutions only)"
+    return "; ".join(f"stage {a.stage} ({_x(a.shape)}): {a.text}" for a in layout)
+
+
+def dataset_networks(dataset: int | str, configuration: str, plans_name: str = "nnUNetPlans",
+                     preprocessed: str | None = None) -> list[dict[str, Any]]:
+    """For a planned dataset: stock nnU-Net's network and each of our main trainers' networks built from its plans
+    (``configuration``): parameters, FLOPs at the patch size and the attention layout. nnU-Net's stock trainer
+    also gets the ResEnc M plans' network when those plans exist."""
+    import json
+    import os
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_sparseattn.errors import UserError
+    from nnunet_sparseattn.harness.datasets import parse_dataset, require_dataset
+    from nnunet_sparseattn.trainers import MAIN_TRAINERS
+
+    root = preprocessed or os.environ.get("nnUNet_preprocessed")
+    if not root:
+        raise UserError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
+    folder = require_dataset(root, parse_dataset(dataset), "nnUNet_preprocessed")
+    plans_file = folder / f"{plans_name}.json"
+    if not plans_file.is_file():
+        raise UserError(f"{plans_file} does not exist: plan the dataset first (nnUNetv2_plan_and_preprocess -d "
+                        f"{parse_dataset(dataset)}), or name existing plans with --plans")
+    plans = json.loads(plans_file.read_text())
+    if configuration not in plans["configurations"]:
+        raise UserError(f"the plans {plans_name} of {folder.name} have no configuration {configuration}: choose one "
+                        f"of {', '.join(plans['configurations'])}")
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    entries = [(nnUNetTrainer, plans_name, plans)]
+    resenc = folder / "nnUNetResEncUNetMPlans.json"
+    if resenc.is_file() and plans_name != resenc.stem:
+        entries.append((nnUNetTrainer, resenc.stem, json.loads(resenc.read_text())))
+    entries += [(t, plans_name, plans) for t in MAIN_TRAINERS if issubclass(t, ArchitectureTrainer)]
+    rows = []
+    for trainer, name, content in entries:
+        if configuration not in content["configurations"]:
+            continue
+        cls, kwargs = network_kwargs(trainer, content, configuration)
+        network, shape = inference_network(trainer, content, configuration, dataset_json)
+        patch = content["configurations"][configuration].get("patch_size") or list(shape[2:])
+        rows.append({"trainer": trainer.__name__, "plans": name, "network": type(network).__name__,
+                     "params": count_parameters(network), "flops": count_flops(network, shape), "input": list(shape),
+                     "attention": attention_layout(cls, kwargs, patch)})
+        del network
+    return rows
+
+
+def dataset_networks_table(dataset: int | str, configuration: str, plans_name: str = "nnUNetPlans") -> str:
+    """``dataset_networks`` as the text ``nnunet-sparseattn info -d ID -c CONFIG`` prints."""
+    rows = dataset_networks(dataset, configuration, plans_name)
+    shape = rows[0]["input"]
+    lines = [f"networks for {configuration} ({plans_name}), one patch {'x'.join(map(str, shape[2:]))} with "
+             f"{shape[1]} input channel(s); FLOPs: torch.utils.flop_counter, 2 per multiply-add, batch 1, inference",
+             f"{'trainer':<24} {'plans':<24} {'network':<22} {'params':>9} {'FLOPs':>9}  attention"]
+    for row in rows:
+        lines.append(f"{row['trainer']:<24} {row['plans']:<24} {row['network']:<22} {row['params'] / 1e6:8.2f}M "
+                     f"{row['flops'] / 1e9:8.2f}G  {describe_layout(row['attention'])}")
+    from nnunet_sparseattn.trainers import MAIN_TRAINERS
+
+    same = [t.__name__ for t in MAIN_TRAINERS if not issubclass(t, ArchitectureTrainer)]
+    if same:
+        lines.append(f"({', '.join(same)}: stock nnU-Net's network, another loss)")
+    return "\n".join(lines)
