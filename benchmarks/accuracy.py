@@ -208,7 +208,8 @@ default nnU-Net plans for all. It predicts the fold's validation cases and recor
 - **Dice**: nnU-Net's per-case evaluation (`compute_metrics`, what `nnUNetv2_evaluate_folder` runs), per class and
   the mean over classes; **vs stock**: the mean of the per-case differences of mean Dice, in points, with the
   two-sided Wilcoxon signed-rank test on them (scipy) and the cases where the trainer scored higher.
-- **HD95**: MedPy's `hd95` per case and class (95th percentile of both boundaries' surface distances, pooled),
+- **HD95**: MONAI's `compute_hausdorff_distance` at the 95th percentile per case and class (the larger of the two
+  directed 95th-percentile boundary distances; what `nnunet-sparseattn evaluate` reports),
   in mm on Hippocampus, in pixels on ISIC (its images were resized to 256 x 256), averaged over the cases where
   reference and prediction both hold the class (the JSON counts the others: `hd95_undefined_cases`).
 - **s/iter**: training time per iteration, timed inside `nnUNetv2_train` per epoch from the first to the last
