@@ -27,13 +27,13 @@ from nnunet_sparseattn.compare.results import SCHEMA, ResultsStore, now, paired_
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.harness import commands, datasets
 from nnunet_sparseattn.harness.budgets import (
+    TIMING_FILE,
     Budget,
     budgeted_name,
     budgeted_trainer,
     parse_budget,
     parse_progress,
     peak_memory,
-    TIMING_FILE,
     seconds_per_iteration,
     split_budgeted_name,
     summarize_iterations,

@@ -76,7 +76,8 @@ def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Pat
     if example is None:
         raise UserError(f"no references (*{meta['file_ending']}) in {reference}")
     reader = determine_reader_writer_from_dataset_json(meta, str(example), verbose=False)()
-    return _Dataset(meta, {int(l): names[int(l)] for l in manager.foreground_labels}, reader, meta["file_ending"])
+    foreground = {int(label): names[int(label)] for label in manager.foreground_labels}
+    return _Dataset(meta, foreground, reader, meta["file_ending"])
 
 
 def _cases(reference: Path, predictions: Path, ending: str, chill: bool) -> list[str]:
