@@ -46,7 +46,8 @@ def inference_network(trainer_class: type[nnUNetTrainer], plans: dict, configura
     return network, (1, inputs, *config.patch_size)
 
 
-def network_cost(trainer_class: type[nnUNetTrainer], plans: dict, configuration: str, dataset_json: dict) -> dict[str, Any]:
+def network_cost(trainer_class: type[nnUNetTrainer], plans: dict, configuration: str,
+                 dataset_json: dict) -> dict[str, Any]:
     """Parameters and forward FLOPs (2 per multiply-add) of the inference network at the plans' patch size."""
     network, shape = inference_network(trainer_class, plans, configuration, dataset_json)
     return {"params": count_parameters(network), "flops": count_flops(network, shape), "flops_input": list(shape)}
