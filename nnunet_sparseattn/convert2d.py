@@ -96,8 +96,9 @@ def _detect_suffix(image_stem: str, mask_stems: set[str]) -> str:
     if not candidates:
         raise UserError(f"no mask is named after image {image_stem!r} (expected {image_stem}<suffix>.png in the "
                         "masks folder): pass the mask-name suffix (e.g. --mask-suffix _segmentation)")
-    raise UserError(f"several masks could belong to image {image_stem!r} ({', '.join(image_stem + c for c in candidates[:3])}):"
-                    " pass the mask-name suffix (e.g. --mask-suffix _segmentation)")
+    examples = ", ".join(image_stem + c for c in candidates[:3])
+    raise UserError(f"several masks could belong to image {image_stem!r} ({examples}): pass the mask-name suffix "
+                    "(e.g. --mask-suffix _segmentation)")
 
 
 def _case_identifiers(stems: Sequence[str]) -> list[str]:

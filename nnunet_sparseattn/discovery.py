@@ -64,7 +64,7 @@ def installed_startup_file() -> Path | None:
         return None
     for file in dist.files or ():
         if file.name == autodiscovery.PTH_NAME:
-            path = Path(dist.locate_file(file)).resolve()
+            path = Path(str(dist.locate_file(file))).resolve()  # typed as a protocol (SimplePath); a path
             return path if path.is_file() else None
     return None
 

@@ -68,7 +68,7 @@ def check_torch_torchvision() -> list[Finding]:
 
     try:
         import torchvision
-        torch.ops.torchvision.nms  # the operator a mismatched pair lacks
+        _ = torch.ops.torchvision.nms  # the operator a mismatched pair lacks (the look-up raises)
     except Exception as error:
         return [Finding("fix", f"torchvision does not load with torch {torch.__version__} ({error}): "
                                "install a matching pair, e.g. pip install --force-reinstall torch torchvision")]

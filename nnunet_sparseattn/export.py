@@ -35,7 +35,7 @@ class ExportedModel:
 
 def parse_folds(folds: Sequence[str | int]) -> tuple[int | str, ...]:
     """nnU-Net's fold names: integers, or ``all``."""
-    parsed = []
+    parsed: list[int | str] = []
     for fold in folds:
         text = str(fold)
         if text == "all":

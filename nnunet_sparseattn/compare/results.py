@@ -82,8 +82,13 @@ def paired_test(trainer: dict[str, float | None], baseline: dict[str, float | No
     and the two-sided Wilcoxon signed-rank test (scipy) on the differences (zeros dropped, as Wilcoxon's method)."""
     from scipy.stats import wilcoxon
 
-    cases = sorted(c for c in trainer if c in baseline and trainer[c] is not None and baseline[c] is not None)
-    diffs = np.array([trainer[c] - baseline[c] for c in cases], dtype=float)
+    cases, differences = [], []
+    for case in sorted(trainer):
+        ours, theirs = trainer[case], baseline.get(case)
+        if ours is not None and theirs is not None:
+            cases.append(case)
+            differences.append(ours - theirs)
+    diffs = np.array(differences, dtype=np.float64)
     out: dict[str, Any] = {"cases": len(cases),
                            "mean_difference": float(diffs.mean()) if len(cases) else None,
                            "wins": int((diffs > 0).sum()), "losses": int((diffs < 0).sum()),

@@ -27,13 +27,13 @@ from nnunet_sparseattn.compare.results import SCHEMA, ResultsStore, now, paired_
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.harness import commands, datasets
 from nnunet_sparseattn.harness.budgets import (
+    TIMING_FILE,
     Budget,
     budgeted_name,
     budgeted_trainer,
     parse_budget,
     parse_progress,
     peak_memory,
-    TIMING_FILE,
     seconds_per_iteration,
     split_budgeted_name,
     summarize_iterations,
@@ -137,6 +137,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def _nnunet_folder(variable: str, value: str | Path | None) -> Path:
+    """One of nnU-Net's folders (given, or nnU-Net's environment variable), refused in one line where it is not."""
+    if not value or not Path(value).is_dir():
+        raise UserError(f"{variable} is {'not set' if not value else f'{value}, which does not exist'}: export "
+                        f"{variable}=/path/to/{variable} (compare reads your dataset there)")
+    return Path(value).resolve()
+
+
 class Comparison:
     """One ``compare`` invocation: checks first (nothing written before every refusal had its chance), then the
     work, resumable at every step."""
@@ -147,13 +155,9 @@ class Comparison:
         import torch
 
         self.echo = echo
-        raw = request.raw or os.environ.get("nnUNet_raw")
-        preprocessed = request.preprocessed or os.environ.get("nnUNet_preprocessed")
-        for name, value in (("nnUNet_raw", raw), ("nnUNet_preprocessed", preprocessed)):
-            if not value or not Path(value).is_dir():
-                raise UserError(f"{name} is {'not set' if not value else f'{value}, which does not exist'}: export "
-                                f"{name}=/path/to/{name} (compare reads your dataset there)")
-        self.raw_root, self.preprocessed_root = Path(raw).resolve(), Path(preprocessed).resolve()
+        self.raw_root = _nnunet_folder("nnUNet_raw", request.raw or os.environ.get("nnUNet_raw"))
+        self.preprocessed_root = _nnunet_folder("nnUNet_preprocessed",
+                                                request.preprocessed or os.environ.get("nnUNet_preprocessed"))
         self.dataset_id = datasets.parse_dataset(request.dataset)
         self.raw = datasets.require_dataset(self.raw_root, self.dataset_id, "nnUNet_raw")
         self.configuration = request.configuration
@@ -174,9 +178,15 @@ class Comparison:
         self.resumed = ResultsStore.check(self.output, self.header)
 
     # ----------------------------------------------------------------------------------------------- checks
-    def _plans_file(self, plans: str) -> Path | None:
+    def _plans_file_if_planned(self, plans: str) -> Path | None:
+        """Where the plans ``plans`` are, or None before nnU-Net made the dataset's preprocessed folder."""
         folder = datasets.dataset_folder(self.preprocessed_root, self.dataset_id)
         return folder / f"{plans}.json" if folder is not None else None
+
+    def _plans_file(self, plans: str) -> Path:
+        """Where the plans ``plans`` are, once the dataset is planned (refused in one line where it is not)."""
+        folder = datasets.require_dataset(self.preprocessed_root, self.dataset_id, "nnUNet_preprocessed")
+        return folder / f"{plans}.json"
 
     def _check_configuration(self, plans: str) -> dict:
         path = self._plans_file(plans)
@@ -187,7 +197,7 @@ class Comparison:
         return content
 
     def _check_plans_before_planning(self) -> None:
-        path = self._plans_file(self.plans)
+        path = self._plans_file_if_planned(self.plans)
         if path is not None and path.is_file():
             self._check_configuration(self.plans)
         elif self.plans != DEFAULT_PLANS:
@@ -237,7 +247,7 @@ class Comparison:
         """nnU-Net's planner for a dataset that has no plans yet; nnU-Net's preprocessing for a configuration whose
         data is missing; the ResEnc planner for that baseline."""
         log = self.output / "logs" / "plan.log"
-        path = self._plans_file(DEFAULT_PLANS)
+        path = self._plans_file_if_planned(DEFAULT_PLANS)
         if path is None or not path.is_file():
             self.echo(f"planning {self.raw.name} with nnU-Net's planner (nnUNetv2_plan_and_preprocess; log: {log})")
             commands.plan_and_preprocess(self.dataset_id, self.configuration, self.env, log, echo=False)

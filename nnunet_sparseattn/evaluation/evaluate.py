@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -46,6 +46,15 @@ EMPTY_RULES = {
     "S_α, F^w_β, E^max_φ, MAE": "pysodmetrics' values for an empty reference: S = 1 - mean(map), F^w = 0, "
                                "E^max = (N - pixels at the map's maximum)/(N - 1), MAE = mean(map)",
 }
+
+
+@dataclass
+class _SurfaceScores:
+    """One class's boundary metrics over the cases."""
+
+    hd95: list[float] = field(default_factory=list)
+    nsd: list[float] = field(default_factory=list)
+    hd95_undefined: int = 0
 
 
 @dataclass
@@ -76,7 +85,8 @@ def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Pat
     if example is None:
         raise UserError(f"no references (*{meta['file_ending']}) in {reference}")
     reader = determine_reader_writer_from_dataset_json(meta, str(example), verbose=False)()
-    return _Dataset(meta, {int(l): names[int(l)] for l in manager.foreground_labels}, reader, meta["file_ending"])
+    foreground = {int(label): names[int(label)] for label in manager.foreground_labels}
+    return _Dataset(meta, foreground, reader, meta["file_ending"])
 
 
 def _cases(reference: Path, predictions: Path, ending: str, chill: bool) -> list[str]:
@@ -139,7 +149,7 @@ def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tol
     maps = ForegroundMapMetrics() if is_2d else None
 
     per_case: dict[str, Any] = {}
-    surface = {name: {"hd95": [], "nsd": [], "hd95_undefined": 0} for name in dataset.labels.values()}
+    surface = {name: _SurfaceScores() for name in dataset.labels.values()}
     for case in cases:
         ref, pred, spacing = read(case)
         if (ref.shape[1] == 1) != is_2d:
@@ -151,10 +161,10 @@ def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tol
         for label, name in dataset.labels.items():
             in_ref, in_pred = ref == label, pred == label
             d, n = hd95(in_pred, in_ref, spacing), normalized_surface_dice(in_pred, in_ref, spacing, nsd_tolerance)
-            surface[name]["hd95"].append(d)
-            surface[name]["nsd"].append(n)
+            surface[name].hd95.append(d)
+            surface[name].nsd.append(n)
             # one mask empty, the other not: HD95 is undefined there (a miss), not merely absent from both
-            surface[name]["hd95_undefined"] += int(math.isnan(d) and (in_ref.any() or in_pred.any()))
+            surface[name].hd95_undefined += int(math.isnan(d) and (in_ref.any() or in_pred.any()))
             entry["classes"][name] = {"HD95": _json_number(d), "NSD": _json_number(n)}
         if maps is not None:
             if source == "probabilities":
@@ -181,10 +191,10 @@ def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tol
                                       **entry["classes"][name]}
     classes = {}
     for label, name in dataset.labels.items():
-        mean = nnunet["mean"][label]
-        classes[name] = {"Dice": _json_number(mean["Dice"]), "IoU": _json_number(mean["IoU"]),
-                         "HD95": _nan_mean(surface[name]["hd95"]), "NSD": _nan_mean(surface[name]["nsd"]),
-                         "hd95_undefined": surface[name]["hd95_undefined"]}
+        nnunet_mean = nnunet["mean"][label]
+        classes[name] = {"Dice": _json_number(nnunet_mean["Dice"]), "IoU": _json_number(nnunet_mean["IoU"]),
+                         "HD95": _nan_mean(surface[name].hd95), "NSD": _nan_mean(surface[name].nsd),
+                         "hd95_undefined": surface[name].hd95_undefined}
     mean: dict[str, Any] = {"classes": classes}
     if maps is not None:
         mean.update(maps.results())

@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["FOREGROUND_MAP_METRICS", "ForegroundMapMetrics", "dice_iou_at_half", "hd95", "normalized_surface_dice"]
 
@@ -59,7 +62,7 @@ def _binary_pair(prediction: np.ndarray, reference: np.ndarray,
     return prediction, reference, [float(s) for s in spacing]
 
 
-def _batch(mask: np.ndarray):
+def _batch(mask: np.ndarray) -> torch.Tensor:
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
@@ -101,9 +104,9 @@ def dice_iou_at_half(foreground: np.ndarray, reference: np.ndarray) -> tuple[flo
     """Dice and IoU of ``foreground > 0.5`` (a probability map or a 0/1 mask) against a binary reference."""
     from monai.metrics import compute_dice, compute_iou
 
-    prediction, reference = _batch(np.asarray(foreground) > 0.5), _batch(np.asarray(reference, bool))
-    dice = compute_dice(prediction, reference, include_background=True, ignore_empty=False)
-    iou = compute_iou(prediction, reference, include_background=True, ignore_empty=False)
+    predicted, expected = _batch(np.asarray(foreground) > 0.5), _batch(np.asarray(reference, bool))
+    dice = compute_dice(predicted, expected, include_background=True, ignore_empty=False)
+    iou = compute_iou(predicted, expected, include_background=True, ignore_empty=False)
     return float(dice[0, 0]), float(iou[0, 0])
 
 

@@ -58,8 +58,8 @@ def nnunet_environment(raw: str | Path, preprocessed: str | Path, results: str |
 
 def work_environment(work: str | Path, budgeted: bool = False) -> dict[str, str]:
     """``nnunet_environment`` with nnU-Net's three folders inside ``work`` (demo, tests, benchmarks)."""
-    work = Path(work)
-    return nnunet_environment(*(work / name for name in NNUNET_FOLDERS), budgeted=budgeted)
+    raw, preprocessed, results = (Path(work) / name for name in NNUNET_FOLDERS)
+    return nnunet_environment(raw, preprocessed, results, budgeted=budgeted)
 
 
 def nnunet_command(name: str) -> str:
@@ -89,6 +89,7 @@ def run_command(args: Sequence, env: dict[str, str], log: Path | None = None,
             stream.flush()
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    errors="replace")
+        assert process.stdout is not None  # stdout=PIPE
         try:
             for line in process.stdout:
                 lines.append((time.monotonic() - started, line.rstrip("\n")))

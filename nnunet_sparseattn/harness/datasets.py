@@ -153,7 +153,7 @@ def downsize_2d_pairs(images: Path, masks: Path, target: Path, cases: int, size:
     sources = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:cases]
     for image in sources:
         mask = masks / f"{image.stem}{mask_suffix}.png"
-        Image.open(image).convert("RGB").resize((size, size), Image.BILINEAR).save(
+        Image.open(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR).save(
             target / "images" / f"{image.stem}.png")
-        Image.open(mask).convert("L").resize((size, size), Image.NEAREST).save(target / "masks" / mask.name)
+        Image.open(mask).convert("L").resize((size, size), Image.Resampling.NEAREST).save(target / "masks" / mask.name)
     return target

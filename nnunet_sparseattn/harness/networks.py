@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import pydoc
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -19,6 +19,9 @@ from nnunet_sparseattn.architectures.bsa import BSAUNet
 from nnunet_sparseattn.architectures.mdsa import MDSAUNet
 from nnunet_sparseattn.complexity import count_flops, count_parameters
 from nnunet_sparseattn.trainers.architecture import ArchitectureTrainer
+
+if TYPE_CHECKING:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 def _managers(plans: dict, configuration: str, dataset_json: dict):
@@ -32,7 +35,7 @@ def _managers(plans: dict, configuration: str, dataset_json: dict):
     return plans_manager, config, inputs, outputs
 
 
-def inference_network(trainer_class: type, plans: dict, configuration: str, dataset_json: dict,
+def inference_network(trainer_class: type[nnUNetTrainer], plans: dict, configuration: str, dataset_json: dict,
                       seed: int = 0) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """The network ``nnUNetv2_predict`` builds for ``trainer_class`` (deep supervision off), and the input shape of
     one patch, batch 1."""
@@ -43,7 +46,8 @@ def inference_network(trainer_class: type, plans: dict, configuration: str, data
     return network, (1, inputs, *config.patch_size)
 
 
-def network_cost(trainer_class: type, plans: dict, configuration: str, dataset_json: dict) -> dict[str, Any]:
+def network_cost(trainer_class: type[nnUNetTrainer], plans: dict, configuration: str,
+                 dataset_json: dict) -> dict[str, Any]:
     """Parameters and forward FLOPs (2 per multiply-add) of the inference network at the plans' patch size."""
     network, shape = inference_network(trainer_class, plans, configuration, dataset_json)
     return {"params": count_parameters(network), "flops": count_flops(network, shape), "flops_input": list(shape)}
@@ -61,7 +65,8 @@ def _x(values: Sequence[int]) -> str:
     return "x".join(str(int(v)) for v in values)
 
 
-def network_kwargs(trainer_class: type, plans: dict, configuration: str) -> tuple[type | None, dict[str, Any]]:
+def network_kwargs(trainer_class: type[nnUNetTrainer], plans: dict, configuration: str) \
+        -> tuple[type[PlansNetwork] | None, dict[str, Any]]:
     """Our network class and its resolved arguments for this configuration (None, {} for nnU-Net's networks): a
     trainer of ours builds its ``network_class`` from any plans; a variant plans file names one of our networks."""
     config = plans["configurations"][configuration]
@@ -71,9 +76,10 @@ def network_kwargs(trainer_class: type, plans: dict, configuration: str) -> tupl
     if issubclass(trainer_class, ArchitectureTrainer):
         cls, overrides = trainer_class.network_class, trainer_class.network_kwargs
     else:
-        cls, overrides = pydoc.locate(arch["network_class_name"]), {}
-        if not (isinstance(cls, type) and issubclass(cls, PlansNetwork)):
+        located = pydoc.locate(arch["network_class_name"])
+        if not (isinstance(located, type) and issubclass(located, PlansNetwork)):
             return None, {}
+        cls, overrides = located, {}
     return cls, cls.resolve_arch_kwargs(arch["arch_kwargs"], config["patch_size"], overrides)
 
 

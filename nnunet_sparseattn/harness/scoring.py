@@ -34,9 +34,9 @@ def class_names(dataset_json: dict, keys: Sequence) -> dict:
     return {key: by_value.get(key, str(key)) for key in keys}
 
 
-def _mean(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(values)) if values else None
+def _mean(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(defined)) if defined else None
 
 
 def score_predictions(predictions: Path, reference: Path, cases: Sequence[str], dataset_json: dict,
@@ -75,7 +75,8 @@ def score_predictions(predictions: Path, reference: Path, cases: Sequence[str], 
         ref_seg, spacing = drop_singleton_axes(ref, tuple(props["spacing"]))
         pred_seg, _ = drop_singleton_axes(pred, tuple(props["spacing"]))
         keep = None if ignore is None else ~drop_singleton_axes(ignore, tuple(props["spacing"]))[0]
-        dice, distance = {}, {}
+        dice: dict[str, float | None] = {}
+        distance: dict[str, float | None] = {}
         for key in keys:
             name = names[key]
             value = metrics[key]["Dice"]

@@ -19,7 +19,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_sparseattn.errors import UserError
 
 
-def find_trainer_class(name: str) -> type:
+def find_trainer_class(name: str) -> type[nnUNetTrainer]:
     """The trainer class ``name``: nnU-Net's stock trainer, one of ours, or one nnU-Net finds (its own variants,
     ``nnUNet_extTrainer``). Refused in one line when nnU-Net knows no such trainer."""
     if name == "nnUNetTrainer":

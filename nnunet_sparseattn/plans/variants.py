@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import pydoc
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from nnunet_sparseattn.errors import UserError
+
+if TYPE_CHECKING:
+    from nnunet_sparseattn.architectures.base import PlansNetwork
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,14 @@ def get_variant(name: str) -> Variant:
         raise UserError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}") from None
 
 
-def network_class(variant: Variant) -> type:
+def network_class(variant: Variant) -> type[PlansNetwork]:
+    # imported here: the variants' names are read (the CLI's choices) without loading torch
+    from nnunet_sparseattn.architectures.base import PlansNetwork
+
     cls = pydoc.locate(variant.network_class)
     if cls is None:
         raise UserError(f"variant {variant.name!r}: its network {variant.network_class} is not importable")
+    if not (isinstance(cls, type) and issubclass(cls, PlansNetwork)):
+        raise UserError(f"variant {variant.name!r}: {variant.network_class} is not a network built from plans "
+                        "(a PlansNetwork)")
     return cls

@@ -2,13 +2,16 @@
 
 Class names are part of every checkpoint (nnU-Net stores ``trainer_name``): never rename one once published.
 """
-from nnunet_sparseattn.trainers.bilateral import (nnUNetTrainerBilateral, nnUNetTrainerBilateral_AdamW,
-                                                  nnUNetTrainerBilateral_noRendering,
-                                                  nnUNetTrainerBilateral_pretrained)
+from nnunet_sparseattn.trainers.bilateral import (
+    nnUNetTrainerBilateral,
+    nnUNetTrainerBilateral_AdamW,
+    nnUNetTrainerBilateral_noRendering,
+    nnUNetTrainerBilateral_pretrained,
+)
 from nnunet_sparseattn.trainers.bsa import nnUNetTrainerBSA, nnUNetTrainerBSA_noNB
 from nnunet_sparseattn.trainers.bsa_adamw import nnUNetTrainerBSA_AdamW
-from nnunet_sparseattn.trainers.narrow_band import nnUNetTrainerNB
 from nnunet_sparseattn.trainers.mdsa import nnUNetTrainerMDSA, nnUNetTrainerMDSA_AdamW, nnUNetTrainerMDSA_NB
+from nnunet_sparseattn.trainers.narrow_band import nnUNetTrainerNB
 from nnunet_sparseattn.trainers.short_schedule import SHORT_SCHEDULES, with_short_schedule
 
 # Every full trainer we ship. Adding one here also ships its short variants (`<name>_debug`, `<name>_demo`).

@@ -76,13 +76,13 @@ class nnUNetTrainerBilateral(ArchitectureTrainer):
     network_class = BilateralUNet
     point_loss_weight: float = 1.0
 
-    def _build_loss(self):
+    def _build_loss(self) -> nn.Module:
         base = super()._build_loss()
-        net = unwrap_network(self.network)
-        if getattr(net, "rendering", None) is None:
+        rendering = getattr(unwrap_network(self.network), "rendering", None)
+        if rendering is None:
             return base
         self.print_to_log_file(f"attention rendering: point loss weight {self.point_loss_weight}, "
-                               f"{net.rendering.train_points} training / {net.rendering.eval_points} inference "
+                               f"{rendering.train_points} training / {rendering.eval_points} inference "
                                "points per sample")
         return PointRenderingLoss(base, lambda: self.network, self.point_loss_weight,
                                   self.label_manager.has_regions, self.label_manager.ignore_label)
@@ -97,7 +97,7 @@ class nnUNetTrainerBilateral_pretrained(nnUNetTrainerBilateral):
 
     network_kwargs = {"swin_embed_dim": 96}
 
-    def initialize(self):
+    def initialize(self) -> None:
         path = os.environ.get(SWIN_WEIGHTS_ENV)
         if not path:  # before any work: the trainer's name promises pretrained weights
             raise UserError(f"{type(self).__name__} needs a local Swin checkpoint: export {SWIN_WEIGHTS_ENV}="

@@ -1,4 +1,4 @@
-"""BSA-Seg trained with AdamW + warm-up + poly decay (Primus's recipe) instead of nnU-Net's SGD: issue 4's comparison."""
+"""BSA-Seg with AdamW + warm-up + poly decay (Primus's recipe) in place of nnU-Net's SGD (issue 4's comparison)."""
 from __future__ import annotations
 
 from nnunet_sparseattn.trainers.bsa import nnUNetTrainerBSA

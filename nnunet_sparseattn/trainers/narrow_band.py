@@ -1,6 +1,7 @@
 """nnU-Net's own network trained with Dice + CE + lambda * narrow-band loss (BSA-Seg's NB loss)."""
 from __future__ import annotations
 
+import torch.nn as nn
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -28,7 +29,7 @@ class nnUNetTrainerNB(nnUNetTrainer):
             return float(self.nb_radius_mm)
         return 2.0 * float(min(self.configuration_manager.spacing))
 
-    def _build_loss(self):
+    def _build_loss(self) -> nn.Module:
         base = super()._build_loss()  # nnU-Net's DC + CE (or DC + BCE for regions), deep supervision included
         scales = self._get_deep_supervision_scales()
         radii = narrow_band_radii_per_scale(self._nb_radius_mm(), self.configuration_manager.spacing, scales)

@@ -24,11 +24,13 @@ from nnunetv2.training.lr_scheduler.warmup import (
     PolyLRScheduler_offset,
 )
 
+from nnunet_sparseattn.trainers.mixin_base import TrainerMixinBase
+
 # nnU-Net's train_step clips the gradient norm at this value (a literal in nnUNetTrainer.train_step)
 NNUNET_GRAD_CLIP = 12.0
 
 
-class AdamWWarmupMixin:
+class AdamWWarmupMixin(TrainerMixinBase):
     """AdamW, a linear warm-up over the first ``warmup_fraction`` of all training iterations, then nnU-Net's poly
     decay (exponent 0.9) to the last iteration. Defaults are Primus's (``AbstractPrimus``: lr 3e-4, weight decay
     5e-2, betas (0.9, 0.98)); its warm-up is 50 of 1000 epochs, i.e. 5%."""
@@ -97,9 +99,10 @@ class AdamWWarmupMixin:
 
     # --- nnU-Net's hooks ----------------------------------------------------------------------------------------
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
         params = list(self.network.parameters())
-        settings = {"lr": self.initial_lr, "weight_decay": self.weight_decay, "betas": tuple(self.adamw_betas)}
+        settings: dict[str, Any] = {"lr": self.initial_lr, "weight_decay": self.weight_decay,
+                                    "betas": tuple(self.adamw_betas)}
         try:
             # fused: one kernel for all parameters; on the CPU 4-6x faster than the default per-tensor loop over
             # BSA's 128 tensors (0.011 vs 0.05-0.07 s per step at Hippocampus's plans)
@@ -123,6 +126,8 @@ class AdamWWarmupMixin:
         return optimizer, warmup
 
     def _clip_gradients(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.grad_clip_norm is None:  # registered only with a clip of our own; None is nnU-Net's clip alone
+            return
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
 

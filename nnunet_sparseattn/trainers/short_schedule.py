@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nnunet_sparseattn.trainers.mixin_base import TrainerMixinBase
+
 
 @dataclass(frozen=True)
 class ShortSchedule:
@@ -35,8 +37,9 @@ SHORT_SCHEDULES: dict[str, ShortSchedule] = {
 }
 
 
-class ShortScheduleMixin:
+class ShortScheduleMixin(TrainerMixinBase):
     short_schedule: ShortSchedule
+    batch_size: int  # nnU-Net's (set by _set_batch_size_and_oversample); declared as this mixin reassigns it
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
