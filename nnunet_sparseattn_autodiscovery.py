@@ -12,6 +12,7 @@ when the user set ``nnUNet_extTrainer``. README.md states its measured cost (``b
 beside the package in both layouts (site-packages, or the checkout of an editable install), which is how it finds
 the shim folder; everything of ours that needs that folder's path gets it from here.
 """
+
 import os  # the only import, see above (no __future__ either: these annotations are valid at run time on 3.10+)
 
 OPT_OUT_VARIABLE = "nnUNet_sparseattn_no_autodiscovery"

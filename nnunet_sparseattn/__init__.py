@@ -3,6 +3,7 @@
 Trainers are importable from here (``from nnunet_sparseattn import nnUNetTrainerNB``). They are loaded lazily, so
 that the command-line tool (``nnunet-sparseattn ext-path``) answers without importing torch and nnU-Net.
 """
+
 from __future__ import annotations
 
 __version__ = "0.2.0"

@@ -1,5 +1,6 @@
 """The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, compare, convert-2d, evaluate, export,
 make-demo-dataset, demo."""
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,10 @@ def _info(args: argparse.Namespace) -> int:
         from nnunet_sparseattn.harness.networks import dataset_networks_table
 
         if args.variant is not None or args.configuration is None:
-            raise UserError("info takes --variant NAME (a paper-scale network) or -d ID -c CONFIGURATION (the "
-                            "networks for a dataset's plans), not both")
+            raise UserError(
+                "info takes --variant NAME (a paper-scale network) or -d ID -c CONFIGURATION (the "
+                "networks for a dataset's plans), not both"
+            )
         print(dataset_networks_table(args.dataset, args.configuration, args.plans))
         return 0
     if args.variant is None:
@@ -92,11 +95,19 @@ def _info(args: argparse.Namespace) -> int:
     shape = tuple(paper.get("PAPER_INPUT", ()))
     params, flops = count_parameters(net), count_flops(net, shape)
     print(f"{args.variant}: input {'x'.join(map(str, shape))}")
-    print(f"  parameters  {params / 1e6:8.2f} M" + (f"   (paper: {paper['PAPER_PARAMS'] / 1e6:.2f} M)"
-                                                    if "PAPER_PARAMS" in paper else ""))
+    print(
+        f"  parameters  {params / 1e6:8.2f} M"
+        + (f"   (paper: {paper['PAPER_PARAMS'] / 1e6:.2f} M)" if "PAPER_PARAMS" in paper else "")
+    )
     print(f"  FLOPs       {flops / 1e9:8.2f} G   (torch.utils.flop_counter: 2 per multiply-add)")
-    print(f"  MACs        {flops / 2e9:8.2f} G" + (f"   (paper: {paper['PAPER_FLOPS'] / 1e9:.2f} G \"FLOPs\", "
-                                                   "most likely multiply-adds)" if "PAPER_FLOPS" in paper else ""))
+    print(
+        f"  MACs        {flops / 2e9:8.2f} G"
+        + (
+            f'   (paper: {paper["PAPER_FLOPS"] / 1e9:.2f} G "FLOPs", most likely multiply-adds)'
+            if "PAPER_FLOPS" in paper
+            else ""
+        )
+    )
     return 0
 
 
@@ -107,10 +118,17 @@ def _compare(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     request = CompareRequest(
-        args.dataset, args.configuration, Path(args.output),
+        args.dataset,
+        args.configuration,
+        Path(args.output),
         trainers=_names(args.trainers) if args.trainers is not None else default_trainers(),
-        baselines=_names(args.baselines), budget=args.budget or ("gpu" if device == "cuda" else "cpu"),
-        folds=args.folds, device=device, plans=args.plans, command=args.command_line)
+        baselines=_names(args.baselines),
+        budget=args.budget or ("gpu" if device == "cuda" else "cpu"),
+        folds=args.folds,
+        device=device,
+        plans=args.plans,
+        command=args.command_line,
+    )
     results = run_compare(request)
     failed = [r.get("label", k) for k, r in results["runs"].items() if r.get("status") == "failed"]
     print(f"\n{Path(args.output) / 'compare.md'}\n")
@@ -127,11 +145,20 @@ def _names(value: str) -> list[str]:
 def _convert_2d(args: argparse.Namespace) -> int:
     from nnunet_sparseattn.convert2d import convert_2d, parse_size
 
-    folder = convert_2d(Path(args.images), Path(args.masks), args.dataset, name=args.name,
-                        mask_suffix=args.mask_suffix, num_test=args.num_test, limit=args.limit,
-                        overwrite=args.overwrite, threshold=args.threshold,
-                        resize=parse_size(args.resize) if args.resize else None,
-                        test_list=args.test_list, train_list=args.train_list)
+    folder = convert_2d(
+        Path(args.images),
+        Path(args.masks),
+        args.dataset,
+        name=args.name,
+        mask_suffix=args.mask_suffix,
+        num_test=args.num_test,
+        limit=args.limit,
+        overwrite=args.overwrite,
+        threshold=args.threshold,
+        resize=parse_size(args.resize) if args.resize else None,
+        test_list=args.test_list,
+        train_list=args.train_list,
+    )
     print(folder)
     return 0
 
@@ -146,10 +173,16 @@ def _export(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from nnunet_sparseattn.evaluation import PAPER_METRICS_FILE, evaluate_folders
 
-    results, table, path = evaluate_folders(Path(args.reference), [Path(p) for p in args.predictions],
-                                            dataset_json=args.dataset_json, nsd_tolerance=args.nsd_tolerance,
-                                            original_size=args.original_size, num_processes=args.num_processes,
-                                            chill=args.chill, table=args.table)
+    results, table, path = evaluate_folders(
+        Path(args.reference),
+        [Path(p) for p in args.predictions],
+        dataset_json=args.dataset_json,
+        nsd_tolerance=args.nsd_tolerance,
+        original_size=args.original_size,
+        num_processes=args.num_processes,
+        chill=args.chill,
+        table=args.table,
+    )
     print(table)
     print(f"table: {path}")
     for result in results:
@@ -177,8 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=JSON", help="fix a network setting, e.g. topk=8")
     p.set_defaults(func=_plan)
 
-    p = commands.add_parser("info", help="parameters, FLOPs (and attention layout) of a paper-scale configuration "
-                                         "or of every network for a dataset's plans")
+    p = commands.add_parser(
+        "info",
+        help="parameters, FLOPs (and attention layout) of a paper-scale configuration "
+        "or of every network for a dataset's plans",
+    )
     p.add_argument("--variant", help="mdsa-paper or bilateral-paper")
     p.add_argument("-d", "--dataset", help="dataset id or name (planned): every network for its plans")
     p.add_argument("-c", "--configuration", help="configuration of the plans, e.g. 3d_fullres or 2d (with -d)")
@@ -187,22 +223,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     from nnunet_sparseattn.compare.baselines import BASELINES
 
-    p = commands.add_parser("compare", help="train, predict and score stock nnU-Net and our trainers on one dataset "
-                                            "under one budget; a table, a plot and paired tests")
+    p = commands.add_parser(
+        "compare",
+        help="train, predict and score stock nnU-Net and our trainers on one dataset "
+        "under one budget; a table, a plot and paired tests",
+    )
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name in nnUNet_raw")
     p.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres or 2d")
-    p.add_argument("-o", "--output", required=True, help="folder for models, predictions, logs and reports "
-                                                          "(run again with the same arguments to resume)")
-    p.add_argument("--trainers", help="comma-separated trainers: ours, nnU-Net's or any nnU-Net finds (default: "
-                                      "stock nnUNetTrainer and our main trainers, NB, BSA, MDSA and Bilateral)")
-    p.add_argument("--baselines", default="stock", help=f"comma-separated references: {', '.join(BASELINES)} "
-                                                         "(default stock; resenc-m: nnU-Net's ResEnc M preset)")
-    p.add_argument("--budget", help="tiny, cpu, gpu or EPOCHSxITERATIONS, e.g. 20x50 (default: gpu on CUDA, "
-                                    "cpu otherwise)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="folder for models, predictions, logs and reports (run again with the same arguments to resume)",
+    )
+    p.add_argument(
+        "--trainers",
+        help="comma-separated trainers: ours, nnU-Net's or any nnU-Net finds (default: "
+        "stock nnUNetTrainer and our main trainers, NB, BSA, MDSA and Bilateral)",
+    )
+    p.add_argument(
+        "--baselines",
+        default="stock",
+        help=f"comma-separated references: {', '.join(BASELINES)} (default stock; resenc-m: nnU-Net's ResEnc M preset)",
+    )
+    p.add_argument(
+        "--budget", help="tiny, cpu, gpu or EPOCHSxITERATIONS, e.g. 20x50 (default: gpu on CUDA, cpu otherwise)"
+    )
     p.add_argument("--folds", default="0", help="folds to train: 0, 0,1,... or all (nnU-Net's five; default 0)")
     p.add_argument("--device", help="cpu, cuda or mps (default: cuda when available)")
-    p.add_argument("--plans", default="nnUNetPlans", help="plans identifier of the trainers and the stock "
-                                                          "baseline (default nnUNetPlans)")
+    p.add_argument(
+        "--plans",
+        default="nnUNetPlans",
+        help="plans identifier of the trainers and the stock baseline (default nnUNetPlans)",
+    )
     p.set_defaults(func=_compare)
 
     p = commands.add_parser("convert-2d", help="a folder of 2D images and masks -> nnU-Net's raw format")
@@ -214,17 +267,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test", type=int, default=0, help="cases to hold out into imagesTs/labelsTs")
     p.add_argument("--limit", type=int, help="convert only the first N pairs (by name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
-    p.add_argument("--threshold", type=float, metavar="T",
-                   help="binarise masks: foreground where the grey value > T (RGB: the brightest channel); for "
-                        "masks saved lossily (JPEG)")
-    p.add_argument("--resize", metavar="HxW", help="resize images (bilinear) and masks (nearest), e.g. 256x256; "
-                                                    "the original sizes are recorded")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="binarise masks: foreground where the grey value > T (RGB: the brightest channel); for "
+        "masks saved lossily (JPEG)",
+    )
+    p.add_argument(
+        "--resize",
+        metavar="HxW",
+        help="resize images (bilinear) and masks (nearest), e.g. 256x256; the original sizes are recorded",
+    )
     p.add_argument("--test-list", metavar="FILE", help="image names (one a line) to hold out into imagesTs")
     p.add_argument("--train-list", metavar="FILE", help="image names (one a line) to train on")
     p.set_defaults(func=_convert_2d)
 
-    p = commands.add_parser("export", help="nnU-Net's model zip, stamped with our version, for "
-                                           "nnUNetv2_install_pretrained_model_from_zip elsewhere")
+    p = commands.add_parser(
+        "export",
+        help="nnU-Net's model zip, stamped with our version, for nnUNetv2_install_pretrained_model_from_zip elsewhere",
+    )
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-c", "--configurations", nargs="+", required=True, help="configurations, e.g. 3d_fullres")
     p.add_argument("-tr", "--trainer", default="nnUNetTrainer", help="trainer class (default nnUNetTrainer)")
@@ -232,19 +294,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("-o", "--output", required=True, help="the zip file to write")
     p.set_defaults(func=_export)
-    p = commands.add_parser("evaluate", help="nnU-Net's Dice/IoU, HD95, NSD and (2D) the polyp papers' metrics, "
-                                             "as a table with one row per prediction folder")
+    p = commands.add_parser(
+        "evaluate",
+        help="nnU-Net's Dice/IoU, HD95, NSD and (2D) the polyp papers' metrics, "
+        "as a table with one row per prediction folder",
+    )
     p.add_argument("reference", help="folder of reference labels, e.g. nnUNet_raw/DatasetXXX_NAME/labelsTs")
     p.add_argument("predictions", nargs="+", help="nnUNetv2_predict output folders (one table row each)")
-    p.add_argument("--original-size", action="store_true",
-                   help="bring predictions of a convert-2d --resize dataset back to the original sizes and score "
-                        "them there (writes PRED_DIR/original_size/)")
-    p.add_argument("--nsd-tolerance", type=float, default=1.0,
-                   help="NSD tolerance in the data's spacing unit: mm, or pixels for PNG data (default 1)")
-    p.add_argument("--dataset-json", help="dataset.json (default: the prediction folder's, else the reference's "
-                                          "dataset folder's)")
-    p.add_argument("--table", help="Markdown table to write (default: paper_table.md in the prediction folders' "
-                                   "common folder)")
+    p.add_argument(
+        "--original-size",
+        action="store_true",
+        help="bring predictions of a convert-2d --resize dataset back to the original sizes and score "
+        "them there (writes PRED_DIR/original_size/)",
+    )
+    p.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=1.0,
+        help="NSD tolerance in the data's spacing unit: mm, or pixels for PNG data (default 1)",
+    )
+    p.add_argument(
+        "--dataset-json", help="dataset.json (default: the prediction folder's, else the reference's dataset folder's)"
+    )
+    p.add_argument(
+        "--table", help="Markdown table to write (default: paper_table.md in the prediction folders' common folder)"
+    )
     p.add_argument("-np", "--num-processes", type=int, help="processes for nnU-Net's evaluation (default: nnU-Net's)")
     p.add_argument("--chill", action="store_true", help="score only the predicted cases of the reference folder")
     p.set_defaults(func=_evaluate)

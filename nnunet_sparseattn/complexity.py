@@ -5,6 +5,7 @@ matrix products and convolutions (and of SDPA's two matmuls) and nothing for nor
 Papers that say "FLOPs" usually mean multiply-adds (MACs) counted by tools such as fvcore or thop, i.e. half of
 this figure: compare ``flops / 2`` with them.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

@@ -37,6 +37,7 @@ channel counts, an image and its mask of different sizes, names in a split list 
 conversion with a one-line :class:`UserError` before anything is left in ``nnUNet_raw``: the dataset is written
 into a hidden folder and renamed when complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,18 @@ from PIL import Image
 
 from nnunet_sparseattn.errors import UserError
 
-__all__ = ["CONVERSION_RECORD", "GREY_RULE", "IMAGE_SUFFIXES", "ORIGINAL_SIZE_FOLDER", "Pair", "convert_2d",
-           "pair_images_and_masks", "parse_size", "read_conversion_record", "read_mask"]
+__all__ = [
+    "CONVERSION_RECORD",
+    "GREY_RULE",
+    "IMAGE_SUFFIXES",
+    "ORIGINAL_SIZE_FOLDER",
+    "Pair",
+    "convert_2d",
+    "pair_images_and_masks",
+    "parse_size",
+    "read_conversion_record",
+    "read_mask",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
@@ -83,22 +94,27 @@ class Pair:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def _detect_suffix(image_stem: str, mask_stems: set[str]) -> str:
     if image_stem in mask_stems:
         return ""
-    candidates = sorted(m[len(image_stem):] for m in mask_stems if m.startswith(image_stem))
+    candidates = sorted(m[len(image_stem) :] for m in mask_stems if m.startswith(image_stem))
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
-        raise UserError(f"no mask is named after image {image_stem!r} (expected {image_stem}<suffix>.png in the "
-                        "masks folder): pass the mask-name suffix (e.g. --mask-suffix _segmentation)")
+        raise UserError(
+            f"no mask is named after image {image_stem!r} (expected {image_stem}<suffix>.png in the "
+            "masks folder): pass the mask-name suffix (e.g. --mask-suffix _segmentation)"
+        )
     examples = ", ".join(image_stem + c for c in candidates[:3])
-    raise UserError(f"several masks could belong to image {image_stem!r} ({examples}): pass the mask-name suffix "
-                    "(e.g. --mask-suffix _segmentation)")
+    raise UserError(
+        f"several masks could belong to image {image_stem!r} ({examples}): pass the mask-name suffix "
+        "(e.g. --mask-suffix _segmentation)"
+    )
 
 
 def _case_identifiers(stems: Sequence[str]) -> list[str]:
@@ -157,13 +173,17 @@ def pair_images_and_masks(images: Path, masks: Path, mask_suffix: Optional[str] 
             used.add(mask.stem)
             paired.append((image, mask))
     if unpaired:
-        raise UserError(f"{len(unpaired)} image(s) have no mask named <image>{suffix}.<ext> in {masks} "
-                        f"(e.g. {', '.join(unpaired[:3])}): add the masks, remove the images, or pass the right "
-                        "mask suffix")
+        raise UserError(
+            f"{len(unpaired)} image(s) have no mask named <image>{suffix}.<ext> in {masks} "
+            f"(e.g. {', '.join(unpaired[:3])}): add the masks, remove the images, or pass the right "
+            "mask suffix"
+        )
     orphans = [m.name for m in mask_files if m.stem not in used]
     if orphans:
-        raise UserError(f"{len(orphans)} mask(s) have no image (e.g. {', '.join(orphans[:3])}; masks are paired as "
-                        f"<image>{suffix}.<ext>): remove them or pass the right mask suffix")
+        raise UserError(
+            f"{len(orphans)} mask(s) have no image (e.g. {', '.join(orphans[:3])}; masks are paired as "
+            f"<image>{suffix}.<ext>): remove them or pass the right mask suffix"
+        )
     cases = _case_identifiers([image.stem for image, _ in paired])
     return [Pair(case, image, mask) for case, (image, mask) in zip(cases, paired)], suffix
 
@@ -188,8 +208,10 @@ def _read_image(path: Path) -> np.ndarray:
             if mode in _GREY_MODES:
                 arr = np.asarray(img)
             else:
-                raise UserError(f"image {path} has PIL mode {mode!r}, neither colour nor greyscale: convert it to "
-                                "RGB or greyscale PNG")
+                raise UserError(
+                    f"image {path} has PIL mode {mode!r}, neither colour nor greyscale: convert it to "
+                    "RGB or greyscale PNG"
+                )
     except UserError:
         raise
     except Exception as error:  # PIL raises many kinds for unreadable files
@@ -220,9 +242,11 @@ def _looks_lossy_binary(grey: np.ndarray) -> bool:
 
 
 def _refuse_lossy(path: Path, why: str, grey: np.ndarray) -> UserError:
-    return UserError(f"mask {path} {why}: {_ambiguous_share(grey):.1%} of its pixels are neither 0 nor 255; pass "
-                     "--threshold T to binarise the masks (foreground where the grey value > T, e.g. --threshold "
-                     "127)")
+    return UserError(
+        f"mask {path} {why}: {_ambiguous_share(grey):.1%} of its pixels are neither 0 nor 255; pass "
+        "--threshold T to binarise the masks (foreground where the grey value > T, e.g. --threshold "
+        "127)"
+    )
 
 
 def read_mask(path: Path, threshold: Optional[float] = None) -> np.ndarray:
@@ -241,10 +265,16 @@ def read_mask(path: Path, threshold: Optional[float] = None) -> np.ndarray:
         colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
         if not np.all(colour == colour[..., :1]):
             if _looks_lossy_binary(grey):
-                raise _refuse_lossy(path, "looks like a lossily saved 0/255 mask (colour channels that differ "
-                                          "slightly, values smeared around 0 and 255)", grey)
-            raise UserError(f"mask {path} is a colour image: save one label value per class (0, 1, 2, ... or "
-                            "0/255) as a greyscale PNG, or pass --threshold T to binarise its brightest channel")
+                raise _refuse_lossy(
+                    path,
+                    "looks like a lossily saved 0/255 mask (colour channels that differ "
+                    "slightly, values smeared around 0 and 255)",
+                    grey,
+                )
+            raise UserError(
+                f"mask {path} is a colour image: save one label value per class (0, 1, 2, ... or "
+                "0/255) as a greyscale PNG, or pass --threshold T to binarise its brightest channel"
+            )
         arr = colour[..., 0]
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -259,9 +289,11 @@ def read_mask(path: Path, threshold: Optional[float] = None) -> np.ndarray:
     if integral and values.min() >= 0 and values.max() < 255:
         return arr.astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    raise UserError(f"mask {path} has values {{{shown}}} that are neither 0/255 nor integer labels 0..254 (a lossy "
-                    "save or a smoothed resize?): save masks losslessly with one value per class, or pass "
-                    "--threshold T to binarise them")
+    raise UserError(
+        f"mask {path} has values {{{shown}}} that are neither 0/255 nor integer labels 0..254 (a lossy "
+        "save or a smoothed resize?): save masks losslessly with one value per class, or pass "
+        "--threshold T to binarise them"
+    )
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
@@ -296,13 +328,14 @@ def _read_name_list(path: Path, what: str) -> list[str]:
     return names
 
 
-def _split(pairs: list[Pair], num_test: int, test_list: Optional[Path],
-           train_list: Optional[Path]) -> tuple[list[Pair], list[Pair], list[Pair]]:
+def _split(
+    pairs: list[Pair], num_test: int, test_list: Optional[Path], train_list: Optional[Path]
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """(training, held-out, left out) cases: by lists of image names, else the last ``num_test`` by name."""
     if test_list is None and train_list is None:
         if num_test < 0:
             raise UserError(f"num_test={num_test} must be >= 0")
-        return pairs[:len(pairs) - num_test], pairs[len(pairs) - num_test:], []
+        return pairs[: len(pairs) - num_test], pairs[len(pairs) - num_test :], []
     if num_test:
         raise UserError("--num-test and a split list (--test-list/--train-list) were both given: choose one")
     by_name = {p.name: p for p in pairs}
@@ -313,27 +346,35 @@ def _split(pairs: list[Pair], num_test: int, test_list: Optional[Path],
         names = _read_name_list(path, what)
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise UserError(f"{len(unknown)} name(s) in {what} {path} match no paired image (e.g. "
-                            f"{', '.join(unknown[:3])}): use the images' file names, one per line")
+            raise UserError(
+                f"{len(unknown)} name(s) in {what} {path} match no paired image (e.g. "
+                f"{', '.join(unknown[:3])}): use the images' file names, one per line"
+            )
         chosen[what] = names
     if "test list" in chosen and "train list" in chosen:
         both = sorted(set(chosen["test list"]) & set(chosen["train list"]))
         if both:
-            raise UserError(f"{len(both)} image(s) are in both the train and the test list (e.g. "
-                            f"{', '.join(both[:3])}): a case is either trained on or held out")
+            raise UserError(
+                f"{len(both)} image(s) are in both the train and the test list (e.g. "
+                f"{', '.join(both[:3])}): a case is either trained on or held out"
+            )
     test = set(chosen.get("test list", []))
     train = set(chosen["train list"]) if "train list" in chosen else {p.name for p in pairs} - test
     if "test list" not in chosen:
         test = {p.name for p in pairs} - train
-    return ([p for p in pairs if p.name in train], [p for p in pairs if p.name in test],
-            [p for p in pairs if p.name not in train | test])
+    return (
+        [p for p in pairs if p.name in train],
+        [p for p in pairs if p.name in test],
+        [p for p in pairs if p.name not in train | test],
+    )
 
 
 def _dataset_name(images: Path, name: Optional[str]) -> str:
     if name is None:
         folder = images.resolve()
-        name = folder.parent.name if folder.name.lower() in {"images", "imagestr", "image", "img", "imgs"} \
-            else folder.name
+        name = (
+            folder.parent.name if folder.name.lower() in {"images", "imagestr", "image", "img", "imgs"} else folder.name
+        )
         name = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "Converted2D"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise UserError(f"dataset name {name!r}: use letters, digits, '_' and '-' only (nnU-Net folder names)")
@@ -344,8 +385,10 @@ def read_conversion_record(dataset: Path) -> dict[str, Any]:
     """The record :func:`convert_2d` wrote into a raw dataset folder (:data:`CONVERSION_RECORD`)."""
     path = Path(dataset) / CONVERSION_RECORD
     if not path.is_file():
-        raise UserError(f"{Path(dataset)} has no {CONVERSION_RECORD}: it was not written by nnunet-sparseattn "
-                        "convert-2d (or by a version before original sizes were recorded); convert it again")
+        raise UserError(
+            f"{Path(dataset)} has no {CONVERSION_RECORD}: it was not written by nnunet-sparseattn "
+            "convert-2d (or by a version before original sizes were recorded); convert it again"
+        )
     return json.loads(path.read_text())
 
 
@@ -410,8 +453,10 @@ def convert_2d(
         pairs = pairs[:limit]
     training, test, left_out = _split(pairs, num_test, test_list, train_list)
     if len(training) < _MIN_TRAINING:
-        raise UserError(f"{len(pairs)} case(s) leave {len(training)} for training: nnU-Net's 5-fold "
-                        f"cross-validation needs at least {_MIN_TRAINING}")
+        raise UserError(
+            f"{len(pairs)} case(s) leave {len(training)} for training: nnU-Net's 5-fold "
+            f"cross-validation needs at least {_MIN_TRAINING}"
+        )
 
     raw_root.mkdir(parents=True, exist_ok=True)
     partial = raw_root / f".{target.name}.partial"
@@ -419,8 +464,11 @@ def convert_2d(
     try:
         written = _write_cases(training, test, partial, threshold, resize)
         max_label, channels = written["max_label"], written["channels"]
-        names = list(label_names) if label_names is not None else \
-            (["foreground"] if max_label <= 1 else [f"label_{i}" for i in range(1, max_label + 1)])
+        names = (
+            list(label_names)
+            if label_names is not None
+            else (["foreground"] if max_label <= 1 else [f"label_{i}" for i in range(1, max_label + 1)])
+        )
         if len(names) != max(1, max_label):
             raise UserError(f"{len(names)} label name(s) given but the masks hold labels 1..{max_label}")
         channel_names = {"0": "R", "1": "G", "2": "B"} if channels == 3 else {"0": "grey"}
@@ -436,8 +484,11 @@ def convert_2d(
         (partial / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
         record = {
             "written_by": "nnunet-sparseattn convert-2d",
-            "images": str(images.resolve()), "masks": str(masks.resolve()), "mask_suffix": suffix,
-            "threshold": threshold, "grey_rule": GREY_RULE if threshold is not None else None,
+            "images": str(images.resolve()),
+            "masks": str(masks.resolve()),
+            "mask_suffix": suffix,
+            "threshold": threshold,
+            "grey_rule": GREY_RULE if threshold is not None else None,
             "resize": list(resize) if resize is not None else None,
             "cases": written["cases"],
             "left_out": [p.image.name for p in left_out],
@@ -451,8 +502,13 @@ def convert_2d(
     return target
 
 
-def _write_cases(training: Sequence[Pair], test: Sequence[Pair], out: Path, threshold: Optional[float],
-                 resize: Optional[tuple[int, int]]) -> dict[str, Any]:
+def _write_cases(
+    training: Sequence[Pair],
+    test: Sequence[Pair],
+    out: Path,
+    threshold: Optional[float],
+    resize: Optional[tuple[int, int]],
+) -> dict[str, Any]:
     """Write every case; return the largest label, the channel count and each case's record."""
     splits = [("Tr", training)] + ([("Ts", test)] if test else [])
     for split, _ in splits:
@@ -470,11 +526,15 @@ def _write_cases(training: Sequence[Pair], test: Sequence[Pair], out: Path, thre
             if first is None:
                 first = (n_channels, pair.image)
             elif n_channels != first[0]:
-                raise UserError(f"images differ in channels: {first[1].name} has {first[0]}, {pair.image.name} has "
-                                f"{n_channels}: convert them all to RGB or all to greyscale")
+                raise UserError(
+                    f"images differ in channels: {first[1].name} has {first[0]}, {pair.image.name} has "
+                    f"{n_channels}: convert them all to RGB or all to greyscale"
+                )
             if image.shape[:2] != mask.shape:
-                raise UserError(f"image {pair.image.name} is {image.shape[1]}x{image.shape[0]} but its mask "
-                                f"{pair.mask.name} is {mask.shape[1]}x{mask.shape[0]}: they must have the same size")
+                raise UserError(
+                    f"image {pair.image.name} is {image.shape[1]}x{image.shape[0]} but its mask "
+                    f"{pair.mask.name} is {mask.shape[1]}x{mask.shape[0]}: they must have the same size"
+                )
             max_label = max(max_label, int(mask.max()))
             any_above_threshold |= bool(mask.any())
             original_size = [int(n) for n in mask.shape]
@@ -483,11 +543,16 @@ def _write_cases(training: Sequence[Pair], test: Sequence[Pair], out: Path, thre
                 image, mask = _resize(image, resize, nearest=False), _resize(mask, resize, nearest=True)
             Image.fromarray(image).save(out / f"images{split}" / f"{pair.case}_0000.png")
             Image.fromarray(mask).save(out / f"labels{split}" / f"{pair.case}.png")
-            cases[pair.case] = {"image": pair.image.name, "mask": pair.mask.name, "split": split,
-                                "original_size": original_size}
+            cases[pair.case] = {
+                "image": pair.image.name,
+                "mask": pair.mask.name,
+                "split": split,
+                "original_size": original_size,
+            }
     if threshold is not None and not any_above_threshold:
-        raise UserError(f"no mask has a grey value above --threshold {threshold:g}: every mask would be empty (masks "
-                        "of labels 0/1 need no threshold); drop --threshold or lower it")
+        raise UserError(
+            f"no mask has a grey value above --threshold {threshold:g}: every mask would be empty (masks "
+            "of labels 0/1 need no threshold); drop --threshold or lower it"
+        )
     assert first is not None
     return {"max_label": max_label, "channels": first[0], "cases": cases}
-

@@ -1,5 +1,6 @@
 """How nnU-Net finds our trainers (``nnUNet_extTrainer``, normally set by the startup hook), and one-line errors for
 the ways that goes wrong."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,9 @@ def ext_trainer_is_configured(environ: os._Environ | dict | None = None) -> bool
 
 
 def ext_trainer_fix() -> str:
-    return (f"export nnUNet_extTrainer={ext_trainer_path()}   "
-            "(or: export nnUNet_extTrainer=$(nnunet-sparseattn ext-path))")
+    return (
+        f"export nnUNet_extTrainer={ext_trainer_path()}   (or: export nnUNet_extTrainer=$(nnunet-sparseattn ext-path))"
+    )
 
 
 def environment_for_nnunet_commands(environ: os._Environ | dict | None = None) -> dict[str, str]:
@@ -74,12 +76,15 @@ class Mechanism:
     """How (and whether) nnU-Net finds our trainers in an environment."""
 
     active: bool  # nnUNet_extTrainer lists our shim folder
-    how: str      # one line: what put it there, or why nothing did
+    how: str  # one line: what put it there, or why nothing did
     fix: str = ""  # one line: what to do when not active
 
 
-def describe_mechanism(environ: os._Environ | dict | None = None, outcome: str | None | object = _UNSET,
-                       startup_file: Path | None | object = _UNSET) -> Mechanism:
+def describe_mechanism(
+    environ: os._Environ | dict | None = None,
+    outcome: str | None | object = _UNSET,
+    startup_file: Path | None | object = _UNSET,
+) -> Mechanism:
     """Which mechanism makes ``nnUNet_extTrainer`` list our trainers. By default: this process's environment, what
     the startup hook did when this interpreter started, and the installed ``.pth`` file."""
     environ = os.environ if environ is None else environ
@@ -89,28 +94,48 @@ def describe_mechanism(environ: os._Environ | dict | None = None, outcome: str |
     current = environ.get(autodiscovery.EXT_TRAINER_VARIABLE)
     if ext_trainer_is_configured(environ):
         if outcome == autodiscovery.ADDED:
-            return Mechanism(True, f"{hook} added our trainers to nnUNet_extTrainer (nothing to export; opt out: "
-                                   f"{autodiscovery.OPT_OUT_VARIABLE}=1)")
+            return Mechanism(
+                True,
+                f"{hook} added our trainers to nnUNet_extTrainer (nothing to export; opt out: "
+                f"{autodiscovery.OPT_OUT_VARIABLE}=1)",
+            )
         if outcome == autodiscovery.ALREADY_LISTED:
-            return Mechanism(True, "nnUNet_extTrainer already listed our trainers when Python started (set by hand, "
-                                   f"or inherited); {hook} kept it as it is")
+            return Mechanism(
+                True,
+                "nnUNet_extTrainer already listed our trainers when Python started (set by hand, "
+                f"or inherited); {hook} kept it as it is",
+            )
         if outcome == autodiscovery.OPTED_OUT:
-            return Mechanism(True, f"nnUNet_extTrainer lists our trainers, set by hand (autodiscovery is off: "
-                                   f"{autodiscovery.OPT_OUT_VARIABLE}={environ.get(autodiscovery.OPT_OUT_VARIABLE)})")
-        return Mechanism(True, "nnUNet_extTrainer lists our trainers, set by hand (no startup hook ran in this "
-                               "interpreter)")
+            return Mechanism(
+                True,
+                f"nnUNet_extTrainer lists our trainers, set by hand (autodiscovery is off: "
+                f"{autodiscovery.OPT_OUT_VARIABLE}={environ.get(autodiscovery.OPT_OUT_VARIABLE)})",
+            )
+        return Mechanism(
+            True, "nnUNet_extTrainer lists our trainers, set by hand (no startup hook ran in this interpreter)"
+        )
     state = "nnUNet_extTrainer is not set" if not current else f"nnUNet_extTrainer={current} does not list our trainers"
     if outcome == autodiscovery.OPTED_OUT:
-        return Mechanism(False, f"{state} and autodiscovery is off "
-                                f"({autodiscovery.OPT_OUT_VARIABLE}={environ.get(autodiscovery.OPT_OUT_VARIABLE)})",
-                         f"{ext_trainer_fix()}, or unset {autodiscovery.OPT_OUT_VARIABLE}")
+        return Mechanism(
+            False,
+            f"{state} and autodiscovery is off "
+            f"({autodiscovery.OPT_OUT_VARIABLE}={environ.get(autodiscovery.OPT_OUT_VARIABLE)})",
+            f"{ext_trainer_fix()}, or unset {autodiscovery.OPT_OUT_VARIABLE}",
+        )
     if outcome is not None:  # the hook ran, then something took our folder out of the variable
         return Mechanism(False, f"{state} (changed after Python started, where {hook} had added it)", ext_trainer_fix())
     if startup_file is not None:
-        return Mechanism(False, f"{state} and {hook} did not run in this interpreter (started with -S, or not the "
-                                "environment's own Python?)", ext_trainer_fix())
-    return Mechanism(False, f"{state} and no startup hook is installed for this copy of nnunet-sparseattn (a checkout "
-                            "on PYTHONPATH?)", f"pip install it (the hook comes with it), or {ext_trainer_fix()}")
+        return Mechanism(
+            False,
+            f"{state} and {hook} did not run in this interpreter (started with -S, or not the "
+            "environment's own Python?)",
+            ext_trainer_fix(),
+        )
+    return Mechanism(
+        False,
+        f"{state} and no startup hook is installed for this copy of nnunet-sparseattn (a checkout on PYTHONPATH?)",
+        f"pip install it (the hook comes with it), or {ext_trainer_fix()}",
+    )
 
 
 def require_trainer(name: str) -> type:

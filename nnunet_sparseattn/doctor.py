@@ -1,4 +1,5 @@
 """``nnunet-sparseattn doctor``: check what nnU-Net needs to train with our trainers, and say how to fix it."""
+
 from __future__ import annotations
 
 import os
@@ -51,11 +52,20 @@ def check_trainer_lookup() -> list[Finding]:
     except UserError as error:
         return [Finding("fix", str(error))]
     except Exception as error:  # an import inside nnU-Net's search broke: say which
-        return [Finding("fix", f"nnU-Net's trainer lookup failed ({type(error).__name__}: {error}); "
-                               "see the torch/torchvision line")]
+        return [
+            Finding(
+                "fix",
+                f"nnU-Net's trainer lookup failed ({type(error).__name__}: {error}); see the torch/torchvision line",
+            )
+        ]
     if found is not DEMO_TRAINER:
-        return [Finding("fix", f"nnU-Net found another class named {DEMO_TRAINER.__name__} "
-                               f"({found.__module__}): remove it from nnUNet_extTrainer's other folders")]
+        return [
+            Finding(
+                "fix",
+                f"nnU-Net found another class named {DEMO_TRAINER.__name__} "
+                f"({found.__module__}): remove it from nnUNet_extTrainer's other folders",
+            )
+        ]
     return [Finding("ok", f"nnU-Net finds {DEMO_TRAINER.__name__} in nnunet_sparseattn")]
 
 
@@ -68,13 +78,24 @@ def check_torch_torchvision() -> list[Finding]:
 
     try:
         import torchvision
+
         _ = torch.ops.torchvision.nms  # the operator a mismatched pair lacks (the look-up raises)
     except Exception as error:
-        return [Finding("fix", f"torchvision does not load with torch {torch.__version__} ({error}): "
-                               "install a matching pair, e.g. pip install --force-reinstall torch torchvision")]
+        return [
+            Finding(
+                "fix",
+                f"torchvision does not load with torch {torch.__version__} ({error}): "
+                "install a matching pair, e.g. pip install --force-reinstall torch torchvision",
+            )
+        ]
     if _local_tag(torch.__version__) != _local_tag(torchvision.__version__):
-        return [Finding("fix", f"torch {torch.__version__} and torchvision {torchvision.__version__} are built for "
-                               "different devices: install both from the same index")]
+        return [
+            Finding(
+                "fix",
+                f"torch {torch.__version__} and torchvision {torchvision.__version__} are built for "
+                "different devices: install both from the same index",
+            )
+        ]
     return [Finding("ok", f"torch {torch.__version__} and torchvision {torchvision.__version__} match")]
 
 
@@ -84,10 +105,18 @@ def check_gpu() -> list[Finding]:
     if torch.cuda.is_available():
         return [Finding("ok", f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")]
     if torch.version.cuda is None:
-        return [Finding("warn", "this torch has no CUDA support: training runs only with -device cpu (slow); "
-                                "install a CUDA build of torch to train on a GPU")]
-    return [Finding("warn", "no CUDA GPU visible: train with -device cpu (slow), or check the driver and "
-                            "CUDA_VISIBLE_DEVICES")]
+        return [
+            Finding(
+                "warn",
+                "this torch has no CUDA support: training runs only with -device cpu (slow); "
+                "install a CUDA build of torch to train on a GPU",
+            )
+        ]
+    return [
+        Finding(
+            "warn", "no CUDA GPU visible: train with -device cpu (slow), or check the driver and CUDA_VISIBLE_DEVICES"
+        )
+    ]
 
 
 def run_doctor(environ: dict | None = None) -> list[Finding]:

@@ -1,4 +1,5 @@
 """One-line errors for mistakes a user can fix. Imports nothing of ours, so every layer may raise them."""
+
 from __future__ import annotations
 
 import sys

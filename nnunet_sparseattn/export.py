@@ -5,6 +5,7 @@ The zip is written by nnU-Net's ``export_pretrained_model`` (the same file ``nnU
 put into the zip's copies of ``plans.json`` (``model_stamp.py``). The user's results folder is only read, and the
 output appears complete or not at all.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,9 @@ def parse_folds(folds: Sequence[str | int]) -> tuple[int | str, ...]:
     return tuple(parsed)
 
 
-def _check_model(dataset_name: str, configuration: str, trainer: str, plans_identifier: str,
-                 folds: Sequence[int | str]) -> str:
+def _check_model(
+    dataset_name: str, configuration: str, trainer: str, plans_identifier: str, folds: Sequence[int | str]
+) -> str:
     """The model folder of one configuration, refused in one line when nnU-Net's export would fail on it."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
@@ -59,12 +61,16 @@ def _check_model(dataset_name: str, configuration: str, trainer: str, plans_iden
     for fold in folds:
         fold_folder = folder / f"fold_{fold}"
         if not (fold_folder / FINAL_CHECKPOINT).is_file():
-            raise UserError(f"{fold_folder} has no {FINAL_CHECKPOINT} (training not finished): finish it "
-                            f"({train.replace('FOLD', str(fold))} --c) or leave fold {fold} out of -f")
+            raise UserError(
+                f"{fold_folder} has no {FINAL_CHECKPOINT} (training not finished): finish it "
+                f"({train.replace('FOLD', str(fold))} --c) or leave fold {fold} out of -f"
+            )
         for needed in ("progress.png", "validation/summary.json"):  # nnU-Net's export copies both
             if not (fold_folder / needed).is_file():
-                raise UserError(f"{fold_folder} has no {needed}, which nnU-Net's export copies: run the fold's "
-                                f"validation ({train.replace('FOLD', str(fold))} --val)")
+                raise UserError(
+                    f"{fold_folder} has no {needed}, which nnU-Net's export copies: run the fold's "
+                    f"validation ({train.replace('FOLD', str(fold))} --val)"
+                )
     return folder.name
 
 
@@ -81,21 +87,31 @@ def _stamp_zip(source: Path, target: Path) -> int:
     return stamped
 
 
-def export_model(dataset: str | int, configurations: Sequence[str], trainer: str, folds: Sequence[str | int],
-                 output: str | Path, plans_identifier: str = "nnUNetPlans") -> ExportedModel:
+def export_model(
+    dataset: str | int,
+    configurations: Sequence[str],
+    trainer: str,
+    folds: Sequence[str | int],
+    output: str | Path,
+    plans_identifier: str = "nnUNetPlans",
+) -> ExportedModel:
     """Write nnU-Net's zip of the trained model to ``output``, stamped with the installed nnunet-sparseattn version."""
     from nnunetv2.model_sharing.model_export import export_pretrained_model
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     results = os.environ.get("nnUNet_results")
     if not results or not Path(results).is_dir():
-        raise UserError("nnUNet_results is not set to an existing folder: export nnUNet_results=/path/to/results "
-                        "(where nnUNetv2_train wrote the model)")
+        raise UserError(
+            "nnUNet_results is not set to an existing folder: export nnUNet_results=/path/to/results "
+            "(where nnUNetv2_train wrote the model)"
+        )
     try:
         dataset_name = maybe_convert_to_dataset_name(dataset)
     except RuntimeError:
-        raise UserError(f"no dataset {dataset} in nnUNet_results={results} (nor nnUNet_raw/nnUNet_preprocessed): "
-                        "give the id or name the model was trained on") from None
+        raise UserError(
+            f"no dataset {dataset} in nnUNet_results={results} (nor nnUNet_raw/nnUNet_preprocessed): "
+            "give the id or name the model was trained on"
+        ) from None
     fold_ids = parse_folds(folds)
     if not fold_ids or not configurations:
         raise UserError("give at least one configuration (-c) and one fold (-f)")
@@ -107,13 +123,22 @@ def export_model(dataset: str | int, configurations: Sequence[str], trainer: str
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as tmp:
         unstamped, stamped = Path(tmp) / "nnunet.zip", Path(tmp) / "stamped.zip"
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates each file; we print one summary line
-            export_pretrained_model(dataset_name, str(unstamped), configurations=tuple(configurations),
-                                    trainer=trainer, plans_identifier=plans_identifier, folds=fold_ids, strict=True)
+            export_pretrained_model(
+                dataset_name,
+                str(unstamped),
+                configurations=tuple(configurations),
+                trainer=trainer,
+                plans_identifier=plans_identifier,
+                folds=fold_ids,
+                strict=True,
+            )
         count = _stamp_zip(unstamped, stamped)
         os.replace(stamped, output)  # same folder, so atomic: the output is complete or absent
     return ExportedModel(output, dataset_name, model_folders, tuple(map(str, fold_ids)), count)
 
 
 def describe(model: ExportedModel) -> str:
-    return (f"{model.path}: {model.dataset_name} {', '.join(model.model_folders)}, folds {' '.join(model.folds)}; "
-            f"plans stamped with nnunet-sparseattn {__version__} ({model.stamped_plans} plans.json)")
+    return (
+        f"{model.path}: {model.dataset_name} {', '.join(model.model_folders)}, folds {' '.join(model.folds)}; "
+        f"plans stamped with nnunet-sparseattn {__version__} ({model.stamped_plans} plans.json)"
+    )

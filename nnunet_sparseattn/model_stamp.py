@@ -5,6 +5,7 @@ version under a top-level key of our own (nnU-Net reads plans by the keys it kno
 trainers' ``build_network_architecture`` reads it back and refuses, in one line, a model made by a newer version than
 the installed one, instead of failing later on a network that does not match the checkpoint.
 """
+
 from __future__ import annotations
 
 from packaging.version import InvalidVersion, Version
@@ -43,8 +44,11 @@ def check_installed_version(plans: dict, installed: str = __version__) -> None:
     try:
         newer = Version(str(needed)) > Version(installed)
     except InvalidVersion:
-        raise ModelVersionError(f"the model's plans.json names nnunet-sparseattn version {needed!r}, which is not a "
-                                f"version number: export the model again with nnunet-sparseattn export") from None
+        raise ModelVersionError(
+            f"the model's plans.json names nnunet-sparseattn version {needed!r}, which is not a "
+            f"version number: export the model again with nnunet-sparseattn export"
+        ) from None
     if newer:
-        raise ModelVersionError(f"this model needs nnunet-sparseattn >= {needed} (installed: {installed}): "
-                                "pip install -U nnunet-sparseattn")
+        raise ModelVersionError(
+            f"this model needs nnunet-sparseattn >= {needed} (installed: {installed}): pip install -U nnunet-sparseattn"
+        )

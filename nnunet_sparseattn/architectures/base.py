@@ -151,8 +151,9 @@ def normalize_plans_kwargs(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
         raise PlansError(f"conv_op={conv_op} is not torch.nn.Conv2d or Conv3d")
     ndim = conv_dims(conv_op)
     kw["features_per_stage"] = [int(f) for f in per_stage(kw["features_per_stage"], n, "features_per_stage")]
-    kw["kernel_sizes"] = [_plans_per_axis(k, ndim, "kernel_sizes")
-                          for k in per_stage(kw["kernel_sizes"], n, "kernel_sizes")]
+    kw["kernel_sizes"] = [
+        _plans_per_axis(k, ndim, "kernel_sizes") for k in per_stage(kw["kernel_sizes"], n, "kernel_sizes")
+    ]
     kw["strides"] = [_plans_per_axis(s, ndim, "strides") for s in per_stage(kw["strides"], n, "strides")]
     kw["n_conv_per_stage"] = [int(c) for c in per_stage(kw["n_conv_per_stage"], n, "n_conv_per_stage")]
     kw["n_conv_per_stage_decoder"] = [
@@ -218,7 +219,7 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
         """The network's own arguments and their defaults, read from the constructor's signature."""
         params = list(inspect.signature(cls.__init__).parameters.values())
         names = [p.name for p in params]
-        return {p.name: p.default for p in params[names.index("deep_supervision") + 1:]}
+        return {p.name: p.default for p in params[names.index("deep_supervision") + 1 :]}
 
     @classmethod
     def own_values(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,8 +255,9 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
             )
         ndim = len(shared["strides"][0])
         if len(patch_size) != ndim:
-            raise PlansError(f"patch size {list(patch_size)} has {len(patch_size)} axes but the plans' conv_op is "
-                             f"{ndim}D")
+            raise PlansError(
+                f"patch size {list(patch_size)} has {len(patch_size)} axes but the plans' conv_op is {ndim}D"
+            )
         own = dict(defaults)
         own.update({k: v for k, v in arch_kwargs.items() if k in defaults})
         own.update(overrides or {})

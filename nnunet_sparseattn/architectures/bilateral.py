@@ -20,6 +20,7 @@ ISAM widths: the stage's width capped at ``isam_max_dim`` (a 1x1 conv in, the IS
 attention stage), so a timm Swin checkpoint maps onto them (``swin_weights.py``). Windows are fitted to each
 stage's shape (``fit_window``) and written into variant plans.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,9 @@ TRAIN_POINTS = 2048  # PointRend's training points per image; at most a quarter 
 EVAL_POINTS = 8192  # PointRend's inference points; at most an eighth of the patch's voxels
 
 
-def default_isam_stages(n_stages: int, shapes: Optional[Sequence[Sequence[int]]] = None, count: int = 3,
-                        max_tokens: int = ISAM_MAX_TOKENS) -> list[int]:
+def default_isam_stages(
+    n_stages: int, shapes: Optional[Sequence[Sequence[int]]] = None, count: int = 3, max_tokens: int = ISAM_MAX_TOKENS
+) -> list[int]:
     """Stages that get ISAM + FSAM: the ``count`` largest stages (never stage 0) whose maps have at most
     ``max_tokens`` tokens (64 x 64 in 2D, 16^3 in 3D: window attention stays affordable), or the bottleneck if no
     stage is that small. Without ``shapes``: the ``count`` deepest stages."""
@@ -76,16 +78,20 @@ def default_isam_stages(n_stages: int, shapes: Optional[Sequence[Sequence[int]]]
     return small[:count] if small else [n_stages - 1]
 
 
-def isam_widths(features: Sequence[int], stages: Sequence[int], max_dim: int = 256,
-                swin_embed_dim: Optional[int] = None) -> list[int]:
+def isam_widths(
+    features: Sequence[int], stages: Sequence[int], max_dim: int = 256, swin_embed_dim: Optional[int] = None
+) -> list[int]:
     """Swin width of each ISAM (see the module docstring)."""
     if swin_embed_dim is None:
         return [min(int(features[s]), int(max_dim)) for s in stages]
     widths = []
     for j, s in enumerate(stages):
         depth_from_last = len(stages) - 1 - j  # 0: deepest attention stage -> Swin stage 2 (its 6-block stage)
-        widths.append(int(swin_embed_dim) * 2 ** (2 - depth_from_last) if depth_from_last <= 2
-                      else min(int(features[s]), int(max_dim)))
+        widths.append(
+            int(swin_embed_dim) * 2 ** (2 - depth_from_last)
+            if depth_from_last <= 2
+            else min(int(features[s]), int(max_dim))
+        )
     return widths
 
 
@@ -97,8 +103,7 @@ class BilateralAttention(nn.Sequential):
         self.isam, self.fsam = isam, fsam
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        return self.isam.compute_conv_feature_map_size(input_size) + self.fsam.compute_conv_feature_map_size(
-            input_size)
+        return self.isam.compute_conv_feature_map_size(input_size) + self.fsam.compute_conv_feature_map_size(input_size)
 
 
 class BilateralEncoder(nn.Module):
@@ -131,21 +136,47 @@ class BilateralEncoder(nn.Module):
         fsam_weighted: str,
     ) -> None:
         super().__init__()
-        ops: dict[str, Any] = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
-                   nonlin_kwargs=nonlin_kwargs)
+        ops: dict[str, Any] = dict(
+            conv_bias=conv_bias,
+            norm_op=norm_op,
+            norm_op_kwargs=norm_op_kwargs,
+            nonlin=nonlin,
+            nonlin_kwargs=nonlin_kwargs,
+        )
         self.stem = ConvNormAct(conv_op, input_channels, features_per_stage[0], kernel_sizes[0], **ops)
         stages, channels = [], features_per_stage[0]
         for s, features in enumerate(features_per_stage):
-            stages.append(ResNeXtStage(n_blocks_per_stage[s], conv_op, channels, features, kernel_sizes[s],
-                                       strides[s], cardinality=cardinality, **ops))
+            stages.append(
+                ResNeXtStage(
+                    n_blocks_per_stage[s],
+                    conv_op,
+                    channels,
+                    features,
+                    kernel_sizes[s],
+                    strides[s],
+                    cardinality=cardinality,
+                    **ops,
+                )
+            )
             channels = features
         self.stages = nn.ModuleList(stages)
         self.attention = nn.ModuleDict()
         for s, dim, window in zip(isam_stages, isam_dims, isam_windows):
-            isam = ISAM(features_per_stage[s], window, conv_op, dim=dim, depth=isam_depth, head_dim=head_dim,
-                        mlp_ratio=mlp_ratio, drop_path=drop_path, kernel_size=kernel_sizes[s], **ops)
-            fsam = FSAM(features_per_stage[s], conv_op, kernel_sizes[s], reduction=fsam_reduction,
-                        weighted=fsam_weighted, **ops)
+            isam = ISAM(
+                features_per_stage[s],
+                window,
+                conv_op,
+                dim=dim,
+                depth=isam_depth,
+                head_dim=head_dim,
+                mlp_ratio=mlp_ratio,
+                drop_path=drop_path,
+                kernel_size=kernel_sizes[s],
+                **ops,
+            )
+            fsam = FSAM(
+                features_per_stage[s], conv_op, kernel_sizes[s], reduction=fsam_reduction, weighted=fsam_weighted, **ops
+            )
             self.attention[str(s)] = BilateralAttention(isam, fsam)
         # what UNetDecoder reads from its encoder
         self.output_channels = list(features_per_stage)
@@ -252,25 +283,64 @@ class BilateralUNet(PlansNetwork):
         render_channels, render_layers: the point head's MLP.
         """
         super().__init__()
-        shared = normalize_plans_kwargs(dict(
-            n_stages=n_stages, features_per_stage=features_per_stage, conv_op=conv_op, kernel_sizes=kernel_sizes,
-            strides=strides, n_conv_per_stage=n_conv_per_stage, n_conv_per_stage_decoder=n_conv_per_stage_decoder,
-            conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
-            dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs))
+        shared = normalize_plans_kwargs(
+            dict(
+                n_stages=n_stages,
+                features_per_stage=features_per_stage,
+                conv_op=conv_op,
+                kernel_sizes=kernel_sizes,
+                strides=strides,
+                n_conv_per_stage=n_conv_per_stage,
+                n_conv_per_stage_decoder=n_conv_per_stage_decoder,
+                conv_bias=conv_bias,
+                norm_op=norm_op,
+                norm_op_kwargs=norm_op_kwargs,
+                dropout_op=dropout_op,
+                dropout_op_kwargs=dropout_op_kwargs,
+                nonlin=nonlin,
+                nonlin_kwargs=nonlin_kwargs,
+            )
+        )
         own = self.check_own({**shared, **self.own_values(locals())})
         stages = own["isam_stages"]
         self.encoder = BilateralEncoder(
-            input_channels, shared["features_per_stage"], shared["conv_op"], shared["kernel_sizes"],
-            shared["strides"], shared["n_conv_per_stage"], shared["conv_bias"], shared["norm_op"],
-            shared["norm_op_kwargs"], shared["dropout_op"], shared["dropout_op_kwargs"], shared["nonlin"],
-            shared["nonlin_kwargs"], stages, own["isam_dims"], [own["isam_windows"][s] for s in stages], isam_depth,
-            head_dim, mlp_ratio, drop_path, cardinality, fsam_reduction, fsam_weighted)
-        self.decoder = BilateralDecoder(self.encoder, num_classes, shared["n_conv_per_stage_decoder"],
-                                        deep_supervision)
-        self.rendering = (AttentionRendering(shared["features_per_stage"][0], num_classes, own["render_train_points"],
-                                             own["render_eval_points"], channels=render_channels,
-                                             num_layers=render_layers)
-                          if rendering else None)
+            input_channels,
+            shared["features_per_stage"],
+            shared["conv_op"],
+            shared["kernel_sizes"],
+            shared["strides"],
+            shared["n_conv_per_stage"],
+            shared["conv_bias"],
+            shared["norm_op"],
+            shared["norm_op_kwargs"],
+            shared["dropout_op"],
+            shared["dropout_op_kwargs"],
+            shared["nonlin"],
+            shared["nonlin_kwargs"],
+            stages,
+            own["isam_dims"],
+            [own["isam_windows"][s] for s in stages],
+            isam_depth,
+            head_dim,
+            mlp_ratio,
+            drop_path,
+            cardinality,
+            fsam_reduction,
+            fsam_weighted,
+        )
+        self.decoder = BilateralDecoder(self.encoder, num_classes, shared["n_conv_per_stage_decoder"], deep_supervision)
+        self.rendering = (
+            AttentionRendering(
+                shared["features_per_stage"][0],
+                num_classes,
+                own["render_train_points"],
+                own["render_eval_points"],
+                channels=render_channels,
+                num_layers=render_layers,
+            )
+            if rendering
+            else None
+        )
         # the points of the last forward (None without the rendering module); the trainer's point loss reads them
         self.rendered: Optional[RenderedPoints] = None
         # nnU-Net's keys for transfer of encoder weights between datasets
@@ -323,8 +393,10 @@ class BilateralUNet(PlansNetwork):
         else:
             dims = [int(d) for d in isam_dims]
             if len(dims) != len(stages):
-                raise PlansError(f"isam_dims has {len(dims)} entries for {len(stages)} isam_stages {stages}: give "
-                                 "one width per ISAM stage (or null for the default)")
+                raise PlansError(
+                    f"isam_dims has {len(dims)} entries for {len(stages)} isam_stages {stages}: give "
+                    "one width per ISAM stage (or null for the default)"
+                )
         for s, d in zip(stages, dims):
             if d < 1:
                 raise PlansError(f"ISAM width {d} at stage {s} must be >= 1")
@@ -337,8 +409,10 @@ class BilateralUNet(PlansNetwork):
             windows = [[int(w)] * ndim if isinstance(w, (int, float)) else [int(v) for v in w] for w in isam_windows]
             bad = [s for s, w in enumerate(windows) if len(w) != ndim or min(w) < 1]
             if bad:
-                raise PlansError(f"isam_windows of stage {bad[0]} is {isam_windows[bad[0]]}: give {ndim} positive "
-                                 "window sizes per stage")
+                raise PlansError(
+                    f"isam_windows of stage {bad[0]} is {isam_windows[bad[0]]}: give {ndim} positive "
+                    "window sizes per stage"
+                )
         points = {}
         for key, default in (("render_train_points", TRAIN_POINTS), ("render_eval_points", EVAL_POINTS)):
             value = default if kwargs[key] is None else kwargs[key]
@@ -369,5 +443,6 @@ def bilateral_paper_network(num_classes: int = 2) -> nn.Module:
         nonlin=nn.ReLU,
         nonlin_kwargs={"inplace": True},
     )
-    return BilateralUNet.from_plans(plans, patch, PAPER_INPUT[1], num_classes, deep_supervision=False,
-                                    overrides={"isam_max_dim": 96})
+    return BilateralUNet.from_plans(
+        plans, patch, PAPER_INPUT[1], num_classes, deep_supervision=False, overrides={"isam_max_dim": 96}
+    )

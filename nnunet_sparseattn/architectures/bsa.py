@@ -13,6 +13,7 @@ chosen per stage from its shape (:func:`choose_region_size`) and written into va
 edited; an edited size that does not cut its stage exactly is refused (:meth:`BSAUNet.check_patch_size`).
 The narrow-band loss is the trainer's business (``nnUNetTrainerBSA``), not the network's.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -105,8 +106,16 @@ class BSAEncoder(SkipsEncoder):
                 # nnU-Net's first conv of a stage does the downsampling; the blocks replace the remaining convs
                 down = StackedConvBlocks(1, conv_op, channels, features, kernel_sizes[s], strides[s], *conv_args)
                 blocks = [
-                    BSABlock(features, num_heads[s], _region(region_sizes[s]), topk[s], conv_op, mlp_ratio,
-                             coarse_branch, lce_kernel_size)
+                    BSABlock(
+                        features,
+                        num_heads[s],
+                        _region(region_sizes[s]),
+                        topk[s],
+                        conv_op,
+                        mlp_ratio,
+                        coarse_branch,
+                        lce_kernel_size,
+                    )
                     for _ in range(blocks_per_stage[s])
                 ]
                 stage = nn.Sequential(down, *blocks)
@@ -120,7 +129,10 @@ class BSAEncoder(SkipsEncoder):
         self.conv_op = conv_op
         self.conv_bias, self.norm_op, self.norm_op_kwargs = conv_bias, norm_op, norm_op_kwargs
         self.dropout_op, self.dropout_op_kwargs, self.nonlin, self.nonlin_kwargs = (
-            dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs
+            dropout_op,
+            dropout_op_kwargs,
+            nonlin,
+            nonlin_kwargs,
         )
         self.attention_from_stage = attention_from_stage
         self.mlp_ratio = mlp_ratio
@@ -199,12 +211,24 @@ class BSAUNet(PlansNetwork):
         coarse_branch: BSAM's patch-level attention branch (False: BiFormer's BRA; an ablation).
         """
         super().__init__()
-        kw = normalize_plans_kwargs(dict(
-            n_stages=n_stages, features_per_stage=features_per_stage, conv_op=conv_op, kernel_sizes=kernel_sizes,
-            strides=strides, n_conv_per_stage=n_conv_per_stage, n_conv_per_stage_decoder=n_conv_per_stage_decoder,
-            conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
-            dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
-        ))
+        kw = normalize_plans_kwargs(
+            dict(
+                n_stages=n_stages,
+                features_per_stage=features_per_stage,
+                conv_op=conv_op,
+                kernel_sizes=kernel_sizes,
+                strides=strides,
+                n_conv_per_stage=n_conv_per_stage,
+                n_conv_per_stage_decoder=n_conv_per_stage_decoder,
+                conv_bias=conv_bias,
+                norm_op=norm_op,
+                norm_op_kwargs=norm_op_kwargs,
+                dropout_op=dropout_op,
+                dropout_op_kwargs=dropout_op_kwargs,
+                nonlin=nonlin,
+                nonlin_kwargs=nonlin_kwargs,
+            )
+        )
         own = self.check_own({**kw, **self.own_values(locals())})
         self.encoder = BSAEncoder(
             input_channels,
@@ -289,5 +313,10 @@ class BSAUNet(PlansNetwork):
                     f"into whole regions: use sizes that divide it per axis (e.g. {fix}), or null for dense attention"
                 )
             regions[s] = region
-        return {"attention_from_stage": first, "blocks_per_stage": blocks, "num_heads": heads,
-                "region_sizes": regions, "topk": topk}
+        return {
+            "attention_from_stage": first,
+            "blocks_per_stage": blocks,
+            "num_heads": heads,
+            "region_sizes": regions,
+            "topk": topk,
+        }

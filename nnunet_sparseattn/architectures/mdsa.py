@@ -62,11 +62,21 @@ PAPER_INPUT = (1, 3, 224, 224)
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
-def _attention_blocks(n: int, channels: int, conv_op: type[nn.Module], grid: Optional[Sequence[int]], topk: int,
-                      cfg: Mapping[str, Any]) -> list[nn.Module]:
+def _attention_blocks(
+    n: int, channels: int, conv_op: type[nn.Module], grid: Optional[Sequence[int]], topk: int, cfg: Mapping[str, Any]
+) -> list[nn.Module]:
     return [
-        MDSABlock(channels, num_heads_for(channels, cfg["head_dim"]), conv_op, grid, topk, cfg["aggregation"],
-                  cfg["aggregation_scales"], cfg["mlp_ratio"], cfg["lce_kernel_size"])
+        MDSABlock(
+            channels,
+            num_heads_for(channels, cfg["head_dim"]),
+            conv_op,
+            grid,
+            topk,
+            cfg["aggregation"],
+            cfg["aggregation_scales"],
+            cfg["mlp_ratio"],
+            cfg["lce_kernel_size"],
+        )
         for _ in range(n)
     ]
 
@@ -85,31 +95,56 @@ class MDSAEncoder(SkipsEncoder):
     ``attention_from_stage`` and become as many MDSA blocks (at least one) from it down.
     """
 
-    def __init__(self, input_channels: int, kw: Mapping[str, Any], attention: Sequence[bool],
-                 grids: Sequence[Optional[Sequence[int]]], topks: Sequence[int], cfg: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        input_channels: int,
+        kw: Mapping[str, Any],
+        attention: Sequence[bool],
+        grids: Sequence[Optional[Sequence[int]]],
+        topks: Sequence[int],
+        cfg: Mapping[str, Any],
+    ) -> None:
         super().__init__()
         conv_op = kw["conv_op"]
         self.conv_op = conv_op
         self.output_channels = list(kw["features_per_stage"])
         self.strides = [tuple(s) for s in kw["strides"]]
         self.kernel_sizes = [tuple(k) for k in kw["kernel_sizes"]]
-        conv_args = (kw["conv_bias"], kw["norm_op"], kw["norm_op_kwargs"], kw["dropout_op"], kw["dropout_op_kwargs"],
-                     kw["nonlin"], kw["nonlin_kwargs"])
+        conv_args = (
+            kw["conv_bias"],
+            kw["norm_op"],
+            kw["norm_op_kwargs"],
+            kw["dropout_op"],
+            kw["dropout_op_kwargs"],
+            kw["nonlin"],
+            kw["nonlin_kwargs"],
+        )
         stages = []
         in_ch = input_channels
         for s, out_ch in enumerate(self.output_channels):
             if s == 0 and all(st == 1 for st in self.strides[0]):
                 entry: nn.Module = StackedConvBlocks(1, conv_op, in_ch, out_ch, self.kernel_sizes[0], 1, *conv_args)
             else:
-                entry = EnhancedDownsampling(in_ch, out_ch, self.strides[s], conv_op, self.kernel_sizes[s],
-                                             cfg["edm_local_branch"], kw["norm_op"], kw["norm_op_kwargs"],
-                                             kw["conv_bias"])
+                entry = EnhancedDownsampling(
+                    in_ch,
+                    out_ch,
+                    self.strides[s],
+                    conv_op,
+                    self.kernel_sizes[s],
+                    cfg["edm_local_branch"],
+                    kw["norm_op"],
+                    kw["norm_op_kwargs"],
+                    kw["conv_bias"],
+                )
             rest = kw["n_conv_per_stage"][s] - 1
             if attention[s]:
                 blocks = _attention_blocks(max(1, rest), out_ch, conv_op, grids[s], topks[s], cfg)
             else:
-                blocks = [StackedConvBlocks(rest, conv_op, out_ch, out_ch, self.kernel_sizes[s], 1, *conv_args)] \
-                    if rest > 0 else []
+                blocks = (
+                    [StackedConvBlocks(rest, conv_op, out_ch, out_ch, self.kernel_sizes[s], 1, *conv_args)]
+                    if rest > 0
+                    else []
+                )
             stages.append(nn.Sequential(entry, *blocks))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
@@ -135,30 +170,60 @@ class MDSADecoder(nn.Module):
     deep supervision is on or not (``deep_supervision`` toggles what ``forward`` returns).
     """
 
-    def __init__(self, encoder: MDSAEncoder, num_classes: int, kw: Mapping[str, Any], attention: Sequence[bool],
-                 grids: Sequence[Optional[Sequence[int]]], topks: Sequence[int], cfg: Mapping[str, Any],
-                 deep_supervision: bool) -> None:
+    def __init__(
+        self,
+        encoder: MDSAEncoder,
+        num_classes: int,
+        kw: Mapping[str, Any],
+        attention: Sequence[bool],
+        grids: Sequence[Optional[Sequence[int]]],
+        topks: Sequence[int],
+        cfg: Mapping[str, Any],
+        deep_supervision: bool,
+    ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
         self.num_classes = num_classes
         conv_op = encoder.conv_op
         ch, strides, kernels = encoder.output_channels, encoder.strides, encoder.kernel_sizes
         self.strides = strides
-        conv_args = (kw["conv_bias"], kw["norm_op"], kw["norm_op_kwargs"], kw["dropout_op"], kw["dropout_op_kwargs"],
-                     kw["nonlin"], kw["nonlin_kwargs"])
+        conv_args = (
+            kw["conv_bias"],
+            kw["norm_op"],
+            kw["norm_op_kwargs"],
+            kw["dropout_op"],
+            kw["dropout_op_kwargs"],
+            kw["nonlin"],
+            kw["nonlin_kwargs"],
+        )
         n = len(ch)
         upsampling, stages, seg_layers = [], [], []
         for i in range(n - 1):
             below, level = n - 1 - i, n - 2 - i
-            upsampling.append(EnhancedUpsampling(ch[below], ch[level], ch[level], strides[below], conv_op,
-                                                 kernels[level], kw["norm_op"], kw["norm_op_kwargs"], kw["nonlin"],
-                                                 kw["nonlin_kwargs"], kw["conv_bias"]))
+            upsampling.append(
+                EnhancedUpsampling(
+                    ch[below],
+                    ch[level],
+                    ch[level],
+                    strides[below],
+                    conv_op,
+                    kernels[level],
+                    kw["norm_op"],
+                    kw["norm_op_kwargs"],
+                    kw["nonlin"],
+                    kw["nonlin_kwargs"],
+                    kw["conv_bias"],
+                )
+            )
             rest = kw["n_conv_per_stage_decoder"][i] - 1
             if attention[level]:
                 blocks = _attention_blocks(max(1, rest), ch[level], conv_op, grids[level], topks[level], cfg)
             else:
-                blocks = [StackedConvBlocks(rest, conv_op, ch[level], ch[level], kernels[level], 1, *conv_args)] \
-                    if rest > 0 else []
+                blocks = (
+                    [StackedConvBlocks(rest, conv_op, ch[level], ch[level], kernels[level], 1, *conv_args)]
+                    if rest > 0
+                    else []
+                )
             stages.append(nn.Sequential(*blocks))
             seg_layers.append(conv_op(ch[level], num_classes, 1, 1, 0, bias=True))
         self.upsampling = nn.ModuleList(upsampling)
@@ -244,23 +309,39 @@ class MDSAUNet(PlansNetwork):
         edm_local_branch: str = "conv",
     ) -> None:
         super().__init__()
-        kw = normalize_plans_kwargs(dict(
-            n_stages=n_stages, features_per_stage=features_per_stage, conv_op=conv_op, kernel_sizes=kernel_sizes,
-            strides=strides, n_conv_per_stage=n_conv_per_stage, n_conv_per_stage_decoder=n_conv_per_stage_decoder,
-            conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
-            dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
-        ))
+        kw = normalize_plans_kwargs(
+            dict(
+                n_stages=n_stages,
+                features_per_stage=features_per_stage,
+                conv_op=conv_op,
+                kernel_sizes=kernel_sizes,
+                strides=strides,
+                n_conv_per_stage=n_conv_per_stage,
+                n_conv_per_stage_decoder=n_conv_per_stage_decoder,
+                conv_bias=conv_bias,
+                norm_op=norm_op,
+                norm_op_kwargs=norm_op_kwargs,
+                dropout_op=dropout_op,
+                dropout_op_kwargs=dropout_op_kwargs,
+                nonlin=nonlin,
+                nonlin_kwargs=nonlin_kwargs,
+            )
+        )
         cfg = self.own_values(locals())
         attention, grid_list, topk_list = self.check_own({**kw, **cfg})
         self.attention_stages = [s for s, a in enumerate(attention) if a]
         self.encoder = MDSAEncoder(input_channels, kw, attention, grid_list, topk_list, cfg)
-        self.decoder = MDSADecoder(self.encoder, num_classes, kw, attention, grid_list, topk_list, cfg,
-                                   deep_supervision)
+        self.decoder = MDSADecoder(
+            self.encoder, num_classes, kw, attention, grid_list, topk_list, cfg, deep_supervision
+        )
         # nnU-Net's keys for transfer of encoder weights between datasets (stage 0 opens with a conv block, or with
         # an EDM when the plans downsample at once)
         entry = "encoder.stages.0.0"
-        in_proj = ("convs.0.conv", "convs.0.all_modules.0") if isinstance(self.encoder.stages[0][0], StackedConvBlocks) \
+        in_proj = (
+            ("convs.0.conv", "convs.0.all_modules.0")
+            if isinstance(self.encoder.stages[0][0], StackedConvBlocks)
             else ("merge", "local")
+        )
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stages.0"
         self.keys_to_in_proj = tuple(f"{entry}.{key}" for key in in_proj)
@@ -272,8 +353,9 @@ class MDSAUNet(PlansNetwork):
         ndim = conv_dims(self.encoder.conv_op)
         if len(input_size) != ndim:
             raise ValueError(f"input_size must be the {ndim} spatial sizes (no batch or channel), got {input_size}")
-        return self.encoder.compute_conv_feature_map_size(input_size) + \
-            self.decoder.compute_conv_feature_map_size(input_size)
+        return self.encoder.compute_conv_feature_map_size(input_size) + self.decoder.compute_conv_feature_map_size(
+            input_size
+        )
 
     @classmethod
     def fill_for_patch(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
@@ -286,8 +368,9 @@ class MDSAUNet(PlansNetwork):
         return {"grids": [list(auto_grid(shape)) if s >= first else None for s, shape in enumerate(shapes)]}
 
     @classmethod
-    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None
-                  ) -> tuple[list[bool], list, list[int]]:
+    def check_own(
+        cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None
+    ) -> tuple[list[bool], list, list[int]]:
         """Per-stage attention flags, grids and top-k (PlansError on values that do not fit the plans)."""
         n = kwargs["n_stages"]
         ndim = len(kwargs["strides"][0])
@@ -309,7 +392,9 @@ class MDSAUNet(PlansNetwork):
             raise PlansError(f"lce_kernel_size={lce!r} must be 0 (off) or an odd integer")
         scales = kwargs["aggregation_scales"]
         if scales is not None:
-            if not (isinstance(scales, (list, tuple)) and scales and all(isinstance(x, int) and x >= 1 for x in scales)):
+            if not (
+                isinstance(scales, (list, tuple)) and scales and all(isinstance(x, int) and x >= 1 for x in scales)
+            ):
                 raise PlansError(f"aggregation_scales={scales!r} must be a non-empty list of integers >= 1")
             if kwargs["aggregation"] == "dwconv" and any(x % 2 == 0 for x in scales):
                 raise PlansError(f"aggregation_scales={scales!r}: depthwise kernels must be odd (e.g. [3, 5, 7])")
@@ -321,12 +406,15 @@ class MDSAUNet(PlansNetwork):
         if grids is None:
             grids = [None] * n
         if not isinstance(grids, (list, tuple)) or len(grids) != n:
-            raise PlansError(f"grids={grids!r} must be null or a list of {n} entries (one per stage, each null or "
-                             f"{ndim} regions per axis)")
+            raise PlansError(
+                f"grids={grids!r} must be null or a list of {n} entries (one per stage, each null or "
+                f"{ndim} regions per axis)"
+            )
         checked = []
         for s, g in enumerate(grids):
-            if g is not None and not (isinstance(g, (list, tuple)) and len(g) == ndim
-                                      and all(isinstance(x, int) and x >= 1 for x in g)):
+            if g is not None and not (
+                isinstance(g, (list, tuple)) and len(g) == ndim and all(isinstance(x, int) and x >= 1 for x in g)
+            ):
                 raise PlansError(f"grids[{s}]={g!r} must be null or {ndim} integers >= 1 (regions per axis)")
             checked.append(None if g is None else tuple(g))
         return attention, checked, topks
@@ -372,8 +460,9 @@ class MDSAPaperUNet(nn.Module):
         bn = nn.BatchNorm2d
         self.stem1 = nn.Sequential(nn.Conv2d(in_channels, c0 // 2, 3, 2, 1, bias=False), bn(c0 // 2), nn.GELU())
         self.stem2 = nn.Sequential(nn.Conv2d(c0 // 2, c0, 3, 2, 1, bias=False), bn(c0))
-        cfg = dict(head_dim=head_dim, aggregation=aggregation, aggregation_scales=None, mlp_ratio=mlp_ratio,
-                   lce_kernel_size=3)
+        cfg = dict(
+            head_dim=head_dim, aggregation=aggregation, aggregation_scales=None, mlp_ratio=mlp_ratio, lce_kernel_size=3
+        )
         g = (grid, grid)
         self.encoder = nn.ModuleList()
         for i, (c, d, k) in enumerate(zip(channels, depths, topks)):
@@ -382,10 +471,12 @@ class MDSAPaperUNet(nn.Module):
         self.upsampling = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for i in reversed(range(len(channels) - 1)):
-            self.upsampling.append(EnhancedUpsampling(channels[i + 1], channels[i], channels[i], 2, nn.Conv2d, 3,
-                                                      bn, None, nn.GELU))
-            self.decoder.append(nn.Sequential(*_attention_blocks(decoder_depths[i], channels[i], nn.Conv2d, g,
-                                                                 topks[i], cfg)))
+            self.upsampling.append(
+                EnhancedUpsampling(channels[i + 1], channels[i], channels[i], 2, nn.Conv2d, 3, bn, None, nn.GELU)
+            )
+            self.decoder.append(
+                nn.Sequential(*_attention_blocks(decoder_depths[i], channels[i], nn.Conv2d, g, topks[i], cfg))
+            )
         self.head_up = EnhancedUpsampling(c0, c0 // 2, c0 // 2, 2, nn.Conv2d, 3, bn, None, nn.GELU)
         self.head = nn.Sequential(nn.ConvTranspose2d(c0 // 2, c0 // 2, 2, 2), nn.Conv2d(c0 // 2, num_classes, 1))
         self.apply(self._init)

@@ -22,6 +22,7 @@ Mapping rules:
   MLP ratio) is skipped with its reason. Patch embedding, patch merging, the final norm and the classifier have no
   counterpart in ISAM and are reported as unused.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,12 +54,24 @@ SWIN_WEIGHTS_ENV = "nnUNet_sparseattn_swin_weights"
 
 _BLOCK_KEY = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.(.+)$")
 _BLOCK_PARAMS = (
-    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-    "attn.relative_position_bias_table", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-    "mlp.fc2.weight", "mlp.fc2.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "attn.relative_position_bias_table",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
 )
-_EXPECTED = ("timm's Swin layout: layers.<stage>.blocks.<block>.attn.qkv.weight, ...attn.relative_position_bias_table, "
-             "...mlp.fc1.weight (e.g. timm.create_model('swin_tiny_patch4_window7_224').state_dict())")
+_EXPECTED = (
+    "timm's Swin layout: layers.<stage>.blocks.<block>.attn.qkv.weight, ...attn.relative_position_bias_table, "
+    "...mlp.fc1.weight (e.g. timm.create_model('swin_tiny_patch4_window7_224').state_dict())"
+)
 
 
 @dataclass
@@ -78,8 +91,10 @@ class SwinLoadReport:
     unused: list[str] = field(default_factory=list)  # checkpoint keys with no counterpart in ISAM
 
     def summary(self) -> str:
-        lines = [f"Swin weights from {self.source}: {len(self.loaded)} tensors loaded, {len(self.skipped)} "
-                 f"skipped, {len(self.unused)} checkpoint tensors without a counterpart in ISAM"]
+        lines = [
+            f"Swin weights from {self.source}: {len(self.loaded)} tensors loaded, {len(self.skipped)} "
+            f"skipped, {len(self.unused)} checkpoint tensors without a counterpart in ISAM"
+        ]
         by_module: dict[str, list[str]] = defaultdict(list)
         for target, source, how in self.loaded:
             module = target.rsplit(".blocks.", 1)[0]
@@ -106,14 +121,17 @@ def read_swin_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     not a state dict, or not in timm's Swin layout."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"Swin checkpoint {path} does not exist: set {SWIN_WEIGHTS_ENV} to a local timm Swin "
-                        "state dict (.pth or .safetensors)")
+        raise UserError(
+            f"Swin checkpoint {path} does not exist: set {SWIN_WEIGHTS_ENV} to a local timm Swin "
+            "state dict (.pth or .safetensors)"
+        )
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:  # pragma: no cover - safetensors comes with timm
-            raise UserError(f"{path} is a .safetensors file but safetensors is not installed: pip install "
-                            "safetensors") from None
+            raise UserError(
+                f"{path} is a .safetensors file but safetensors is not installed: pip install safetensors"
+            ) from None
         try:
             obj: Any = load_file(str(path), device="cpu")
         except Exception as error:
@@ -123,8 +141,10 @@ def read_swin_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"{path} is not a PyTorch state dict that loads without running code ({first}); "
-                            f"save one with torch.save(model.state_dict(), path)") from None
+            raise UserError(
+                f"{path} is not a PyTorch state dict that loads without running code ({first}); "
+                f"save one with torch.save(model.state_dict(), path)"
+            ) from None
     obj = _unwrap(obj)
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} is not a state dict (a mapping of names to tensors): expected {_EXPECTED}")
@@ -132,12 +152,11 @@ def read_swin_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         for prefix in ("module.", "backbone.", "encoder.", "model."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         state[key] = value
     if not any(_BLOCK_KEY.match(k) for k in state):
         sample = ", ".join(list(state)[:3])
-        raise UserError(f"{path} has no Swin blocks (wrong layout: its keys look like {sample}); expected "
-                        f"{_EXPECTED}")
+        raise UserError(f"{path} has no Swin blocks (wrong layout: its keys look like {sample}); expected {_EXPECTED}")
     return state
 
 
@@ -153,13 +172,17 @@ def swin_stages(state: Mapping[str, torch.Tensor]) -> dict[int, SwinStage]:
         ordered = [by_index[i] for i in sorted(by_index)]
         first = ordered[0]
         if "attn.qkv.weight" not in first or "attn.relative_position_bias_table" not in first:
-            raise UserError(f"Swin stage {s} of the checkpoint lacks attn.qkv.weight or the relative position bias "
-                            f"table: expected {_EXPECTED}")
+            raise UserError(
+                f"Swin stage {s} of the checkpoint lacks attn.qkv.weight or the relative position bias "
+                f"table: expected {_EXPECTED}"
+            )
         rows, heads = first["attn.relative_position_bias_table"].shape
         side = math.isqrt(int(rows))
         if side * side != rows or side % 2 == 0:
-            raise UserError(f"Swin stage {s}: a relative position bias table of {rows} rows is not (2w - 1)^2 for a "
-                            "square window; only square 2D windows are supported")
+            raise UserError(
+                f"Swin stage {s}: a relative position bias table of {rows} rows is not (2w - 1)^2 for a "
+                "square window; only square 2D windows are supported"
+            )
         stages[s] = SwinStage(s, int(first["attn.qkv.weight"].shape[1]), int(heads), (side + 1) // 2, ordered)
     return stages
 
@@ -185,8 +208,11 @@ def fit_bias_table(table: torch.Tensor, source_window: int, window: tuple[int, .
             grid = _fit_axis(grid, axis, size)
     if any(size > side for size in target):
         size = [max(t, g) for t, g in zip(target, grid.shape[:2])]
-        grid = F.interpolate(grid.permute(2, 0, 1)[None].float(), size=size, mode="bicubic",
-                             align_corners=True)[0].permute(1, 2, 0).to(table.dtype)
+        grid = (
+            F.interpolate(grid.permute(2, 0, 1)[None].float(), size=size, mode="bicubic", align_corners=True)[0]
+            .permute(1, 2, 0)
+            .to(table.dtype)
+        )
         how.append(f"resized {side}x{side} -> {size[0]}x{size[1]}")
     elif list(grid.shape[:2]) != [side, side]:
         how.append(f"cropped {side}x{side} -> {grid.shape[0]}x{grid.shape[1]}")
@@ -197,8 +223,9 @@ def fit_bias_table(table: torch.Tensor, source_window: int, window: tuple[int, .
     return grid.reshape(-1, heads), ", ".join(how)
 
 
-def map_swin_onto_isams(network: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict",
-                        repeat_blocks: bool = True) -> SwinLoadReport:
+def map_swin_onto_isams(
+    network: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", repeat_blocks: bool = True
+) -> SwinLoadReport:
     """Copy the matching Swin tensors into every ISAM of ``network`` (in place); returns what was done."""
     report = SwinLoadReport(source)
     stages = swin_stages(state)
@@ -210,13 +237,23 @@ def map_swin_onto_isams(network: nn.Module, state: Mapping[str, torch.Tensor], s
         matches = [st for st in stages.values() if st.width == isam.dim]
         if not matches:
             widths = ", ".join(str(st.width) for st in stages.values())
-            report.skipped.append((f"{name} (width {isam.dim})", f"no Swin stage of width {isam.dim} in the "
-                                   f"checkpoint (its widths: {widths}); kept its initialisation"))
+            report.skipped.append(
+                (
+                    f"{name} (width {isam.dim})",
+                    f"no Swin stage of width {isam.dim} in the "
+                    f"checkpoint (its widths: {widths}); kept its initialisation",
+                )
+            )
             continue
         stage = matches[-1]
         if stage.heads != isam.num_heads:
-            report.skipped.append((name, f"Swin stage {stage.index} has {stage.heads} heads, this ISAM "
-                                   f"{isam.num_heads}; kept its initialisation"))
+            report.skipped.append(
+                (
+                    name,
+                    f"Swin stage {stage.index} has {stage.heads} heads, this ISAM "
+                    f"{isam.num_heads}; kept its initialisation",
+                )
+            )
             continue
         depth = len(stage.blocks)
         for j, block in enumerate(isam.blocks):
@@ -240,8 +277,9 @@ def map_swin_onto_isams(network: nn.Module, state: Mapping[str, torch.Tensor], s
                     value, fitted = fit_bias_table(value, stage.window, block.window)
                     how = ", ".join(h for h in (how, fitted) if h)
                 if tuple(value.shape) != tuple(params[key].shape):
-                    report.skipped.append((target, f"{src_key} has shape {tuple(value.shape)}, this block "
-                                           f"{tuple(params[key].shape)}"))
+                    report.skipped.append(
+                        (target, f"{src_key} has shape {tuple(value.shape)}, this block {tuple(params[key].shape)}")
+                    )
                     continue
                 with torch.no_grad():
                     params[key].copy_(value.to(params[key].dtype))
@@ -255,7 +293,9 @@ def load_swin_into(network: nn.Module, path: str | Path, repeat_blocks: bool = T
     """Read the checkpoint at ``path`` and map it onto ``network``'s ISAMs; ``UserError`` when nothing matches."""
     report = map_swin_onto_isams(network, read_swin_state_dict(path), str(path), repeat_blocks)
     if not report.loaded:
-        raise UserError(f"nothing of {path} fits this network's ISAMs: "
-                        + "; ".join(f"{t}: {why}" for t, why in report.skipped[:3])
-                        + ". Use a checkpoint whose stage widths match the ISAM widths (swin_embed_dim)")
+        raise UserError(
+            f"nothing of {path} fits this network's ISAMs: "
+            + "; ".join(f"{t}: {why}" for t, why in report.skipped[:3])
+            + ". Use a checkpoint whose stage widths match the ISAM widths (swin_embed_dim)"
+        )
     return report

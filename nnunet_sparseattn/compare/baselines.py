@@ -1,5 +1,6 @@
 """The references a comparison sets every trainer beside (``--baselines``). Imports nothing heavy: the CLI's help
 lists them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

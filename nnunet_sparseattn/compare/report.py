@@ -1,4 +1,5 @@
 """What a comparison shows: a Markdown table (``compare.md``) and a PNG (Dice against s/iter; per-case Dice)."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,11 @@ def num(x: float | None, digits: int = 3) -> str:
 def size(n: float | None, unit: str = "", binary: bool = False) -> str:
     if n is None:
         return "–"
-    scales = ((2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki")) if binary else \
-        ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+    scales = (
+        ((2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki"))
+        if binary
+        else ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+    )
     for scale, prefix in scales:
         if n >= scale:
             return f"{n / scale:.2f} {prefix}{unit}"
@@ -33,8 +37,7 @@ def versus(test: dict[str, Any] | None) -> str:
     """``+2.1 (p 0.031, 12/16 better)``: mean per-case Dice difference in points, the test, the wins."""
     if test is None or test["mean_difference"] is None:
         return "–"
-    return (f"{100 * test['mean_difference']:+.1f} (p {p_value(test['p_value'])}, "
-            f"{test['wins']}/{test['cases']} better)")
+    return f"{100 * test['mean_difference']:+.1f} (p {p_value(test['p_value'])}, {test['wins']}/{test['cases']} better)"
 
 
 def baselines(results: dict[str, Any]) -> list[tuple[str, dict]]:
@@ -59,9 +62,15 @@ def results_table(results: dict[str, Any], dataset: str | None = None) -> str:
         hd = ", ".join(f"{k} {num(v, 2)}" for k, v in r.get("hd95", {}).items()) or "–"
         cells = [r.get("label", key), f"`{r.get('plans', '')}`", num(r.get("mean_dice")), dice]
         cells += ["–" if r.get("baseline") else versus(tests.get((key, ref_key))) for ref_key, _ in refs]
-        cells += [hd, num(r.get("s_per_iter")), num(r.get("s_per_case"), 2),
-                  size(r.get("peak_memory_bytes"), "B", binary=True), size(r.get("params")), size(r.get("flops")),
-                  status]
+        cells += [
+            hd,
+            num(r.get("s_per_iter")),
+            num(r.get("s_per_case"), 2),
+            size(r.get("peak_memory_bytes"), "B", binary=True),
+            size(r.get("params")),
+            size(r.get("flops")),
+            status,
+        ]
         if dataset is not None:
             cells = [dataset] + cells
         rows.append("| " + " | ".join(cells) + " |")
@@ -70,12 +79,16 @@ def results_table(results: dict[str, Any], dataset: str | None = None) -> str:
 
 def paired_test_note(results: dict[str, Any]) -> str:
     cases = max((t["cases"] for t in results.get("tests", [])), default=0)
-    note = ("Dice points: mean over the held-out cases of the trainer's per-case mean Dice minus the baseline's. "
-            "p: two-sided Wilcoxon signed-rank test on those per-case differences (scipy); below 0.05 the "
-            "difference is unlikely to be noise. better: cases where the trainer scored higher.")
+    note = (
+        "Dice points: mean over the held-out cases of the trainer's per-case mean Dice minus the baseline's. "
+        "p: two-sided Wilcoxon signed-rank test on those per-case differences (scipy); below 0.05 the "
+        "difference is unlikely to be noise. better: cases where the trainer scored higher."
+    )
     if cases and smallest_p_value(cases) >= 0.05:
-        note += (f" With {cases} cases no difference can reach p < 0.05 (the smallest possible p is "
-                 f"{smallest_p_value(cases):.3f}): predict more cases for a verdict.")
+        note += (
+            f" With {cases} cases no difference can reach p < 0.05 (the smallest possible p is "
+            f"{smallest_p_value(cases):.3f}): predict more cases for a verdict."
+        )
     return note
 
 
@@ -83,16 +96,26 @@ def render_markdown(results: dict[str, Any]) -> str:
     dataset = results["dataset"]
     heldout = results.get("heldout", {})
     cases = sum(len(c) for c in heldout.get("cases", {}).values())
-    where = ("imagesTs (labelsTs), predicted by the ensemble of the trained folds" if heldout.get("kind") == "test"
-             else "each fold's validation cases, predicted by that fold's model")
-    lines = [f"# {dataset['name']} `{results['configuration']}`: compare", "",
-             f"Command: `{results.get('command') or 'nnunet-sparseattn compare'}`  ",
-             f"Budget `{results['budget']['name']}`: {results['budget_text']}.  ",
-             f"Device: {results['device']} ({results['machine']}); torch {results.get('torch')}, nnU-Net "
-             f"{results.get('nnunetv2')}.  ",
-             f"Held-out cases: {cases}, {where}.  ",
-             f"From {results.get('started', '?')} to {results.get('updated', '?')} (resumed runs included).", "",
-             results_table(results), "", paired_test_note(results), ""]
+    where = (
+        "imagesTs (labelsTs), predicted by the ensemble of the trained folds"
+        if heldout.get("kind") == "test"
+        else "each fold's validation cases, predicted by that fold's model"
+    )
+    lines = [
+        f"# {dataset['name']} `{results['configuration']}`: compare",
+        "",
+        f"Command: `{results.get('command') or 'nnunet-sparseattn compare'}`  ",
+        f"Budget `{results['budget']['name']}`: {results['budget_text']}.  ",
+        f"Device: {results['device']} ({results['machine']}); torch {results.get('torch')}, nnU-Net "
+        f"{results.get('nnunetv2')}.  ",
+        f"Held-out cases: {cases}, {where}.  ",
+        f"From {results.get('started', '?')} to {results.get('updated', '?')} (resumed runs included).",
+        "",
+        results_table(results),
+        "",
+        paired_test_note(results),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -100,14 +123,16 @@ def draw(results: dict[str, Any], left, right, keys: list[str] | None = None) ->
     """Onto two matplotlib axes: mean Dice against training time per iteration, one marker per finished run (left);
     per-case mean Dice as a box plot per run (right). ``keys``: the runs to draw (default all). False when no run
     is done."""
-    done = [(r.get("label", k), r) for k, r in results["runs"].items()
-            if r.get("status") == "done" and (keys is None or k in keys)]
+    done = [
+        (r.get("label", k), r)
+        for k, r in results["runs"].items()
+        if r.get("status") == "done" and (keys is None or k in keys)
+    ]
     if not done:
         return False
     for label, r in done:
         left.scatter(r["s_per_iter"], r["mean_dice"], s=60, marker="s" if r.get("baseline") else "o", label=label)
-        left.annotate(label, (r["s_per_iter"], r["mean_dice"]), textcoords="offset points", xytext=(5, 5),
-                      fontsize=8)
+        left.annotate(label, (r["s_per_iter"], r["mean_dice"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     left.set_xlabel("training time per iteration (s)")
     left.set_ylabel("mean Dice (held-out cases)")
     left.set_title(f"{results['dataset']['name']} {results['configuration']}", fontsize=9)
@@ -143,5 +168,9 @@ def plot(comparisons: list[tuple[dict[str, Any], list[str] | None]], path: Path,
 def plot_comparison(results: dict[str, Any], path: Path) -> Path | None:
     """``compare.png``: the comparison's two panels."""
     budget = results["budget"]
-    return plot([(results, None)], path, f"budget {budget['name']} ({budget['num_epochs']} x "
-                                         f"{budget['num_iterations_per_epoch']} iterations), {results['machine']}")
+    return plot(
+        [(results, None)],
+        path,
+        f"budget {budget['name']} ({budget['num_epochs']} x "
+        f"{budget['num_iterations_per_epoch']} iterations), {results['machine']}",
+    )

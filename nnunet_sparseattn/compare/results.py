@@ -1,4 +1,5 @@
 """The results of one comparison (``OUTPUT_FOLDER/compare.json``) and the paired test between two runs."""
+
 from __future__ import annotations
 
 import datetime
@@ -43,17 +44,23 @@ class ResultsStore:
         path = folder / RESULTS_FILE
         if not path.is_file():
             if folder.exists() and any(folder.iterdir()):
-                raise UserError(f"{folder} is not empty and holds no {RESULTS_FILE}: choose a new folder for the "
-                                "comparison (its models, predictions and reports go there)")
+                raise UserError(
+                    f"{folder} is not empty and holds no {RESULTS_FILE}: choose a new folder for the "
+                    "comparison (its models, predictions and reports go there)"
+                )
             return False
         old = json.loads(path.read_text())
         for key in IDENTITY + SAME_MACHINE:
             if old.get(key) != header[key]:
-                what = {"budget": f"budget {old.get('budget', {}).get('name')}",
-                        "dataset": f"dataset {old.get('dataset', {}).get('name')}"}.get(key, f"{key} {old.get(key)}")
-                raise UserError(f"{folder} holds a comparison with another {what} (this one: "
-                                f"{_identity_text(key, header[key])}): pass another -o OUTPUT_FOLDER, or the same "
-                                "arguments to resume it")
+                what = {
+                    "budget": f"budget {old.get('budget', {}).get('name')}",
+                    "dataset": f"dataset {old.get('dataset', {}).get('name')}",
+                }.get(key, f"{key} {old.get(key)}")
+                raise UserError(
+                    f"{folder} holds a comparison with another {what} (this one: "
+                    f"{_identity_text(key, header[key])}): pass another -o OUTPUT_FOLDER, or the same "
+                    "arguments to resume it"
+                )
         return True
 
     def run(self, key: str) -> dict[str, Any] | None:
@@ -89,11 +96,14 @@ def paired_test(trainer: dict[str, float | None], baseline: dict[str, float | No
             cases.append(case)
             differences.append(ours - theirs)
     diffs = np.array(differences, dtype=np.float64)
-    out: dict[str, Any] = {"cases": len(cases),
-                           "mean_difference": float(diffs.mean()) if len(cases) else None,
-                           "wins": int((diffs > 0).sum()), "losses": int((diffs < 0).sum()),
-                           "ties": int((diffs == 0).sum()),
-                           "test": "Wilcoxon signed-rank, two-sided, per-case mean Dice (scipy.stats.wilcoxon)"}
+    out: dict[str, Any] = {
+        "cases": len(cases),
+        "mean_difference": float(diffs.mean()) if len(cases) else None,
+        "wins": int((diffs > 0).sum()),
+        "losses": int((diffs < 0).sum()),
+        "ties": int((diffs == 0).sum()),
+        "test": "Wilcoxon signed-rank, two-sided, per-case mean Dice (scipy.stats.wilcoxon)",
+    }
     if not len(cases):
         out["p_value"] = None
     elif not diffs.any():
@@ -108,4 +118,4 @@ def paired_test(trainer: dict[str, float | None], baseline: dict[str, float | No
 
 def smallest_p_value(cases: int) -> float:
     """The smallest two-sided p the exact Wilcoxon test reaches with ``cases`` nonzero differences: 2 / 2^n."""
-    return 2.0 / 2 ** cases if cases else 1.0
+    return 2.0 / 2**cases if cases else 1.0

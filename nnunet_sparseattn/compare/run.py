@@ -10,6 +10,7 @@ model), scores them (``harness.scoring``) and tests each trainer against each ba
 one nnU-Net log per run in ``logs/``. Run again with the same arguments, it resumes: finished runs are kept, a
 killed training continues from its last epoch (nnU-Net's ``--c``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -110,8 +111,13 @@ def plan_runs(trainers: Sequence[str], baselines: Sequence[str], plans: str) -> 
         if split_budgeted_name(trainer) is not None:
             raise UserError(f"{trainer} is a budgeted trainer: name its base trainer; --budget applies the budget")
         find_trainer_class(trainer)  # unknown trainers are refused here, before any work
-        run = Run(f"{trainer}__{plans}", short_label(trainer) if plans == DEFAULT_PLANS else
-                  f"{short_label(trainer)} ({plans})", trainer, plans, False)
+        run = Run(
+            f"{trainer}__{plans}",
+            short_label(trainer) if plans == DEFAULT_PLANS else f"{short_label(trainer)} ({plans})",
+            trainer,
+            plans,
+            False,
+        )
         runs.setdefault(run.key, run)
     if not runs:
         raise UserError("nothing to compare: name at least one trainer or baseline")
@@ -140,8 +146,10 @@ def _duration(seconds: float) -> str:
 def _nnunet_folder(variable: str, value: str | Path | None) -> Path:
     """One of nnU-Net's folders (given, or nnU-Net's environment variable), refused in one line where it is not."""
     if not value or not Path(value).is_dir():
-        raise UserError(f"{variable} is {'not set' if not value else f'{value}, which does not exist'}: export "
-                        f"{variable}=/path/to/{variable} (compare reads your dataset there)")
+        raise UserError(
+            f"{variable} is {'not set' if not value else f'{value}, which does not exist'}: export "
+            f"{variable}=/path/to/{variable} (compare reads your dataset there)"
+        )
     return Path(value).resolve()
 
 
@@ -156,8 +164,9 @@ class Comparison:
 
         self.echo = echo
         self.raw_root = _nnunet_folder("nnUNet_raw", request.raw or os.environ.get("nnUNet_raw"))
-        self.preprocessed_root = _nnunet_folder("nnUNet_preprocessed",
-                                                request.preprocessed or os.environ.get("nnUNet_preprocessed"))
+        self.preprocessed_root = _nnunet_folder(
+            "nnUNet_preprocessed", request.preprocessed or os.environ.get("nnUNet_preprocessed")
+        )
         self.dataset_id = datasets.parse_dataset(request.dataset)
         self.raw = datasets.require_dataset(self.raw_root, self.dataset_id, "nnUNet_raw")
         self.configuration = request.configuration
@@ -168,12 +177,20 @@ class Comparison:
         self.runs = plan_runs(list(request.trainers), list(request.baselines), self.plans)
         self.output = Path(request.output).resolve()
         self.header = {
-            "schema": SCHEMA, "dataset": {"id": self.dataset_id, "name": self.raw.name},
-            "configuration": self.configuration, "budget": self.budget.to_json(),
-            "budget_text": self.budget.describe(), "device": self.device,
-            "machine": describe_machine(self.device), "plans": self.plans, "command": request.command,
-            "torch": torch.__version__, "nnunetv2": _version("nnunetv2"), "python": platform.python_version(),
-            "started": now()}
+            "schema": SCHEMA,
+            "dataset": {"id": self.dataset_id, "name": self.raw.name},
+            "configuration": self.configuration,
+            "budget": self.budget.to_json(),
+            "budget_text": self.budget.describe(),
+            "device": self.device,
+            "machine": describe_machine(self.device),
+            "plans": self.plans,
+            "command": request.command,
+            "torch": torch.__version__,
+            "nnunetv2": _version("nnunetv2"),
+            "python": platform.python_version(),
+            "started": now(),
+        }
         self._check_plans_before_planning()
         self.resumed = ResultsStore.check(self.output, self.header)
 
@@ -192,8 +209,10 @@ class Comparison:
         path = self._plans_file(plans)
         content = datasets.read_json(path)
         if self.configuration not in content["configurations"]:
-            raise UserError(f"the plans {plans} of {self.raw.name} have no configuration {self.configuration}: "
-                            f"choose one of {', '.join(content['configurations'])}")
+            raise UserError(
+                f"the plans {plans} of {self.raw.name} have no configuration {self.configuration}: "
+                f"choose one of {', '.join(content['configurations'])}"
+            )
         return content
 
     def _check_plans_before_planning(self) -> None:
@@ -201,8 +220,10 @@ class Comparison:
         if path is not None and path.is_file():
             self._check_configuration(self.plans)
         elif self.plans != DEFAULT_PLANS:
-            raise UserError(f"there are no plans {self.plans} for {self.raw.name} in nnUNet_preprocessed: write them "
-                            f"first, or leave --plans out (nnU-Net's default planner then plans the dataset)")
+            raise UserError(
+                f"there are no plans {self.plans} for {self.raw.name} in nnUNet_preprocessed: write them "
+                f"first, or leave --plans out (nnU-Net's default planner then plans the dataset)"
+            )
 
     # ------------------------------------------------------------------------------------------------- work
     def prepare(self) -> None:
@@ -213,8 +234,9 @@ class Comparison:
         (self.output / "logs").mkdir(exist_ok=True)
         self.store = ResultsStore(self.output, self.header)
         self.store.save()
-        self.env = commands.nnunet_environment(self.raw_root, self.preprocessed_root, self.output / "nnUNet_results",
-                                               budgeted=True)
+        self.env = commands.nnunet_environment(
+            self.raw_root, self.preprocessed_root, self.output / "nnUNet_results", budgeted=True
+        )
         try:
             self._prepare_plans()
         except UserError:
@@ -224,8 +246,10 @@ class Comparison:
 
     def run(self) -> dict[str, Any]:
         self.prepare()
-        self.echo(f"compare {self.raw.name} {self.configuration}, budget {self.budget.name}: "
-                  f"{self.budget.describe()}; folds {','.join(map(str, self.folds))}; device {self.device}")
+        self.echo(
+            f"compare {self.raw.name} {self.configuration}, budget {self.budget.name}: "
+            f"{self.budget.describe()}; folds {','.join(map(str, self.folds))}; device {self.device}"
+        )
         self.echo(f"results in {self.output} (nnU-Net's logs in {self.output / 'logs'})")
         for run in self.runs:
             record = dict(self.store.run(run.key) or {})
@@ -265,14 +289,22 @@ class Comparison:
                 commands.preprocess(self.dataset_id, plans, self.configuration, self.env, log, echo=False)
 
     def _model_folder(self, run: Run) -> Path:
-        return datasets.model_folder(self.env, self.dataset_id, budgeted_name(run.trainer, self.budget),
-                                     self.configuration, run.plans)
+        return datasets.model_folder(
+            self.env, self.dataset_id, budgeted_name(run.trainer, self.budget), self.configuration, run.plans
+        )
 
     def _run(self, run: Run, record: dict[str, Any]) -> dict[str, Any]:
         trainer_class = budgeted_name(run.trainer, self.budget)
         log = self.output / "logs" / f"{run.key}.log"
-        record.update(label=run.label, trainer=run.trainer, plans=run.plans, baseline=run.baseline,
-                      trainer_class=trainer_class, log=str(log.relative_to(self.output)), status="training")
+        record.update(
+            label=run.label,
+            trainer=run.trainer,
+            plans=run.plans,
+            baseline=run.baseline,
+            trainer_class=trainer_class,
+            log=str(log.relative_to(self.output)),
+            status="training",
+        )
         record.setdefault("folds", {})
         record.update(self._cost(run))
         self.store.set_run(run.key, record)
@@ -283,15 +315,19 @@ class Comparison:
         record["s_per_iter"] = float(sum(f["s_per_iter"] for f in folds) / len(folds))
         peaks = [f for f in folds if f.get("peak_memory_bytes") is not None]
         top = max(peaks, key=lambda f: f["peak_memory_bytes"]) if peaks else {}
-        record["peak_memory_bytes"], record["peak_memory_kind"] = top.get("peak_memory_bytes"), \
-            top.get("peak_memory_kind")
+        record["peak_memory_bytes"], record["peak_memory_kind"] = (
+            top.get("peak_memory_bytes"),
+            top.get("peak_memory_kind"),
+        )
         record["status"] = "predicting"
         self.store.set_run(run.key, record)
         record.update(self._predict_and_score(run, log))
         record.update(status="done", finished=now())
         summary = ", ".join(f"{k} {v:.3f}" for k, v in record["dice"].items() if v is not None)
-        self.echo(f"{run.label}: mean Dice {_num(record['mean_dice'])} ({summary}), {record['s_per_iter']:.3f} s/iter,"
-                  f" {record['s_per_case']:.2f} s/case")
+        self.echo(
+            f"{run.label}: mean Dice {_num(record['mean_dice'])} ({summary}), {record['s_per_iter']:.3f} s/iter,"
+            f" {record['s_per_case']:.2f} s/case"
+        )
         return record
 
     def _cost(self, run: Run) -> dict[str, Any]:
@@ -307,14 +343,27 @@ class Comparison:
         state = training_state(fold_dir)
         if state != "done":
             what = "continuing" if state == "resume" else "training"
-            self.echo(f"{run.label}: {what} fold {fold} ({budgeted_name(run.trainer, self.budget)}, log: "
-                      f"{log.relative_to(self.output)})")
+            self.echo(
+                f"{run.label}: {what} fold {fold} ({budgeted_name(run.trainer, self.budget)}, log: "
+                f"{log.relative_to(self.output)})"
+            )
             record["load_average_before"] = load_average()
             started = time.monotonic()
             progress = _Progress(run.label, fold, self.echo)
-            commands.train(self.dataset_id, self.configuration, fold, budgeted_name(run.trainer, self.budget),
-                           self.env, log, plans=run.plans, device=self.device, resume=state == "resume",
-                           compile=self.budget.compile and self.device == "cuda", on_line=progress, echo=False)
+            commands.train(
+                self.dataset_id,
+                self.configuration,
+                fold,
+                budgeted_name(run.trainer, self.budget),
+                self.env,
+                log,
+                plans=run.plans,
+                device=self.device,
+                resume=state == "resume",
+                compile=self.budget.compile and self.device == "cuda",
+                on_line=progress,
+                echo=False,
+            )
             record["train_wall_s"] = round(record.get("train_wall_s", 0.0) + time.monotonic() - started, 1)
             record["load_average_after"] = load_average()
         timing = datasets.read_json(fold_dir / TIMING_FILE)
@@ -362,17 +411,33 @@ class Comparison:
         for group, group_cases in heldout["cases"].items():
             folds = self.folds if group == "test" else [int(group.removeprefix("fold_"))]
             self.echo(f"{run.label}: predicting {len(group_cases)} held-out cases ({group.replace('_', ' ')})")
-            lines = commands.predict(self.output / "heldout" / group, predictions, self.dataset_id,
-                                     self.configuration, folds, budgeted_name(run.trainer, self.budget), self.env,
-                                     log, plans=run.plans, device=self.device, tta=self.budget.tta, echo=False)
+            lines = commands.predict(
+                self.output / "heldout" / group,
+                predictions,
+                self.dataset_id,
+                self.configuration,
+                folds,
+                budgeted_name(run.trainer, self.budget),
+                self.env,
+                log,
+                plans=run.plans,
+                device=self.device,
+                tta=self.budget.tta,
+                echo=False,
+            )
             timing = prediction_timing(lines, len(group_cases))
             loop_s += timing["s_per_case"] * len(group_cases)
             cases += len(group_cases)
             wall += timing["predict_wall_s"]
         all_cases = sorted(c for group in heldout["cases"].values() for c in group)
         preprocessed = self._plans_file(run.plans).parent
-        scores = score_predictions(predictions, self.output / "heldout" / "labels", all_cases,
-                                   datasets.read_json(preprocessed / "dataset.json"), self._plans_file(run.plans))
+        scores = score_predictions(
+            predictions,
+            self.output / "heldout" / "labels",
+            all_cases,
+            datasets.read_json(preprocessed / "dataset.json"),
+            self._plans_file(run.plans),
+        )
         return {"s_per_case": loop_s / cases, "predict_wall_s": round(wall, 2), "predicted_cases": cases, **scores}
 
     # ------------------------------------------------------------------------------------------- reports
@@ -413,8 +478,10 @@ class _Progress:
         self.epoch_seconds.append(record["epoch_s"])
         left = record["num_epochs"] - record["epoch"] - 1
         eta = _duration(left * sum(self.epoch_seconds) / len(self.epoch_seconds))
-        self.echo(f"  {self.label}  fold {self.fold}  epoch {record['epoch'] + 1}/{record['num_epochs']}  "
-                  f"loss {record['train_loss']:.4f}  pseudo-Dice {_num(record['mean_pseudo_dice'])}  ETA {eta}")
+        self.echo(
+            f"  {self.label}  fold {self.fold}  epoch {record['epoch'] + 1}/{record['num_epochs']}  "
+            f"loss {record['train_loss']:.4f}  pseudo-Dice {_num(record['mean_pseudo_dice'])}  ETA {eta}"
+        )
 
 
 def _training_curve(checkpoint: Path) -> dict[str, list[float]]:
@@ -422,9 +489,11 @@ def _training_curve(checkpoint: Path) -> dict[str, list[float]]:
     import torch
 
     logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
-    return {"train_loss": [float(v) for v in logging["train_losses"]],
-            "val_loss": [float(v) for v in logging["val_losses"]],
-            "mean_pseudo_dice": [float(v) for v in logging["mean_fg_dice"]]}
+    return {
+        "train_loss": [float(v) for v in logging["train_losses"]],
+        "val_loss": [float(v) for v in logging["val_losses"]],
+        "mean_pseudo_dice": [float(v) for v in logging["mean_fg_dice"]],
+    }
 
 
 def _num(value: float | None, digits: int = 3) -> str:

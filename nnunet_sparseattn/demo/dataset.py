@@ -5,6 +5,7 @@ sits inside the organ with little contrast), with blurred (fuzzy) boundaries, no
 bias field: region overlap is easy for the organ and hard for the thin and small structures, so boundary-aware
 training matters.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ def _grid(shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[np.ndarray
     return np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
 
 
-def synthesize_case(seed: int, shape: tuple[int, ...] = DEMO_SHAPE,
-                    spacing: tuple[float, ...] = DEMO_SPACING) -> tuple[np.ndarray, np.ndarray]:
+def synthesize_case(
+    seed: int, shape: tuple[int, ...] = DEMO_SHAPE, spacing: tuple[float, ...] = DEMO_SPACING
+) -> tuple[np.ndarray, np.ndarray]:
     """One (image float32, label uint8) pair, both of ``shape``; the same seed gives the same case."""
     rng = np.random.default_rng(seed)
     coords = _grid(shape, spacing)
@@ -84,17 +86,25 @@ def _write_nifti(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> N
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def make_demo_dataset(raw_root: str | Path, dataset_id: int = DEMO_DATASET_ID, num_training: int = 24,
-                      num_test: int = 6, seed: int = 0, shape: tuple[int, ...] = DEMO_SHAPE,
-                      spacing: tuple[float, ...] = DEMO_SPACING) -> Path:
+def make_demo_dataset(
+    raw_root: str | Path,
+    dataset_id: int = DEMO_DATASET_ID,
+    num_training: int = 24,
+    num_test: int = 6,
+    seed: int = 0,
+    shape: tuple[int, ...] = DEMO_SHAPE,
+    spacing: tuple[float, ...] = DEMO_SPACING,
+) -> Path:
     """Write ``Dataset<ID>_SparseAttnDemo`` into ``raw_root`` (nnU-Net's ``nnUNet_raw``) and return its folder.
 
     Training cases go to imagesTr/labelsTr; held-out cases to imagesTs/labelsTs (nnU-Net ignores labelsTs).
     """
     raw_root = Path(raw_root)
     if not raw_root.is_dir():
-        raise UserError(f"the nnUNet_raw folder {raw_root} does not exist: create it (mkdir -p {raw_root}) "
-                        "or pass an existing folder")
+        raise UserError(
+            f"the nnUNet_raw folder {raw_root} does not exist: create it (mkdir -p {raw_root}) "
+            "or pass an existing folder"
+        )
     if not 1 <= dataset_id <= 999:
         raise UserError(f"dataset id {dataset_id} is not in 1..999, as nnU-Net requires")
     folder = raw_root / f"Dataset{dataset_id:03d}_{DEMO_DATASET_NAME}"
@@ -109,7 +119,7 @@ def make_demo_dataset(raw_root: str | Path, dataset_id: int = DEMO_DATASET_ID, n
     dataset_json = {
         "name": DEMO_DATASET_NAME,
         "description": "Synthetic 3D dataset of nnunet-sparseattn: organ, vessel and nodule with fuzzy boundaries, "
-                       "noise and a bias field",
+        "noise and a bias field",
         "channel_names": {"0": "MR"},  # any name but CT gives nnU-Net's z-score normalisation
         "labels": DEMO_LABELS,
         "numTraining": num_training,

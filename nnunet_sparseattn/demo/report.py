@@ -1,4 +1,5 @@
 """What the demo shows: a table of Dice per structure and a PNG of image, ground truth and prediction."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,8 +44,14 @@ def save_comparison_png(cases: list[tuple[Path, Path, Path]], output: Path, num_
                 ax.imshow(data, cmap="gray")
             else:
                 ax.imshow(image[z], cmap="gray")
-                ax.imshow(np.ma.masked_equal(data, 0), cmap="tab10", vmin=0, vmax=max(9, num_labels), alpha=0.6,
-                          interpolation="nearest")
+                ax.imshow(
+                    np.ma.masked_equal(data, 0),
+                    cmap="tab10",
+                    vmin=0,
+                    vmax=max(9, num_labels),
+                    alpha=0.6,
+                    interpolation="nearest",
+                )
             ax.set_title(f"{image_path.name.split('_0000')[0]}: {title} (slice {z})", fontsize=8)
             ax.axis("off")
     fig.tight_layout()

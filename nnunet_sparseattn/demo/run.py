@@ -1,4 +1,5 @@
 """``nnunet-sparseattn demo``: the whole nnU-Net workflow with our best trainer, on the CPU, in minutes."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ def _stage(message: str, started: float) -> None:
     print(f"\n[{time.monotonic() - started:5.0f} s] == {message}", flush=True)
 
 
-def run_demo(work: str | Path, msd: str | Path | None = None, trainer: str | None = None,
-             configuration: str = "3d_fullres", fold: int = 0, num_heldout: int = 6) -> dict:
+def run_demo(
+    work: str | Path,
+    msd: str | Path | None = None,
+    trainer: str | None = None,
+    configuration: str = "3d_fullres",
+    fold: int = 0,
+    num_heldout: int = 6,
+) -> dict:
     """Plan, train (short schedule), predict held-out cases, evaluate, print Dice per structure, save a PNG."""
     from nnunet_sparseattn.trainers import DEMO_TRAINER
 
@@ -30,10 +37,19 @@ def run_demo(work: str | Path, msd: str | Path | None = None, trainer: str | Non
     commands.check_trainer(trainer, env)
     raw = Path(env["nnUNet_raw"])
     print(f"demo working folder: {work}; the commands below run with:")
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_compile",
-                 "nnUNet_def_n_proc"):
-        print(f"   export {name}={env[name]}" if name in env else
-              f"   ({name} not set: the startup hook adds our trainers in each command)")
+    for name in (
+        "nnUNet_raw",
+        "nnUNet_preprocessed",
+        "nnUNet_results",
+        "nnUNet_extTrainer",
+        "nnUNet_compile",
+        "nnUNet_def_n_proc",
+    ):
+        print(
+            f"   export {name}={env[name]}"
+            if name in env
+            else f"   ({name} not set: the startup hook adds our trainers in each command)"
+        )
 
     if msd is None:
         _stage("writing the synthetic demo dataset", started)
@@ -67,8 +83,9 @@ def run_demo(work: str | Path, msd: str | Path | None = None, trainer: str | Non
     commands.predict(heldout_images, predictions, dataset_id, configuration, fold, trainer, env)
 
     _stage("evaluating", started)
-    summary = commands.evaluate(heldout_labels, predictions,
-                                datasets.model_folder(env, dataset_id, trainer, configuration), env)
+    summary = commands.evaluate(
+        heldout_labels, predictions, datasets.model_folder(env, dataset_id, trainer, configuration), env
+    )
     labels = json.loads((dataset / "dataset.json").read_text())["labels"]
     if not isinstance(next(iter(labels.values())), int):
         raise UserError("the demo report handles label datasets, not region-based ones")
@@ -76,8 +93,16 @@ def run_demo(work: str | Path, msd: str | Path | None = None, trainer: str | Non
     print(dice_table(summary, labels))
 
     figure = save_comparison_png(
-        [(heldout_images / f"{c}_0000{file_ending}", heldout_labels / f"{c}{file_ending}",
-          predictions / f"{c}{file_ending}") for c in cases[:3]],
-        work / "demo.png", num_labels=len(labels))
+        [
+            (
+                heldout_images / f"{c}_0000{file_ending}",
+                heldout_labels / f"{c}{file_ending}",
+                predictions / f"{c}{file_ending}",
+            )
+            for c in cases[:3]
+        ],
+        work / "demo.png",
+        num_labels=len(labels),
+    )
     _stage(f"done: summary {predictions / 'summary.json'}, picture {figure}", started)
     return summary

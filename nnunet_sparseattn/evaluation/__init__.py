@@ -1,4 +1,5 @@
 """``nnunet-sparseattn evaluate``: nnU-Net's Dice/IoU, HD95 and NSD (MONAI), the polyp metrics (pysodmetrics)."""
+
 from nnunet_sparseattn.evaluation.evaluate import PAPER_METRICS_FILE, TABLE_FILE, evaluate_folders, markdown_table
 from nnunet_sparseattn.evaluation.metrics import (
     ForegroundMapMetrics,
@@ -8,5 +9,15 @@ from nnunet_sparseattn.evaluation.metrics import (
 )
 from nnunet_sparseattn.evaluation.original_size import original_size_reference, restore_original_size
 
-__all__ = ["PAPER_METRICS_FILE", "TABLE_FILE", "ForegroundMapMetrics", "dice_iou_at_half", "evaluate_folders",
-           "hd95", "markdown_table", "normalized_surface_dice", "original_size_reference", "restore_original_size"]
+__all__ = [
+    "PAPER_METRICS_FILE",
+    "TABLE_FILE",
+    "ForegroundMapMetrics",
+    "dice_iou_at_half",
+    "evaluate_folders",
+    "hd95",
+    "markdown_table",
+    "normalized_surface_dice",
+    "original_size_reference",
+    "restore_original_size",
+]

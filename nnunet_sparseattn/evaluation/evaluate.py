@@ -14,6 +14,7 @@ For each prediction folder (``nnUNetv2_predict``'s output):
 sizes (:mod:`.original_size`, into ``PRED_DIR/original_size``) and scores them there against the labels at their
 original size, so each folder's files go to ``PRED_DIR/original_size/``.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ EMPTY_RULES = {
     "NSD": "NaN when both are empty (left out of the mean), 0 when only one is",
     "mDSC, mIoU": "1 when both are empty, 0 for an empty reference and a non-empty prediction",
     "S_α, F^w_β, E^max_φ, MAE": "pysodmetrics' values for an empty reference: S = 1 - mean(map), F^w = 0, "
-                               "E^max = (N - pixels at the map's maximum)/(N - 1), MAE = mean(map)",
+    "E^max = (N - pixels at the map's maximum)/(N - 1), MAE = mean(map)",
 }
 
 
@@ -69,17 +70,24 @@ def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Pat
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-    candidates = [dataset_json] if dataset_json is not None else \
-        [predictions / "dataset.json", reference.parent / "dataset.json"]
+    candidates = (
+        [dataset_json]
+        if dataset_json is not None
+        else [predictions / "dataset.json", reference.parent / "dataset.json"]
+    )
     found = next((Path(c) for c in candidates if Path(c).is_file()), None)
     if found is None:
-        raise UserError(f"no dataset.json in {predictions} (nnUNetv2_predict writes one) or beside {reference}: "
-                        "pass --dataset-json FILE")
+        raise UserError(
+            f"no dataset.json in {predictions} (nnUNetv2_predict writes one) or beside {reference}: "
+            "pass --dataset-json FILE"
+        )
     meta = json.loads(found.read_text())
     manager = LabelManager(meta["labels"], meta.get("regions_class_order"))
     if manager.has_regions or manager.has_ignore_label:
-        raise UserError(f"{found} defines {'regions' if manager.has_regions else 'an ignore label'}: evaluate scores "
-                        "plain label datasets; use nnUNetv2_evaluate_folder for this one")
+        raise UserError(
+            f"{found} defines {'regions' if manager.has_regions else 'an ignore label'}: evaluate scores "
+            "plain label datasets; use nnUNetv2_evaluate_folder for this one"
+        )
     names = {int(v): k for k, v in meta["labels"].items()}
     example = next(iter(sorted(reference.glob(f"*{meta['file_ending']}"))), None)
     if example is None:
@@ -98,12 +106,16 @@ def _cases(reference: Path, predictions: Path, ending: str, chill: bool) -> list
         raise UserError(f"no predictions (*{ending}) in {predictions}")
     unreferenced = [c for c in predicted if c not in referenced]
     if unreferenced:
-        raise UserError(f"{len(unreferenced)} prediction(s) in {predictions} have no reference in {reference} (e.g. "
-                        f"{', '.join(unreferenced[:3])}): pass the reference folder of the cases predicted")
+        raise UserError(
+            f"{len(unreferenced)} prediction(s) in {predictions} have no reference in {reference} (e.g. "
+            f"{', '.join(unreferenced[:3])}): pass the reference folder of the cases predicted"
+        )
     missing = sorted(referenced - set(predicted))
     if missing and not chill:
-        raise UserError(f"{len(missing)} reference case(s) in {reference} have no prediction in {predictions} (e.g. "
-                        f"{', '.join(missing[:3])}): predict them, or pass --chill to score only the predicted cases")
+        raise UserError(
+            f"{len(missing)} reference case(s) in {reference} have no prediction in {predictions} (e.g. "
+            f"{', '.join(missing[:3])}): predict them, or pass --chill to score only the predicted cases"
+        )
     return predicted
 
 
@@ -124,8 +136,9 @@ def _json_number(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tolerance: float,
-                  num_processes: int, chill: bool) -> dict[str, Any]:
+def _score_folder(
+    reference: Path, predictions: Path, dataset: _Dataset, nsd_tolerance: float, num_processes: int, chill: bool
+) -> dict[str, Any]:
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
@@ -136,9 +149,11 @@ def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tol
         ref, props = dataset.reader.read_seg(str(reference / f"{case}{ending}"))
         pred, _ = dataset.reader.read_seg(str(predictions / f"{case}{ending}"))
         if ref.shape != pred.shape:
-            raise UserError(f"prediction {case}{ending} is {pred.shape[1:]} but its reference is {ref.shape[1:]}: "
-                            "predictions of a --resize dataset are scored against the original labels only with "
-                            "--original-size")
+            raise UserError(
+                f"prediction {case}{ending} is {pred.shape[1:]} but its reference is {ref.shape[1:]}: "
+                "predictions of a --resize dataset are scored against the original labels only with "
+                "--original-size"
+            )
         return ref, pred, props["spacing"]
 
     # 2D data: nnU-Net reads every case as (1, 1, H, W)
@@ -153,8 +168,10 @@ def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tol
     for case in cases:
         ref, pred, spacing = read(case)
         if (ref.shape[1] == 1) != is_2d:
-            raise UserError(f"{case}{ending} is {'2D' if ref.shape[1] == 1 else '3D'} unlike {cases[0]}{ending}: "
-                            "evaluate one kind of data per folder")
+            raise UserError(
+                f"{case}{ending} is {'2D' if ref.shape[1] == 1 else '3D'} unlike {cases[0]}{ending}: "
+                "evaluate one kind of data per folder"
+            )
         pred, _ = _spatial(pred, spacing, is_2d)
         ref, spacing = _spatial(ref, spacing, is_2d)
         entry: dict[str, Any] = {"classes": {}}
@@ -171,8 +188,10 @@ def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tol
                 probabilities = np.load(predictions / f"{case}.npz")["probabilities"]
                 foreground = 1.0 - probabilities[0, 0].astype(np.float64)
                 if foreground.shape != ref.shape:
-                    raise UserError(f"{case}.npz holds probabilities of shape {foreground.shape} but the reference "
-                                    f"is {ref.shape}: keep each prediction's .npz beside its mask")
+                    raise UserError(
+                        f"{case}.npz holds probabilities of shape {foreground.shape} but the reference "
+                        f"is {ref.shape}: keep each prediction's .npz beside its mask"
+                    )
                 foreground = np.clip(foreground, 0.0, 1.0)  # float32 sums may overshoot 1 by an ulp
             else:
                 foreground = (pred > 0).astype(np.float64)
@@ -180,21 +199,36 @@ def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tol
         per_case[case] = entry
 
     # nnU-Net's own Dice and IoU (and its summary.json), once every case has passed the checks above
-    nnunet = compute_metrics_on_folder(str(reference), str(predictions), str(predictions / "summary.json"),
-                                       dataset.reader, ending, list(dataset.labels), None,
-                                       max(1, min(num_processes, len(cases))), chill=True)
+    nnunet = compute_metrics_on_folder(
+        str(reference),
+        str(predictions),
+        str(predictions / "summary.json"),
+        dataset.reader,
+        ending,
+        list(dataset.labels),
+        None,
+        max(1, min(num_processes, len(cases))),
+        chill=True,
+    )
     for scored in nnunet["metric_per_case"]:
         entry = per_case[Path(scored["prediction_file"]).name[: -len(ending)]]
         for label, name in dataset.labels.items():
             metrics = scored["metrics"][label]
-            entry["classes"][name] = {"Dice": _json_number(metrics["Dice"]), "IoU": _json_number(metrics["IoU"]),
-                                      **entry["classes"][name]}
+            entry["classes"][name] = {
+                "Dice": _json_number(metrics["Dice"]),
+                "IoU": _json_number(metrics["IoU"]),
+                **entry["classes"][name],
+            }
     classes = {}
     for label, name in dataset.labels.items():
         nnunet_mean = nnunet["mean"][label]
-        classes[name] = {"Dice": _json_number(nnunet_mean["Dice"]), "IoU": _json_number(nnunet_mean["IoU"]),
-                         "HD95": _nan_mean(surface[name].hd95), "NSD": _nan_mean(surface[name].nsd),
-                         "hd95_undefined": surface[name].hd95_undefined}
+        classes[name] = {
+            "Dice": _json_number(nnunet_mean["Dice"]),
+            "IoU": _json_number(nnunet_mean["IoU"]),
+            "HD95": _nan_mean(surface[name].hd95),
+            "NSD": _nan_mean(surface[name].nsd),
+            "hd95_undefined": surface[name].hd95_undefined,
+        }
     mean: dict[str, Any] = {"classes": classes}
     if maps is not None:
         mean.update(maps.results())
@@ -203,11 +237,21 @@ def _score_folder(reference: Path, predictions: Path, dataset: _Dataset, nsd_tol
         sources["mDSC, mIoU"] = "probabilities > 0.5" if source == "probabilities" else "masks"
         sources["S_α, F^w_β, E^max_φ, MAE"] = source
         if source == "masks" and with_probabilities:
-            sources["note"] = (f"only {len(with_probabilities)} of {len(cases)} cases have probabilities (.npz): "
-                               "masks used for all")
-    return {"reference": str(reference), "predictions": str(predictions), "dimensionality": "2d" if is_2d else "3d",
-            "distance_unit": unit, "nsd_tolerance": nsd_tolerance, "num_cases": len(cases), "sources": sources,
-            "empty_reference_rules": EMPTY_RULES, "mean": mean, "per_case": per_case}
+            sources["note"] = (
+                f"only {len(with_probabilities)} of {len(cases)} cases have probabilities (.npz): masks used for all"
+            )
+    return {
+        "reference": str(reference),
+        "predictions": str(predictions),
+        "dimensionality": "2d" if is_2d else "3d",
+        "distance_unit": unit,
+        "nsd_tolerance": nsd_tolerance,
+        "num_cases": len(cases),
+        "sources": sources,
+        "empty_reference_rules": EMPTY_RULES,
+        "mean": mean,
+        "per_case": per_case,
+    }
 
 
 def _fmt(value: Optional[float], digits: int = 3) -> str:
@@ -239,16 +283,29 @@ def markdown_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     n = rows[0][1]["num_cases"]
     lines.append("")
-    lines.append(f"Per case, then averaged over the {n} case(s) of each row. Dice and IoU: nnU-Net's evaluation; "
-                 f"HD95 and NSD: MONAI (NSD at {tolerance:g} {unit})" +
-                 ("; mDSC and mIoU at threshold 0.5 and S_α, F^w_β (β = 1), E^max_φ, MAE from pysodmetrics, on the "
-                  "foreground of each image, from the column 'maps'." if is_2d else "."))
+    lines.append(
+        f"Per case, then averaged over the {n} case(s) of each row. Dice and IoU: nnU-Net's evaluation; "
+        f"HD95 and NSD: MONAI (NSD at {tolerance:g} {unit})"
+        + (
+            "; mDSC and mIoU at threshold 0.5 and S_α, F^w_β (β = 1), E^max_φ, MAE from pysodmetrics, on the "
+            "foreground of each image, from the column 'maps'."
+            if is_2d
+            else "."
+        )
+    )
     return "\n".join(lines) + "\n"
 
 
-def evaluate_folders(reference: Path, predictions: Sequence[Path], dataset_json: Optional[Path] = None,
-                     nsd_tolerance: float = 1.0, original_size: bool = False, num_processes: Optional[int] = None,
-                     chill: bool = False, table: Optional[Path] = None) -> tuple[list[dict[str, Any]], str, Path]:
+def evaluate_folders(
+    reference: Path,
+    predictions: Sequence[Path],
+    dataset_json: Optional[Path] = None,
+    nsd_tolerance: float = 1.0,
+    original_size: bool = False,
+    num_processes: Optional[int] = None,
+    chill: bool = False,
+    table: Optional[Path] = None,
+) -> tuple[list[dict[str, Any]], str, Path]:
     """Score every prediction folder against ``reference``; write each folder's JSON and the Markdown table.
     Returns the results, the table and the table's path (default: ``paper_table.md`` in the folders' common
     folder)."""
@@ -276,8 +333,10 @@ def evaluate_folders(reference: Path, predictions: Sequence[Path], dataset_json:
         written.append(scored)
         rows.append((f"{given}" + (" (original size)" if original_size else ""), result))
     if len({json.dumps([r["dimensionality"], list(r["mean"]["classes"])]) for r in results}) > 1:
-        raise UserError("the prediction folders hold different datasets (classes or dimensionality differ): "
-                        "evaluate one dataset per table")
+        raise UserError(
+            "the prediction folders hold different datasets (classes or dimensionality differ): "
+            "evaluate one dataset per table"
+        )
     text = markdown_table(rows)
     path = Path(table).expanduser() if table is not None else Path(os.path.commonpath(written)) / TABLE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

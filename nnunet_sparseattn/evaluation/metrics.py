@@ -29,6 +29,7 @@ What each gives for an empty reference (the library's own value where it defines
 A non-empty reference with an empty prediction gives HD95 NaN (undefined, counted) and NSD 0; the others are
 defined as usual.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,12 +54,15 @@ FOREGROUND_MAP_METRICS = {
 }
 
 
-def _binary_pair(prediction: np.ndarray, reference: np.ndarray,
-                 spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def _binary_pair(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
     prediction, reference = np.asarray(prediction, bool), np.asarray(reference, bool)
     if prediction.shape != reference.shape or len(spacing) != prediction.ndim:
-        raise ValueError(f"prediction {prediction.shape}, reference {reference.shape} and spacing {tuple(spacing)} "
-                         "must have the same dimensions")
+        raise ValueError(
+            f"prediction {prediction.shape}, reference {reference.shape} and spacing {tuple(spacing)} "
+            "must have the same dimensions"
+        )
     return prediction, reference, [float(s) for s in spacing]
 
 
@@ -77,13 +81,15 @@ def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]
 
     with warnings.catch_warnings():  # MONAI's deprecation notices about its own internals
         warnings.simplefilter("ignore")
-        value = compute_hausdorff_distance(_batch(prediction), _batch(reference), include_background=True,
-                                           percentile=95, spacing=spacing)
+        value = compute_hausdorff_distance(
+            _batch(prediction), _batch(reference), include_background=True, percentile=95, spacing=spacing
+        )
     return float(value[0, 0])
 
 
-def normalized_surface_dice(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float],
-                            tolerance: float) -> float:
+def normalized_surface_dice(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], tolerance: float
+) -> float:
     """NSD of two binary masks at ``tolerance`` (unit of ``spacing``): MONAI's, DeepMind's boundary areas;
     NaN where both masks are empty, 0 where one is."""
     prediction, reference, spacing = _binary_pair(prediction, reference, spacing)
@@ -95,8 +101,14 @@ def normalized_surface_dice(prediction: np.ndarray, reference: np.ndarray, spaci
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = compute_surface_dice(_batch(prediction), _batch(reference), [float(tolerance)],
-                                     include_background=True, spacing=spacing, use_subvoxels=True)
+        value = compute_surface_dice(
+            _batch(prediction),
+            _batch(reference),
+            [float(tolerance)],
+            include_background=True,
+            spacing=spacing,
+            use_subvoxels=True,
+        )
     return float(value[0, 0])
 
 
@@ -137,16 +149,24 @@ class ForegroundMapMetrics:
         for metric in (self._s, self._wf, self._e, self._mae):
             metric.step(pred, gt)
         # the library keeps one entry per image added; the last is this image's
-        return {"dice": dice, "iou": iou, "s_alpha": float(self._s.sms[-1]),
-                "weighted_f": float(self._wf.weighted_fms[-1]), "max_e": float(np.max(self._e.changeable_ems[-1])),
-                "mae": float(self._mae.maes[-1])}
+        return {
+            "dice": dice,
+            "iou": iou,
+            "s_alpha": float(self._s.sms[-1]),
+            "weighted_f": float(self._wf.weighted_fms[-1]),
+            "max_e": float(np.max(self._e.changeable_ems[-1])),
+            "mae": float(self._mae.maes[-1]),
+        }
 
     def results(self) -> dict[str, float]:
         """The dataset's values: means over images; max E-measure from the library's mean curve."""
         if not self._dice:
             raise ValueError("no image was added")
-        return {"dice": float(np.mean(self._dice)), "iou": float(np.mean(self._iou)),
-                "s_alpha": float(self._s.get_results()["sm"]),
-                "weighted_f": float(self._wf.get_results()["wfm"]),
-                "max_e": float(np.max(self._e.get_results()["em"]["curve"])),
-                "mae": float(self._mae.get_results()["mae"])}
+        return {
+            "dice": float(np.mean(self._dice)),
+            "iou": float(np.mean(self._iou)),
+            "s_alpha": float(self._s.get_results()["sm"]),
+            "weighted_f": float(self._wf.get_results()["wfm"]),
+            "max_e": float(np.max(self._e.get_results()["em"]["curve"])),
+            "mae": float(self._mae.get_results()["mae"]),
+        }

@@ -6,6 +6,7 @@ its labels at that size in ``original_size/labelsTr`` and ``original_size/labels
 ``--save_probabilities`` (``CASE.npz``, nnU-Net's layout: ``probabilities`` of shape (classes, 1, H, W))
 bilinearly, class by class (a linear interpolation, so each pixel's probabilities still sum to 1).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -25,8 +26,10 @@ def original_size_reference(reference: Path) -> Path:
     reference = Path(reference)
     record = read_conversion_record(reference.parent)
     if record.get("resize") is None:
-        raise UserError(f"{reference.parent} was converted without --resize: its labels and predictions already "
-                        "have the original size; drop --original-size")
+        raise UserError(
+            f"{reference.parent} was converted without --resize: its labels and predictions already "
+            "have the original size; drop --original-size"
+        )
     folder = reference.parent / ORIGINAL_SIZE_FOLDER / reference.name
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist: pass the dataset's labelsTs or labelsTr folder as the reference")
@@ -56,8 +59,10 @@ def restore_original_size(predictions: Path, reference: Path, file_ending: str =
         for file in files:
             case = file.name[: -len(file_ending)]
             if case not in cases:
-                raise UserError(f"prediction {file.name} is no case of {reference.parent.name} (its conversion.json "
-                                "lists the cases): pass the reference folder of the dataset it was predicted on")
+                raise UserError(
+                    f"prediction {file.name} is no case of {reference.parent.name} (its conversion.json "
+                    "lists the cases): pass the reference folder of the dataset it was predicted on"
+                )
             size = tuple(cases[case]["original_size"])
             with Image.open(file) as img:
                 Image.fromarray(_resize(np.asarray(img), size, nearest=True)).save(partial / file.name)

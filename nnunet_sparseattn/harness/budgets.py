@@ -30,6 +30,7 @@ The mixin:
 - prints one machine-readable progress line per epoch (``PROGRESS_TAG`` + JSON: loss, pseudo-Dice, epoch time);
 - skips nnU-Net's final validation: the harness predicts the held-out cases with ``nnUNetv2_predict`` instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,10 +77,12 @@ class Budget:
     def describe(self) -> str:
         batch = f", batches of at most {self.max_batch_size}" if self.max_batch_size else ""
         cases = "all" if self.max_predicted_cases is None else f"at most {self.max_predicted_cases}"
-        return (f"{self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
-                f"(+{self.num_val_iterations_per_epoch} validation iterations per epoch){batch}, seed {self.seed}, "
-                f"{cases} held-out cases predicted per fold, TTA {'on' if self.tta else 'off'}, "
-                f"torch.compile in training {'on' if self.compile else 'off'}")
+        return (
+            f"{self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations "
+            f"(+{self.num_val_iterations_per_epoch} validation iterations per epoch){batch}, seed {self.seed}, "
+            f"{cases} held-out cases predicted per fold, TTA {'on' if self.tta else 'off'}, "
+            f"torch.compile in training {'on' if self.compile else 'off'}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,13 +90,15 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     # CI and smoke runs: the whole pipeline in a few minutes; Dice meaningless
-    "tiny": Budget("tiny", num_epochs=2, num_iterations_per_epoch=1, num_val_iterations_per_epoch=1,
-                   max_predicted_cases=3),
+    "tiny": Budget(
+        "tiny", num_epochs=2, num_iterations_per_epoch=1, num_val_iterations_per_epoch=1, max_predicted_cases=3
+    ),
     # about an hour on 2 quiet CPU cores for 5 trainers x 2 small datasets (benchmarks/accuracy.py)
     "cpu": Budget("cpu", num_epochs=8, num_iterations_per_epoch=16, num_val_iterations_per_epoch=2),
     # a GPU comparison: every held-out case, nnU-Net's inference defaults
-    "gpu": Budget("gpu", num_epochs=50, num_iterations_per_epoch=250, num_val_iterations_per_epoch=50, tta=True,
-                  compile=True),
+    "gpu": Budget(
+        "gpu", num_epochs=50, num_iterations_per_epoch=250, num_val_iterations_per_epoch=50, tta=True, compile=True
+    ),
 }
 _PARSED = re.compile(r"(\d+)x(\d+)(?:b(\d+))?")
 
@@ -107,11 +112,18 @@ def parse_budget(text: str) -> Budget:
     match = _PARSED.fullmatch(text)
     numbers = [int(g) for g in match.groups() if g is not None] if match else []
     if match is None or 0 in numbers:
-        raise UserError(f"budget {text!r} is neither a named budget ({', '.join(BUDGETS)}) nor EPOCHSxITERATIONS "
-                        "with positive numbers, e.g. 20x50 (20 epochs of 50 iterations)")
+        raise UserError(
+            f"budget {text!r} is neither a named budget ({', '.join(BUDGETS)}) nor EPOCHSxITERATIONS "
+            "with positive numbers, e.g. 20x50 (20 epochs of 50 iterations)"
+        )
     epochs, iterations = numbers[:2]
-    return Budget(text, epochs, iterations, max(1, iterations // 5),
-                  max_batch_size=int(match.group(3)) if match.group(3) else None)
+    return Budget(
+        text,
+        epochs,
+        iterations,
+        max(1, iterations // 5),
+        max_batch_size=int(match.group(3)) if match.group(3) else None,
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -149,9 +161,11 @@ def seconds_per_iteration(timing: dict) -> dict[str, Any]:
         raise ValueError("the timing record has no finished epoch")
     steady = [e for e in epochs if not e["first_in_session"]]
     used = steady or epochs
-    return {"s_per_iter": sum(e["train_s"] for e in used) / sum(e["iterations"] for e in used),
-            "timed_epochs": len(used),
-            "warmup_excluded": bool(steady)}
+    return {
+        "s_per_iter": sum(e["train_s"] for e in used) / sum(e["iterations"] for e in used),
+        "timed_epochs": len(used),
+        "warmup_excluded": bool(steady),
+    }
 
 
 def peak_memory(timing: dict) -> dict[str, Any]:
@@ -197,15 +211,21 @@ def parse_progress(line: str) -> dict[str, Any] | None:
     """The record of a progress line printed by :class:`BudgetMixin`, or None for any other line."""
     if not line.startswith(PROGRESS_TAG):
         return None
-    return json.loads(line[len(PROGRESS_TAG):])
+    return json.loads(line[len(PROGRESS_TAG) :])
 
 
 # ------------------------------------------------------------------------------------------------ the mixin
 class BudgetMixin(ShortScheduleMixin):
     budget: ClassVar[Budget]
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
         seed_everything(self.budget.seed)  # before nnU-Net builds the network or the data loaders
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.save_every = 1  # checkpoint_latest.pth after every epoch: a killed run loses at most one epoch
@@ -244,8 +264,12 @@ class BudgetMixin(ShortScheduleMixin):
         self.optimizer.register_step_pre_hook(self._record_grad_norm)
 
     def _record_grad_norm(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        norms = [torch.linalg.vector_norm(p.grad) for group in optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]
+        norms = [
+            torch.linalg.vector_norm(p.grad)
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
         self._grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else math.nan
 
     def train_step(self, batch: dict) -> dict:
@@ -255,11 +279,16 @@ class BudgetMixin(ShortScheduleMixin):
         started = time.perf_counter()
         out = super().train_step(batch)
         self._sync()
-        self._record["iterations"].append({
-            "epoch": self.current_epoch, "lr": float(self.optimizer.param_groups[0]["lr"]),
-            "loss": float(out["loss"]), "grad_norm": None if math.isnan(self._grad_norm) else self._grad_norm,
-            "batch_checksum": checksum,
-            "step_s": time.perf_counter() - started})
+        self._record["iterations"].append(
+            {
+                "epoch": self.current_epoch,
+                "lr": float(self.optimizer.param_groups[0]["lr"]),
+                "loss": float(out["loss"]),
+                "grad_norm": None if math.isnan(self._grad_norm) else self._grad_norm,
+                "batch_checksum": checksum,
+                "step_s": time.perf_counter() - started,
+            }
+        )
         return out
 
     def on_train_epoch_start(self) -> None:
@@ -272,8 +301,10 @@ class BudgetMixin(ShortScheduleMixin):
         elapsed = time.perf_counter() - self._epoch_started
         if self.local_rank == 0:
             self._record["epochs"][str(self.current_epoch)] = {
-                "train_s": elapsed, "iterations": self.num_iterations_per_epoch,
-                "first_in_session": self.current_epoch == self._first_epoch_of_session}
+                "train_s": elapsed,
+                "iterations": self.num_iterations_per_epoch,
+                "first_in_session": self.current_epoch == self._first_epoch_of_session,
+            }
             self._save_timing()
         super().on_train_epoch_end(train_outputs)
 
@@ -282,13 +313,15 @@ class BudgetMixin(ShortScheduleMixin):
         super().on_epoch_end()
         if self.local_rank == 0:
             value = self.logger.get_value
-            record = {"epoch": epoch, "num_epochs": self.num_epochs,
-                      "train_loss": float(value("train_losses", step=-1)),
-                      "val_loss": float(value("val_losses", step=-1)),
-                      "pseudo_dice": [float(d) for d in value("dice_per_class_or_region", step=-1)],
-                      "mean_pseudo_dice": float(value("mean_fg_dice", step=-1)),
-                      "epoch_s": float(value("epoch_end_timestamps", step=-1)
-                                       - value("epoch_start_timestamps", step=-1))}
+            record = {
+                "epoch": epoch,
+                "num_epochs": self.num_epochs,
+                "train_loss": float(value("train_losses", step=-1)),
+                "val_loss": float(value("val_losses", step=-1)),
+                "pseudo_dice": [float(d) for d in value("dice_per_class_or_region", step=-1)],
+                "mean_pseudo_dice": float(value("mean_fg_dice", step=-1)),
+                "epoch_s": float(value("epoch_end_timestamps", step=-1) - value("epoch_start_timestamps", step=-1)),
+            }
             print(PROGRESS_TAG + json.dumps(record), flush=True)
 
     def _save_timing(self) -> None:  # with the session's peak memory so far
@@ -304,8 +337,11 @@ class BudgetMixin(ShortScheduleMixin):
         write_json_atomic(self._timing_file, self._record)
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
-        self.print_to_log_file("budgeted training: nnU-Net's final validation skipped; the harness predicts the "
-                               "held-out cases with nnUNetv2_predict", also_print_to_console=True)
+        self.print_to_log_file(
+            "budgeted training: nnU-Net's final validation skipped; the harness predicts the "
+            "held-out cases with nnUNetv2_predict",
+            also_print_to_console=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------- budgeted classes
@@ -321,11 +357,23 @@ def budgeted_trainer(base: type, budget: Budget) -> type:
         if existing.budget != budget:  # names are the only thing nnU-Net's processes see: one budget per name
             raise ValueError(f"{name} exists with another budget ({existing.budget}); give this budget another name")
         return existing
-    schedule = ShortSchedule(budget.num_epochs, budget.num_iterations_per_epoch, budget.num_val_iterations_per_epoch,
-                             max_batch_size=budget.max_batch_size)
-    cls = type(name, (BudgetMixin, base),
-               {"budget": budget, "short_schedule": schedule, "__module__": __name__, "__qualname__": name,
-                "__doc__": f"{base.__name__} under the budget {budget.name!r}: {budget.describe()}."})
+    schedule = ShortSchedule(
+        budget.num_epochs,
+        budget.num_iterations_per_epoch,
+        budget.num_val_iterations_per_epoch,
+        max_batch_size=budget.max_batch_size,
+    )
+    cls = type(
+        name,
+        (BudgetMixin, base),
+        {
+            "budget": budget,
+            "short_schedule": schedule,
+            "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": f"{base.__name__} under the budget {budget.name!r}: {budget.describe()}.",
+        },
+    )
     globals()[name] = cls
     return cls
 

@@ -4,6 +4,7 @@
 exercise the commands the README shows. The device and test-time augmentation are arguments; on the CPU the
 flags that suit a small machine are added (no augmentation workers, one pre-/post-processing worker).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,13 @@ def with_budget_shim(current: str | None) -> str:
     return os.pathsep.join(entries)
 
 
-def nnunet_environment(raw: str | Path, preprocessed: str | Path, results: str | Path,
-                       base: dict[str, str] | None = None, budgeted: bool = False) -> dict[str, str]:
+def nnunet_environment(
+    raw: str | Path,
+    preprocessed: str | Path,
+    results: str | Path,
+    base: dict[str, str] | None = None,
+    budgeted: bool = False,
+) -> dict[str, str]:
     """The environment for nnU-Net's commands: its three folders (created if missing), our trainers findable as a
     user's shell finds them (through the startup hook where it is installed: ``nnUNet_extTrainer`` then stays as the
     user had it, usually unset), the budgeted trainers too when ``budgeted``, nnU-Net's worker count suited to the
@@ -71,8 +77,13 @@ def nnunet_command(name: str) -> str:
     return found
 
 
-def run_command(args: Sequence, env: dict[str, str], log: Path | None = None,
-                on_line: Callable[[str], None] | None = None, echo: bool = True) -> list[TimedLine]:
+def run_command(
+    args: Sequence,
+    env: dict[str, str],
+    log: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    echo: bool = True,
+) -> list[TimedLine]:
     """Run one nnU-Net command. Its output goes to the terminal, or is appended to ``log`` when given; every line
     is passed to ``on_line`` as it arrives. Returns the lines with their arrival times (seconds since the start);
     the last entry, ``<exit>``, is when the process ended. ``echo`` prints the command and its duration."""
@@ -87,8 +98,9 @@ def run_command(args: Sequence, env: dict[str, str], log: Path | None = None,
         if log is not None:
             stream.write(f"\n$ {shlex.join(command)}\n")
             stream.flush()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   errors="replace")
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
         assert process.stdout is not None  # stdout=PIPE
         try:
             for line in process.stdout:
@@ -126,59 +138,166 @@ def check_trainer(name: str, env: dict[str, str]) -> type:
 
 
 # ------------------------------------------------------------------------------------------ nnU-Net's commands
-def plan_and_preprocess(dataset_id: int | Sequence[int], configuration: str, env: dict[str, str],
-                        log: Path | None = None, echo: bool = True) -> None:
+def plan_and_preprocess(
+    dataset_id: int | Sequence[int], configuration: str, env: dict[str, str], log: Path | None = None, echo: bool = True
+) -> None:
     """Fingerprint, nnU-Net's default planner, preprocessing of ``configuration``: ``nnUNetv2_plan_and_preprocess``,
     for one dataset or several (one process start for all)."""
     ids = [dataset_id] if isinstance(dataset_id, int) else list(dataset_id)
-    run_command(["nnUNetv2_plan_and_preprocess", "-d", *ids, "-c", configuration, "-np", "2", "-npfp", "2",
-                 "--verify_dataset_integrity"], env, log, echo=echo)
+    run_command(
+        [
+            "nnUNetv2_plan_and_preprocess",
+            "-d",
+            *ids,
+            "-c",
+            configuration,
+            "-np",
+            "2",
+            "-npfp",
+            "2",
+            "--verify_dataset_integrity",
+        ],
+        env,
+        log,
+        echo=echo,
+    )
 
 
-def plan_experiment(dataset_id: int, planner: str, env: dict[str, str], log: Path | None = None,
-                    echo: bool = True) -> None:
+def plan_experiment(
+    dataset_id: int, planner: str, env: dict[str, str], log: Path | None = None, echo: bool = True
+) -> None:
     """Plans from another of nnU-Net's planners (e.g. ``nnUNetPlannerResEncM``); needs the fingerprint."""
     run_command(["nnUNetv2_plan_experiment", "-d", dataset_id, "-pl", planner], env, log, echo=echo)
 
 
-def preprocess(dataset_id: int, plans: str, configuration: str, env: dict[str, str], log: Path | None = None,
-               echo: bool = True) -> None:
-    run_command(["nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", plans, "-c", configuration, "-np", "2"],
-                env, log, echo=echo)
+def preprocess(
+    dataset_id: int, plans: str, configuration: str, env: dict[str, str], log: Path | None = None, echo: bool = True
+) -> None:
+    run_command(
+        ["nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", plans, "-c", configuration, "-np", "2"],
+        env,
+        log,
+        echo=echo,
+    )
 
 
-def train(dataset_id: int, configuration: str, fold: int | str, trainer: str, env: dict[str, str],
-          log: Path | None = None, plans: str = "nnUNetPlans", device: str = "cpu", resume: bool = False,
-          compile: bool = False, extra: Sequence[str] = (), on_line: Callable[[str], None] | None = None,
-          echo: bool = True) -> list[TimedLine]:
+def train(
+    dataset_id: int,
+    configuration: str,
+    fold: int | str,
+    trainer: str,
+    env: dict[str, str],
+    log: Path | None = None,
+    plans: str = "nnUNetPlans",
+    device: str = "cpu",
+    resume: bool = False,
+    compile: bool = False,
+    extra: Sequence[str] = (),
+    on_line: Callable[[str], None] | None = None,
+    echo: bool = True,
+) -> list[TimedLine]:
     """``nnUNetv2_train``; ``resume`` continues a killed run from its last checkpoint (``--c``)."""
     env = dict(env, nnUNet_compile="t" if compile else "f")
     if device == "cpu":  # augmentation in the training process: seeded, and cheaper than workers on few cores
         env.setdefault("nnUNet_n_proc_DA", "0")
-    return run_command(["nnUNetv2_train", dataset_id, configuration, fold, "-tr", trainer, "-p", plans,
-                        "-device", device, *(["--c"] if resume else []), *extra], env, log, on_line, echo)
+    return run_command(
+        [
+            "nnUNetv2_train",
+            dataset_id,
+            configuration,
+            fold,
+            "-tr",
+            trainer,
+            "-p",
+            plans,
+            "-device",
+            device,
+            *(["--c"] if resume else []),
+            *extra,
+        ],
+        env,
+        log,
+        on_line,
+        echo,
+    )
 
 
-def predict(input_folder: Path, output_folder: Path, dataset_id: int, configuration: str,
-            folds: int | str | Sequence[int | str], trainer: str, env: dict[str, str], log: Path | None = None,
-            plans: str = "nnUNetPlans", device: str = "cpu", tta: bool = False, extra: Sequence[str] = (),
-            on_line: Callable[[str], None] | None = None, echo: bool = True) -> list[TimedLine]:
+def predict(
+    input_folder: Path,
+    output_folder: Path,
+    dataset_id: int,
+    configuration: str,
+    folds: int | str | Sequence[int | str],
+    trainer: str,
+    env: dict[str, str],
+    log: Path | None = None,
+    plans: str = "nnUNetPlans",
+    device: str = "cpu",
+    tta: bool = False,
+    extra: Sequence[str] = (),
+    on_line: Callable[[str], None] | None = None,
+    echo: bool = True,
+) -> list[TimedLine]:
     """``nnUNetv2_predict`` with the model of one fold, or the ensemble of several; ``tta``: nnU-Net's mirroring."""
     folds = [folds] if isinstance(folds, (int, str)) else list(folds)
     return run_command(
-        ["nnUNetv2_predict", "-i", input_folder, "-o", output_folder, "-d", dataset_id, "-c", configuration,
-         "-f", *folds, "-tr", trainer, "-p", plans, "-device", device, "--disable_progress_bar",
-         *([] if tta else ["--disable_tta"]), *(["-npp", "1", "-nps", "1"] if device == "cpu" else []), *extra],
-        env, log, on_line, echo)
+        [
+            "nnUNetv2_predict",
+            "-i",
+            input_folder,
+            "-o",
+            output_folder,
+            "-d",
+            dataset_id,
+            "-c",
+            configuration,
+            "-f",
+            *folds,
+            "-tr",
+            trainer,
+            "-p",
+            plans,
+            "-device",
+            device,
+            "--disable_progress_bar",
+            *([] if tta else ["--disable_tta"]),
+            *(["-npp", "1", "-nps", "1"] if device == "cpu" else []),
+            *extra,
+        ],
+        env,
+        log,
+        on_line,
+        echo,
+    )
 
 
-def evaluate(gt_folder: Path, prediction_folder: Path, model: Path, env: dict[str, str], log: Path | None = None,
-             echo: bool = True) -> dict:
+def evaluate(
+    gt_folder: Path,
+    prediction_folder: Path,
+    model: Path,
+    env: dict[str, str],
+    log: Path | None = None,
+    echo: bool = True,
+) -> dict:
     """``nnUNetv2_evaluate_folder`` with a trained model's dataset.json and plans; returns its summary.json."""
     import json
 
-    run_command(["nnUNetv2_evaluate_folder", gt_folder, prediction_folder, "-djfile", Path(model) / "dataset.json",
-                 "-pfile", Path(model) / "plans.json", "-np", "1"], env, log, echo=echo)
+    run_command(
+        [
+            "nnUNetv2_evaluate_folder",
+            gt_folder,
+            prediction_folder,
+            "-djfile",
+            Path(model) / "dataset.json",
+            "-pfile",
+            Path(model) / "plans.json",
+            "-np",
+            "1",
+        ],
+        env,
+        log,
+        echo=echo,
+    )
     return json.loads((Path(prediction_folder) / "summary.json").read_text())
 
 
@@ -193,8 +312,14 @@ def prediction_timing(lines: list[TimedLine], cases: int) -> dict[str, float]:
     ends = [t for t, line in lines if line.startswith("done with ")]
     export = next((t for t, line in lines if line.strip() == "Segmentation export complete."), None)
     if len(starts) != cases or len(ends) != cases or export is None:
-        raise UserError(f"nnUNetv2_predict's output did not show {cases} predicted cases and their export "
-                        f"({len(starts)} 'Predicting', {len(ends)} 'done with' lines): has its output format "
-                        "changed?")
-    return {"s_per_case": (ends[-1] - starts[0]) / cases, "predict_wall_s": round(lines[-1][0], 2),
-            "predict_startup_s": round(starts[0], 2), "export_tail_s": round(export - ends[-1], 2)}
+        raise UserError(
+            f"nnUNetv2_predict's output did not show {cases} predicted cases and their export "
+            f"({len(starts)} 'Predicting', {len(ends)} 'done with' lines): has its output format "
+            "changed?"
+        )
+    return {
+        "s_per_case": (ends[-1] - starts[0]) / cases,
+        "predict_wall_s": round(lines[-1][0], 2),
+        "predict_startup_s": round(starts[0], 2),
+        "export_tail_s": round(export - ends[-1], 2),
+    }

@@ -4,6 +4,7 @@ nnU-Net names a dataset ``DatasetXXX_NAME`` in each of its three folders and a m
 ``nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIGURATION``; these functions are the one place that spells
 those layouts out.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def model_folder(env: dict[str, str], dataset_id: int, trainer: str, configuration: str,
-                 plans: str = "nnUNetPlans") -> Path:
+def model_folder(
+    env: dict[str, str], dataset_id: int, trainer: str, configuration: str, plans: str = "nnUNetPlans"
+) -> Path:
     """Where ``nnUNetv2_train`` writes a model: ``nnUNet_results/DatasetXXX_NAME/TRAINER__PLANS__CONFIGURATION``
     (the dataset's name as nnU-Net's preprocessed folder spells it)."""
     name = require_dataset(env["nnUNet_preprocessed"], dataset_id, "nnUNet_preprocessed").name
@@ -120,14 +122,17 @@ def check_msd_folder(folder: str | Path) -> tuple[Path, int]:
     """Check that ``folder`` is a Medical Segmentation Decathlon task; return it and its task id."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise UserError(f"MSD folder {folder} does not exist: pass the path of an unpacked task, "
-                        "e.g. .../Task04_Hippocampus")
+        raise UserError(
+            f"MSD folder {folder} does not exist: pass the path of an unpacked task, e.g. .../Task04_Hippocampus"
+        )
     match = re.fullmatch(r"Task(\d+)_([A-Za-z0-9]+)", folder.resolve().name)
     missing = [p for p in ("dataset.json", "imagesTr", "labelsTr", "imagesTs") if not (folder / p).exists()]
     if match is None or missing:
         why = f"it lacks {', '.join(missing)}" if missing else "its name is not TaskNN_Name"
-        raise UserError(f"{folder} is not an MSD task folder ({why}): pass an unpacked Decathlon task such as "
-                        "Task04_Hippocampus with dataset.json, imagesTr, labelsTr and imagesTs")
+        raise UserError(
+            f"{folder} is not an MSD task folder ({why}): pass an unpacked Decathlon task such as "
+            "Task04_Hippocampus with dataset.json, imagesTr, labelsTr and imagesTs"
+        )
     return folder.resolve(), int(match.group(1))
 
 
@@ -141,8 +146,9 @@ def convert_msd(folder: Path, env: dict[str, str], log: Path | None = None) -> i
     return task_id
 
 
-def downsize_2d_pairs(images: Path, masks: Path, target: Path, cases: int, size: int,
-                      mask_suffix: str = "_segmentation") -> Path:
+def downsize_2d_pairs(
+    images: Path, masks: Path, target: Path, cases: int, size: int, mask_suffix: str = "_segmentation"
+) -> Path:
     """The first ``cases`` images (``NAME.jpg``/``.png``) and their masks (``NAME<mask_suffix>.png``) resized to
     ``size`` x ``size`` (images bilinear, masks nearest) into ``target/images`` and ``target/masks``, the layout
     ``convert_2d`` reads: a 2D dataset small enough for CPU runs."""
@@ -154,6 +160,7 @@ def downsize_2d_pairs(images: Path, masks: Path, target: Path, cases: int, size:
     for image in sources:
         mask = masks / f"{image.stem}{mask_suffix}.png"
         Image.open(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR).save(
-            target / "images" / f"{image.stem}.png")
+            target / "images" / f"{image.stem}.png"
+        )
         Image.open(mask).convert("L").resize((size, size), Image.Resampling.NEAREST).save(target / "masks" / mask.name)
     return target

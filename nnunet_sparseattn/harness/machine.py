@@ -1,4 +1,5 @@
 """What a measurement ran on: the device's name and the machine's load (other processes inflate CPU timings)."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@
 -d ID -c CONFIG`` prints them with the attention layout; both come from here, counted one way
 (``nnunet_sparseattn.complexity``).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,19 +36,22 @@ def _managers(plans: dict, configuration: str, dataset_json: dict):
     return plans_manager, config, inputs, outputs
 
 
-def inference_network(trainer_class: type[nnUNetTrainer], plans: dict, configuration: str, dataset_json: dict,
-                      seed: int = 0) -> tuple[torch.nn.Module, tuple[int, ...]]:
+def inference_network(
+    trainer_class: type[nnUNetTrainer], plans: dict, configuration: str, dataset_json: dict, seed: int = 0
+) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """The network ``nnUNetv2_predict`` builds for ``trainer_class`` (deep supervision off), and the input shape of
     one patch, batch 1."""
     plans_manager, config, inputs, outputs = _managers(plans, configuration, dataset_json)
     torch.manual_seed(seed)
-    network = trainer_class.build_network_architecture(plans_manager, config, inputs, outputs,
-                                                       enable_deep_supervision=False)
+    network = trainer_class.build_network_architecture(
+        plans_manager, config, inputs, outputs, enable_deep_supervision=False
+    )
     return network, (1, inputs, *config.patch_size)
 
 
-def network_cost(trainer_class: type[nnUNetTrainer], plans: dict, configuration: str,
-                 dataset_json: dict) -> dict[str, Any]:
+def network_cost(
+    trainer_class: type[nnUNetTrainer], plans: dict, configuration: str, dataset_json: dict
+) -> dict[str, Any]:
     """Parameters and forward FLOPs (2 per multiply-add) of the inference network at the plans' patch size."""
     network, shape = inference_network(trainer_class, plans, configuration, dataset_json)
     return {"params": count_parameters(network), "flops": count_flops(network, shape), "flops_input": list(shape)}
@@ -65,8 +69,9 @@ def _x(values: Sequence[int]) -> str:
     return "x".join(str(int(v)) for v in values)
 
 
-def network_kwargs(trainer_class: type[nnUNetTrainer], plans: dict, configuration: str) \
-        -> tuple[type[PlansNetwork] | None, dict[str, Any]]:
+def network_kwargs(
+    trainer_class: type[nnUNetTrainer], plans: dict, configuration: str
+) -> tuple[type[PlansNetwork] | None, dict[str, Any]]:
     """Our network class and its resolved arguments for this configuration (None, {} for nnU-Net's networks): a
     trainer of ours builds its ``network_class`` from any plans; a variant plans file names one of our networks."""
     config = plans["configurations"][configuration]
@@ -83,8 +88,9 @@ def network_kwargs(trainer_class: type[nnUNetTrainer], plans: dict, configuratio
     return cls, cls.resolve_arch_kwargs(arch["arch_kwargs"], config["patch_size"], overrides)
 
 
-def attention_layout(network_class: type | None, kwargs: dict[str, Any], patch_size: Sequence[int]) \
-        -> list[StageAttention]:
+def attention_layout(
+    network_class: type | None, kwargs: dict[str, Any], patch_size: Sequence[int]
+) -> list[StageAttention]:
     """Which encoder stages attend, and how: regions and top-k (BSA, MDSA), windows (bilateral)."""
     if network_class is None:
         return []
@@ -121,8 +127,9 @@ def describe_layout(layout: list[StageAttention]) -> str:
     return "; ".join(f"stage {a.stage} ({_x(a.shape)}): {a.text}" for a in layout)
 
 
-def dataset_networks(dataset: int | str, configuration: str, plans_name: str = "nnUNetPlans",
-                     preprocessed: str | None = None) -> list[dict[str, Any]]:
+def dataset_networks(
+    dataset: int | str, configuration: str, plans_name: str = "nnUNetPlans", preprocessed: str | None = None
+) -> list[dict[str, Any]]:
     """For a planned dataset: stock nnU-Net's network and each of our main trainers' networks built from its plans
     (``configuration``): parameters, FLOPs at the patch size and the attention layout. nnU-Net's stock trainer
     also gets the ResEnc M plans' network when those plans exist."""
@@ -141,12 +148,16 @@ def dataset_networks(dataset: int | str, configuration: str, plans_name: str = "
     folder = require_dataset(root, parse_dataset(dataset), "nnUNet_preprocessed")
     plans_file = folder / f"{plans_name}.json"
     if not plans_file.is_file():
-        raise UserError(f"{plans_file} does not exist: plan the dataset first (nnUNetv2_plan_and_preprocess -d "
-                        f"{parse_dataset(dataset)}), or name existing plans with --plans")
+        raise UserError(
+            f"{plans_file} does not exist: plan the dataset first (nnUNetv2_plan_and_preprocess -d "
+            f"{parse_dataset(dataset)}), or name existing plans with --plans"
+        )
     plans = json.loads(plans_file.read_text())
     if configuration not in plans["configurations"]:
-        raise UserError(f"the plans {plans_name} of {folder.name} have no configuration {configuration}: choose one "
-                        f"of {', '.join(plans['configurations'])}")
+        raise UserError(
+            f"the plans {plans_name} of {folder.name} have no configuration {configuration}: choose one "
+            f"of {', '.join(plans['configurations'])}"
+        )
     dataset_json = json.loads((folder / "dataset.json").read_text())
     entries = [(nnUNetTrainer, plans_name, plans)]
     resenc = folder / "nnUNetResEncUNetMPlans.json"
@@ -160,9 +171,17 @@ def dataset_networks(dataset: int | str, configuration: str, plans_name: str = "
         cls, kwargs = network_kwargs(trainer, content, configuration)
         network, shape = inference_network(trainer, content, configuration, dataset_json)
         patch = content["configurations"][configuration].get("patch_size") or list(shape[2:])
-        rows.append({"trainer": trainer.__name__, "plans": name, "network": type(network).__name__,
-                     "params": count_parameters(network), "flops": count_flops(network, shape), "input": list(shape),
-                     "attention": attention_layout(cls, kwargs, patch)})
+        rows.append(
+            {
+                "trainer": trainer.__name__,
+                "plans": name,
+                "network": type(network).__name__,
+                "params": count_parameters(network),
+                "flops": count_flops(network, shape),
+                "input": list(shape),
+                "attention": attention_layout(cls, kwargs, patch),
+            }
+        )
         del network
     return rows
 
@@ -171,12 +190,16 @@ def dataset_networks_table(dataset: int | str, configuration: str, plans_name: s
     """``dataset_networks`` as the text ``nnunet-sparseattn info -d ID -c CONFIG`` prints."""
     rows = dataset_networks(dataset, configuration, plans_name)
     shape = rows[0]["input"]
-    lines = [f"networks for {configuration} ({plans_name}), one patch {'x'.join(map(str, shape[2:]))} with "
-             f"{shape[1]} input channel(s); FLOPs: torch.utils.flop_counter, 2 per multiply-add, batch 1, inference",
-             f"{'trainer':<24} {'plans':<24} {'network':<22} {'params':>9} {'FLOPs':>9}  attention"]
+    lines = [
+        f"networks for {configuration} ({plans_name}), one patch {'x'.join(map(str, shape[2:]))} with "
+        f"{shape[1]} input channel(s); FLOPs: torch.utils.flop_counter, 2 per multiply-add, batch 1, inference",
+        f"{'trainer':<24} {'plans':<24} {'network':<22} {'params':>9} {'FLOPs':>9}  attention",
+    ]
     for row in rows:
-        lines.append(f"{row['trainer']:<24} {row['plans']:<24} {row['network']:<22} {row['params'] / 1e6:8.2f}M "
-                     f"{row['flops'] / 1e9:8.2f}G  {describe_layout(row['attention'])}")
+        lines.append(
+            f"{row['trainer']:<24} {row['plans']:<24} {row['network']:<22} {row['params'] / 1e6:8.2f}M "
+            f"{row['flops'] / 1e9:8.2f}G  {describe_layout(row['attention'])}"
+        )
     from nnunet_sparseattn.trainers import MAIN_TRAINERS
 
     same = [t.__name__ for t in MAIN_TRAINERS if not issubclass(t, ArchitectureTrainer)]

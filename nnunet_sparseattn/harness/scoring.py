@@ -4,6 +4,7 @@ Dice per case and class from nnU-Net's own evaluation (``compute_metrics``, what
 per case; means as nnU-Net takes them: per class over the cases where it is defined, then over classes), and HD95
 from the ``evaluation`` package (MONAI's, the one HD95 of the project).
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,10 @@ import numpy as np
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.evaluation.metrics import hd95
 
-METRIC_SOURCE = ("Dice: nnU-Net's compute_metrics (nnUNetv2_evaluate_folder's per-case evaluation); HD95: MONAI's "
-                 "(nnunet_sparseattn.evaluation.metrics.hd95)")
+METRIC_SOURCE = (
+    "Dice: nnU-Net's compute_metrics (nnUNetv2_evaluate_folder's per-case evaluation); HD95: MONAI's "
+    "(nnunet_sparseattn.evaluation.metrics.hd95)"
+)
 
 
 def drop_singleton_axes(seg: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -29,8 +32,11 @@ def drop_singleton_axes(seg: np.ndarray, spacing: Sequence[float]) -> tuple[np.n
 
 def class_names(dataset_json: dict, keys: Sequence) -> dict:
     """dataset.json's name of each foreground label (an int) or region (a tuple of labels, as nnU-Net keys them)."""
-    by_value = {(tuple(v) if isinstance(v, (list, tuple)) else int(v)): name
-                for name, v in dataset_json["labels"].items() if name != "ignore"}
+    by_value = {
+        (tuple(v) if isinstance(v, (list, tuple)) else int(v)): name
+        for name, v in dataset_json["labels"].items()
+        if name != "ignore"
+    }
     return {key: by_value.get(key, str(key)) for key in keys}
 
 
@@ -39,8 +45,9 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def score_predictions(predictions: Path, reference: Path, cases: Sequence[str], dataset_json: dict,
-                      plans_file: Path) -> dict[str, Any]:
+def score_predictions(
+    predictions: Path, reference: Path, cases: Sequence[str], dataset_json: dict, plans_file: Path
+) -> dict[str, Any]:
     """Dice and HD95 of ``cases`` (files ``<case><file_ending>`` in both folders), per case and class, with nnU-Net's
     reader for the dataset, its label handling (labels or regions, the ignore label) and its per-case metrics.
 
@@ -60,8 +67,9 @@ def score_predictions(predictions: Path, reference: Path, cases: Sequence[str], 
     keys = manager.foreground_regions if manager.has_regions else manager.foreground_labels
     keys = [tuple(k) if isinstance(k, (list, tuple)) else int(k) for k in keys]
     names = class_names(dataset_json, keys)
-    reader = determine_reader_writer_from_dataset_json(dataset_json, str(Path(reference) / f"{cases[0]}{ending}"),
-                                                       verbose=False)()
+    reader = determine_reader_writer_from_dataset_json(
+        dataset_json, str(Path(reference) / f"{cases[0]}{ending}"), verbose=False
+    )()
     per_case: dict[str, dict[str, Any]] = {}
     undefined = {names[k]: 0 for k in keys}
     for case in cases:
@@ -97,12 +105,11 @@ def score_predictions(predictions: Path, reference: Path, cases: Sequence[str], 
         "metric_source": METRIC_SOURCE,
         "dice": dice_means,
         "mean_dice": float(np.mean([v for v in dice_means.values() if v is not None]))
-        if any(v is not None for v in dice_means.values()) else None,
-        "hd95": hd_means,
-        "mean_hd95": float(np.mean(list(hd_means.values()))) if all(v is not None for v in hd_means.values())
+        if any(v is not None for v in dice_means.values())
         else None,
-        "hd95_scored_cases": {names[k]: sum(c["hd95"][names[k]] is not None for c in per_case.values())
-                              for k in keys},
+        "hd95": hd_means,
+        "mean_hd95": float(np.mean(list(hd_means.values()))) if all(v is not None for v in hd_means.values()) else None,
+        "hd95_scored_cases": {names[k]: sum(c["hd95"][names[k]] is not None for c in per_case.values()) for k in keys},
         "hd95_undefined_cases": undefined,
         "per_case": per_case,
     }

@@ -14,6 +14,7 @@ pixel-level attention"::
 ``gamma`` is per channel and starts at 0, so a new BSAM equals BRA and learns how much region-level context to
 mix in; ``coarse_branch=False`` removes it (then the module IS :class:`~.sparse_attention.RoutedAttention`).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -120,6 +121,13 @@ class BSABlock(TransformerBlock):
         coarse_branch: bool = True,
         lce_kernel_size: int = 3,
     ) -> None:
-        attention = BiLevelSparseAttention(channels, num_heads, region_size, topk, conv_op,
-                                           coarse_branch=coarse_branch, lce_kernel_size=lce_kernel_size)
+        attention = BiLevelSparseAttention(
+            channels,
+            num_heads,
+            region_size,
+            topk,
+            conv_op,
+            coarse_branch=coarse_branch,
+            lce_kernel_size=lce_kernel_size,
+        )
         super().__init__(attention, channels, conv_op, mlp_ratio)

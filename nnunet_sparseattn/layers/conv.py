@@ -4,6 +4,7 @@ dynamic_network_architectures has neither in the form needed here: its ``ConvDro
 (ResNeXt) or dilation (FSAM), and its ``SqueezeExcite`` pools axes 2 and 3 only (wrong for 3D maps) and has no
 max-pooled branch (CBAM/FSAM).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -84,8 +85,9 @@ class ConvNormAct(nn.Sequential):
         dil = [dilation if k > 1 else 1 for k in kernel]
         self.stride = per_axis(stride, ndim, "stride")
         conv = grouped_conv_op(conv_op) if groups > 1 else conv_op
-        layers: list[nn.Module] = [conv(in_channels, out_channels, kernel, self.stride, padding, dilation=dil,
-                                        groups=groups, bias=conv_bias)]
+        layers: list[nn.Module] = [
+            conv(in_channels, out_channels, kernel, self.stride, padding, dilation=dil, groups=groups, bias=conv_bias)
+        ]
         if norm_op is not None:
             layers.append(norm_op(out_channels, **(norm_op_kwargs or {})))
         if nonlin is not None:
@@ -111,8 +113,14 @@ class ChannelAttention(nn.Module):
 
     POOLS = ("avg", "max")
 
-    def __init__(self, channels: int, conv_op: type[nn.Module], reduction: int = 16, min_hidden: int = 8,
-                 pools: Sequence[str] = ("avg",)) -> None:
+    def __init__(
+        self,
+        channels: int,
+        conv_op: type[nn.Module],
+        reduction: int = 16,
+        min_hidden: int = 8,
+        pools: Sequence[str] = ("avg",),
+    ) -> None:
         super().__init__()
         if not pools or any(p not in self.POOLS for p in pools):
             raise ValueError(f"pools={tuple(pools)!r}: choose from {self.POOLS}")

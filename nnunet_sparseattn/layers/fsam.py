@@ -7,6 +7,7 @@
 
 The paper weights the module's input; ``weighted="dilated"`` weights z instead (our alternative reading).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Type
@@ -40,8 +41,13 @@ class FSAM(nn.Module):
         if weighted not in ("input", "dilated"):
             raise ValueError(f"FSAM weighted={weighted!r}: choose 'input' (the paper) or 'dilated'")
         self.weighted, self.channels = weighted, channels
-        ops = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, nonlin=nonlin,
-                   nonlin_kwargs=nonlin_kwargs)
+        ops = dict(
+            conv_bias=conv_bias,
+            norm_op=norm_op,
+            norm_op_kwargs=norm_op_kwargs,
+            nonlin=nonlin,
+            nonlin_kwargs=nonlin_kwargs,
+        )
         self.conv = ConvNormAct(conv_op, channels, channels, kernel_size, **ops)
         self.dconv = ConvNormAct(conv_op, channels, channels, kernel_size, dilation=dilation, **ops)
         # GAP and GMP through one shared MLP, summed, sigmoid: CBAM's channel attention

@@ -7,6 +7,7 @@ Norm and nonlinearity are the plans' (the paper's BatchNorm + ReLU in its own 2D
 may run at their own width ``dim`` (e.g. a Swin checkpoint's 96/192/384 channels): a 1x1 convolution then maps the
 stage's channels to ``dim`` and the 3x3 convolution maps back; the residual stays on the stage's features.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Type
@@ -55,8 +56,17 @@ class ISAM(nn.Module):
             SwinBlock(dim, num_heads, window, shift=bool(j % 2), mlp_ratio=mlp_ratio, drop_path=drop_path)
             for j in range(depth)
         )
-        self.conv = ConvNormAct(conv_op, dim, channels, kernel_size, conv_bias=conv_bias, norm_op=norm_op,
-                                norm_op_kwargs=norm_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs)
+        self.conv = ConvNormAct(
+            conv_op,
+            dim,
+            channels,
+            kernel_size,
+            conv_bias=conv_bias,
+            norm_op=norm_op,
+            norm_op_kwargs=norm_op_kwargs,
+            nonlin=nonlin,
+            nonlin_kwargs=nonlin_kwargs,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.proj_in(x).movedim(1, -1)  # channels-last for the Swin blocks

@@ -3,6 +3,7 @@
 timm's ``Mlp`` covers channels-last tokens, and its 1x1-convolution form only 2D maps; ours takes any ``conv_op`` (3D
 feature maps) and keeps timm's parameter names (``fc1``, ``fc2``), so timm Swin checkpoints map onto it.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -20,8 +21,14 @@ class Mlp(nn.Module):
     channel-first maps ``(B, C, *S)``.
     """
 
-    def __init__(self, channels: int, hidden: int, conv_op: Optional[type[nn.Module]] = None,
-                 act_layer: type[nn.Module] = nn.GELU, out_channels: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        hidden: int,
+        conv_op: Optional[type[nn.Module]] = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        out_channels: Optional[int] = None,
+    ) -> None:
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
         if conv_op is None:

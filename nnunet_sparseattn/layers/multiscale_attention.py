@@ -78,8 +78,13 @@ def auto_grid(spatial: Sequence[int], region_side: Optional[int] = None) -> tupl
 class MultiScaleAggregation(nn.Module):
     """The map keys and values are projected from (both readings in the module docstring), then LayerNorm."""
 
-    def __init__(self, channels: int, conv_op: type[nn.Module] = nn.Conv3d, aggregation: str = "dwconv",
-                 scales: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        conv_op: type[nn.Module] = nn.Conv3d,
+        aggregation: str = "dwconv",
+        scales: Optional[Sequence[int]] = None,
+    ) -> None:
         super().__init__()
         self.ndim = conv_dims(conv_op)
         self.aggregation = aggregation
@@ -90,7 +95,9 @@ class MultiScaleAggregation(nn.Module):
             if any(k < 1 or k % 2 == 0 for k in self.scales):
                 raise ValueError(f"dwconv aggregation kernels must be odd and >= 1, got {self.scales}")
             dw = grouped_conv_op(conv_op)
-            self.branches = nn.ModuleList(dw(channels, channels, k, padding=k // 2, groups=channels) for k in self.scales)
+            self.branches = nn.ModuleList(
+                dw(channels, channels, k, padding=k // 2, groups=channels) for k in self.scales
+            )
         else:
             if any(r < 1 for r in self.scales):
                 raise ValueError(f"pooling ratios must be >= 1, got {self.scales}")
@@ -224,8 +231,10 @@ class MultiScaleDynamicSparseAttention(nn.Module):
         return (self.q, self.kv, self.proj)
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, num_heads={self.num_heads}, grid={self.grid or 'auto'}, "
-                f"topk={self.topk}, backend={self.backend!r}")
+        return (
+            f"channels={self.channels}, num_heads={self.num_heads}, grid={self.grid or 'auto'}, "
+            f"topk={self.topk}, backend={self.backend!r}"
+        )
 
 
 class MDSABlock(TransformerBlock):
@@ -248,8 +257,9 @@ class MDSABlock(TransformerBlock):
         positional_kernel_size: int = 3,
         backend: str = "auto",
     ) -> None:
-        attention = MultiScaleDynamicSparseAttention(channels, num_heads, conv_op, grid, topk, aggregation, scales,
-                                                     lce_kernel_size, backend=backend)
+        attention = MultiScaleDynamicSparseAttention(
+            channels, num_heads, conv_op, grid, topk, aggregation, scales, lce_kernel_size, backend=backend
+        )
         super().__init__(attention, channels, conv_op, mlp_ratio, positional_kernel_size, transformer_init=True)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:

@@ -18,6 +18,7 @@ points and interpolates. Here the coarse prediction is nnU-Net's full-resolution
 features and labels are read exactly (no interpolated labels), and because the refined voxels are part of the
 network's output, nnU-Net's own loss reaches every parameter of the head (DDP without unused parameters).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -70,8 +71,10 @@ def importance_sample_voxels(
     """PointRend's importance sampling over the voxels of ``coarse`` (B, K, *S): (B, N) distinct flat indices,
     N = min(num_points, voxels)."""
     if num_points < 1 or oversample_ratio < 1 or not 0 <= importance_ratio <= 1:
-        raise ValueError(f"num_points {num_points} >= 1, oversample_ratio {oversample_ratio} >= 1 and "
-                         f"importance_ratio {importance_ratio} in [0, 1] are required")
+        raise ValueError(
+            f"num_points {num_points} >= 1, oversample_ratio {oversample_ratio} >= 1 and "
+            f"importance_ratio {importance_ratio} in [0, 1] are required"
+        )
     b = coarse.shape[0]
     voxels = coarse[0, 0].numel()
     n = min(int(num_points), voxels)
@@ -146,8 +149,9 @@ class AttentionRendering(nn.Module):
 
     def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> tuple[torch.Tensor, RenderedPoints]:
         if coarse.shape[2:] != fine.shape[2:]:
-            raise ValueError(f"logits {tuple(coarse.shape)} and fine features {tuple(fine.shape)} must share "
-                             "their spatial shape")
+            raise ValueError(
+                f"logits {tuple(coarse.shape)} and fine features {tuple(fine.shape)} must share their spatial shape"
+            )
         index = self.select(coarse.detach())
         logits = self.head(gather_points(fine, index), gather_points(coarse, index))
         return scatter_points(coarse, index, logits), RenderedPoints(index, logits)

@@ -101,8 +101,14 @@ class EnhancedDownsampling(nn.Module):
         self.local_branch = local_branch
         self.merge = conv_op(in_channels * math.prod(self.stride), out_channels, 1, bias=bias)
         if local_branch == "conv":
-            self.local = conv_op(in_channels, out_channels, self.kernel_size, self.stride,
-                                 padding=tuple(k // 2 for k in self.kernel_size), bias=bias)
+            self.local = conv_op(
+                in_channels,
+                out_channels,
+                self.kernel_size,
+                self.stride,
+                padding=tuple(k // 2 for k in self.kernel_size),
+                bias=bias,
+            )
         else:
             self.local = conv_op(in_channels, out_channels, 1, bias=bias)
             self.pool = get_matching_pool_op(conv_op, pool_type="max")(self.stride, self.stride, ceil_mode=True)
@@ -167,23 +173,33 @@ class EnhancedUpsampling(nn.Module):
         kernel = tuple(k | 1 for k in per_axis(kernel_size, self.ndim, "kernel_size"))  # odd: "same" padding
         self.in_channels, self.skip_channels, self.out_channels = in_channels, skip_channels, out_channels
         self.up = get_matching_convtransp(conv_op)(in_channels, out_channels, self.stride, self.stride, bias=bias)
-        self.fuse = conv_op(out_channels + skip_channels, out_channels, kernel, 1,
-                            padding=tuple(k // 2 for k in kernel), bias=bias)
+        self.fuse = conv_op(
+            out_channels + skip_channels, out_channels, kernel, 1, padding=tuple(k // 2 for k in kernel), bias=bias
+        )
         self.norm = _norm(norm_op, out_channels, norm_op_kwargs)
         self.nonlin = nn.Identity() if nonlin is None else nonlin(**(nonlin_kwargs or {}))
         self.gate = ChannelAttention(out_channels, conv_op, gate_reduction, min_hidden=8)  # squeeze-and-excitation
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        if x.dim() != self.ndim + 2 or x.shape[1] != self.in_channels or skip.dim() != x.dim() or \
-                skip.shape[1] != self.skip_channels or skip.shape[0] != x.shape[0]:
-            raise ValueError(f"EUF expects (B, {self.in_channels}, ...) and a skip (B, {self.skip_channels}, ...) "
-                             f"with {self.ndim} spatial dims, got {tuple(x.shape)} and {tuple(skip.shape)}")
+        if (
+            x.dim() != self.ndim + 2
+            or x.shape[1] != self.in_channels
+            or skip.dim() != x.dim()
+            or skip.shape[1] != self.skip_channels
+            or skip.shape[0] != x.shape[0]
+        ):
+            raise ValueError(
+                f"EUF expects (B, {self.in_channels}, ...) and a skip (B, {self.skip_channels}, ...) "
+                f"with {self.ndim} spatial dims, got {tuple(x.shape)} and {tuple(skip.shape)}"
+            )
         u = self.up(x)
         target = tuple(skip.shape[2:])
         if tuple(u.shape[2:]) != target:
             if any(t > s or t <= s - st for t, s, st in zip(target, u.shape[2:], self.stride)):
-                raise ValueError(f"EUF: skip size {target} does not match {tuple(x.shape[2:])} upsampled by "
-                                 f"{self.stride} (expected ceil(skip / stride) == input on every axis)")
+                raise ValueError(
+                    f"EUF: skip size {target} does not match {tuple(x.shape[2:])} upsampled by "
+                    f"{self.stride} (expected ceil(skip / stride) == input on every axis)"
+                )
             u = u[(slice(None), slice(None)) + tuple(slice(0, t) for t in target)]
         f = self.nonlin(self.norm(self.fuse(torch.cat((u, skip), dim=1))))
         return f * self.gate(f) + u

@@ -10,6 +10,7 @@ The stride sits in the grouped convolution and the skip pools before projecting 
 narrower (32 channels -> width 16), so the cardinality is adapted: the most paths, at most ``cardinality``, that
 divide the width with at least ``min_group_width`` channels each (width 16 -> 4 x 4, width 160 -> 32 x 5).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Type
@@ -23,6 +24,7 @@ from .conv import ConvNormAct, conv_dims
 from .shapes import ceil_div, per_axis
 
 __all__ = ["ResNeXtBlock", "ResNeXtStage", "resnext_groups"]
+
 
 def resnext_groups(width: int, cardinality: int = 32, min_group_width: int = 4) -> int:
     """Number of grouped-convolution paths for ``width`` channels (see the module docstring)."""
@@ -84,16 +86,32 @@ class ResNeXtBlock(nn.Module):
 class ResNeXtStage(nn.Module):
     """``n_blocks`` ResNeXt blocks; the first one strides and changes the width."""
 
-    def __init__(self, n_blocks: int, conv_op: Type[nn.Module], in_channels: int, out_channels: int,
-                 kernel_size: int | Sequence[int], stride: int | Sequence[int], **block_kwargs):
+    def __init__(
+        self,
+        n_blocks: int,
+        conv_op: Type[nn.Module],
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int],
+        **block_kwargs,
+    ):
         super().__init__()
         if n_blocks < 1:
             raise ValueError(f"a ResNeXt stage needs at least one block, got {n_blocks}")
-        self.blocks = nn.Sequential(*(
-            ResNeXtBlock(conv_op, in_channels if i == 0 else out_channels, out_channels, kernel_size,
-                         stride if i == 0 else 1, **block_kwargs)
-            for i in range(n_blocks)
-        ))
+        self.blocks = nn.Sequential(
+            *(
+                ResNeXtBlock(
+                    conv_op,
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    kernel_size,
+                    stride if i == 0 else 1,
+                    **block_kwargs,
+                )
+                for i in range(n_blocks)
+            )
+        )
         self.out_channels = out_channels
         self.stride = self.blocks[0].stride
 

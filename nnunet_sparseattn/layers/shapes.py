@@ -4,6 +4,7 @@ Regions (routed attention), windows (Swin) and space-to-depth (EDM) all cut a ma
 padding its end; they differ only in where the spatial axes sit and where the block axes go. :func:`partition` and
 :func:`unpartition` return permuted VIEWS: the caller's one ``reshape`` makes the only copy.
 """
+
 from __future__ import annotations
 
 import math

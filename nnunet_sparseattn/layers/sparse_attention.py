@@ -108,9 +108,7 @@ def _is_compiling() -> bool:
 _FLEX_CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def select_backend(
-    backend: str, device: torch.device, needs_grad: bool, dtype: Optional[torch.dtype] = None
-) -> str:
+def select_backend(backend: str, device: torch.device, needs_grad: bool, dtype: Optional[torch.dtype] = None) -> str:
     """Resolve ``"auto"`` to ``"gather"`` or ``"flex"`` (rules in the module docstring); validate the others."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
@@ -133,8 +131,10 @@ def select_backend(
                 "(or run under torch.no_grad())"
             )
         if device.type == "cpu" and dtype is not None and dtype not in _FLEX_CPU_DTYPES:
-            raise ValueError(f"compiled flex_attention on the CPU supports float32/float16/bfloat16, not {dtype}; "
-                             "use backend='gather'")
+            raise ValueError(
+                f"compiled flex_attention on the CPU supports float32/float16/bfloat16, not {dtype}; "
+                "use backend='gather'"
+            )
     return backend
 
 
@@ -156,15 +156,17 @@ def _routing(
     return route(_affinity(q, k, lq, lk, detach, scale), topk)
 
 
-def _affinity(q: torch.Tensor, k: torch.Tensor, lq: RegionLayout, lk: RegionLayout, detach: bool,
-              scale: Optional[float] = None) -> torch.Tensor:
+def _affinity(
+    q: torch.Tensor, k: torch.Tensor, lq: RegionLayout, lk: RegionLayout, detach: bool, scale: Optional[float] = None
+) -> torch.Tensor:
     if detach:  # BiFormer routes on detached q/k: no gradient flows through the (discrete) routing
         q, k = q.detach(), k.detach()
     return region_affinity(region_pool(q, lq), region_pool(k, lk), scale)
 
 
-def route_regions(router: Router, q: torch.Tensor, k: torch.Tensor, grid: GridLike, detach: bool = True
-                  ) -> Optional[torch.Tensor]:
+def route_regions(
+    router: Router, q: torch.Tensor, k: torch.Tensor, grid: GridLike, detach: bool = True
+) -> Optional[torch.Tensor]:
     """The routing an attention module's ``router`` chooses from the region means of ``q`` and ``k``, ``(B, Nq, k)``;
     None when its top-k keeps every key region (dense attention: nothing to route)."""
     lq, lk = region_layout(q.shape[2:], grid), region_layout(k.shape[2:], grid)
@@ -487,15 +489,14 @@ class RoutedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, routing: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dim() != self.ndim + 2 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"expected (B, {self.channels}, {self.ndim} spatial dims), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected (B, {self.channels}, {self.ndim} spatial dims), got shape {tuple(x.shape)}")
         q, k, v = self.qkv(x).chunk(3, dim=1)
         grid = self.grid_for(x.shape[2:])
         if routing is None:
             routing = route_regions(self.router, q, k, grid, self.detach_routing)
-        out = routed_attention(q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing,
-                               scale=self.scale)
+        out = routed_attention(
+            q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing, scale=self.scale
+        )
         if self.lce is not None:
             out = out + self.lce(v)
         return self.proj(out)
@@ -521,6 +522,5 @@ class RoutedAttention(nn.Module):
     def extra_repr(self) -> str:
         where = f"grid={self.grid}" if self.grid is not None else f"region_size={self.region_size}"
         return (
-            f"channels={self.channels}, num_heads={self.num_heads}, {where}, topk={self.topk}, "
-            f"backend={self.backend!r}"
+            f"channels={self.channels}, num_heads={self.num_heads}, {where}, topk={self.topk}, backend={self.backend!r}"
         )

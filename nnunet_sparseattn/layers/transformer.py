@@ -8,6 +8,7 @@ Both papers stack BiFormer's block around their own attention::
 
 What differs between the papers is an argument: the attention module, the MLP ratio and the initialisation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,9 +50,11 @@ def num_heads_for(channels: int, head_dim: int = 32) -> int:
     while channels % heads:
         heads -= 1
     if channels // heads > 2 * head_dim:
-        raise ValueError(f"{channels} channels do not split into heads of about head_dim={head_dim} channels (the "
-                         f"best is {heads} head(s) of {channels // heads}): choose a width that is a multiple of "
-                         f"{head_dim}, or another head_dim")
+        raise ValueError(
+            f"{channels} channels do not split into heads of about head_dim={head_dim} channels (the "
+            f"best is {heads} head(s) of {channels // heads}): choose a width that is a multiple of "
+            f"{head_dim}, or another head_dim"
+        )
     return heads
 
 
@@ -69,8 +72,15 @@ class TransformerBlock(nn.Module):
             std 0.02 and zero biases, as transformers are (He's scheme makes residual branches start large).
     """
 
-    def __init__(self, attention: nn.Module, channels: int, conv_op: type[nn.Module], mlp_ratio: float = 4.0,
-                 positional_kernel_size: int = 3, transformer_init: bool = False) -> None:
+    def __init__(
+        self,
+        attention: nn.Module,
+        channels: int,
+        conv_op: type[nn.Module],
+        mlp_ratio: float = 4.0,
+        positional_kernel_size: int = 3,
+        transformer_init: bool = False,
+    ) -> None:
         super().__init__()
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")

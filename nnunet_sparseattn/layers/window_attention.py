@@ -17,6 +17,7 @@ Attention runs through ``scaled_dot_product_attention`` with one additive mask (
 is padding or on the other side of a shifted window's wrap): softmax in the kernel's own accumulation precision,
 safe under fp16 autocast.
 """
+
 from __future__ import annotations
 
 import math
@@ -91,12 +92,21 @@ def window_attention_mask(
     queries can lose every other key, and their outputs are cropped away).
     """
     key = (tuple(shape), tuple(padded), tuple(window), tuple(shift))
-    return shape_constant("swin_mask", key, torch.device(device or "cpu"),
-                          lambda: _build_window_mask(shape, padded, window, shift, device))
+    return shape_constant(
+        "swin_mask",
+        key,
+        torch.device(device or "cpu"),
+        lambda: _build_window_mask(shape, padded, window, shift, device),
+    )
 
 
-def _build_window_mask(shape: Sequence[int], padded: Sequence[int], window: Sequence[int], shift: Sequence[int],
-                       device: Optional[torch.device]) -> torch.Tensor:
+def _build_window_mask(
+    shape: Sequence[int],
+    padded: Sequence[int],
+    window: Sequence[int],
+    shift: Sequence[int],
+    device: Optional[torch.device],
+) -> torch.Tensor:
     groups = torch.zeros(padded, dtype=torch.long, device=device)
     valid = torch.ones(padded, dtype=torch.bool, device=device)
     for axis, (s, p, sh) in enumerate(zip(shape, padded, shift)):

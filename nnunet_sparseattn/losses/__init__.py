@@ -1,4 +1,5 @@
 """Losses added on top of nnU-Net's own (Dice + CE / BCE)."""
+
 from nnunet_sparseattn.losses.narrow_band import (
     NarrowBandCompoundLoss,
     NarrowBandLoss,

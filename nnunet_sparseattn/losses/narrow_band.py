@@ -5,6 +5,7 @@ no CPU round trips), so it is cheap enough to compute in every training step, fo
 under deep supervision, for label (softmax) and region (sigmoid) training and with the ignore label.
 The loss is BSA-Seg's (its authors' earlier "narrow-band loss", EMBC 2023); the README states the formula.
 """
+
 from __future__ import annotations
 
 import math
@@ -105,10 +106,16 @@ def narrow_band(target: Tensor, radius: Sequence[int], valid: Optional[Tensor] =
             fg, bg = y, 1.0 - y
             v = None
         else:
-            if valid.ndim != target.ndim or valid.shape[1] != 1 or valid.shape[2:] != target.shape[2:] \
-                    or valid.shape[0] != target.shape[0]:
-                raise ValueError(f"valid must have shape (B, 1, *S) = {(target.shape[0], 1, *target.shape[2:])}, "
-                                 f"got {tuple(valid.shape)}")
+            if (
+                valid.ndim != target.ndim
+                or valid.shape[1] != 1
+                or valid.shape[2:] != target.shape[2:]
+                or valid.shape[0] != target.shape[0]
+            ):
+                raise ValueError(
+                    f"valid must have shape (B, 1, *S) = {(target.shape[0], 1, *target.shape[2:])}, "
+                    f"got {tuple(valid.shape)}"
+                )
             v = (valid > 0.5).to(torch.float32) if valid.dtype != torch.bool else valid.to(torch.float32)
             # Invalid voxels are neither foreground (dilation sees them as background) nor background
             # (erosion sees them as foreground), so an ignored region creates no boundary of its own.
@@ -154,8 +161,10 @@ class NarrowBandLoss(nn.Module):
         self.smooth = float(smooth)
 
     def extra_repr(self) -> str:
-        return (f"radius={self.radius}, apply_nonlin={self.apply_nonlin!r}, ignore_label={self.ignore_label}, "
-                f"batch_dice={self.batch_dice}, smooth={self.smooth}")
+        return (
+            f"radius={self.radius}, apply_nonlin={self.apply_nonlin!r}, ignore_label={self.ignore_label}, "
+            f"batch_dice={self.batch_dice}, smooth={self.smooth}"
+        )
 
     def _targets(self, net_output: Tensor, target: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         """Binary float32 targets matching the channels the loss uses, and the valid mask (or None)."""
@@ -166,10 +175,16 @@ class NarrowBandLoss(nn.Module):
                 if target.shape == net_output.shape and net_output.shape[1] != 1:
                     # Already one-hot (nnU-Net's Dice accepts that too); no ignore label possible here.
                     return target[:, 1:].to(torch.float32), None
-                if target.ndim != net_output.ndim or target.shape[1] != 1 \
-                        or target.shape[2:] != net_output.shape[2:] or target.shape[0] != net_output.shape[0]:
-                    raise ValueError(f"softmax NB loss expects a (B, 1, *S) label map matching net_output "
-                                     f"{tuple(net_output.shape)}, got {tuple(target.shape)}")
+                if (
+                    target.ndim != net_output.ndim
+                    or target.shape[1] != 1
+                    or target.shape[2:] != net_output.shape[2:]
+                    or target.shape[0] != net_output.shape[0]
+                ):
+                    raise ValueError(
+                        f"softmax NB loss expects a (B, 1, *S) label map matching net_output "
+                        f"{tuple(net_output.shape)}, got {tuple(target.shape)}"
+                    )
                 valid = None
                 if self.ignore_label is not None:
                     valid = target != self.ignore_label
@@ -185,15 +200,19 @@ class NarrowBandLoss(nn.Module):
                 target = target[:, :-1]
             if target.shape != net_output.shape:
                 extra = " plus one ignore channel" if self.ignore_label is not None else ""
-                raise ValueError(f"sigmoid NB loss expects target regions{extra} matching net_output "
-                                 f"{tuple(net_output.shape)}, got {tuple(target.shape)} regions")
+                raise ValueError(
+                    f"sigmoid NB loss expects target regions{extra} matching net_output "
+                    f"{tuple(net_output.shape)}, got {tuple(target.shape)} regions"
+                )
             return target.to(torch.float32), valid
 
     def forward(self, net_output: Tensor, target: Tensor) -> Tensor:
         nd = net_output.ndim - 2
         if nd != len(self.radius):
-            raise ValueError(f"NB loss has a {len(self.radius)}D radius {self.radius} but net_output has "
-                             f"{nd} spatial axes (shape {tuple(net_output.shape)})")
+            raise ValueError(
+                f"NB loss has a {len(self.radius)}D radius {self.radius} but net_output has "
+                f"{nd} spatial axes (shape {tuple(net_output.shape)})"
+            )
         y, valid = self._targets(net_output, target)
         band = narrow_band(y, self.radius, valid)
 
@@ -240,39 +259,46 @@ class NarrowBandCompoundLoss(nn.Module):
             raise ValueError("NarrowBandCompoundLoss needs at least one NarrowBandLoss")
         if scale_weights is None:
             if len(nb_losses) != 1:
-                raise ValueError(f"without deep supervision (scale_weights=None) exactly one NB loss is used, "
-                                 f"got {len(nb_losses)}")
+                raise ValueError(
+                    f"without deep supervision (scale_weights=None) exactly one NB loss is used, got {len(nb_losses)}"
+                )
             self.scale_weights = None
         else:
             self.scale_weights = tuple(float(w) for w in scale_weights)
             if len(self.scale_weights) != len(nb_losses):
-                raise ValueError(f"{len(self.scale_weights)} deep-supervision weights but {len(nb_losses)} NB losses: "
-                                 "give one NB loss (radius) per scale")
+                raise ValueError(
+                    f"{len(self.scale_weights)} deep-supervision weights but {len(nb_losses)} NB losses: "
+                    "give one NB loss (radius) per scale"
+                )
         if not math.isfinite(float(nb_weight)) or float(nb_weight) < 0:
             raise ValueError(f"nb_weight must be a finite number >= 0, got {nb_weight!r}")
         self.base_loss = base_loss
         self.nb_losses = nn.ModuleList(nb_losses)
         self.nb_weight = float(nb_weight)
 
-    def forward(self, net_output: Union[Tensor, Sequence[Tensor]],
-                target: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+    def forward(self, net_output: Union[Tensor, Sequence[Tensor]], target: Union[Tensor, Sequence[Tensor]]) -> Tensor:
         if self.scale_weights is None:
             if isinstance(net_output, (list, tuple)) or isinstance(target, (list, tuple)):
-                raise ValueError("got lists of outputs/targets but the loss was built without deep supervision "
-                                 "(scale_weights=None)")
+                raise ValueError(
+                    "got lists of outputs/targets but the loss was built without deep supervision (scale_weights=None)"
+                )
             total = self.base_loss(net_output, target)
             if self.nb_weight != 0:
                 total = total + self.nb_weight * self.nb_losses[0](net_output, target)
             return total
 
         if not isinstance(net_output, (list, tuple)) or not isinstance(target, (list, tuple)):
-            raise ValueError("deep supervision is on (scale_weights given): net_output and target must be "
-                             f"lists/tuples, got {type(net_output).__name__} and {type(target).__name__}")
+            raise ValueError(
+                "deep supervision is on (scale_weights given): net_output and target must be "
+                f"lists/tuples, got {type(net_output).__name__} and {type(target).__name__}"
+            )
         n = len(self.nb_losses)
         if len(net_output) != n or len(target) != n:
             # nnU-Net's DeepSupervisionWrapper zips and silently drops the extra ones; a mismatch is a bug.
-            raise ValueError(f"deep supervision count mismatch: {len(net_output)} outputs, {len(target)} targets, "
-                             f"{n} NB losses (one per scale expected)")
+            raise ValueError(
+                f"deep supervision count mismatch: {len(net_output)} outputs, {len(target)} targets, "
+                f"{n} NB losses (one per scale expected)"
+            )
         total = self.base_loss(net_output, target)
         if self.nb_weight != 0:
             nb = None

@@ -1,4 +1,5 @@
 """The network variants a plans file can choose, and the paper-scale configurations ``info`` reports."""
+
 from __future__ import annotations
 
 import pydoc
@@ -24,8 +25,12 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("bsa", "BSA", "nnunet_sparseattn.architectures.bsa.BSAUNet", "nnUNetTrainerBSA"),
         Variant("mdsa", "MDSA", "nnunet_sparseattn.architectures.mdsa.MDSAUNet", "nnUNetTrainerMDSA"),
-        Variant("bilateral", "Bilateral", "nnunet_sparseattn.architectures.bilateral.BilateralUNet",
-                "nnUNetTrainerBilateral"),
+        Variant(
+            "bilateral",
+            "Bilateral",
+            "nnunet_sparseattn.architectures.bilateral.BilateralUNet",
+            "nnUNetTrainerBilateral",
+        ),
     )
 }
 
@@ -70,6 +75,7 @@ def network_class(variant: Variant) -> type[PlansNetwork]:
     if cls is None:
         raise UserError(f"variant {variant.name!r}: its network {variant.network_class} is not importable")
     if not (isinstance(cls, type) and issubclass(cls, PlansNetwork)):
-        raise UserError(f"variant {variant.name!r}: {variant.network_class} is not a network built from plans "
-                        "(a PlansNetwork)")
+        raise UserError(
+            f"variant {variant.name!r}: {variant.network_class} is not a network built from plans (a PlansNetwork)"
+        )
     return cls

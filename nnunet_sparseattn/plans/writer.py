@@ -9,6 +9,7 @@ variant trains on the default preprocessed data without preprocessing again, wit
     nnunet-sparseattn plan -d 4 --variant bsa       # writes nnUNetPlans_BSA.json
     nnUNetv2_train 4 3d_fullres 0 -p nnUNetPlans_BSA
 """
+
 from __future__ import annotations
 
 import copy
@@ -91,8 +92,10 @@ def write_variant_plans(
     folder = _dataset_folder(dataset, preprocessed_root)
     source = folder / f"{source_plans}.json"
     if not source.is_file():
-        raise UserError(f"{source} does not exist: run nnUNetv2_plan_and_preprocess -d {dataset} first "
-                        f"(or name existing plans with --plans)")
+        raise UserError(
+            f"{source} does not exist: run nnUNetv2_plan_and_preprocess -d {dataset} first "
+            f"(or name existing plans with --plans)"
+        )
     plans = json.loads(source.read_text())
     out = variant_plans(plans, variant, configurations, overrides)
     target = folder / f"{out['plans_name']}.json"

@@ -2,6 +2,7 @@
 
 Class names are part of every checkpoint (nnU-Net stores ``trainer_name``): never rename one once published.
 """
+
 from nnunet_sparseattn.trainers.bilateral import (
     nnUNetTrainerBilateral,
     nnUNetTrainerBilateral_AdamW,

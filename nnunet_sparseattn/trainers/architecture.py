@@ -1,4 +1,5 @@
 """Trainers that select one of our networks; everything else (data, loss, schedule) stays nnU-Net's."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar

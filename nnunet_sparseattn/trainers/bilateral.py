@@ -5,6 +5,7 @@ nnU-Net computes the loss outside the network, in ``train_step`` and ``validatio
 ``point_loss_weight`` x the point cross-entropy of the last forward pass (``network.rendered``) to nnU-Net's
 Dice + CE (Dice + BCE for regions), so training and validation losses both include it.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,14 @@ def unwrap_network(network: nn.Module) -> nn.Module:
 class PointRenderingLoss(nn.Module):
     """``base(output, target) + weight * point_loss(network.rendered, full-resolution target)``."""
 
-    def __init__(self, base: nn.Module, network: Callable[[], nn.Module], weight: float, regions: bool,
-                 ignore_label: Optional[int]):
+    def __init__(
+        self,
+        base: nn.Module,
+        network: Callable[[], nn.Module],
+        weight: float,
+        regions: bool,
+        ignore_label: Optional[int],
+    ):
         super().__init__()
         self.base = base
         self._network = network  # a getter, not a submodule: the loss must not own the network's parameters
@@ -81,11 +88,18 @@ class nnUNetTrainerBilateral(ArchitectureTrainer):
         rendering = getattr(unwrap_network(self.network), "rendering", None)
         if rendering is None:
             return base
-        self.print_to_log_file(f"attention rendering: point loss weight {self.point_loss_weight}, "
-                               f"{rendering.train_points} training / {rendering.eval_points} inference "
-                               "points per sample")
-        return PointRenderingLoss(base, lambda: self.network, self.point_loss_weight,
-                                  self.label_manager.has_regions, self.label_manager.ignore_label)
+        self.print_to_log_file(
+            f"attention rendering: point loss weight {self.point_loss_weight}, "
+            f"{rendering.train_points} training / {rendering.eval_points} inference "
+            "points per sample"
+        )
+        return PointRenderingLoss(
+            base,
+            lambda: self.network,
+            self.point_loss_weight,
+            self.label_manager.has_regions,
+            self.label_manager.ignore_label,
+        )
 
 
 class nnUNetTrainerBilateral_pretrained(nnUNetTrainerBilateral):
@@ -100,8 +114,10 @@ class nnUNetTrainerBilateral_pretrained(nnUNetTrainerBilateral):
     def initialize(self) -> None:
         path = os.environ.get(SWIN_WEIGHTS_ENV)
         if not path:  # before any work: the trainer's name promises pretrained weights
-            raise UserError(f"{type(self).__name__} needs a local Swin checkpoint: export {SWIN_WEIGHTS_ENV}="
-                            "/path/to/swin_tiny_patch4_window7_224.pth (timm's Swin state dict)")
+            raise UserError(
+                f"{type(self).__name__} needs a local Swin checkpoint: export {SWIN_WEIGHTS_ENV}="
+                "/path/to/swin_tiny_patch4_window7_224.pth (timm's Swin state dict)"
+            )
         super().initialize()
         report = load_swin_into(unwrap_network(self.network), path)
         self.print_to_log_file(report.summary(), also_print_to_console=True)

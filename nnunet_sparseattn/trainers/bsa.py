@@ -1,4 +1,5 @@
 """BSA-Seg trainers: the BSA network with nnU-Net's loss (ablation) or with the narrow-band loss (the paper)."""
+
 from __future__ import annotations
 
 from nnunet_sparseattn.architectures.bsa import BSAUNet

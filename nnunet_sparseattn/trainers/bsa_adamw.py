@@ -1,4 +1,5 @@
 """BSA-Seg with AdamW + warm-up + poly decay (Primus's recipe) in place of nnU-Net's SGD (issue 4's comparison)."""
+
 from __future__ import annotations
 
 from nnunet_sparseattn.trainers.bsa import nnUNetTrainerBSA

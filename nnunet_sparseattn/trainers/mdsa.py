@@ -1,4 +1,5 @@
 """Trainers of MDSA-UNet (Li et al., JBHI 2025) from any nnU-Net plans: ``-tr nnUNetTrainerMDSA[_NB|_AdamW]``."""
+
 from __future__ import annotations
 
 from nnunet_sparseattn.architectures.mdsa import MDSAUNet

@@ -6,6 +6,7 @@ of an nnU-Net trainer in the MRO, so its ``super()`` hooks and ``self.`` attribu
 from ``nnUNetTrainer`` at run time would make every mixin a trainer of its own (nnU-Net's class search and
 ``issubclass`` checks would find it); the type checker alone is told the truth.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

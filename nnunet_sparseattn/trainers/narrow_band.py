@@ -1,4 +1,5 @@
 """nnU-Net's own network trained with Dice + CE + lambda * narrow-band loss (BSA-Seg's NB loss)."""
+
 from __future__ import annotations
 
 import torch.nn as nn

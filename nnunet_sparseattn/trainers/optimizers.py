@@ -14,6 +14,7 @@ only once per epoch): a warm-up of a few hundred iterations then rises smoothly,
 warms up. At each epoch start nnU-Net steps (and logs) the same schedule with the integer epoch, so its logged
 learning rate is the one the epoch's first iteration uses.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -45,8 +46,14 @@ class AdamWWarmupMixin(TrainerMixinBase):
     # one cannot undo it); Primus clips at 1.
     grad_clip_norm: ClassVar[float | None] = None
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         # nnU-Net's own attribute names: its log, debug.json and hyper-parameter record then show the real values
         self.initial_lr = float(self.adamw_lr)
@@ -60,16 +67,17 @@ class AdamWWarmupMixin(TrainerMixinBase):
         """Warm-up length in training iterations for the current epochs x iterations per epoch."""
         total = self.num_epochs * self.num_iterations_per_epoch
         if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"{type(self).__name__}.warmup_fraction is {self.warmup_fraction}: use a value in "
-                             "[0, 1), e.g. 0.05 (5% of the training iterations)")
+            raise ValueError(
+                f"{type(self).__name__}.warmup_fraction is {self.warmup_fraction}: use a value in "
+                "[0, 1), e.g. 0.05 (5% of the training iterations)"
+            )
         # at most all but the last iteration, so the decay always gets a turn
         return max(1, min(total - 1, max(self.min_warmup_iterations, round(self.warmup_fraction * total))))
 
     def _lr_schedules(self, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
         """(warm-up, decay) schedulers for the current epochs and iterations; rebuilt when those change (a
         short schedule's time budget cuts the epochs after the optimizer was built)."""
-        key = (id(optimizer), self.num_epochs, self.num_iterations_per_epoch, self.initial_lr,
-               self.warmup_iterations())
+        key = (id(optimizer), self.num_epochs, self.num_iterations_per_epoch, self.initial_lr, self.warmup_iterations())
         if self._schedules is None or self._schedules[2] != key:
             per_epoch = self.num_iterations_per_epoch
             warmup_epochs = self.warmup_iterations() / per_epoch
@@ -84,7 +92,9 @@ class AdamWWarmupMixin(TrainerMixinBase):
             self._schedules = (warmup, decay, key)
             self.print_to_log_file(
                 f"learning rate: linear warm-up to {self.initial_lr:g} over {self.warmup_iterations()} of "
-                f"{self.num_epochs} x {per_epoch} iterations, then poly decay", also_print_to_console=False)
+                f"{self.num_epochs} x {per_epoch} iterations, then poly decay",
+                also_print_to_console=False,
+            )
         return self._schedules[0], self._schedules[1]
 
     def scheduler_at(self, iteration: int) -> Any:
@@ -101,8 +111,11 @@ class AdamWWarmupMixin(TrainerMixinBase):
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
         params = list(self.network.parameters())
-        settings: dict[str, Any] = {"lr": self.initial_lr, "weight_decay": self.weight_decay,
-                                    "betas": tuple(self.adamw_betas)}
+        settings: dict[str, Any] = {
+            "lr": self.initial_lr,
+            "weight_decay": self.weight_decay,
+            "betas": tuple(self.adamw_betas),
+        }
         try:
             # fused: one kernel for all parameters; on the CPU 4-6x faster than the default per-tensor loop over
             # BSA's 128 tensors (0.011 vs 0.05-0.07 s per step at Hippocampus's plans)
@@ -111,16 +124,19 @@ class AdamWWarmupMixin(TrainerMixinBase):
             optimizer = torch.optim.AdamW(params, **settings)
         if self.grad_clip_norm is not None:
             if not 0.0 < self.grad_clip_norm <= NNUNET_GRAD_CLIP:
-                raise ValueError(f"{type(self).__name__}.grad_clip_norm is {self.grad_clip_norm}: use a value in "
-                                 f"(0, {NNUNET_GRAD_CLIP:g}] (nnU-Net already clips at {NNUNET_GRAD_CLIP:g}), "
-                                 "or None for nnU-Net's clip alone")
+                raise ValueError(
+                    f"{type(self).__name__}.grad_clip_norm is {self.grad_clip_norm}: use a value in "
+                    f"(0, {NNUNET_GRAD_CLIP:g}] (nnU-Net already clips at {NNUNET_GRAD_CLIP:g}), "
+                    "or None for nnU-Net's clip alone"
+                )
             # runs inside optimizer.step(), after nnU-Net's own clip (and GradScaler's unscale_): no copy of
             # nnU-Net's train_step needed. Clipping at 12 then at c equals clipping at min(12, c).
             optimizer.register_step_pre_hook(self._clip_gradients)
         self.print_to_log_file(
             f"optimizer: AdamW lr {self.initial_lr:g}, weight decay {self.weight_decay:g}, betas "
             f"{tuple(self.adamw_betas)}; gradient norm clipped at "
-            f"{min(NNUNET_GRAD_CLIP, self.grad_clip_norm or NNUNET_GRAD_CLIP):g}")
+            f"{min(NNUNET_GRAD_CLIP, self.grad_clip_norm or NNUNET_GRAD_CLIP):g}"
+        )
         self._schedules = None
         warmup, _ = self._lr_schedules(optimizer)
         return optimizer, warmup

@@ -3,6 +3,7 @@
 nnU-Net sets ``num_epochs`` and the iterations per epoch in ``__init__`` (instance attributes), so a variant must
 set them after the base ``__init__``; its signature stays the base's, as nnU-Net rebuilds the arguments from it.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,11 +30,11 @@ class ShortSchedule:
 
 SHORT_SCHEDULES: dict[str, ShortSchedule] = {
     # CPU smoke runs (tests, CI): seconds per epoch
-    "_debug": ShortSchedule(num_epochs=2, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2,
-                            max_batch_size=2),
+    "_debug": ShortSchedule(num_epochs=2, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2, max_batch_size=2),
     # `make demo`: about 5 minutes of training on 2 CPU cores
-    "_demo": ShortSchedule(num_epochs=10, num_iterations_per_epoch=20, num_val_iterations_per_epoch=3,
-                           time_budget_s=300.0),
+    "_demo": ShortSchedule(
+        num_epochs=10, num_iterations_per_epoch=20, num_val_iterations_per_epoch=3, time_budget_s=300.0
+    ),
 }
 
 
@@ -41,8 +42,14 @@ class ShortScheduleMixin(TrainerMixinBase):
     short_schedule: ShortSchedule
     batch_size: int  # nnU-Net's (set by _set_batch_size_and_oversample); declared as this mixin reassigns it
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.short_schedule.num_epochs
         self.num_iterations_per_epoch = self.short_schedule.num_iterations_per_epoch
@@ -73,9 +80,11 @@ class ShortScheduleMixin(TrainerMixinBase):
             self.num_epochs = epochs
             if hasattr(self.lr_scheduler, "max_steps"):  # nnU-Net's poly schedule must still end at ~0
                 self.lr_scheduler.max_steps = epochs
-        self.print_to_log_file(f"time budget {budget_s:.0f} s: a training step takes {step_s:.2f} s, so "
-                               f"{self.num_epochs} epochs of {self.num_iterations_per_epoch} iterations",
-                               also_print_to_console=True)
+        self.print_to_log_file(
+            f"time budget {budget_s:.0f} s: a training step takes {step_s:.2f} s, so "
+            f"{self.num_epochs} epochs of {self.num_iterations_per_epoch} iterations",
+            also_print_to_console=True,
+        )
 
 
 def with_short_schedule(trainer: type, suffix: str, module: str) -> type:
@@ -88,7 +97,12 @@ def with_short_schedule(trainer: type, suffix: str, module: str) -> type:
     budget = f", cut to fit {schedule.time_budget_s:.0f} s" if schedule.time_budget_s is not None else ""
     if schedule.max_batch_size is not None:
         budget += f", batches of at most {schedule.max_batch_size}"
-    doc = (f"{trainer.__name__} cut to {schedule.num_epochs} epochs x {schedule.num_iterations_per_epoch} "
-           f"iterations (+{schedule.num_val_iterations_per_epoch} validation iterations){budget}.")
-    return type(name, (ShortScheduleMixin, trainer),
-                {"short_schedule": schedule, "__module__": module, "__qualname__": name, "__doc__": doc})
+    doc = (
+        f"{trainer.__name__} cut to {schedule.num_epochs} epochs x {schedule.num_iterations_per_epoch} "
+        f"iterations (+{schedule.num_val_iterations_per_epoch} validation iterations){budget}."
+    )
+    return type(
+        name,
+        (ShortScheduleMixin, trainer),
+        {"short_schedule": schedule, "__module__": module, "__qualname__": name, "__doc__": doc},
+    )
