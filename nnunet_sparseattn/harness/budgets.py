@@ -238,8 +238,9 @@ class BudgetMixin(ShortScheduleMixin):
     def _timing_file(self) -> Path:
         return Path(self.output_folder) / TIMING_FILE
 
-    @property
-    def _record(self) -> dict:
+    # a method, not a property: nnU-Net's _save_debug_information reads every non-callable attribute, before
+    # on_train_start has made the record
+    def _timing_record(self) -> dict:
         """This session's timing record (made by on_train_start, before any hook that writes to it)."""
         if self._timing is None:
             raise RuntimeError(f"{type(self).__name__}: the timing record is made in on_train_start, not yet run")
@@ -279,7 +280,7 @@ class BudgetMixin(ShortScheduleMixin):
         started = time.perf_counter()
         out = super().train_step(batch)
         self._sync()
-        self._record["iterations"].append(
+        self._timing_record()["iterations"].append(
             {
                 "epoch": self.current_epoch,
                 "lr": float(self.optimizer.param_groups[0]["lr"]),
@@ -300,7 +301,7 @@ class BudgetMixin(ShortScheduleMixin):
         self._sync()
         elapsed = time.perf_counter() - self._epoch_started
         if self.local_rank == 0:
-            self._record["epochs"][str(self.current_epoch)] = {
+            self._timing_record()["epochs"][str(self.current_epoch)] = {
                 "train_s": elapsed,
                 "iterations": self.num_iterations_per_epoch,
                 "first_in_session": self.current_epoch == self._first_epoch_of_session,
@@ -325,7 +326,7 @@ class BudgetMixin(ShortScheduleMixin):
             print(PROGRESS_TAG + json.dumps(record), flush=True)
 
     def _save_timing(self) -> None:  # with the session's peak memory so far
-        session = self._record["sessions"][-1]
+        session = self._timing_record()["sessions"][-1]
         if self.device.type == "cuda":
             session["peak_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
             session["kind"] = "torch.cuda.max_memory_allocated of the training process"
@@ -334,7 +335,7 @@ class BudgetMixin(ShortScheduleMixin):
             scale = 1 if sys.platform == "darwin" else 1024
             session["peak_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
             session["kind"] = "peak RSS of the training process (getrusage ru_maxrss)"
-        write_json_atomic(self._timing_file, self._record)
+        write_json_atomic(self._timing_file, self._timing_record())
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         self.print_to_log_file(
