@@ -138,6 +138,10 @@ class NarrowBandLoss(nn.Module):
     label map (or one-hot (B, K, *S)); voxels equal to ``ignore_label`` excluded; classes 1..K-1 used.
     ``apply_nonlin="sigmoid"``: nnU-Net region training. net_output (B, R, *S) logits, target (B, R, *S)
     region maps, plus one last ignore-mask channel when ``ignore_label`` is not None (as DC_and_BCE_loss).
+
+    ``ddp`` with ``batch_dice``: the band sums are gathered over every rank before the Dice is taken, with nnU-Net's
+    ``AllGatherGrad`` as its ``MemoryEfficientSoftDiceLoss`` does, so that each rank's loss is the loss of the whole
+    distributed batch (nnU-Net's trainer passes ``ddp=self.is_ddp``).
     """
 
     def __init__(
@@ -147,6 +151,7 @@ class NarrowBandLoss(nn.Module):
         ignore_label: Optional[int] = None,
         batch_dice: bool = False,
         smooth: float = 1e-5,
+        ddp: bool = False,
     ) -> None:
         super().__init__()
         radius = tuple(int(r) for r in radius)
@@ -159,11 +164,12 @@ class NarrowBandLoss(nn.Module):
         self.ignore_label = ignore_label
         self.batch_dice = bool(batch_dice)
         self.smooth = float(smooth)
+        self.ddp = bool(ddp)
 
     def extra_repr(self) -> str:
         return (
             f"radius={self.radius}, apply_nonlin={self.apply_nonlin!r}, ignore_label={self.ignore_label}, "
-            f"batch_dice={self.batch_dice}, smooth={self.smooth}"
+            f"batch_dice={self.batch_dice}, smooth={self.smooth}, ddp={self.ddp}"
         )
 
     def _targets(self, net_output: Tensor, target: Tensor) -> tuple[Tensor, Optional[Tensor]]:
@@ -227,15 +233,27 @@ class NarrowBandLoss(nn.Module):
         with torch.no_grad():
             band_y = band * y
             sum_y = band_y.sum(axes)
-            has_band = band.sum(axes) > 0
+            band_voxels = band.sum(axes)
         band_p = band * p
         intersect = (band_p * y).sum(axes)
         sum_p = band_p.sum(axes)
+        if self.batch_dice and self.ddp:
+            intersect, sum_p, sum_y, band_voxels = _sum_over_ranks(intersect, sum_p, sum_y, band_voxels)
+        has_band = band_voxels > 0
         nb = 1.0 - (2.0 * intersect + self.smooth) / (sum_p + sum_y + self.smooth).clamp_min(1e-8)
         # Masked mean rather than boolean indexing: with no band anywhere this is an exact 0 that still
         # belongs to net_output's graph (backward works, DDP sees the parameters used).
         w = has_band.to(nb.dtype)
         return (nb * w).sum() / w.sum().clamp_min(1.0)
+
+
+def _sum_over_ranks(*sums: Tensor) -> tuple[Tensor, ...]:
+    """Each per-class sum added up over the DDP ranks; gradients flow back to every rank's own terms."""
+    # nnU-Net's own all-gather with a backward (its Dice loss gathers the same way); imported here, where DDP runs
+    # (an nnU-Net trainer), so the loss itself needs torch alone
+    from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+
+    return tuple(AllGatherGrad.apply(s).sum(0) for s in sums)
 
 
 class NarrowBandCompoundLoss(nn.Module):
