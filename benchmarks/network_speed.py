@@ -1,0 +1,654 @@
+"""Network speed: one nnU-Net training step of stock ``PlainConvUNet`` and of each of our networks, side by side.
+
+    make bench-speed                     # = .venv/bin/python benchmarks/network_speed.py --update-docs (CPU)
+    python benchmarks/network_speed.py --device cuda --mode eager      # nnU-Net's CUDA defaults without compile
+    python benchmarks/network_speed.py --device cuda --mode compiled --plans hippocampus_3d_fullres,isic2017_2d
+    python benchmarks/network_speed.py --table benchmarks/results/network-speed-cpu-eager.json   # print tables
+
+Plans: ``benchmarks/plans/*.json``, written by nnU-Net's planner (``benchmarks/speed_plans.py``). Networks are built
+as the trainers build them: stock through nnU-Net's ``get_network_from_plans`` (what ``nnUNetTrainer`` calls), ours
+through ``<Network>.from_plans`` with the trainer's ``network_kwargs`` (what ``ArchitectureTrainer`` calls;
+``tests/test_network_speed.py`` checks both against the trainers' own ``build_network_architecture``). Nothing here
+imports nnU-Net's trainer module, so no SimpleITK is needed (the GPU machine has none).
+
+One training step is ``nnUNetTrainer.train_step``'s: ``zero_grad``; forward with deep supervision and nnU-Net's
+loss (Dice + CE, ``MemoryEfficientSoftDiceLoss``, deep-supervision weights 1/2^i with the lowest output at 0, as
+``nnUNetTrainer._build_loss`` makes them; the same loss for every network, so that only the network differs: the NB
+and point-rendering terms of our trainers are left out); backward; gradient clipping at 12; SGD (lr 1e-2, momentum
+0.99, Nesterov, weight decay 3e-5, ``configure_optimizers``); the loss fetched to the host. On CUDA under nnU-Net's
+defaults: fp16 autocast and a ``GradScaler`` (``--mode eager``), plus ``torch.compile`` of the network and of the
+loss's Dice term as ``nnUNetTrainer.initialize`` and ``_build_loss`` apply it (``--mode compiled``). On the CPU,
+nnU-Net uses neither: fp32, eager.
+
+Measured per plan and network (results JSON: ``benchmarks/results/network-speed-<device>-<mode>.json``):
+
+- ``s/step``: median over ``--repeats`` rounds; every round times every network once (``--steps`` steps each),
+  the order rotated each round, so that load drift on a shared machine hits all networks alike. Ratios to stock are
+  taken within each round (neighbouring measurements) and their median is reported, with the range.
+- FLOPs: ``torch.utils.flop_counter`` over one forward of the timed kind (training mode, deep supervision on, the
+  step's batch; 2 FLOPs per multiply-add; norms and activations not counted). Time per FLOP = s/step / FLOPs.
+- peak memory: CUDA: ``torch.cuda.max_memory_allocated`` over one step (parameters, gradients and optimizer state
+  included). CPU: the bytes of parameters and optimizer state plus the peak of the step's own tensor allocations
+  (torch.profiler's memory events replayed in time order, as ``benchmarks/attention.py`` measures).
+- the ten most expensive operators of one profiled step (torch.profiler, self time).
+- CUDA: compile time (the first compiled step's wall time minus an eager step's) and dynamo's graph breaks
+  (``torch._dynamo.utils.counters``).
+- inference (``--inference``): eval, deep supervision off, one image of the plans' median size, nnU-Net's sliding
+  window (tile step 0.5, Gaussian weighting, no mirroring; fp16 autocast on CUDA; :func:`sliding_window_logits`,
+  the predictor's loop written with nnU-Net's own helpers because its module needs SimpleITK; checked against
+  ``nnUNetPredictor`` by the tests): seconds per case and peak memory.
+
+CPU caps (``--batch-cap``, default 2 on the CPU): the plans' batch sizes (9, 49, 2) cost minutes per step on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import itertools
+import json
+import os
+import platform
+import pydoc
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU profiler is chatty otherwise
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable without the package installed (the GPU machine: source on PYTHONPATH)
+    sys.path.insert(0, str(ROOT))
+
+PLANS_DIR = ROOT / "benchmarks" / "plans"
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "BENCHMARKS.md"
+MARKERS = ("<!-- network-speed:begin -->", "<!-- network-speed:end -->")
+SCHEMA = 1
+PLANS = ("hippocampus_3d_fullres", "isic2017_2d", "six_stage_128_3d")
+STOCK = "stock"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One benchmarked network: the class our trainer builds and the trainer's ``network_kwargs``."""
+
+    label: str
+    trainer: str
+    network_class: Optional[str]  # None: nnU-Net's get_network_from_plans (the plans' own class)
+    network_kwargs: dict = field(default_factory=dict)
+
+
+NETWORKS: dict[str, NetworkSpec] = {
+    STOCK: NetworkSpec("stock nnU-Net", "nnUNetTrainer", None),
+    "bsa": NetworkSpec("BSA", "nnUNetTrainerBSA", "nnunet_sparseattn.architectures.bsa.BSAUNet"),
+    "mdsa": NetworkSpec("MDSA", "nnUNetTrainerMDSA", "nnunet_sparseattn.architectures.mdsa.MDSAUNet"),
+    "bilateral": NetworkSpec("Bilateral", "nnUNetTrainerBilateral", "nnunet_sparseattn.architectures.bilateral.BilateralUNet"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    source: str
+    configuration: dict
+    dataset_json: dict
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.configuration["patch_size"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.configuration["batch_size"])
+
+    @property
+    def input_channels(self) -> int:  # nnU-Net's determine_num_input_channels without a cascade
+        return len(self.dataset_json["channel_names"])
+
+    @property
+    def num_classes(self) -> int:  # label_manager.num_segmentation_heads without regions
+        return len(self.dataset_json["labels"])
+
+    @property
+    def arch_kwargs(self) -> dict:
+        return self.configuration["architecture"]["arch_kwargs"]
+
+    def deep_supervision_scales(self) -> list[list[float]]:
+        """``nnUNetTrainer._get_deep_supervision_scales``: per output, the size relative to the patch."""
+        pools = np.vstack(self.configuration["architecture"]["arch_kwargs"]["strides"])
+        return [list(s) for s in 1 / np.cumprod(pools, axis=0)][:-1]
+
+    def median_image_size(self) -> tuple[int, ...]:
+        return tuple(int(round(s)) for s in self.configuration["median_image_size_in_voxels"])
+
+
+def load_plan(name: str, plans_dir: Path = PLANS_DIR) -> Plan:
+    record = json.loads((plans_dir / f"{name}.json").read_text())
+    configuration = record["plans"]["configurations"][record["configuration"]]
+    return Plan(name, record["source"], configuration, record["dataset_json"])
+
+
+def tiny_plan(plan: Plan) -> Plan:
+    """The plan at dry-run size: features / 8 (at least 8), the patch a quarter per axis in whole strides, at least
+    two bottleneck voxels (instance norm needs more than one)."""
+    cfg = json.loads(json.dumps(plan.configuration))
+    kw = cfg["architecture"]["arch_kwargs"]
+    kw["features_per_stage"] = [max(8, f // 8) for f in kw["features_per_stage"]]
+    total = np.prod(np.vstack(kw["strides"]), axis=0)
+    patch = [int(max(t, -(-(p // 4) // t) * t)) for p, t in zip(cfg["patch_size"], total)]
+    if all(p == t for p, t in zip(patch, total)):
+        patch[0] *= 2
+    cfg["patch_size"] = patch
+    cfg["median_image_size_in_voxels"] = [p + p // 2 for p in cfg["patch_size"]]
+    cfg["batch_size"] = 1
+    return Plan(plan.name, plan.source + " (tiny: features / 8, patch / 4)", cfg, plan.dataset_json)
+
+
+def build_network(key: str, plan: Plan, deep_supervision: bool) -> nn.Module:
+    """The network as its trainer builds it (see the module docstring), initialised, on the CPU."""
+    spec = NETWORKS[key]
+    if spec.network_class is None:
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+        arch = plan.configuration["architecture"]
+        return get_network_from_plans(
+            arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], plan.input_channels,
+            plan.num_classes, allow_init=True, deep_supervision=deep_supervision,
+        )
+    cls = pydoc.locate(spec.network_class)
+    return cls.from_plans(plan.arch_kwargs, plan.patch_size, plan.input_channels, plan.num_classes,
+                          deep_supervision, overrides=spec.network_kwargs)
+
+
+def build_loss(plan: Plan, compile_dice: bool, backend: str = "inductor") -> nn.Module:
+    """nnU-Net's loss for these plans, as ``nnUNetTrainer._build_loss`` makes it for label (not region) training
+    without DDP: DC + CE with ``MemoryEfficientSoftDiceLoss`` in a ``DeepSupervisionWrapper``."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    loss = DC_and_CE_loss({"batch_dice": plan.configuration["batch_dice"], "smooth": 1e-5, "do_bg": False,
+                           "ddp": False}, {}, weight_ce=1, weight_dice=1, ignore_label=None,
+                          dice_class=MemoryEfficientSoftDiceLoss)
+    if compile_dice:
+        loss.dc = torch.compile(loss.dc, backend=backend)
+    weights = np.array([1 / (2**i) for i in range(len(plan.deep_supervision_scales()))])
+    weights[-1] = 0
+    return DeepSupervisionWrapper(loss, weights / weights.sum())
+
+
+def build_optimizer(network: nn.Module) -> torch.optim.Optimizer:
+    """``nnUNetTrainer.configure_optimizers``' SGD."""
+    return torch.optim.SGD(network.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
+
+
+# ---------------------------------------------------------------------------------------------------- one step
+class TrainingStep:
+    """nnU-Net's ``train_step`` for one network on one fixed batch (random data and labels of the plans' shapes)."""
+
+    def __init__(self, key: str, plan: Plan, batch: int, device: torch.device, compiled: bool,
+                 compile_backend: str = "inductor", seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.key, self.device, self.compiled = key, device, compiled
+        self.network = build_network(key, plan, deep_supervision=True).to(device)
+        self.num_parameters = sum(p.numel() for p in self.network.parameters())
+        self.loss = build_loss(plan, compile_dice=compiled, backend=compile_backend)
+        self.optimizer = build_optimizer(self.network)
+        self.model: nn.Module = self.network
+        if compiled:
+            self.model = torch.compile(self.network, backend=compile_backend)
+        self.grad_scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+        g = torch.Generator().manual_seed(seed)
+        self.data = torch.randn(batch, plan.input_channels, *plan.patch_size, generator=g).to(device)
+        self.targets = []
+        for scale in plan.deep_supervision_scales():
+            shape = [int(round(p * s)) for p, s in zip(plan.patch_size, scale)]
+            self.targets.append(torch.randint(0, plan.num_classes, (batch, 1, *shape), generator=g).float().to(device))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", enabled=True) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def __call__(self) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            output = self.model(self.data)
+            loss = self.loss(output, self.targets)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return float(loss.detach().cpu())
+
+    def state_bytes(self) -> int:
+        """Parameters and optimizer state (SGD momentum) held between steps."""
+        params = sum(p.numel() * p.element_size() for p in self.network.parameters())
+        state = sum(t.numel() * t.element_size() for s in self.optimizer.state.values() for t in s.values()
+                    if isinstance(t, torch.Tensor))
+        return int(params + state)
+
+    @torch.no_grad()
+    def forward_flops(self) -> int:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with self.autocast(), FlopCounterMode(display=False) as counter:
+            self.network(self.data)
+        return int(counter.get_total_flops())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], float], device: torch.device, steps: int) -> tuple[float, list[float]]:
+    """Mean seconds per step over ``steps`` steps and the losses."""
+    _sync(device)
+    t0 = time.perf_counter()
+    losses = [step() for _ in range(steps)]
+    _sync(device)
+    return (time.perf_counter() - t0) / steps, losses
+
+
+def cpu_peak_bytes(events: Sequence[tuple[int, int]]) -> int:
+    """Peak of the running sum of (time, bytes) allocation (+) and free (-) events, in time order."""
+    current = peak = 0
+    for _, n in sorted(events):
+        current += n
+        peak = max(peak, current)
+    return int(peak)
+
+
+def profile_step(step: TrainingStep, rows: int = 10) -> tuple[list[dict], Optional[int]]:
+    """The ``rows`` most expensive operators of one step by self time, and (CPU) the step's peak tensor bytes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = step.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, profile_memory=not cuda) as prof:
+        step()
+        _sync(step.device)
+    averages = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    if cuda and not hasattr(averages[0], key):  # older torch
+        key = "self_cuda_time_total"
+    total = sum(getattr(e, key) for e in averages) or 1
+    top = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:rows]
+    table = [{"op": e.key, "self_ms": round(getattr(e, key) / 1e3, 2), "share": round(getattr(e, key) / total, 4),
+              "calls": int(e.count)} for e in top]
+    peak = None
+    if not cuda:
+        events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                  if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+        peak = cpu_peak_bytes(events)
+    return table, peak
+
+
+# ------------------------------------------------------------------------------------------------ sliding window
+@torch.inference_mode()
+def sliding_window_logits(network: nn.Module, image: torch.Tensor, patch_size: Sequence[int], num_heads: int,
+                          device: torch.device, tile_step_size: float = 0.5) -> torch.Tensor:
+    """``nnUNetPredictor.predict_sliding_window_return_logits`` without mirroring, for an image ``(C, *S)`` with
+    ``len(S) == len(patch_size)`` (2D: nnU-Net's ``(C, 1, H, W)`` without the 1): pad to the patch, Gaussian-weighted
+    tiles at nnU-Net's steps, fp16 accumulators on ``device``, fp16 autocast on CUDA. The predictor's own module
+    imports SimpleITK, so its loop is written here with nnU-Net's helpers; ``tests/test_network_speed.py`` checks it
+    against ``nnUNetPredictor``."""
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+    patch = [int(p) for p in patch_size]
+    network.eval()
+    with torch.autocast(device.type, enabled=True) if device.type == "cuda" else contextlib.nullcontext():
+        data, revert = pad_nd_image(image, patch, "constant", {"value": 0}, True, None)
+        data = data.to(device)
+        steps = compute_steps_for_sliding_window(data.shape[1:], patch, tile_step_size)
+        logits = torch.zeros((num_heads, *data.shape[1:]), dtype=torch.half, device=device)
+        weight = torch.zeros(data.shape[1:], dtype=torch.half, device=device)
+        gaussian = compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10, device=device)
+        for start in itertools.product(*steps):
+            tile = tuple(slice(s, s + p) for s, p in zip(start, patch))
+            prediction = network(data[(slice(None), *tile)][None])[0]
+            prediction *= gaussian
+            logits[(slice(None), *tile)] += prediction
+            weight[tile] += gaussian
+        torch.div(logits, weight, out=logits)
+        return logits[(slice(None), *revert[1:])]
+
+
+def measure_inference(key: str, plan: Plan, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(0)
+    network = build_network(key, plan, deep_supervision=False).to(device)
+    shape = plan.median_image_size()
+    image = torch.randn(plan.input_channels, *shape)
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    steps = compute_steps_for_sliding_window([max(s, p) for s, p in zip(shape, plan.patch_size)], plan.patch_size, 0.5)
+    tiles = int(np.prod([len(s) for s in steps]))
+    sliding_window_logits(network, image, plan.patch_size, plan.num_classes, device)  # warm-up (cuDNN, caches)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    logits = sliding_window_logits(network, image, plan.patch_size, plan.num_classes, device)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    record: dict[str, Any] = {"case_shape": list(shape), "tiles": tiles, "s_per_case": round(seconds, 4),
+                              "finite": bool(torch.isfinite(logits).all())}
+    if device.type == "cuda":
+        record["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    del network, logits
+    return record
+
+
+# ------------------------------------------------------------------------------------------------------- driver
+def _ratio_stats(values: Sequence[float]) -> dict[str, float]:
+    return {"median": round(float(np.median(values)), 4), "min": round(float(min(values)), 4),
+            "max": round(float(max(values)), 4)}
+
+
+def compile_counters() -> dict[str, Any]:
+    """Dynamo's graph breaks (count and distinct reasons) and graphs compiled since the counters were cleared."""
+    from torch._dynamo.utils import counters
+
+    breaks = counters.get("graph_break", {})
+    return {"graph_breaks": int(sum(breaks.values())), "graph_break_reasons": sorted(str(r)[:200] for r in breaks),
+            "unique_graphs": int(counters.get("stats", {}).get("unique_graphs", 0))}
+
+
+def measure_plan(plan: Plan, keys: Sequence[str], device: torch.device, mode: str, batch: int, repeats: int,
+                 steps: int, profile: bool, inference: bool, compile_backend: str,
+                 save: Callable[[dict], None]) -> dict[str, Any]:
+    """Every network of ``keys`` on ``plan``: built, warmed up (compiled), timed in rotating rounds, profiled."""
+    record: dict[str, Any] = {"source": plan.source, "patch_size": list(plan.patch_size),
+                              "plans_batch_size": plan.batch_size, "batch_size": batch,
+                              "input_channels": plan.input_channels, "num_classes": plan.num_classes,
+                              "networks": {}}
+    compiled = mode == "compiled"
+    runners: dict[str, TrainingStep] = {}
+    for key in keys:
+        entry: dict[str, Any] = {"label": NETWORKS[key].label, "trainer": NETWORKS[key].trainer}
+        record["networks"][key] = entry
+        try:
+            runner = TrainingStep(key, plan, batch, device, compiled, compile_backend)
+            entry["params"] = runner.num_parameters
+            entry["flops"] = runner.forward_flops()
+            if compiled:
+                from torch._dynamo.utils import counters
+
+                counters.clear()
+            _sync(device)
+            t0 = time.perf_counter()
+            first_loss = runner()
+            _sync(device)
+            entry["first_step_s"] = round(time.perf_counter() - t0, 3)
+            if compiled:
+                entry.update(compile_counters())
+            entry["first_loss"] = first_loss
+            runners[key] = runner
+            entry["status"] = "done"
+        except Exception as error:  # a network that cannot be built or stepped is recorded, the others go on
+            entry["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+            print(f"  {plan.name} {key}: {entry['status']}", flush=True)
+        save(record)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    losses: dict[str, list[float]] = {k: [] for k in runners}
+    order = list(runners)
+    for r in range(repeats if order else 0):
+        for key in order[r % len(order):] + order[: r % len(order)]:
+            seconds, step_losses = timed(runners[key], device, steps)
+            times[key].append(seconds)
+            losses[key] += step_losses
+        print(f"  {plan.name} round {r + 1}/{repeats}: " +
+              ", ".join(f"{k} {times[k][-1]:.3f} s" for k in order), flush=True)
+    for key, runner in runners.items():
+        entry = record["networks"][key]
+        entry["s_per_step_runs"] = [round(t, 4) for t in times[key]]
+        entry["s_per_step"] = round(float(np.median(times[key])), 4)
+        entry["losses_finite"] = bool(np.all(np.isfinite(losses[key] + [entry["first_loss"]])))
+        if compiled and times[key]:
+            entry["compile_s"] = round(entry["first_step_s"] - float(np.median(times[key])), 2)
+        if device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            runner()
+            _sync(device)
+            entry["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        if profile:
+            entry["top_ops"], step_peak = profile_step(runner)
+            if step_peak is not None:
+                entry["peak_bytes"] = runner.state_bytes() + step_peak
+        save(record)
+    if STOCK in runners:
+        stock = record["networks"][STOCK]
+        for key in runners:
+            entry = record["networks"][key]
+            per_round = [t / s for t, s in zip(times[key], times[STOCK])]
+            flops = entry["flops"] / stock["flops"]
+            entry["vs_stock"] = {"s_per_step": _ratio_stats(per_round), "flops": round(flops, 4),
+                                 "time_per_flop": _ratio_stats([x / flops for x in per_round])}
+            if "peak_bytes" in entry and "peak_bytes" in stock:
+                entry["vs_stock"]["peak_bytes"] = round(entry["peak_bytes"] / stock["peak_bytes"], 4)
+    runners.clear()
+    gc.collect()
+    if inference:
+        for key in keys:
+            entry = record["networks"][key]
+            try:
+                entry["inference"] = measure_inference(key, plan, device)
+            except Exception as error:
+                entry["inference"] = {"status": f"failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            save(record)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return record
+
+
+def default_output(device: torch.device, mode: str, tiny: bool) -> Path:
+    return RESULTS / f"network-speed-{device.type}-{mode}{'-tiny' if tiny else ''}.json"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from nnunet_sparseattn.harness.machine import describe_machine, load_average
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # nnU-Net's trainer and predictor set it
+    keys = [k.strip() for k in args.networks.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in NETWORKS]
+    if unknown:
+        raise SystemExit(f"unknown network(s) {unknown}: choose from {', '.join(NETWORKS)}")
+    out = Path(args.out) if args.out else default_output(device, args.mode, args.tiny)
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "command": " ".join(["python", "benchmarks/network_speed.py", *(args.argv or [])]),
+        "device": device.type,
+        "machine": describe_machine(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": args.threads,
+        "mode": args.mode,
+        "precision": "fp16 autocast + GradScaler" if device.type == "cuda" else "fp32",
+        "compile_backend": args.compile_backend if args.mode == "compiled" else None,
+        "repeats": args.repeats,
+        "steps_per_round": args.steps,
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average_start": load_average(),
+        "plans": {},
+    }
+    started = time.perf_counter()
+
+    def save(plan_name: str) -> Callable[[dict], None]:
+        def write(record: dict) -> None:
+            result["plans"][plan_name] = record
+            result["load_average_end"] = load_average()
+            result["wall_s"] = round(time.perf_counter() - started, 1)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1) + "\n")  # after every measurement: a killed run keeps it
+        return write
+
+    for name in [p.strip() for p in args.plans.split(",") if p.strip()]:
+        plan = load_plan(name)
+        if args.tiny:
+            plan = tiny_plan(plan)
+        cap = args.batch_cap if args.batch_cap is not None else (2 if device.type == "cpu" else None)
+        caps = dict(c.split("=") for c in args.plan_batch.split(",") if "=" in c) if args.plan_batch else {}
+        batch = int(caps.get(name, min(plan.batch_size, cap) if cap else plan.batch_size))
+        print(f"{name}: patch {'x'.join(map(str, plan.patch_size))}, batch {batch} (plans: {plan.batch_size}), "
+              f"{device.type} {args.mode}", flush=True)
+        inference = args.inference and (not args.inference_plans or name in args.inference_plans.split(","))
+        measure_plan(plan, keys, device, args.mode, batch, args.repeats, args.steps, not args.no_profile,
+                     inference, args.compile_backend, save(name))
+        print(plan_table(result, name), flush=True)
+    print(f"wrote {out}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------ tables
+def _s(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+def _gib(x: Optional[int]) -> str:
+    return "–" if x is None else f"{x / 2**30:.2f} GiB"
+
+
+def _range(stats: Optional[dict]) -> str:
+    if not stats:
+        return "–"
+    return f"{stats['median']:.2f} ({stats['min']:.2f}-{stats['max']:.2f})"
+
+
+def plan_table(result: dict, plan_name: str) -> str:
+    plan = result["plans"][plan_name]
+    cuda = result["device"] == "cuda"
+    head = ("| network | params | GFLOPs fwd | s/step | vs stock: s/step | FLOPs | time per FLOP | peak memory "
+            "| vs stock | " + ("compile s | graph breaks | " if result["mode"] == "compiled" else "")
+            + "inference s/case (tiles) | " + ("inference peak | " if cuda else "") + "status |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for entry in plan["networks"].values():
+        vs = entry.get("vs_stock", {})
+        inf = entry.get("inference", {})
+        cells = [entry["label"], f"{entry['params'] / 1e6:.2f} M" if "params" in entry else "–",
+                 f"{entry['flops'] / 1e9:.1f}" if "flops" in entry else "–", _s(entry.get("s_per_step")),
+                 _range(vs.get("s_per_step")), f"{vs['flops']:.2f}" if "flops" in vs else "–",
+                 _range(vs.get("time_per_flop")), _gib(entry.get("peak_bytes")),
+                 f"{vs['peak_bytes']:.2f}" if "peak_bytes" in vs else "–"]
+        if result["mode"] == "compiled":
+            cells += [_s(entry.get("compile_s")), str(entry.get("graph_breaks", "–"))]
+        cells.append(f"{inf['s_per_case']:.3g} ({inf['tiles']})" if "s_per_case" in inf else inf.get("status", "–"))
+        if cuda:
+            cells.append(_gib(inf.get("peak_bytes")))
+        status = entry.get("status", "–")
+        if entry.get("losses_finite") is False:
+            status += ", NON-FINITE LOSS"
+        cells.append(status)
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def ops_table(result: dict, plan_name: str) -> str:
+    """Rank x network: the ten most expensive operators of one step, with their share of the step's self time."""
+    nets = [e for e in result["plans"][plan_name]["networks"].values() if e.get("top_ops")]
+    if not nets:
+        return ""
+    rows = ["| # | " + " | ".join(e["label"] for e in nets) + " |", "|---|" + "---|" * len(nets)]
+    for i in range(max(len(e["top_ops"]) for e in nets)):
+        cells = []
+        for e in nets:
+            op = e["top_ops"][i] if i < len(e["top_ops"]) else None
+            cells.append("" if op is None else f"`{op['op'].removeprefix('aten::')}` {op['share']:.0%}")
+        rows.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def render(result: dict) -> str:
+    lines = [f"### {result['device'].upper()}, {result['mode']} ({result['precision']}) on {result['machine']} "
+             f"({result['date']})", "",
+             f"Command: `{result['command']}`  ",
+             f"torch {result['torch']}, {result['threads']} threads, {result['repeats']} rounds x "
+             f"{result['steps_per_round']} step(s), load average {result.get('load_average_start')} at the start, "
+             f"{result.get('load_average_end')} at the end, {result.get('wall_s', 0) / 60:.0f} min.", ""]
+    for name, plan in result["plans"].items():
+        lines += [f"**{name}**: patch {'x'.join(map(str, plan['patch_size']))}, batch {plan['batch_size']} (plans: "
+                  f"{plan['plans_batch_size']}), {plan['input_channels']} input channel(s), {plan['num_classes']} "
+                  f"classes. Plans: {plan['source']}.", "", plan_table(result, name), ""]
+        ops = ops_table(result, name)
+        if ops:
+            lines += ["Ten most expensive operators of one step (self time, share of the step):", "", ops, ""]
+    return "\n".join(lines)
+
+
+def render_section(files: Sequence[Path]) -> str:
+    parts = ["<!-- written by benchmarks/network_speed.py from benchmarks/results/network-speed-*.json: do not "
+             "edit -->"]
+    for path in files:
+        result = json.loads(path.read_text())
+        if result.get("schema") == SCHEMA:
+            parts += ["", render(result)]
+    return "\n".join(parts) + "\n"
+
+
+def update_docs(docs: Path = DOCS, results: Path = RESULTS) -> None:
+    from benchmarks.accuracy import splice_section
+
+    files = sorted(p for p in results.glob("network-speed-*.json") if not p.stem.endswith("-tiny"))
+    docs.write_text(splice_section(docs.read_text(), render_section(files), MARKERS))
+    print(f"updated the network-speed section of {docs}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mode", choices=("eager", "compiled"), default="eager",
+                    help="compiled: torch.compile of the network and the Dice term, as nnU-Net's trainer on CUDA")
+    ap.add_argument("--plans", default=",".join(PLANS), help=f"comma-separated, from {', '.join(PLANS)}")
+    ap.add_argument("--networks", default=",".join(NETWORKS))
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; each times every network (default 3)")
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per network and round (default 1)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-cap", type=int, default=None, help="largest batch (default: 2 on the CPU, none on CUDA)")
+    ap.add_argument("--plan-batch", default="", help="per-plan batch, e.g. six_stage_128_3d=1 (overrides the cap)")
+    ap.add_argument("--inference", action="store_true", help="also time one sliding-window case per plan")
+    ap.add_argument("--inference-plans", default="", help="only these plans get --inference (comma-separated)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiled step (op tables, CPU memory)")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (dry runs: eager)")
+    ap.add_argument("--tiny", action="store_true", help="dry-run sizes: features / 8, patch / 4, batch 1")
+    ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/network-speed-...json)")
+    ap.add_argument("--update-docs", action="store_true", help="rewrite BENCHMARKS.md's network-speed section")
+    ap.add_argument("--table", default=None, metavar="JSON", help="only print the tables of a results file")
+    ap.add_argument("--docs-only", action="store_true", help="only rewrite BENCHMARKS.md from the results files")
+    args = ap.parse_args(argv)
+    args.argv = argv
+    if args.table:
+        print(render(json.loads(Path(args.table).read_text())))
+        return
+    if not args.docs_only:
+        run(args)
+    if args.update_docs or args.docs_only:
+        update_docs()
+
+
+if __name__ == "__main__":
+    main()
