@@ -59,7 +59,7 @@ def run_demo(
     else:
         _stage(f"converting {msd} with nnU-Net's MSD converter", started)
         dataset_id = datasets.convert_msd(Path(msd), env)
-        dataset = datasets.dataset_folder(raw, dataset_id)
+        dataset = datasets.require_dataset(raw, dataset_id, "nnUNet_raw")
 
     _stage("planning and preprocessing", started)
     commands.plan_and_preprocess(dataset_id, configuration, env)
