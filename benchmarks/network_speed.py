@@ -64,7 +64,12 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable without the package installed (the GPU machine: source on PYTHONPATH)
+# --before's worker runs this file on another checkout's package (that tree first on sys.path, this one after it)
+TREE_VARIABLE = "NNUNET_SPARSEATTN_BENCH_TREE"
+if os.environ.get(TREE_VARIABLE):
+    sys.path.insert(0, os.environ[TREE_VARIABLE])
+    sys.path.append(str(ROOT))
+elif str(ROOT) not in sys.path:  # runnable without the package installed (the GPU machine: source on PYTHONPATH)
     sys.path.insert(0, str(ROOT))
 
 PLANS_DIR = ROOT / "benchmarks" / "plans"
@@ -243,11 +248,39 @@ class TrainingStep:
 
     @torch.no_grad()
     def forward_flops(self) -> int:
+        """FLOPs of one training forward on the step's batch (see :func:`countable_attention`)."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        with self.autocast(), FlopCounterMode(display=False) as counter:
+        with countable_attention(self.network), self.autocast(), FlopCounterMode(display=False) as counter:
             self.network(self.data)
         return int(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def countable_attention(network: nn.Module):
+    """Attention whose FLOPs ``torch.utils.flop_counter`` counts, computing the same function.
+
+    torch 2.14 has no FLOP formula for the CPU's SDPA kernel (``_scaled_dot_product_flash_attention_for_cpu``: it
+    would count 0, and routed attention, MDSA and Swin windows are SDPA on the CPU), and flex attention's formula
+    counts the dense score matrix whatever the block mask skips. So while counting, SDPA runs through its math
+    decomposition (two counted matmuls) and routed attention through its gather backend (the routed key regions
+    only: the FLOPs it does on every device). Formulas that ``nnunet_sparseattn.complexity`` registers apply too.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import nnunet_sparseattn.complexity  # noqa: F401  (its FLOP formula registrations, if any)
+    from nnunet_sparseattn.layers.sparse_attention import BACKENDS
+
+    routed = [m for m in network.modules() if getattr(m, "backend", None) in BACKENDS]
+    saved = [m.backend for m in routed]
+    try:
+        for m in routed:
+            m.backend = "gather"
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        for m, backend in zip(routed, saved):
+            m.backend = backend
 
 
 def _sync(device: torch.device) -> None:
@@ -255,13 +288,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(step: Callable[[], float], device: torch.device, steps: int) -> tuple[float, list[float]]:
-    """Mean seconds per step over ``steps`` steps and the losses."""
+def timed(step: Callable[[], float], device: torch.device, steps: int) -> tuple[float, float, list[float]]:
+    """Mean wall seconds and mean process CPU seconds per step over ``steps`` steps, and the losses. (On a shared
+    CPU the process time counts only the cycles this process got: steadier than the wall time under load.)"""
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     losses = [step() for _ in range(steps)]
     _sync(device)
-    return (time.perf_counter() - t0) / steps, losses
+    return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps, losses
 
 
 def cpu_peak_bytes(events: Sequence[tuple[int, int]]) -> int:
@@ -371,81 +405,238 @@ def compile_counters() -> dict[str, Any]:
             "unique_graphs": int(counters.get("stats", {}).get("unique_graphs", 0))}
 
 
+def _failure(error: BaseException) -> str:
+    text = str(error).splitlines()[0][:300] if str(error) else ""
+    return f"failed: {type(error).__name__}: {text}"
+
+
+class Runner:
+    """One network's training step in this process: built, counted, warmed up (compiled), then timed on demand."""
+
+    def __init__(self, key: str, plan: Plan, batch: int, device: torch.device, mode: str, compile_backend: str):
+        self.key, self.plan, self.batch, self.device = key, plan, batch, device
+        self.compiled, self.compile_backend = mode == "compiled", compile_backend
+        self.step: Optional[TrainingStep] = None
+
+    def setup(self) -> dict[str, Any]:
+        """Build, count FLOPs, run the first (compiling) step; the entry's fields."""
+        step = TrainingStep(self.key, self.plan, self.batch, self.device, self.compiled, self.compile_backend)
+        entry: dict[str, Any] = {"params": step.num_parameters, "flops": step.forward_flops()}
+        if self.compiled:
+            from torch._dynamo.utils import counters
+
+            counters.clear()
+        _sync(self.device)
+        t0 = time.perf_counter()
+        entry["first_loss"] = step()
+        _sync(self.device)
+        entry["first_step_s"] = round(time.perf_counter() - t0, 3)
+        if self.compiled:
+            entry.update(compile_counters())
+        self.step = step
+        return entry
+
+    def time(self, steps: int) -> tuple[float, float, list[float]]:
+        assert self.step is not None
+        return timed(self.step, self.device, steps)
+
+    def cuda_peak(self) -> int:
+        """``torch.cuda.max_memory_allocated`` over one step."""
+        assert self.step is not None
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.step()
+        _sync(self.device)
+        return int(torch.cuda.max_memory_allocated(self.device))
+
+    def profile(self) -> tuple[list[dict], Optional[int]]:
+        """The op table and (CPU) the peak bytes of one profiled step, parameters and optimizer state included."""
+        assert self.step is not None
+        top, peak = profile_step(self.step)
+        return top, None if peak is None else self.step.state_bytes() + peak
+
+    def close(self) -> None:
+        self.step = None
+
+
+# ------------------------------------------------------------------------------------------------ before / after
+class BeforeTree:
+    """The networks as another commit builds them, timed by a worker process between this run's own measurements.
+
+    ``git archive <ref>`` is unpacked into a temporary folder (a plain export: no worktree, nothing of this checkout
+    touched); a worker runs this file on that folder's package (``--worker``; JSON lines on its stdin and stdout).
+    Both processes wait on each other, so only one of them runs at a time.
+    """
+
+    def __init__(self, ref: str, threads: int) -> None:
+        import subprocess
+        import tempfile
+
+        self.ref = ref
+        self.commit = subprocess.run(["git", "rev-parse", ref], cwd=ROOT, check=True, capture_output=True,
+                                     text=True).stdout.strip()
+        self.folder = Path(tempfile.mkdtemp(prefix="network-speed-before-"))
+        archive = subprocess.run(["git", "archive", "--format=tar", self.commit], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(self.folder)], input=archive, check=True)
+        env = dict(os.environ, PYTHONPATH=str(self.folder), **{TREE_VARIABLE: str(self.folder)})
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", "--threads",
+                                         str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                        text=True, bufsize=1)
+
+    def call(self, **request: Any) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the --before worker ({self.ref}) exited (code {self.process.wait()})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply["result"]
+
+    def close(self) -> None:
+        import shutil
+
+        if self.process.poll() is None:
+            with contextlib.suppress(Exception):
+                self.call(op="quit")
+            self.process.wait(timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class RemoteRunner:
+    """A :class:`Runner` in the ``--before`` worker."""
+
+    def __init__(self, tree: BeforeTree, key: str, plan: Plan, tiny: bool, batch: int, device: torch.device,
+                 mode: str, compile_backend: str):
+        self.tree, self.key = tree, key
+        self.spec = {"key": key, "plan": plan.name, "tiny": tiny, "batch": batch, "device": str(device), "mode": mode,
+                     "compile_backend": compile_backend}
+
+    def setup(self) -> dict[str, Any]:
+        return self.tree.call(op="setup", **self.spec)
+
+    def time(self, steps: int) -> tuple[float, float, list[float]]:
+        wall, cpu, losses = self.tree.call(op="time", key=self.key, steps=steps)
+        return wall, cpu, losses
+
+    def close(self) -> None:
+        self.tree.call(op="close", key=self.key)
+
+
+def worker() -> None:
+    """``--worker``: Runners on this process's package, driven by JSON requests on stdin (see :class:`BeforeTree`)."""
+    import nnunet_sparseattn
+
+    protocol, sys.stdout = sys.stdout, sys.stderr  # prints go to stderr; stdout carries the replies only
+    tree = os.environ.get(TREE_VARIABLE, "")
+    runners: dict[str, Runner] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if not str(Path(nnunet_sparseattn.__file__).resolve()).startswith(str(Path(tree).resolve())):
+                raise RuntimeError(f"the worker imported {nnunet_sparseattn.__file__}, not the package in {tree}")
+            op = request.pop("op")
+            if op == "quit":
+                break
+            if op == "setup":
+                plan = load_plan(request["plan"])
+                plan = tiny_plan(plan) if request["tiny"] else plan
+                runner = Runner(request["key"], plan, request["batch"], torch.device(request["device"]),
+                                request["mode"], request["compile_backend"])
+                result: Any = runner.setup()
+                runners[request["key"]] = runner
+            elif op == "time":
+                result = runners[request["key"]].time(request["steps"])
+            elif op == "close":
+                runners.pop(request["key"]).close()
+                gc.collect()
+                result = None
+            else:
+                raise ValueError(f"unknown request {op!r}")
+            reply: dict[str, Any] = {"result": result}
+        except Exception as error:
+            reply = {"error": _failure(error)}
+        protocol.write(json.dumps(reply) + "\n")
+        protocol.flush()
+
+
 def measure_plan(plan: Plan, keys: Sequence[str], device: torch.device, mode: str, batch: int, repeats: int,
                  steps: int, profile: bool, inference: bool, compile_backend: str,
-                 save: Callable[[dict], None]) -> dict[str, Any]:
-    """Every network of ``keys`` on ``plan``: built, warmed up (compiled), timed in rotating rounds, profiled."""
+                 save: Callable[[dict], None], before: Optional[BeforeTree] = None,
+                 tiny: bool = False) -> dict[str, Any]:
+    """Every network of ``keys`` on ``plan`` (and, with ``before``, each of ours as that commit builds it): built,
+    warmed up (compiled), timed in rotating rounds, profiled."""
     record: dict[str, Any] = {"source": plan.source, "patch_size": list(plan.patch_size),
                               "plans_batch_size": plan.batch_size, "batch_size": batch,
                               "input_channels": plan.input_channels, "num_classes": plan.num_classes,
                               "networks": {}}
-    compiled = mode == "compiled"
-    runners: dict[str, TrainingStep] = {}
+    slots: list[tuple[dict, Any]] = []  # (entry, runner), in timing order
     for key in keys:
         entry: dict[str, Any] = {"label": NETWORKS[key].label, "trainer": NETWORKS[key].trainer}
         record["networks"][key] = entry
+        slots.append((entry, Runner(key, plan, batch, device, mode, compile_backend)))
+    if before is not None:
+        record["before"] = {"ref": before.ref, "commit": before.commit, "networks": {}}
+        for key in keys:
+            if key != STOCK:  # nnU-Net's network is the same in both trees
+                entry = {"label": NETWORKS[key].label + " (before)", "trainer": NETWORKS[key].trainer}
+                record["before"]["networks"][key] = entry
+                slots.append((entry, RemoteRunner(before, key, plan, tiny, batch, device, mode, compile_backend)))
+    ready: list[tuple[dict, Any]] = []
+    for entry, runner in slots:
         try:
-            runner = TrainingStep(key, plan, batch, device, compiled, compile_backend)
-            entry["params"] = runner.num_parameters
-            entry["flops"] = runner.forward_flops()
-            if compiled:
-                from torch._dynamo.utils import counters
-
-                counters.clear()
-            _sync(device)
-            t0 = time.perf_counter()
-            first_loss = runner()
-            _sync(device)
-            entry["first_step_s"] = round(time.perf_counter() - t0, 3)
-            if compiled:
-                entry.update(compile_counters())
-            entry["first_loss"] = first_loss
-            runners[key] = runner
+            entry.update(runner.setup())
             entry["status"] = "done"
+            ready.append((entry, runner))
         except Exception as error:  # a network that cannot be built or stepped is recorded, the others go on
-            entry["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
-            print(f"  {plan.name} {key}: {entry['status']}", flush=True)
+            entry["status"] = _failure(error)
+            print(f"  {plan.name} {entry['label']}: {entry['status']}", flush=True)
         save(record)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    losses: dict[str, list[float]] = {k: [] for k in runners}
-    order = list(runners)
-    for r in range(repeats if order else 0):
-        for key in order[r % len(order):] + order[: r % len(order)]:
-            seconds, step_losses = timed(runners[key], device, steps)
-            times[key].append(seconds)
-            losses[key] += step_losses
-        print(f"  {plan.name} round {r + 1}/{repeats}: " +
-              ", ".join(f"{k} {times[k][-1]:.3f} s" for k in order), flush=True)
-    for key, runner in runners.items():
-        entry = record["networks"][key]
-        entry["s_per_step_runs"] = [round(t, 4) for t in times[key]]
-        entry["s_per_step"] = round(float(np.median(times[key])), 4)
-        entry["losses_finite"] = bool(np.all(np.isfinite(losses[key] + [entry["first_loss"]])))
-        if compiled and times[key]:
-            entry["compile_s"] = round(entry["first_step_s"] - float(np.median(times[key])), 2)
-        if device.type == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            runner()
-            _sync(device)
-            entry["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        if profile:
-            entry["top_ops"], step_peak = profile_step(runner)
-            if step_peak is not None:
-                entry["peak_bytes"] = runner.state_bytes() + step_peak
+    for r in range(repeats if ready else 0):
+        shift = r % len(ready)
+        for entry, runner in ready[shift:] + ready[:shift]:
+            wall, cpu, losses = runner.time(steps)
+            entry.setdefault("s_per_step_runs", []).append(round(wall, 4))
+            entry.setdefault("cpu_s_per_step_runs", []).append(round(cpu, 4))
+            entry.setdefault("losses", []).extend(losses)
+        print(f"  {plan.name} round {r + 1}/{repeats}: "
+              + ", ".join(f"{e['label']} {e['s_per_step_runs'][-1]:.3f} s" for e, _ in ready), flush=True)
+    for entry, runner in ready:
+        entry["s_per_step"] = round(float(np.median(entry["s_per_step_runs"])), 4)
+        entry["cpu_s_per_step"] = round(float(np.median(entry["cpu_s_per_step_runs"])), 4)
+        entry["losses_finite"] = bool(np.all(np.isfinite(entry.pop("losses") + [entry["first_loss"]])))
+        if mode == "compiled":
+            entry["compile_s"] = round(entry["first_step_s"] - entry["s_per_step"], 2)
+        if isinstance(runner, Runner):
+            if device.type == "cuda":
+                entry["peak_bytes"] = runner.cuda_peak()
+            if profile:
+                entry["top_ops"], cpu_peak = runner.profile()
+                if cpu_peak is not None:
+                    entry["peak_bytes"] = cpu_peak
+        runner.close()
         save(record)
-    if STOCK in runners:
-        stock = record["networks"][STOCK]
-        for key in runners:
-            entry = record["networks"][key]
-            per_round = [t / s for t, s in zip(times[key], times[STOCK])]
+    stock = record["networks"].get(STOCK, {})
+    if stock.get("status") == "done":
+        entries = list(record["networks"].values()) + list(record.get("before", {}).get("networks", {}).values())
+        for entry in (e for e in entries if e.get("status") == "done"):
             flops = entry["flops"] / stock["flops"]
-            entry["vs_stock"] = {"s_per_step": _ratio_stats(per_round), "flops": round(flops, 4),
-                                 "time_per_flop": _ratio_stats([x / flops for x in per_round])}
+            vs: dict[str, Any] = {"flops": round(flops, 4)}
+            for what in ("s_per_step", "cpu_s_per_step"):  # ratios within each round: neighbours in time
+                per_round = [t / s for t, s in zip(entry[f"{what}_runs"], stock[f"{what}_runs"])]
+                vs[what] = _ratio_stats(per_round)
+                vs[what.replace("s_per_step", "time_per_flop")] = _ratio_stats([x / flops for x in per_round])
             if "peak_bytes" in entry and "peak_bytes" in stock:
-                entry["vs_stock"]["peak_bytes"] = round(entry["peak_bytes"] / stock["peak_bytes"], 4)
-    runners.clear()
+                vs["peak_bytes"] = round(entry["peak_bytes"] / stock["peak_bytes"], 4)
+            entry["vs_stock"] = vs
+    for key, entry in record.get("before", {}).get("networks", {}).items():
+        now = record["networks"][key]
+        if "first_loss" in entry and "first_loss" in now:  # same seed, same batch: the same loss, to round-off
+            entry["first_loss_difference"] = abs(entry["first_loss"] - now["first_loss"])
+    save(record)
     gc.collect()
     if inference:
         for key in keys:
@@ -453,7 +644,7 @@ def measure_plan(plan: Plan, keys: Sequence[str], device: torch.device, mode: st
             try:
                 entry["inference"] = measure_inference(key, plan, device)
             except Exception as error:
-                entry["inference"] = {"status": f"failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+                entry["inference"] = {"status": _failure(error)}
             save(record)
             gc.collect()
             if device.type == "cuda":
@@ -497,6 +688,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "plans": {},
     }
     started = time.perf_counter()
+    before = BeforeTree(args.before, args.threads) if args.before else None
+    if before is not None:
+        result["before"] = {"ref": before.ref, "commit": before.commit}
 
     def save(plan_name: str) -> Callable[[dict], None]:
         def write(record: dict) -> None:
@@ -507,19 +701,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out.write_text(json.dumps(result, indent=1) + "\n")  # after every measurement: a killed run keeps it
         return write
 
-    for name in [p.strip() for p in args.plans.split(",") if p.strip()]:
-        plan = load_plan(name)
-        if args.tiny:
-            plan = tiny_plan(plan)
-        cap = args.batch_cap if args.batch_cap is not None else (2 if device.type == "cpu" else None)
-        caps = dict(c.split("=") for c in args.plan_batch.split(",") if "=" in c) if args.plan_batch else {}
-        batch = int(caps.get(name, min(plan.batch_size, cap) if cap else plan.batch_size))
-        print(f"{name}: patch {'x'.join(map(str, plan.patch_size))}, batch {batch} (plans: {plan.batch_size}), "
-              f"{device.type} {args.mode}", flush=True)
-        inference = args.inference and (not args.inference_plans or name in args.inference_plans.split(","))
-        measure_plan(plan, keys, device, args.mode, batch, args.repeats, args.steps, not args.no_profile,
-                     inference, args.compile_backend, save(name))
-        print(plan_table(result, name), flush=True)
+    try:
+        for name in [p.strip() for p in args.plans.split(",") if p.strip()]:
+            plan = load_plan(name)
+            if args.tiny:
+                plan = tiny_plan(plan)
+            cap = args.batch_cap if args.batch_cap is not None else (2 if device.type == "cpu" else None)
+            caps = dict(c.split("=") for c in args.plan_batch.split(",") if "=" in c) if args.plan_batch else {}
+            batch = int(caps.get(name, min(plan.batch_size, cap) if cap else plan.batch_size))
+            print(f"{name}: patch {'x'.join(map(str, plan.patch_size))}, batch {batch} (plans: {plan.batch_size}), "
+                  f"{device.type} {args.mode}", flush=True)
+            inference = args.inference and (not args.inference_plans or name in args.inference_plans.split(","))
+            measure_plan(plan, keys, device, args.mode, batch, args.repeats, args.steps, not args.no_profile,
+                         inference, args.compile_backend, save(name), before, args.tiny)
+            print(plan_table(result, name), flush=True)
+    finally:
+        if before is not None:
+            before.close()
     print(f"wrote {out}")
     return result
 
@@ -542,7 +740,9 @@ def _range(stats: Optional[dict]) -> str:
 def plan_table(result: dict, plan_name: str) -> str:
     plan = result["plans"][plan_name]
     cuda = result["device"] == "cuda"
-    head = ("| network | params | GFLOPs fwd | s/step | vs stock: s/step | FLOPs | time per FLOP | peak memory "
+    cpu = not cuda
+    head = ("| network | params | GFLOPs fwd | s/step | vs stock: s/step | FLOPs | time per FLOP | "
+            + ("CPU time per FLOP | " if cpu else "") + "peak memory "
             "| vs stock | " + ("compile s | graph breaks | " if result["mode"] == "compiled" else "")
             + "inference s/case (tiles) | " + ("inference peak | " if cuda else "") + "status |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -552,8 +752,10 @@ def plan_table(result: dict, plan_name: str) -> str:
         cells = [entry["label"], f"{entry['params'] / 1e6:.2f} M" if "params" in entry else "–",
                  f"{entry['flops'] / 1e9:.1f}" if "flops" in entry else "–", _s(entry.get("s_per_step")),
                  _range(vs.get("s_per_step")), f"{vs['flops']:.2f}" if "flops" in vs else "–",
-                 _range(vs.get("time_per_flop")), _gib(entry.get("peak_bytes")),
-                 f"{vs['peak_bytes']:.2f}" if "peak_bytes" in vs else "–"]
+                 _range(vs.get("time_per_flop"))]
+        if cpu:
+            cells.append(_range(vs.get("cpu_time_per_flop")))
+        cells += [_gib(entry.get("peak_bytes")), f"{vs['peak_bytes']:.2f}" if "peak_bytes" in vs else "–"]
         if result["mode"] == "compiled":
             cells += [_s(entry.get("compile_s")), str(entry.get("graph_breaks", "–"))]
         cells.append(f"{inf['s_per_case']:.3g} ({inf['tiles']})" if "s_per_case" in inf else inf.get("status", "–"))
@@ -564,6 +766,24 @@ def plan_table(result: dict, plan_name: str) -> str:
             status += ", NON-FINITE LOSS"
         cells.append(status)
         rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def before_table(result: dict, plan_name: str) -> str:
+    """Our networks before (``--before``) and after, timed in the same rounds: ratios to the same stock steps."""
+    plan = result["plans"][plan_name]
+    if "before" not in plan:
+        return ""
+    rows = ["| network | time per FLOP vs stock: before | after | CPU time per FLOP: before | after | s/step: before "
+            "| after | first loss: before - after |", "|---|---|---|---|---|---|---|---|"]
+    for key, old in plan["before"]["networks"].items():
+        new = plan["networks"][key]
+        ov, nv = old.get("vs_stock", {}), new.get("vs_stock", {})
+        diff = old.get("first_loss_difference")
+        rows.append(f"| {new['label']} | {_range(ov.get('time_per_flop'))} | {_range(nv.get('time_per_flop'))} | "
+                    f"{_range(ov.get('cpu_time_per_flop'))} | {_range(nv.get('cpu_time_per_flop'))} | "
+                    f"{_s(old.get('s_per_step'))} | {_s(new.get('s_per_step'))} | "
+                    f"{'–' if diff is None else f'{diff:.1e}'} |")
     return "\n".join(rows)
 
 
@@ -588,11 +808,16 @@ def render(result: dict) -> str:
              f"Command: `{result['command']}`  ",
              f"torch {result['torch']}, {result['threads']} threads, {result['repeats']} rounds x "
              f"{result['steps_per_round']} step(s), load average {result.get('load_average_start')} at the start, "
-             f"{result.get('load_average_end')} at the end, {result.get('wall_s', 0) / 60:.0f} min.", ""]
+             f"{result.get('load_average_end')} at the end, {result.get('wall_s', 0) / 60:.0f} min. Ratios are "
+             "medians (min-max) of per-round ratios; FLOPs: the training forward, attention counted as its "
+             "arithmetic (`countable_attention`); CPU time: the process's own CPU seconds (steadier under load).", ""]
     for name, plan in result["plans"].items():
         lines += [f"**{name}**: patch {'x'.join(map(str, plan['patch_size']))}, batch {plan['batch_size']} (plans: "
                   f"{plan['plans_batch_size']}), {plan['input_channels']} input channel(s), {plan['num_classes']} "
                   f"classes. Plans: {plan['source']}.", "", plan_table(result, name), ""]
+        if "before" in plan:
+            lines += [f"Before (`{plan['before']['ref']}`, {plan['before']['commit'][:10]}) and after, in the same "
+                      "rounds:", "", before_table(result, name), ""]
         ops = ops_table(result, name)
         if ops:
             lines += ["Ten most expensive operators of one step (self time, share of the step):", "", ops, ""]
@@ -639,8 +864,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--update-docs", action="store_true", help="rewrite BENCHMARKS.md's network-speed section")
     ap.add_argument("--table", default=None, metavar="JSON", help="only print the tables of a results file")
     ap.add_argument("--docs-only", action="store_true", help="only rewrite BENCHMARKS.md from the results files")
+    ap.add_argument("--before", default=None, metavar="GIT_REF",
+                    help="also time our networks as this commit builds them, interleaved (before/after ratios)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # --before's worker process
     args = ap.parse_args(argv)
     args.argv = argv
+    if args.worker:
+        torch.set_num_threads(args.threads)
+        worker()
+        return
     if args.table:
         print(render(json.loads(Path(args.table).read_text())))
         return
