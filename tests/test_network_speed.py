@@ -48,7 +48,7 @@ def test_the_plans_are_nnunets_plans_as_kept(plan_name):
 
 
 @pytest.mark.parametrize("key", list(ns.NETWORKS))
-@pytest.mark.parametrize("plan_name", ["hippocampus_3d_fullres", "isic2017_2d"])
+@pytest.mark.parametrize("plan_name", ns.PLANS)
 def test_each_network_is_the_one_its_trainer_builds(plan_name, key):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
