@@ -9,7 +9,8 @@ from plans_cases import PLANS_CASES
 
 from nnunet_sparseattn.architectures.bilateral import BilateralUNet
 from nnunet_sparseattn.architectures.mdsa import MDSAUNet
-from nnunet_sparseattn.layers.conv import GroupedConv2d, GroupedConv3d, grouped_conv_op
+from nnunet_sparseattn.layers import conv as conv_module
+from nnunet_sparseattn.layers.conv import CHANNELS_LAST, DEPTHWISE, PLAIN, GroupedConv2d, GroupedConv3d, grouped_conv_op
 from nnunet_sparseattn.layers.multiscale_attention import MultiScaleAggregation
 from nnunet_sparseattn.layers.routing import region_layout
 
@@ -29,6 +30,46 @@ def test_grouped_convolutions_give_the_plain_result_in_channels_last(conv_op, gr
     (g_fast,) = torch.autograd.grad(out.square().sum(), x)
     (g_plain,) = torch.autograd.grad(plain(x).square().sum(), x)
     torch.testing.assert_close(g_fast, g_plain)
+
+
+@pytest.mark.parametrize(
+    "ndim,groups,kernel,stride,training,path",
+    [
+        (3, 8, 3, 1, True, DEPTHWISE),  # depthwise 3D: channels-last and the backward of forward convolutions
+        (3, 8, (1, 3, 3), 1, True, DEPTHWISE),  # anisotropic plans' kernels too
+        (3, 4, 3, 1, True, CHANNELS_LAST),  # grouped 3D (ResNeXt)
+        (3, 4, 3, 2, True, PLAIN),  # strided: the layout copy of the larger input costs more than it gains
+        (3, 8, 3, 1, False, PLAIN),  # inference: no backward to gain in
+        (2, 8, 7, 1, True, DEPTHWISE),  # 2D depthwise 7x7 (MDSA's aggregation): the fast backward, plain layout
+        (2, 8, 3, 1, True, PLAIN),  # 2D depthwise 3x3: torch's own backward is faster
+        (2, 4, 3, 1, True, PLAIN),  # 2D grouped
+        (2, 8, 7, 1, False, PLAIN),
+    ],
+)
+def test_each_grouped_convolution_takes_its_measured_path_and_gives_the_plain_result(
+    ndim, groups, kernel, stride, training, path, monkeypatch
+):
+    torch.manual_seed(0)
+    conv_op = nn.Conv3d if ndim == 3 else nn.Conv2d
+    kernels = (kernel,) * ndim if isinstance(kernel, int) else kernel
+    padding = tuple(k // 2 for k in kernels)
+    plain = conv_op(8, 8, kernel, stride=stride, padding=padding, groups=groups).double()
+    fast = grouped_conv_op(conv_op)(8, 8, kernel, stride=stride, padding=padding, groups=groups).double()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 8, *(7, 9, 6)[:ndim], dtype=torch.float64, requires_grad=True)
+    taken = []
+    real = conv_module._CPUConvolution._cpu_path
+    monkeypatch.setattr(conv_module._CPUConvolution, "_cpu_path", lambda *a: taken.append(real(*a)) or taken[-1])
+    with torch.set_grad_enabled(training):
+        out = fast(x)
+    assert taken == [path] and out.is_contiguous()  # the layout goes back: the next layer sees what it saw before
+    torch.testing.assert_close(out, plain(x))
+    if training:  # float64: the gradients of the fast paths are the plain convolution's, not just close in fp32
+        g = torch.randn_like(out)
+        ours = torch.autograd.grad(out, (x, fast.weight, fast.bias), g)
+        theirs = torch.autograd.grad(plain(x), (x, plain.weight, plain.bias), g)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("network", [MDSAUNet, BilateralUNet])

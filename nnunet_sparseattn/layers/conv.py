@@ -7,7 +7,7 @@ max-pooled branch (CBAM/FSAM).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,24 +34,25 @@ _CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 
 class _DepthwiseConv(torch.autograd.Function):
-    """A 3D depthwise convolution (stride 1, no dilation, zero padding) whose backward is two forward convolutions.
+    """A depthwise convolution (stride 1, no dilation, zero padding) whose backward is two forward convolutions.
 
-    torch's CPU backward of depthwise 3D convolutions is 20-40x slower than their forward (measured on an idle 2-core
-    EPYC, 2 threads, channels-last, batch 2, torch 2.15: 3x3x3 at 128 x 10x14x10 5.7 ms for forward + backward
-    against 0.3 ms forward; MDSA's 7x7x7 there 61.6 ms against 1.5 ms). Both gradients are correlations that oneDNN's
-    fast forward kernels compute: the input's gradient is the depthwise convolution of the output's gradient with
-    the flipped kernel; the weight's gradient is the padded input correlated with the output's gradient, one group
-    per (sample, channel), summed over the samples (forward + both gradients: 1.8 ms and 10.5 ms). In 2D torch's own
-    backward is as fast or faster (3x3 at 128 x 64x64: 4.2 ms against 11 ms), so 2D keeps it."""
+    torch's CPU backward of depthwise convolutions is 10-50x slower than their forward (torch 2.14, 2 threads, batch
+    2: 3x3x3 at 128 x 10x14x10 18 ms forward + backward against 0.7 ms forward; MDSA's 7x7x7 there 144 ms against
+    2.8 ms; a 2D 7x7 at 128 x 64x64 46 ms against 1.8 ms). Both gradients are correlations that oneDNN's fast forward
+    kernels compute: the input's gradient is the depthwise convolution of the output's gradient with the flipped
+    kernel; the weight's gradient is the padded input correlated with the output's gradient, one group per (sample,
+    channel), summed over the samples (forward + both gradients there: 4.8 ms, 22 ms and 24 ms). For 2D 3x3 kernels
+    torch's own backward is faster (1.7 ms against 5.8 ms at 256 x 32x32): :meth:`_CPUConvolution._cpu_path` keeps
+    it there."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, padding):  # type: ignore[override]
+    def forward(ctx, input, weight, bias, padding):
         ctx.save_for_backward(input, weight)
         ctx.padding, ctx.has_bias = tuple(padding), bias is not None
         return _CONV[weight.dim() - 2](input, weight, bias, padding=ctx.padding, groups=input.shape[1])
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         input, weight = ctx.saved_tensors
         nd = weight.dim() - 2
         conv, layout = _CONV[nd], _CHANNELS_LAST.get(nd, torch.contiguous_format)
@@ -72,14 +73,28 @@ class _DepthwiseConv(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
-class _ChannelsLastOnCPU:
-    """Grouped and depthwise convolutions on the CPU run in channels-last layout, where oneDNN has fast kernels.
+# How a grouped or depthwise convolution runs on the CPU (``_CPUConvolution._cpu_path``)
+PLAIN, CHANNELS_LAST, DEPTHWISE = "plain", "channels-last", "depthwise"
 
-    Measured forward + backward on 2 CPU cores, 1 thread, torch 2.14 (``benchmarks/network_speed.py`` has the whole
-    networks): a 3x3x3 depthwise conv at 128 x 10x14x10 1.36x faster, 7x7x7 2.3x, ResNeXt's 4-group 3x3x3 conv at
-    16 x 40x56x40 2.7x, a 2D 7x7 depthwise conv 2x, the layout copies in and out included. Elsewhere (CUDA: cuDNN,
-    and dense convolutions) nothing changes. Parameters, state-dict keys and results (to round-off) are those of the
-    plain convolution class, which this one subclasses."""
+
+class _CPUConvolution:
+    """Grouped and depthwise convolutions on the CPU take the path that measured fastest for their kind.
+
+    Forward + backward (training) and forward alone (inference), each against the plain convolution, 2 threads,
+    torch 2.14, batch 2, the shapes of the benchmark's plans (min of 14 runs; ``benchmarks/network_speed.py`` has the
+    whole networks):
+
+    - training, 3D, stride 1: channels-last layout, where oneDNN has fast grouped kernels (ResNeXt's 4-group 3x3x3
+      at 16 x 40x56x40 0.59x the time, 8 groups at 32 x 20x28x20 0.59x, the layout copies in and out included);
+      depthwise also with :class:`_DepthwiseConv`'s backward (0.15-0.3x);
+    - training, 2D depthwise with a kernel of 5 or more: :class:`_DepthwiseConv`, no layout change (7x7 at
+      128 x 64x64 0.52x, 256 x 32x32 0.26x);
+    - everything else runs plain: strided grouped convolutions (channels-last 0.9-1.15x in 3D, 1.6-2.7x in 2D: the
+      copy of the larger input outweighs the gain), other 2D ones (channels-last 0.9-3.4x: mostly slower), and any
+      forward without a gradient (channels-last 1.0-2.2x in 3D, 1.1-5.9x in 2D: its gain is in the backward).
+
+    CUDA (cuDNN) and dense convolutions are untouched. Parameters, state-dict keys and results (to round-off) are
+    those of the plain convolution class, which this one subclasses."""
 
     groups: int
     in_channels: int
@@ -87,36 +102,42 @@ class _ChannelsLastOnCPU:
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
     padding: Any
-    padding_mode: str
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"]
 
-    def _is_depthwise(self) -> bool:
-        """3D depthwise with stride 1, no dilation and zero padding of whole voxels: :class:`_DepthwiseConv` applies."""
-        return (
-            len(self.stride) == 3
-            and self.groups == self.in_channels == self.out_channels
-            and all(s == 1 for s in self.stride)
+    def _cpu_path(self, input: torch.Tensor, weight: torch.Tensor) -> str:
+        """:data:`PLAIN`, :data:`CHANNELS_LAST` or :data:`DEPTHWISE` for this call (rules in the class docstring)."""
+        training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
+        if input.device.type != "cpu" or self.groups == 1 or not training or any(s != 1 for s in self.stride):
+            return PLAIN
+        depthwise = (
+            self.groups == self.in_channels == self.out_channels
             and all(d == 1 for d in self.dilation)
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
         )
+        if input.dim() == 5:
+            return DEPTHWISE if depthwise else CHANNELS_LAST
+        return DEPTHWISE if depthwise and min(weight.shape[2:]) >= 5 else PLAIN
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        if input.device.type != "cpu" or self.groups == 1:
+        path = self._cpu_path(input, weight)
+        if path == PLAIN:
             return super()._conv_forward(input, weight, bias)  # type: ignore[misc]
-        input = input.contiguous(memory_format=_CHANNELS_LAST[input.dim() - 2])
-        if self._is_depthwise():
+        if input.dim() == 5:
+            input = input.contiguous(memory_format=torch.channels_last_3d)
+        if path == DEPTHWISE:
             output = _DepthwiseConv.apply(input, weight, bias, self.padding)
         else:
             output = super()._conv_forward(input, weight, bias)  # type: ignore[misc]
         return output.contiguous()
 
 
-class GroupedConv2d(_ChannelsLastOnCPU, nn.Conv2d):
-    """``nn.Conv2d``, channels-last on the CPU when grouped (see ``_ChannelsLastOnCPU``)."""
+class GroupedConv2d(_CPUConvolution, nn.Conv2d):
+    """``nn.Conv2d``, on the CPU by the fastest path for grouped and depthwise kernels (see ``_CPUConvolution``)."""
 
 
-class GroupedConv3d(_ChannelsLastOnCPU, nn.Conv3d):
-    """``nn.Conv3d``, channels-last on the CPU when grouped (see ``_ChannelsLastOnCPU``)."""
+class GroupedConv3d(_CPUConvolution, nn.Conv3d):
+    """``nn.Conv3d``, on the CPU by the fastest path for grouped and depthwise kernels (see ``_CPUConvolution``)."""
 
 
 def grouped_conv_op(conv_op: type[nn.Module]) -> type[nn.Module]:
