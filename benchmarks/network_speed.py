@@ -652,6 +652,19 @@ def measure_plan(plan: Plan, keys: Sequence[str], device: torch.device, mode: st
     return record
 
 
+def _commit() -> Optional[str]:
+    """This checkout's commit (``+dirty`` with uncommitted changes to tracked files), None outside git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def default_output(device: torch.device, mode: str, tiny: bool) -> Path:
     return RESULTS / f"network-speed-{device.type}-{mode}{'-tiny' if tiny else ''}.json"
 
@@ -685,6 +698,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps_per_round": args.steps,
         "date": time.strftime("%Y-%m-%d"),
         "load_average_start": load_average(),
+        "commit": _commit(),
         "plans": {},
     }
     started = time.perf_counter()
@@ -805,7 +819,7 @@ def ops_table(result: dict, plan_name: str) -> str:
 def render(result: dict) -> str:
     lines = [f"### {result['device'].upper()}, {result['mode']} ({result['precision']}) on {result['machine']} "
              f"({result['date']})", "",
-             f"Command: `{result['command']}`  ",
+             f"Command: `{result['command']}` at commit {str(result.get('commit'))[:10]}  ",
              f"torch {result['torch']}, {result['threads']} threads, {result['repeats']} rounds x "
              f"{result['steps_per_round']} step(s), load average {result.get('load_average_start')} at the start, "
              f"{result.get('load_average_end')} at the end, {result.get('wall_s', 0) / 60:.0f} min. Ratios are "

@@ -37,6 +37,7 @@ __all__ = [
     "fit_window",
     "relative_position_index",
     "window_attention_mask",
+    "window_mask_bias",
     "window_partition",
     "window_reverse",
 ]
@@ -100,6 +101,24 @@ def window_attention_mask(
     )
 
 
+def window_mask_bias(
+    shape: Sequence[int],
+    padded: Sequence[int],
+    window: Sequence[int],
+    shift: Sequence[int],
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """:func:`window_attention_mask` as the additive float32 mask SDPA takes: 0 where allowed, -inf elsewhere, (nW, N,
+    N), built once per shape and device (each forward then adds it to the bias instead of negating and filling)."""
+    key = (tuple(shape), tuple(padded), tuple(window), tuple(shift))
+
+    def build() -> torch.Tensor:
+        allowed = window_attention_mask(shape, padded, window, shift, device)
+        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+
+    return shape_constant("swin_mask_bias", key, torch.device(device or "cpu"), build)
+
+
 def _build_window_mask(
     shape: Sequence[int],
     padded: Sequence[int],
@@ -149,18 +168,19 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table.float()[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, windows: torch.Tensor, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``windows`` (B, nW, N, C); ``allowed`` bool (nW, N, N) or None (every key)."""
+    def forward(self, windows: torch.Tensor, mask_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``windows`` (B, nW, N, C); ``mask_bias`` float (nW, N, N), 0 where a key is allowed and -inf where not
+        (:func:`window_mask_bias`), or None (every key)."""
         b, nw, n, c = windows.shape
         h = self.num_heads
         qkv = self.qkv(windows).reshape(b, nw, n, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
         bias = self.relative_position_bias()  # (heads, N, N), fp32
-        if allowed is None:  # one bias for every window: (B x nW, heads) batches, the bias broadcasts
+        if mask_bias is None:  # one bias for every window: (B x nW, heads) batches, the bias broadcasts
             q, k, v = (t.reshape(b * nw, h, n, c // h) for t in qkv.unbind(0))
             mask = bias[None].to(q.dtype)
         else:  # windows x heads on one axis: the per-window mask broadcasts over the batch, not copied per sample
             q, k, v = (t.reshape(b, nw * h, n, c // h) for t in qkv.unbind(0))
-            mask = bias[None].masked_fill(~allowed[:, None], float("-inf"))  # (nW, heads, N, N)
+            mask = bias[None] + mask_bias[:, None]  # (nW, heads, N, N): -inf where not allowed, as masked_fill
             mask = mask.reshape(1, nw * h, n, n).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.reshape(b, nw, h, n, c // h).transpose(2, 3).reshape(b, nw, n, c)
@@ -210,10 +230,10 @@ class SwinBlock(nn.Module):
         y = pad_end(self.norm1(x), padded, start=1)
         if any(shift):
             y = torch.roll(y, shifts=[-s for s in shift], dims=axes)
-        allowed = None
+        mask_bias = None
         if any(shift) or padded != spatial:
-            allowed = window_attention_mask(spatial, padded, self.window, shift, device=x.device)
-        y = self.attn(window_partition(y, self.window), allowed)
+            mask_bias = window_mask_bias(spatial, padded, self.window, shift, device=x.device)
+        y = self.attn(window_partition(y, self.window), mask_bias)
         y = window_reverse(y, self.window, padded)
         if any(shift):
             y = torch.roll(y, shifts=list(shift), dims=axes)
