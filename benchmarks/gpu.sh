@@ -200,12 +200,12 @@ fi
 case "$CMD" in
   main)
     # shellcheck disable=SC2086  # the module lists split on whitespace
-    step tests 80 "$PY" -m pytest -q -p no:cacheprovider -m gpu --junitxml="$R/pytest-gpu.xml" $MAIN_TESTS
-    step speed-eager 100 "$PY" benchmarks/network_speed.py "${SPEED[@]}" --mode eager "${EAGER[@]}" --inference \
+    step tests 70 "$PY" -m pytest -q -p no:cacheprovider -m gpu --junitxml="$R/pytest-gpu.xml" $MAIN_TESTS
+    step speed-eager 110 "$PY" benchmarks/network_speed.py "${SPEED[@]}" --mode eager "${EAGER[@]}" --inference \
       --out "$R/network-speed-$DEVICE-eager.json"
-    step speed-compiled 120 "$PY" benchmarks/network_speed.py "${SPEED[@]}" --mode compiled "${COMPILED[@]}" \
+    step speed-compiled 110 "$PY" benchmarks/network_speed.py "${SPEED[@]}" --mode compiled "${COMPILED[@]}" \
       --out "$R/network-speed-$DEVICE-compiled.json"
-    step attention 30 "$PY" benchmarks/attention.py "${ATTENTION[@]}" --out "$R/attention-$DEVICE.json"
+    step attention 40 "$PY" benchmarks/attention.py "${ATTENTION[@]}" --out "$R/attention-$DEVICE.json"
     ;;
   nnunet)
     # shellcheck disable=SC2086
