@@ -104,3 +104,59 @@ def test_region_bookkeeping_is_built_once_per_shape():
     first, again = region_layout((10, 14, 10), (3, 4, 3)), region_layout([10, 14, 10], [3, 4, 3])
     assert first is again
     assert first.token_valid() is again.token_valid() and first.region_counts() is again.region_counts()
+
+
+def _ops(fn) -> list[str]:
+    """The aten operators that ``fn()`` runs (torch.profiler's CPU events, views included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name.startswith("aten::")]
+
+
+def test_swin_additive_mask_is_built_once_per_shape_and_each_forward_only_adds_it(monkeypatch):
+    from nnunet_sparseattn.layers import shapes, window_attention
+    from nnunet_sparseattn.layers.window_attention import SwinBlock, window_attention_mask, window_mask_bias
+
+    monkeypatch.setattr(shapes, "_CONSTANTS", {})
+    args = ((5, 6), (6, 8), (3, 4), (1, 2))
+    bias = window_mask_bias(*args)
+    assert window_mask_bias(*args) is bias  # cached: the same tensor for every forward of that shape
+    allowed = window_attention_mask(*args)
+    torch.testing.assert_close(bias, torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf")), rtol=0, atol=0)
+    block = SwinBlock(16, 2, (3, 4), shift=True)
+    x = torch.randn(2, 5, 6, 16)
+    block(x)  # builds it for this block's shape
+    built = []
+    real = window_attention.window_attention_mask
+    monkeypatch.setattr(window_attention, "window_attention_mask", lambda *a, **k: built.append(a) or real(*a, **k))
+    ops = _ops(lambda: block(x))
+    assert built == [] and "aten::masked_fill" not in ops  # no mask work per forward: the bias is added to it
+
+
+def test_region_values_are_spread_to_their_tokens_in_one_copy():
+    from nnunet_sparseattn.layers.bilevel_attention import upsample_regions
+
+    for spatial, grid in (((8, 12, 8), (2, 3, 2)), ((7, 10, 5), (2, 3, 2))):  # whole regions, and padded ones
+        layout = region_layout(spatial, grid)
+        values = torch.randn(2, layout.num_regions, 4)
+        ops = _ops(lambda: upsample_regions(values, layout))
+        assert ops.count("aten::copy_") == 1 and "aten::repeat_interleave" not in ops  # not one copy per axis
+        reference = values.transpose(1, 2).reshape(2, 4, *layout.grid)
+        for axis, (r, s) in enumerate(zip(layout.region, spatial)):
+            reference = reference.repeat_interleave(r, dim=2 + axis).narrow(2 + axis, 0, s)
+        torch.testing.assert_close(upsample_regions(values, layout), reference, rtol=0, atol=0)
+
+
+def test_multiscale_kernel_gets_its_identity_in_place_not_from_a_kernel_of_zeros():
+    torch.manual_seed(0)
+    agg = MultiScaleAggregation(8, nn.Conv3d, "dwconv", (3, 5, 7))
+    ops = _ops(agg.dwconv_kernel)
+    assert "aten::zeros_like" not in ops and "aten::zeros" not in ops
+    weight, bias = agg.dwconv_kernel()
+    identity = torch.zeros_like(weight)
+    identity[:, :, 3, 3, 3] = 1.0
+    summed = sum(F.pad(b.weight, [(7 - k) // 2] * 6) for k, b in zip((3, 5, 7), agg.branches))
+    torch.testing.assert_close(weight, summed + identity, rtol=0, atol=0)
+    torch.testing.assert_close(bias, sum(b.bias for b in agg.branches), rtol=0, atol=0)
