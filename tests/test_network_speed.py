@@ -153,4 +153,6 @@ def test_a_tiny_run_interleaves_before_and_after_and_writes_its_tables(tmp_path)
     assert plan["before"]["networks"]["mdsa"]["first_loss_difference"] < 1e-5  # same code, same loss
     assert plan["before"]["networks"]["mdsa"]["flops"] == plan["networks"]["mdsa"]["flops"]
     text = ns.render(result)
-    assert "Before (`HEAD`" in text and "| MDSA |" in text
+    assert "Before (`HEAD`" in text and "| MDSA |" in text and "CPU time per FLOP" in text
+    cuda = ns.render({**result, "device": "cuda", "mode": "compiled"})  # the GPU run's columns render too
+    assert "of the planner's 8 GB" in cuda and "graph breaks" in cuda

@@ -38,11 +38,12 @@ def test_grouped_convolutions_give_the_plain_result_in_channels_last(conv_op, gr
         (3, 8, 3, 1, True, DEPTHWISE),  # depthwise 3D: channels-last and the backward of forward convolutions
         (3, 8, (1, 3, 3), 1, True, DEPTHWISE),  # anisotropic plans' kernels too
         (3, 4, 3, 1, True, CHANNELS_LAST),  # grouped 3D (ResNeXt)
-        (3, 4, 3, 2, True, PLAIN),  # strided: the layout copy of the larger input costs more than it gains
+        (3, 4, 3, 2, True, CHANNELS_LAST),  # strided too
         (3, 8, 3, 1, False, PLAIN),  # inference: no backward to gain in
         (2, 8, 7, 1, True, DEPTHWISE),  # 2D depthwise 7x7 (MDSA's aggregation): the fast backward, plain layout
         (2, 8, 3, 1, True, PLAIN),  # 2D depthwise 3x3: torch's own backward is faster
-        (2, 4, 3, 1, True, PLAIN),  # 2D grouped
+        (2, 4, 3, 1, True, CHANNELS_LAST),  # 2D grouped
+        (2, 4, 3, 2, True, PLAIN),  # 2D grouped, strided: the copy of the larger input costs more than it gains
         (2, 8, 7, 1, False, PLAIN),
     ],
 )

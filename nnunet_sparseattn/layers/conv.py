@@ -36,14 +36,14 @@ _CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 class _DepthwiseConv(torch.autograd.Function):
     """A depthwise convolution (stride 1, no dilation, zero padding) whose backward is two forward convolutions.
 
-    torch's CPU backward of depthwise convolutions is 10-50x slower than their forward (torch 2.14, 2 threads, batch
-    2: 3x3x3 at 128 x 10x14x10 18 ms forward + backward against 0.7 ms forward; MDSA's 7x7x7 there 144 ms against
-    2.8 ms; a 2D 7x7 at 128 x 64x64 46 ms against 1.8 ms). Both gradients are correlations that oneDNN's fast forward
+    torch's CPU backward of depthwise convolutions is 10-50x slower than their forward (``benchmarks/conv_paths.py``:
+    3x3x3 at 128 x 10x14x10 10.3 ms forward + backward against 0.6 ms forward; MDSA's 7x7x7 there 80 ms against 1.6
+    ms; a 2D 7x7 at 128 x 64x64 44 ms against 1.2 ms). Both gradients are correlations that oneDNN's fast forward
     kernels compute: the input's gradient is the depthwise convolution of the output's gradient with the flipped
     kernel; the weight's gradient is the padded input correlated with the output's gradient, one group per (sample,
-    channel), summed over the samples (forward + both gradients there: 4.8 ms, 22 ms and 24 ms). For 2D 3x3 kernels
-    torch's own backward is faster (1.7 ms against 5.8 ms at 256 x 32x32): :meth:`_CPUConvolution._cpu_path` keeps
-    it there."""
+    channel), summed over the samples (forward + both gradients there: 4.1 ms, 13 ms and 10 ms). For 2D 3x3 kernels
+    torch's own backward is faster (1.8 ms against 4.4 ms at 256 x 32x32): :meth:`_CPUConvolution._cpu_path` keeps it
+    there."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, padding):
@@ -80,18 +80,19 @@ PLAIN, CHANNELS_LAST, DEPTHWISE = "plain", "channels-last", "depthwise"
 class _CPUConvolution:
     """Grouped and depthwise convolutions on the CPU take the path that measured fastest for their kind.
 
-    Forward + backward (training) and forward alone (inference), each against the plain convolution, 2 threads,
-    torch 2.14, batch 2, the shapes of the benchmark's plans (min of 14 runs; ``benchmarks/network_speed.py`` has the
-    whole networks):
+    ``benchmarks/conv_paths.py`` (``benchmarks/results/conv-paths-cpu.json``) times each grouped and depthwise
+    convolution of the benchmark's plans plain, channels-last and with :class:`_DepthwiseConv`'s backward, forward +
+    backward (training) and forward alone (inference), 2 threads, torch 2.14, batch 2, on a quiet machine. Times
+    against the plain convolution's:
 
-    - training, 3D, stride 1: channels-last layout, where oneDNN has fast grouped kernels (ResNeXt's 4-group 3x3x3
-      at 16 x 40x56x40 0.59x the time, 8 groups at 32 x 20x28x20 0.59x, the layout copies in and out included);
-      depthwise also with :class:`_DepthwiseConv`'s backward (0.15-0.3x);
-    - training, 2D depthwise with a kernel of 5 or more: :class:`_DepthwiseConv`, no layout change (7x7 at
-      128 x 64x64 0.52x, 256 x 32x32 0.26x);
-    - everything else runs plain: strided grouped convolutions (channels-last 0.9-1.15x in 3D, 1.6-2.7x in 2D: the
-      copy of the larger input outweighs the gain), other 2D ones (channels-last 0.9-3.4x: mostly slower), and any
-      forward without a gradient (channels-last 1.0-2.2x in 3D, 1.1-5.9x in 2D: its gain is in the backward).
+    - training, depthwise 3D: channels-last with the backward of forward convolutions (0.17-0.4x);
+    - training, depthwise 2D with a kernel of 5 or more: that backward, plain layout (7x7: 0.1-0.55x); 3x3 kernels
+      stay plain (channels-last 2.2-2.5x, the fast backward 2.5-2.7x: torch's own 2D backward is quick there);
+    - training, grouped 3D: channels-last, where oneDNN has fast grouped kernels (ResNeXt's 4-group 3x3x3 at 16 x
+      40x56x40 0.47x, 8 groups at 32 x 20x28x20 0.24x, strided 0.7-1.0x; the layout copies in and out included);
+    - training, grouped 2D: channels-last at stride 1 (0.65-0.85x), plain when strided (channels-last 1.3x);
+    - inference (no gradient): plain everywhere (channels-last 0.95-1.6x in 3D, 1.05-3.8x in 2D: its gain is in the
+      backward).
 
     CUDA (cuDNN) and dense convolutions are untouched. Parameters, state-dict keys and results (to round-off) are
     those of the plain convolution class, which this one subclasses."""
@@ -107,24 +108,28 @@ class _CPUConvolution:
     def _cpu_path(self, input: torch.Tensor, weight: torch.Tensor) -> str:
         """:data:`PLAIN`, :data:`CHANNELS_LAST` or :data:`DEPTHWISE` for this call (rules in the class docstring)."""
         training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
-        if input.device.type != "cpu" or self.groups == 1 or not training or any(s != 1 for s in self.stride):
+        if input.device.type != "cpu" or self.groups == 1 or not training:
             return PLAIN
+        stride_one = all(s == 1 for s in self.stride)
         depthwise = (
-            self.groups == self.in_channels == self.out_channels
+            stride_one
+            and self.groups == self.in_channels == self.out_channels
             and all(d == 1 for d in self.dilation)
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
         )
         if input.dim() == 5:
             return DEPTHWISE if depthwise else CHANNELS_LAST
-        return DEPTHWISE if depthwise and min(weight.shape[2:]) >= 5 else PLAIN
+        if depthwise:
+            return DEPTHWISE if min(weight.shape[2:]) >= 5 else PLAIN
+        return CHANNELS_LAST if stride_one else PLAIN
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         path = self._cpu_path(input, weight)
         if path == PLAIN:
             return super()._conv_forward(input, weight, bias)  # type: ignore[misc]
-        if input.dim() == 5:
-            input = input.contiguous(memory_format=torch.channels_last_3d)
+        if path == CHANNELS_LAST or input.dim() == 5:
+            input = input.contiguous(memory_format=_CHANNELS_LAST[input.dim() - 2])
         if path == DEPTHWISE:
             output = _DepthwiseConv.apply(input, weight, bias, self.padding)
         else:
