@@ -143,30 +143,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _nnunet_folder(variable: str, value: str | Path | None) -> Path:
-    """One of nnU-Net's folders (given, or nnU-Net's environment variable), refused in one line where it is not."""
-    if not value or not Path(value).is_dir():
-        raise UserError(
-            f"{variable} is {'not set' if not value else f'{value}, which does not exist'}: export "
-            f"{variable}=/path/to/{variable} (compare reads your dataset there)"
-        )
-    return Path(value).resolve()
-
-
 class Comparison:
     """One ``compare`` invocation: checks first (nothing written before every refusal had its chance), then the
     work, resumable at every step."""
 
     def __init__(self, request: CompareRequest, echo: Callable[[str], None] = print):
-        import os
-
         import torch
 
         self.echo = echo
-        self.raw_root = _nnunet_folder("nnUNet_raw", request.raw or os.environ.get("nnUNet_raw"))
-        self.preprocessed_root = _nnunet_folder(
-            "nnUNet_preprocessed", request.preprocessed or os.environ.get("nnUNet_preprocessed")
-        )
+        why = "compare reads your dataset there"
+        self.raw_root = datasets.nnunet_folder("nnUNet_raw", request.raw, why)
+        self.preprocessed_root = datasets.nnunet_folder("nnUNet_preprocessed", request.preprocessed, why)
         self.dataset_id = datasets.parse_dataset(request.dataset)
         self.raw = datasets.require_dataset(self.raw_root, self.dataset_id, "nnUNet_raw")
         self.configuration = request.configuration
@@ -206,14 +193,7 @@ class Comparison:
         return folder / f"{plans}.json"
 
     def _check_configuration(self, plans: str) -> dict:
-        path = self._plans_file(plans)
-        content = datasets.read_json(path)
-        if self.configuration not in content["configurations"]:
-            raise UserError(
-                f"the plans {plans} of {self.raw.name} have no configuration {self.configuration}: "
-                f"choose one of {', '.join(content['configurations'])}"
-            )
-        return content
+        return datasets.read_plans(self._plans_file(plans), self.configuration)
 
     def _check_plans_before_planning(self) -> None:
         path = self._plans_file_if_planned(self.plans)
