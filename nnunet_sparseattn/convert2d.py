@@ -52,7 +52,6 @@ import numpy as np
 from PIL import Image
 
 from nnunet_sparseattn.errors import UserError
-from nnunet_sparseattn.harness.datasets import dataset_folder
 
 __all__ = [
     "CONVERSION_RECORD",
@@ -440,10 +439,10 @@ def convert_2d(
     raw_root = Path(raw_root).expanduser()
     name = _dataset_name(images, name)
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
-    clash = dataset_folder(raw_root, dataset_id)
-    if clash is not None and not (overwrite and clash == target):
-        hint = " (pass overwrite to replace it)" if clash == target else ""
-        raise UserError(f"dataset id {dataset_id} is taken by {clash}{hint}: choose another id or remove it")
+    clash = [p for p in sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*")) if p.is_dir()] if raw_root.is_dir() else []
+    if clash and not (overwrite and clash == [target]):
+        hint = " (pass overwrite to replace it)" if clash == [target] else ""
+        raise UserError(f"dataset id {dataset_id} is taken by {clash[0]}{hint}: choose another id or remove it")
 
     pairs, suffix = pair_images_and_masks(images, masks, mask_suffix)
     if limit is not None:
