@@ -18,7 +18,7 @@ import pytest
 from plans_cases import HIPPOCAMPUS_3D, plans_for
 
 from nnunet_sparseattn.cli import main
-from nnunet_sparseattn.compare.report import plot_comparison, render_markdown, results_table
+from nnunet_sparseattn.compare.report import plot_comparison, render_markdown, results_table, size
 from nnunet_sparseattn.compare.results import RESULTS_FILE, paired_test, smallest_p_value
 from nnunet_sparseattn.compare.run import CompareRequest, Comparison, parse_folds, plan_runs
 from nnunet_sparseattn.errors import UserError
@@ -140,6 +140,39 @@ def test_refuses_the_folder_of_another_comparison(planned, capsys):
     stray.mkdir()
     (stray / "notes.txt").write_text("mine")
     assert "is not empty and holds no compare.json" in _refused(capsys, *BASE, "-o", str(stray))
+
+
+def test_a_resumed_comparison_counts_the_flops_of_its_kept_runs_again(planned):
+    """Finished runs are kept (nothing trained or predicted again) but their FLOPs are counted with today's counter
+    (an earlier one counted every CPU attention as 0): a rerun of the same command refreshes a report's cost. A run
+    whose network has other parameters than when it trained keeps what was measured then."""
+    from nnunet_sparseattn.harness.networks import network_cost
+    from nnunet_sparseattn.trainers import nnUNetTrainerBSA
+
+    out = planned / "out"
+    lines: list[str] = []
+    request = CompareRequest(999, "3d_fullres", out, trainers=["nnUNetTrainerBSA"], budget="tiny", device="cpu")
+    comparison = Comparison(request, echo=lines.append)
+    pre = planned / "pre" / "Dataset999_Contracts"
+    (pre / "nnUNetPlans_3d_fullres").mkdir()  # preprocessed: compare plans and preprocesses nothing
+    (pre / "nnUNetPlans_3d_fullres" / "case.npz").write_bytes(b"")
+    cost = network_cost(nnUNetTrainerBSA, json.loads((pre / "nnUNetPlans.json").read_text()), "3d_fullres",
+                        json.loads((pre / "dataset.json").read_text()))
+    per_case = {"p": {"mean_dice": 0.5}, "q": {"mean_dice": 0.6}}
+    done = {"status": "done", "mean_dice": 0.55, "s_per_iter": 1.0, "per_case": per_case}
+    stale = {"nnUNetTrainer__nnUNetPlans": dict(done, label="stock nnU-Net", baseline=True, params=1, flops=7),
+             "nnUNetTrainerBSA__nnUNetPlans": dict(done, label="BSA", params=cost["params"], flops=1)}
+    out.mkdir()
+    (out / RESULTS_FILE).write_text(json.dumps(dict(comparison.header, runs=stale, tests=[])))
+    results = Comparison(request, echo=lines.append).run()
+    bsa = results["runs"]["nnUNetTrainerBSA__nnUNetPlans"]
+    assert bsa == dict(stale["nnUNetTrainerBSA__nnUNetPlans"], **cost)  # only the cost changed
+    assert results["runs"]["nnUNetTrainer__nnUNetPlans"] == stale["nnUNetTrainer__nnUNetPlans"]
+    assert f"BSA: done before, kept; FLOPs counted again: 1 -> {cost['flops']}" in lines
+    assert any(line.startswith("stock nnU-Net: done before, kept; its network now has ") for line in lines)
+    assert json.loads((out / RESULTS_FILE).read_text())["runs"]["nnUNetTrainerBSA__nnUNetPlans"]["flops"] == \
+        cost["flops"]
+    assert f"| {size(cost['flops'])} | done |" in (out / "compare.md").read_text()
 
 
 # --------------------------------------------------------------------------------------------- the test

@@ -7,8 +7,8 @@ own and shared, as nnU-Net shares it). It then predicts the held-out cases with 
 with the ensemble of the folds where ``labelsTs`` exists, else every fold's validation cases with that fold's
 model), scores them (``harness.scoring``) and tests each trainer against each baseline per case
 (``results.paired_test``). Everything lands in ``OUTPUT_FOLDER``: ``compare.json``, ``compare.md``, ``compare.png``,
-one nnU-Net log per run in ``logs/``. Run again with the same arguments, it resumes: finished runs are kept, a
-killed training continues from its last epoch (nnU-Net's ``--c``).
+one nnU-Net log per run in ``logs/``. Run again with the same arguments, it resumes: finished runs are kept (their
+FLOPs counted again), a killed training continues from its last epoch (nnU-Net's ``--c``).
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class Comparison:
         for run in self.runs:
             record = dict(self.store.run(run.key) or {})
             if record.get("status") == "done":
-                self.echo(f"{run.label}: done before, kept")
+                self.store.set_run(run.key, self._recount(run, record))
                 continue
             try:
                 record = self._run(run, record)
@@ -308,6 +308,24 @@ class Comparison:
             f"{run.label}: mean Dice {_num(record['mean_dice'])} ({summary}), {record['s_per_iter']:.3f} s/iter,"
             f" {record['s_per_case']:.2f} s/case"
         )
+        return record
+
+    def _recount(self, run: Run, record: dict[str, Any]) -> dict[str, Any]:
+        """A finished run, kept, with its FLOPs counted again: the count is a function of the network and of how
+        FLOPs are counted, so a kept run gets what a fresh one would (an earlier counter counted no CPU attention).
+        Other parameters than when it trained mean another network than the trained one: then nothing is changed
+        and a line says so."""
+        cost = self._cost(run)
+        if record.get("params") is not None and record["params"] != cost["params"]:
+            self.echo(
+                f"{run.label}: done before, kept; its network now has {cost['params']} parameters, not "
+                f"{record['params']} as when trained: its cost is left as measured then"
+            )
+            return record
+        if any(record.get(key) != value for key, value in cost.items()):
+            self.echo(f"{run.label}: done before, kept; FLOPs counted again: {record.get('flops')} -> {cost['flops']}")
+            return dict(record, **cost)
+        self.echo(f"{run.label}: done before, kept")
         return record
 
     def _cost(self, run: Run) -> dict[str, Any]:
