@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from plans_cases import HIPPOCAMPUS_3D, plans_for
 
@@ -233,6 +234,40 @@ def test_markdown_states_the_test_and_the_cost_beside_each_trainer(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = dict(_results(), runs={})
     assert plot_comparison(empty, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_runs_get_evaluates_metrics_and_the_report_shows_them(tmp_path):
+    """Besides its own Dice and HD95, compare scores each run's predictions with ``evaluate`` (IoU, NSD and, in 2D,
+    the polyp papers' mDSC ... MAE); checked by hand on squares shifted by 0, 2 and 4 pixels."""
+    from PIL import Image
+
+    from nnunet_sparseattn.compare.run import EVALUATED, evaluate_predictions
+
+    labels, predictions = tmp_path / "labels", tmp_path / "pred"
+    labels.mkdir(), predictions.mkdir()
+    meta = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "lesion": 1},
+            "numTraining": 3, "file_ending": ".png"}
+    (predictions / "dataset.json").write_text(json.dumps(meta))  # nnUNetv2_predict writes one
+    for i, shift in enumerate((0, 2, 4)):
+        ref = np.zeros((32, 32), np.uint8)
+        ref[8:20, 8:20] = 1
+        Image.fromarray(ref).save(labels / f"c{i}.png")
+        Image.fromarray(np.roll(ref, shift, axis=1)).save(predictions / f"c{i}.png")
+    record = evaluate_predictions(labels, predictions)
+    assert set(record) == set(EVALUATED) and record["dimensionality"] == "2d" and record["num_cases"] == 3
+    iou = (1 + 120 / 168 + 96 / 192) / 3  # 12x12 squares overlapping by 12, 10 and 8 columns
+    assert record["mean"]["classes"]["lesion"]["IoU"] == pytest.approx(iou)
+    assert record["mean"]["iou"] == pytest.approx(iou) and record["mean"]["dice"] == pytest.approx(
+        (1 + 240 / 288 + 192 / 288) / 3)
+    assert record["sources"]["S_α, F^w_β, E^max_φ, MAE"] == "masks"
+    results = _results()
+    results["runs"]["nnUNetTrainerBSA__nnUNetPlans"]["evaluate"] = record
+    text = render_markdown(results)
+    assert "`nnunet-sparseattn evaluate`'s metrics of the same predictions" in text
+    assert f"| BSA | {record['mean']['dice']:.3f} | {iou:.3f} |" in text
+    regions = {"background": 0, "whole": [1, 2], "core": [2]}  # nnU-Net's region-based training
+    (predictions / "dataset.json").write_text(json.dumps(dict(meta, labels=regions, regions_class_order=[1, 2])))
+    assert evaluate_predictions(labels, predictions) is None  # regions: compare's own scores only
 
 
 # ---------------------------------------------------------------------------------------------------- info

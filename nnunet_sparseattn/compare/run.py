@@ -5,10 +5,10 @@ a plans file) trains the budgeted trainer ``<Trainer>_bench<budget>`` with ``nnU
 fold, into ``OUTPUT_FOLDER/nnUNet_results`` (never the user's ``nnUNet_results``; the preprocessed data is nnU-Net's
 own and shared, as nnU-Net shares it). It then predicts the held-out cases with ``nnUNetv2_predict`` (``imagesTs``
 with the ensemble of the folds where ``labelsTs`` exists, else every fold's validation cases with that fold's
-model), scores them (``harness.scoring``) and tests each trainer against each baseline per case
-(``results.paired_test``). Everything lands in ``OUTPUT_FOLDER``: ``compare.json``, ``compare.md``, ``compare.png``,
-one nnU-Net log per run in ``logs/``. Run again with the same arguments, it resumes: finished runs are kept (their
-FLOPs counted again), a killed training continues from its last epoch (nnU-Net's ``--c``).
+model), scores them (``harness.scoring``, and ``evaluate``'s metrics) and tests each trainer against each baseline
+per case (``results.paired_test``). Everything lands in ``OUTPUT_FOLDER``: ``compare.json``, ``compare.md``,
+``compare.png``, one nnU-Net log per run in ``logs/``. Run again with the same arguments, it resumes: finished runs
+are kept (their FLOPs counted again), a killed training continues from its last epoch (nnU-Net's ``--c``).
 """
 
 from __future__ import annotations
@@ -143,6 +143,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+# what a run's record keeps of evaluate's result (the per-case values stay in its JSON beside the predictions)
+EVALUATED = ("dimensionality", "distance_unit", "nsd_tolerance", "num_cases", "sources", "mean")
+
+
+def evaluate_predictions(labels: Path, predictions: Path) -> dict[str, Any] | None:
+    """``nnunet-sparseattn evaluate``'s metrics of one run's predictions, means over the held-out cases (per case: its
+    JSON in the predictions folder): IoU and NSD per class, and for 2D data the polyp papers' mDSC ... MAE, on the
+    predicted masks (compare saves no probabilities). None where evaluate does not score the dataset (regions, an
+    ignore label); compare's own Dice and HD95 score those."""
+    from nnunet_sparseattn.evaluation import evaluate_folders, unscored_labels
+
+    if unscored_labels(datasets.read_json(predictions / "dataset.json")) is not None:
+        return None
+    [result], _, _ = evaluate_folders(labels, [predictions], num_processes=1)
+    return {key: result[key] for key in EVALUATED}
+
+
 class Comparison:
     """One ``compare`` invocation: checks first (nothing written before every refusal had its chance), then the
     work, resumable at every step."""
@@ -234,7 +251,11 @@ class Comparison:
         for run in self.runs:
             record = dict(self.store.run(run.key) or {})
             if record.get("status") == "done":
-                self.store.set_run(run.key, self._recount(run, record))
+                record = self._recount(run, record)
+                predictions = self.output / "predictions" / run.key
+                if "evaluate" not in record and predictions.is_dir():  # scored before compare ran evaluate
+                    record["evaluate"] = evaluate_predictions(self.output / "heldout" / "labels", predictions)
+                self.store.set_run(run.key, record)
                 continue
             try:
                 record = self._run(run, record)
@@ -436,7 +457,13 @@ class Comparison:
             datasets.read_json(preprocessed / "dataset.json"),
             self._plans_file(run.plans),
         )
-        return {"s_per_case": loop_s / cases, "predict_wall_s": round(wall, 2), "predicted_cases": cases, **scores}
+        return {
+            "s_per_case": loop_s / cases,
+            "predict_wall_s": round(wall, 2),
+            "predicted_cases": cases,
+            **scores,
+            "evaluate": evaluate_predictions(self.output / "heldout" / "labels", predictions),
+        }
 
     # ------------------------------------------------------------------------------------------- reports
     def _update_tests(self) -> None:
