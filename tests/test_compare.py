@@ -384,3 +384,25 @@ def test_the_resenc_baseline_is_planned_by_nnunets_own_planner_on_the_shared_dat
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("nnUNetTrainer ")]
     assert [row.split()[1] for row in rows] == ["nnUNetPlans", "nnUNetResEncUNetMPlans"]
     assert "ResidualEncoderUNet" in rows[1]
+
+
+@pytest.mark.slow
+def test_a_dataset_with_test_labels_is_scored_on_imagests_by_the_folds_ensemble(isic_nnunet, tmp_path):
+    """Where ``labelsTs`` exists, compare predicts ``imagesTs`` (with the trained folds, here fold 0) instead of the
+    validation cases, and scores it with its own Dice/HD95 and evaluate's 2D metrics. One run (the stock baseline)
+    at the tiny budget on the shared ISIC 2017 data (2 test cases)."""
+    run = isic_nnunet
+    env = run["env"]
+    request = CompareRequest(run["id"], "2d", tmp_path / "out", trainers=[], budget="tiny", device="cpu",
+                             raw=Path(env["nnUNet_raw"]), preprocessed=Path(env["nnUNet_preprocessed"]))
+    results = Comparison(request, echo=print).run()
+    tests = sorted(p.name.removesuffix(".png") for p in run["labels"].glob("*.png"))
+    assert results["heldout"] == {"kind": "test", "cases": {"test": tests}}
+    stock = results["runs"]["nnUNetTrainer__nnUNetPlans"]
+    assert stock["status"] == "done" and stock["predicted_cases"] == len(tests) == 2
+    assert sorted(stock["per_case"]) == tests and 0.0 <= stock["mean_dice"] <= 1.0
+    evaluated = stock["evaluate"]
+    assert evaluated["dimensionality"] == "2d" and evaluated["num_cases"] == 2
+    assert evaluated["mean"]["classes"]["foreground"]["Dice"] == pytest.approx(stock["dice"]["foreground"])
+    assert all(0.0 <= evaluated["mean"][k] <= 1.0 for k in ("dice", "iou", "s_alpha", "weighted_f", "max_e", "mae"))
+    assert "imagesTs (labelsTs), predicted by the ensemble" in (tmp_path / "out" / "compare.md").read_text()
