@@ -49,6 +49,7 @@ __all__ = [
     "SHARED_KWARGS",
     "SkipsEncoder",
     "heads_for",
+    "conv_block_args",
     "normalize_plans_kwargs",
     "per_stage",
     "serialize_arch_kwargs",
@@ -67,6 +68,16 @@ class PlansError(UserError):
 
 
 # The plans' architecture arguments every network here takes (PlainConvUNet's names).
+# The last of them, in StackedConvBlocks' positional order after its stride.
+CONV_BLOCK_KWARGS: tuple[str, ...] = (
+    "conv_bias",
+    "norm_op",
+    "norm_op_kwargs",
+    "dropout_op",
+    "dropout_op_kwargs",
+    "nonlin",
+    "nonlin_kwargs",
+)
 SHARED_KWARGS: tuple[str, ...] = (
     "n_stages",
     "features_per_stage",
@@ -75,13 +86,7 @@ SHARED_KWARGS: tuple[str, ...] = (
     "strides",
     "n_conv_per_stage",
     "n_conv_per_stage_decoder",
-    "conv_bias",
-    "norm_op",
-    "norm_op_kwargs",
-    "dropout_op",
-    "dropout_op_kwargs",
-    "nonlin",
-    "nonlin_kwargs",
+    *CONV_BLOCK_KWARGS,
 )
 # Arguments nnU-Net stores as dotted names in plans files (``_kw_requires_import``).
 REQUIRES_IMPORT: tuple[str, ...] = ("conv_op", "norm_op", "dropout_op", "nonlin")
@@ -121,6 +126,12 @@ def heads_for(channels: int, head_dim: Any, where: str) -> int:
         return num_heads_for(int(channels), head_dim)
     except ValueError as error:
         raise PlansError(f"{where}: {error}") from None
+
+
+def conv_block_args(kw: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``StackedConvBlocks``' arguments after the stride (bias, norm, dropout, nonlinearity), from normalised
+    shared arguments, in its positional order."""
+    return tuple(kw[name] for name in CONV_BLOCK_KWARGS)
 
 
 def normalize_plans_kwargs(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,6 +231,12 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
         params = list(inspect.signature(cls.__init__).parameters.values())
         names = [p.name for p in params]
         return {p.name: p.default for p in params[names.index("deep_supervision") + 1 :]}
+
+    @staticmethod
+    def shared_values(arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The shared U-Net arguments among ``arguments`` (a constructor passes its ``locals()``), normalised by
+        :func:`normalize_plans_kwargs` (classes imported, one entry per stage)."""
+        return normalize_plans_kwargs({name: arguments[name] for name in SHARED_KWARGS})
 
     @classmethod
     def own_values(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
     heads_for,
-    normalize_plans_kwargs,
     stage_shapes,
 )
 from nnunet_sparseattn.layers.conv import ConvNormAct
@@ -284,24 +283,7 @@ class BilateralUNet(PlansNetwork):
         render_channels, render_layers: the point head's MLP.
         """
         super().__init__()
-        shared = normalize_plans_kwargs(
-            dict(
-                n_stages=n_stages,
-                features_per_stage=features_per_stage,
-                conv_op=conv_op,
-                kernel_sizes=kernel_sizes,
-                strides=strides,
-                n_conv_per_stage=n_conv_per_stage,
-                n_conv_per_stage_decoder=n_conv_per_stage_decoder,
-                conv_bias=conv_bias,
-                norm_op=norm_op,
-                norm_op_kwargs=norm_op_kwargs,
-                dropout_op=dropout_op,
-                dropout_op_kwargs=dropout_op_kwargs,
-                nonlin=nonlin,
-                nonlin_kwargs=nonlin_kwargs,
-            )
-        )
+        shared = self.shared_values(locals())
         own = self.check_own({**shared, **self.own_values(locals())})
         stages = own["isam_stages"]
         self.encoder = BilateralEncoder(

@@ -31,7 +31,6 @@ from nnunet_sparseattn.architectures.base import (
     PlansNetwork,
     SkipsEncoder,
     heads_for,
-    normalize_plans_kwargs,
     per_stage,
     stage_shapes,
 )
@@ -213,24 +212,7 @@ class BSAUNet(PlansNetwork):
         coarse_branch: BSAM's patch-level attention branch (False: BiFormer's BRA; an ablation).
         """
         super().__init__()
-        kw = normalize_plans_kwargs(
-            dict(
-                n_stages=n_stages,
-                features_per_stage=features_per_stage,
-                conv_op=conv_op,
-                kernel_sizes=kernel_sizes,
-                strides=strides,
-                n_conv_per_stage=n_conv_per_stage,
-                n_conv_per_stage_decoder=n_conv_per_stage_decoder,
-                conv_bias=conv_bias,
-                norm_op=norm_op,
-                norm_op_kwargs=norm_op_kwargs,
-                dropout_op=dropout_op,
-                dropout_op_kwargs=dropout_op_kwargs,
-                nonlin=nonlin,
-                nonlin_kwargs=nonlin_kwargs,
-            )
-        )
+        kw = self.shared_values(locals())
         own = self.check_own({**kw, **self.own_values(locals())})
         self.encoder = BSAEncoder(
             input_channels,

@@ -36,8 +36,8 @@ from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
     SkipsEncoder,
+    conv_block_args,
     heads_for,
-    normalize_plans_kwargs,
     stage_shapes,
 )
 from nnunet_sparseattn.layers.conv import conv_dims
@@ -110,15 +110,7 @@ class MDSAEncoder(SkipsEncoder):
         self.output_channels = list(kw["features_per_stage"])
         self.strides = [tuple(s) for s in kw["strides"]]
         self.kernel_sizes = [tuple(k) for k in kw["kernel_sizes"]]
-        conv_args = (
-            kw["conv_bias"],
-            kw["norm_op"],
-            kw["norm_op_kwargs"],
-            kw["dropout_op"],
-            kw["dropout_op_kwargs"],
-            kw["nonlin"],
-            kw["nonlin_kwargs"],
-        )
+        conv_args = conv_block_args(kw)
         stages = []
         in_ch = input_channels
         for s, out_ch in enumerate(self.output_channels):
@@ -187,15 +179,7 @@ class MDSADecoder(nn.Module):
         conv_op = encoder.conv_op
         ch, strides, kernels = encoder.output_channels, encoder.strides, encoder.kernel_sizes
         self.strides = strides
-        conv_args = (
-            kw["conv_bias"],
-            kw["norm_op"],
-            kw["norm_op_kwargs"],
-            kw["dropout_op"],
-            kw["dropout_op_kwargs"],
-            kw["nonlin"],
-            kw["nonlin_kwargs"],
-        )
+        conv_args = conv_block_args(kw)
         n = len(ch)
         upsampling, stages, seg_layers = [], [], []
         for i in range(n - 1):
@@ -309,24 +293,7 @@ class MDSAUNet(PlansNetwork):
         edm_local_branch: str = "conv",
     ) -> None:
         super().__init__()
-        kw = normalize_plans_kwargs(
-            dict(
-                n_stages=n_stages,
-                features_per_stage=features_per_stage,
-                conv_op=conv_op,
-                kernel_sizes=kernel_sizes,
-                strides=strides,
-                n_conv_per_stage=n_conv_per_stage,
-                n_conv_per_stage_decoder=n_conv_per_stage_decoder,
-                conv_bias=conv_bias,
-                norm_op=norm_op,
-                norm_op_kwargs=norm_op_kwargs,
-                dropout_op=dropout_op,
-                dropout_op_kwargs=dropout_op_kwargs,
-                nonlin=nonlin,
-                nonlin_kwargs=nonlin_kwargs,
-            )
-        )
+        kw = self.shared_values(locals())
         cfg = self.own_values(locals())
         attention, grid_list, topk_list = self.check_own({**kw, **cfg})
         self.attention_stages = [s for s, a in enumerate(attention) if a]
