@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import inspect
 import pydoc
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence, cast
 
+import numpy as np
 import torch
 import torch.nn as nn
 from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
@@ -212,6 +213,12 @@ class SkipsEncoder(nn.Module):
         return skips
 
 
+class _FeatureMapSized(Protocol):
+    """A part of a network that estimates its stored activations (nnU-Net's planners size patches by it)."""
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int | np.int64: ...
+
+
 class PlansNetwork(AbstractDynamicNetworkArchitectures):
     """Base of every network we ship (contracts in the module docstring).
 
@@ -223,7 +230,20 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
     - :meth:`check_own`: validate its own arguments against the shared ones (and the patch, when known) and return
       them normalised per stage. The constructor calls it (without a patch), and so does :meth:`resolve_arch_kwargs`
       (with one): a plans file and a direct call are refused by the same code, in one line (:class:`PlansError`).
+
+    Like nnU-Net's U-Nets it runs ``decoder(encoder(x))`` and sums their activation estimates; a network with more
+    than that overrides ``forward`` and ``compute_conv_feature_map_size``.
     """
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        parts = (cast(_FeatureMapSized, part) for part in (self.encoder, self.decoder))
+        return np.int64(sum(part.compute_conv_feature_map_size(input_size) for part in parts))
 
     @classmethod
     def own_defaults(cls) -> dict[str, Any]:

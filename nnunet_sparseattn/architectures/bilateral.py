@@ -229,6 +229,9 @@ class BilateralDecoder(UNetDecoder):
 class BilateralUNet(PlansNetwork):
     """The bilateral spatial attention network on nnU-Net plans (2D or 3D by ``conv_op``)."""
 
+    encoder: BilateralEncoder
+    decoder: BilateralDecoder
+
     def __init__(
         self,
         input_channels: int,
@@ -341,8 +344,7 @@ class BilateralUNet(PlansNetwork):
         return [refined, *outputs[1:]] if self.decoder.deep_supervision else refined
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        total = self.encoder.compute_conv_feature_map_size(input_size)
-        total += self.decoder.compute_conv_feature_map_size(input_size)
+        total = super().compute_conv_feature_map_size(input_size)
         if self.rendering is not None:
             total += self.rendering.compute_conv_feature_map_size(input_size)
         return np.int64(total)

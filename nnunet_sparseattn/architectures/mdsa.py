@@ -263,6 +263,9 @@ class MDSAUNet(PlansNetwork):
     - ``edm_local_branch="conv"`` | ``"maxpool"``: EDM's second branch.
     """
 
+    encoder: MDSAEncoder
+    decoder: MDSADecoder
+
     def __init__(
         self,
         input_channels: int,
@@ -313,16 +316,11 @@ class MDSAUNet(PlansNetwork):
         self.key_to_stem = "encoder.stages.0"
         self.keys_to_in_proj = tuple(f"{entry}.{key}" for key in in_proj)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        return self.decoder(self.encoder(x))
-
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         ndim = conv_dims(self.encoder.conv_op)
         if len(input_size) != ndim:
             raise ValueError(f"input_size must be the {ndim} spatial sizes (no batch or channel), got {input_size}")
-        return self.encoder.compute_conv_feature_map_size(input_size) + self.decoder.compute_conv_feature_map_size(
-            input_size
-        )
+        return super().compute_conv_feature_map_size(input_size)
 
     @classmethod
     def fill_for_patch(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
