@@ -15,7 +15,8 @@ One training step is ``nnUNetTrainer.train_step``'s: ``zero_grad``; forward with
 loss (Dice + CE, ``MemoryEfficientSoftDiceLoss``, deep-supervision weights 1/2^i with the lowest output at 0, as
 ``nnUNetTrainer._build_loss`` makes them; the same loss for every network, so that only the network differs: the NB
 and point-rendering terms of our trainers are left out); backward; gradient clipping at 12; SGD (lr 1e-2, momentum
-0.99, Nesterov, weight decay 3e-5, ``configure_optimizers``); the loss fetched to the host. On CUDA under nnU-Net's
+0.99, Nesterov, weight decay 3e-5, ``configure_optimizers``; likewise the same for every network, although
+``nnUNetTrainerBilateral`` now trains with AdamW); the loss fetched to the host. On CUDA under nnU-Net's
 defaults: fp16 autocast and a ``GradScaler`` (``--mode eager``), plus ``torch.compile`` of the network and of the
 loss's Dice term as ``nnUNetTrainer.initialize`` and ``_build_loss`` apply it (``--mode compiled``). On the CPU,
 nnU-Net uses neither: fp32, eager.
@@ -97,7 +98,8 @@ NETWORKS: dict[str, NetworkSpec] = {
     STOCK: NetworkSpec("stock nnU-Net", "nnUNetTrainer", None),
     "bsa": NetworkSpec("BSA", "nnUNetTrainerBSA", "nnunet_sparseattn.architectures.bsa.BSAUNet"),
     "mdsa": NetworkSpec("MDSA", "nnUNetTrainerMDSA", "nnunet_sparseattn.architectures.mdsa.MDSAUNet"),
-    "bilateral": NetworkSpec("Bilateral", "nnUNetTrainerBilateral", "nnunet_sparseattn.architectures.bilateral.BilateralUNet"),
+    "bilateral": NetworkSpec("Bilateral", "nnUNetTrainerBilateral",
+                             "nnunet_sparseattn.architectures.bilateral.BilateralUNet"),
 }
 
 
@@ -251,26 +253,19 @@ class TrainingStep:
     @torch.no_grad()
     def forward_flops(self) -> int:
         """FLOPs of one training forward on the step's batch (see :func:`countable_attention`)."""
-        from torch.utils.flop_counter import FlopCounterMode
+        from nnunet_sparseattn.complexity import flop_counter
 
-        with countable_attention(self.network), self.autocast(), FlopCounterMode(display=False) as counter:
+        with countable_attention(self.network), self.autocast(), flop_counter() as counter:
             self.network(self.data)
         return int(counter.get_total_flops())
 
 
 @contextlib.contextmanager
 def countable_attention(network: nn.Module):
-    """Attention whose FLOPs ``torch.utils.flop_counter`` counts, computing the same function.
-
-    torch 2.14 has no FLOP formula for the CPU's SDPA kernel (``_scaled_dot_product_flash_attention_for_cpu``: it
-    would count 0, and routed attention, MDSA and Swin windows are SDPA on the CPU), and flex attention's formula
-    counts the dense score matrix whatever the block mask skips. So while counting, SDPA runs through its math
-    decomposition (two counted matmuls) and routed attention through its gather backend (the routed key regions
-    only: the FLOPs it does on every device). Formulas that ``nnunet_sparseattn.complexity`` registers apply too.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    import nnunet_sparseattn.complexity  # noqa: F401  (its FLOP formula registrations, if any)
+    """Routed attention counted as the FLOPs it does: flex attention's formula counts the dense score matrix whatever
+    the block mask skips, so while counting, routed attention runs through its gather backend (the same function, on
+    the routed key regions only). SDPA itself is counted by ``nnunet_sparseattn.complexity.flop_counter`` (it adds
+    the formula torch lacks for the CPU's kernel)."""
     from nnunet_sparseattn.layers.sparse_attention import BACKENDS
 
     routed = [m for m in network.modules() if getattr(m, "backend", None) in BACKENDS]
@@ -278,8 +273,7 @@ def countable_attention(network: nn.Module):
     try:
         for m in routed:
             m.backend = "gather"
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
+        yield
     finally:
         for m, backend in zip(routed, saved):
             m.backend = backend
@@ -420,10 +414,12 @@ class Runner:
         self.compiled, self.compile_backend = mode == "compiled", compile_backend
         self.step: Optional[TrainingStep] = None
 
-    def setup(self) -> dict[str, Any]:
-        """Build, count FLOPs, run the first (compiling) step; the entry's fields."""
+    def setup(self, count_flops: bool = True) -> dict[str, Any]:
+        """Build, count FLOPs (unless told not to), run the first (compiling) step; the entry's fields."""
         step = TrainingStep(self.key, self.plan, self.batch, self.device, self.compiled, self.compile_backend)
-        entry: dict[str, Any] = {"params": step.num_parameters, "flops": step.forward_flops()}
+        entry: dict[str, Any] = {"params": step.num_parameters}
+        if count_flops:
+            entry["flops"] = step.forward_flops()
         if self.compiled:
             from torch._dynamo.utils import counters
 
@@ -518,6 +514,7 @@ class RemoteRunner:
                      "compile_backend": compile_backend}
 
     def setup(self) -> dict[str, Any]:
+        # FLOPs are counted in this tree (the worker's package may predate the counter): see measure_plan
         return self.tree.call(op="setup", **self.spec)
 
     def time(self, steps: int) -> tuple[float, float, list[float]]:
@@ -548,7 +545,7 @@ def worker() -> None:
                 plan = tiny_plan(plan) if request["tiny"] else plan
                 runner = Runner(request["key"], plan, request["batch"], torch.device(request["device"]),
                                 request["mode"], request["compile_backend"])
-                result: Any = runner.setup()
+                result: Any = runner.setup(count_flops=False)
                 runners[request["key"]] = runner
             elif op == "time":
                 result = runners[request["key"]].time(request["steps"])
@@ -621,16 +618,23 @@ def measure_plan(plan: Plan, keys: Sequence[str], device: torch.device, mode: st
                     entry["peak_bytes"] = cpu_peak
         runner.close()
         save(record)
+    for key, entry in record.get("before", {}).get("networks", {}).items():
+        now = record["networks"][key]
+        if entry.get("params") is not None and entry.get("params") == now.get("params") and "flops" in now:
+            entry["flops"] = now["flops"]  # the same architecture (same parameters): the FLOPs counted here
     stock = record["networks"].get(STOCK, {})
     if stock.get("status") == "done":
         entries = list(record["networks"].values()) + list(record.get("before", {}).get("networks", {}).values())
         for entry in (e for e in entries if e.get("status") == "done"):
-            flops = entry["flops"] / stock["flops"]
-            vs: dict[str, Any] = {"flops": round(flops, 4)}
+            vs: dict[str, Any] = {}
+            flops = entry["flops"] / stock["flops"] if "flops" in entry else None
+            if flops is not None:
+                vs["flops"] = round(flops, 4)
             for what in ("s_per_step", "cpu_s_per_step"):  # ratios within each round: neighbours in time
                 per_round = [t / s for t, s in zip(entry[f"{what}_runs"], stock[f"{what}_runs"])]
                 vs[what] = _ratio_stats(per_round)
-                vs[what.replace("s_per_step", "time_per_flop")] = _ratio_stats([x / flops for x in per_round])
+                if flops is not None:
+                    vs[what.replace("s_per_step", "time_per_flop")] = _ratio_stats([x / flops for x in per_round])
             if "peak_bytes" in entry and "peak_bytes" in stock:
                 vs["peak_bytes"] = round(entry["peak_bytes"] / stock["peak_bytes"], 4)
             entry["vs_stock"] = vs
@@ -830,7 +834,8 @@ def render(result: dict) -> str:
              f"{result['steps_per_round']} step(s), load average {result.get('load_average_start')} at the start, "
              f"{result.get('load_average_end')} at the end, {result.get('wall_s', 0) / 60:.0f} min. Ratios are "
              "medians (min-max) of per-round ratios; FLOPs: the training forward, attention counted as its "
-             "arithmetic (`countable_attention`); CPU time: the process's own CPU seconds (steadier under load).", ""]
+             "arithmetic (`countable_attention`; before: the same count where the network has the same parameters); "
+             "CPU time: the process's own CPU seconds (steadier under load).", ""]
     for name, plan in result["plans"].items():
         lines += [f"**{name}**: patch {'x'.join(map(str, plan['patch_size']))}, batch {plan['batch_size']} (plans: "
                   f"{plan['plans_batch_size']}), {plan['input_channels']} input channel(s), {plan['num_classes']} "

@@ -142,7 +142,7 @@ def test_region_values_are_spread_to_their_tokens_in_one_copy():
     for spatial, grid in (((8, 12, 8), (2, 3, 2)), ((7, 10, 5), (2, 3, 2))):  # whole regions, and padded ones
         layout = region_layout(spatial, grid)
         values = torch.randn(2, layout.num_regions, 4)
-        ops = _ops(lambda: upsample_regions(values, layout))
+        ops = _ops(lambda v=values, lo=layout: upsample_regions(v, lo))
         assert ops.count("aten::copy_") == 1 and "aten::repeat_interleave" not in ops  # not one copy per axis
         reference = values.transpose(1, 2).reshape(2, 4, *layout.grid)
         for axis, (r, s) in enumerate(zip(layout.region, spatial)):
