@@ -58,7 +58,7 @@ def test_the_test_lists_hold_every_module_with_gpu_tests_split_by_what_they_impo
     assert verdicts == {**{Path(m).stem: "ok" for m in main}, **{Path(m).stem: "needs SimpleITK" for m in nnunet}}
 
 
-@pytest.mark.slow  # ~50 s on 2 cores: four Python processes at tiny sizes
+@pytest.mark.slow  # ~45 s on 2 quiet cores: four Python processes at tiny sizes
 def test_the_main_command_runs_every_step_on_the_cpu_without_simpleitk(tmp_path):
     result = _gpu_sh("main", "--dry-run", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -91,7 +91,7 @@ def test_only_reruns_one_step_and_refusals_are_one_line(tmp_path):
         assert refused.returncode == 2 and words in refused.stderr and len(refused.stderr.splitlines()) == 1
 
 
-@pytest.mark.slow  # ~90 s: nnU-Net's planning of 5 cases, then nnUNetv2_train and nnUNetv2_predict on the CPU
+@pytest.mark.slow  # ~60 s on 2 quiet cores: planning 5 cases, then nnUNetv2_train and nnUNetv2_predict on the CPU
 def test_the_nnunet_command_trains_and_predicts_through_nnunets_cli(shared_data, tmp_path):
     data = tmp_path / "data"
     prepare = subprocess.run([sys.executable, "benchmarks/gpu_nnunet.py", "prepare", "--data", str(data), "--cases",
