@@ -118,20 +118,20 @@ def _ops(fn) -> list[str]:
 
 def test_swin_additive_mask_is_built_once_per_shape_and_each_forward_only_adds_it(monkeypatch):
     from nnunet_sparseattn.layers import shapes, window_attention
-    from nnunet_sparseattn.layers.window_attention import SwinBlock, window_attention_mask, window_mask_bias
+    from nnunet_sparseattn.layers.window_attention import SwinBlock, window_attention_mask
 
     monkeypatch.setattr(shapes, "_CONSTANTS", {})
     args = ((5, 6), (6, 8), (3, 4), (1, 2))
-    bias = window_mask_bias(*args)
-    assert window_mask_bias(*args) is bias  # cached: the same tensor for every forward of that shape
+    bias = window_attention_mask(*args, additive=True)
+    assert window_attention_mask(*args, additive=True) is bias  # cached: the same tensor for every forward there
     allowed = window_attention_mask(*args)
     torch.testing.assert_close(bias, torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf")), rtol=0, atol=0)
     block = SwinBlock(16, 2, (3, 4), shift=True)
     x = torch.randn(2, 5, 6, 16)
     block(x)  # builds it for this block's shape
     built = []
-    real = window_attention.window_attention_mask
-    monkeypatch.setattr(window_attention, "window_attention_mask", lambda *a, **k: built.append(a) or real(*a, **k))
+    real = window_attention._build_window_mask
+    monkeypatch.setattr(window_attention, "_build_window_mask", lambda *a: built.append(a) or real(*a))
     ops = _ops(lambda: block(x))
     assert built == [] and "aten::masked_fill" not in ops  # no mask work per forward: the bias is added to it
 

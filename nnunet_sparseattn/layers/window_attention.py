@@ -37,7 +37,6 @@ __all__ = [
     "fit_window",
     "relative_position_index",
     "window_attention_mask",
-    "window_mask_bias",
     "window_partition",
     "window_reverse",
 ]
@@ -83,9 +82,11 @@ def window_attention_mask(
     window: Sequence[int],
     shift: Sequence[int],
     device: Optional[torch.device] = None,
+    additive: bool = False,
 ) -> torch.Tensor:
-    """Which keys each query may attend to, per window: bool (nW, N, N), True = allowed (built once per shape
-    and device: :func:`~.shapes.shape_constant`).
+    """Which keys each query may attend to, per window: bool (nW, N, N), True = allowed; ``additive``: the same as
+    the float32 mask SDPA adds, 0 where allowed and -inf elsewhere (each forward adds it to the relative position bias
+    instead of negating and filling). Built once per shape, device and kind (:func:`~.shapes.shape_constant`).
 
     The map (``shape``, padded at the end to ``padded``) has been rolled by ``-shift``. Within a window, two tokens
     may attend to each other when they lie on the same side of the roll's wrap along every axis (Swin's shifted
@@ -93,30 +94,15 @@ def window_attention_mask(
     queries can lose every other key, and their outputs are cropped away).
     """
     key = (tuple(shape), tuple(padded), tuple(window), tuple(shift))
-    return shape_constant(
-        "swin_mask",
-        key,
-        torch.device(device or "cpu"),
-        lambda: _build_window_mask(shape, padded, window, shift, device),
-    )
+    where = torch.device(device or "cpu")
+    if additive:
 
+        def bias() -> torch.Tensor:
+            allowed = window_attention_mask(shape, padded, window, shift, device)
+            return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
 
-def window_mask_bias(
-    shape: Sequence[int],
-    padded: Sequence[int],
-    window: Sequence[int],
-    shift: Sequence[int],
-    device: Optional[torch.device] = None,
-) -> torch.Tensor:
-    """:func:`window_attention_mask` as the additive float32 mask SDPA takes: 0 where allowed, -inf elsewhere, (nW, N,
-    N), built once per shape and device (each forward then adds it to the bias instead of negating and filling)."""
-    key = (tuple(shape), tuple(padded), tuple(window), tuple(shift))
-
-    def build() -> torch.Tensor:
-        allowed = window_attention_mask(shape, padded, window, shift, device)
-        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
-
-    return shape_constant("swin_mask_bias", key, torch.device(device or "cpu"), build)
+        return shape_constant("swin_mask_bias", key, where, bias)
+    return shape_constant("swin_mask", key, where, lambda: _build_window_mask(shape, padded, window, shift, device))
 
 
 def _build_window_mask(
@@ -170,7 +156,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, windows: torch.Tensor, mask_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``windows`` (B, nW, N, C); ``mask_bias`` float (nW, N, N), 0 where a key is allowed and -inf where not
-        (:func:`window_mask_bias`), or None (every key)."""
+        (:func:`window_attention_mask` with ``additive``), or None (every key)."""
         b, nw, n, c = windows.shape
         h = self.num_heads
         qkv = self.qkv(windows).reshape(b, nw, n, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
@@ -232,7 +218,7 @@ class SwinBlock(nn.Module):
             y = torch.roll(y, shifts=[-s for s in shift], dims=axes)
         mask_bias = None
         if any(shift) or padded != spatial:
-            mask_bias = window_mask_bias(spatial, padded, self.window, shift, device=x.device)
+            mask_bias = window_attention_mask(spatial, padded, self.window, shift, device=x.device, additive=True)
         y = self.attn(window_partition(y, self.window), mask_bias)
         y = window_reverse(y, self.window, padded)
         if any(shift):
