@@ -424,6 +424,7 @@ class Runner:
             from torch._dynamo.utils import counters
 
             counters.clear()
+        torch.manual_seed(0)  # the first step's random draws (Bilateral's points) do not depend on the FLOP count's
         _sync(self.device)
         t0 = time.perf_counter()
         entry["first_loss"] = step()
