@@ -64,7 +64,7 @@ def run_demo(
     else:
         _stage(f"converting {msd} with nnU-Net's MSD converter", started)
         dataset_id = datasets.convert_msd(Path(msd), env)
-        dataset = datasets.dataset_folder(raw, dataset_id)
+        dataset = datasets.require_dataset(raw, dataset_id, "nnUNet_raw")
     labels = json.loads((dataset / "dataset.json").read_text())["labels"]
     if not isinstance(next(iter(labels.values())), int):
         raise UserError("the demo report handles label datasets, not region-based ones")

@@ -180,7 +180,7 @@ def routed_views(
             coarse = _one(recorder.coarse, module, point.patch.index)
             if routing is None and coarse is None:
                 continue
-            layout = routing.query_layout if routing is not None else coarse.layout  # type: ignore[union-attr]
+            layout = routing.query_layout if routing is not None else coarse.layout
             key_layout = routing.key_layout if routing is not None else layout
             token = token_of(point.local, layout.spatial, patch_size)
             region = _region_of(token, layout)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "Geometry",
@@ -78,13 +79,13 @@ class Geometry:
     def _scale(self) -> np.ndarray:
         return np.array(self.resampled, dtype=float) / np.array(self.cropped, dtype=float)
 
-    def to_network(self, edge: Sequence[float]) -> np.ndarray:
+    def to_network(self, edge: npt.ArrayLike) -> np.ndarray:
         """Edge coordinates in the original image (its axes) -> edge coordinates in the padded network input."""
         e = np.asarray(edge, dtype=float)
         transposed = e[list(self.transpose)]
         return (transposed - np.array(self.crop_start)) * self._scale() + np.array(self.pad_below)
 
-    def to_original(self, edge: Sequence[float]) -> np.ndarray:
+    def to_original(self, edge: npt.ArrayLike) -> np.ndarray:
         """Inverse of :meth:`to_network`."""
         e = np.asarray(edge, dtype=float)
         transposed = (e - np.array(self.pad_below)) / self._scale() + np.array(self.crop_start)
@@ -146,7 +147,9 @@ def patches_from_slicers(slicers: Sequence[Slicer]) -> list[Patch]:
     slice or, for a 2D configuration's slice axis, an int) as :class:`Patch` es, in the predictor's order."""
     out = []
     for i, slicer in enumerate(slicers):
-        fixed, start, size = [], [], []
+        fixed: list[int | None] = []
+        start: list[int] = []
+        size: list[int] = []
         for s in slicer[1:]:
             if isinstance(s, slice):
                 fixed.append(None)

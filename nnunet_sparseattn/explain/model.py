@@ -205,9 +205,9 @@ class Model:
         return len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
 
     @property
-    def labels(self) -> dict[int, str]:
+    def labels(self) -> dict[Any, str]:
         """Foreground label values and their names (a label dataset; region-based datasets name their regions)."""
-        names = {}
+        names: dict[Any, str] = {}
         for name, value in self.dataset_json["labels"].items():
             if name == "ignore":
                 continue

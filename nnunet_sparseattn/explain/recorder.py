@@ -20,7 +20,7 @@ as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -124,7 +124,7 @@ class Recorder:
     patch-local voxels whose Swin-window weights to compute there (nothing is computed in other windows)."""
 
     network: nn.Module
-    window_requests: dict[int, Sequence[Sequence[int]]] = field(default_factory=dict)
+    window_requests: Mapping[int, Sequence[Sequence[int]]] = field(default_factory=dict)
     routing: list[RoutingRecord] = field(default_factory=list)
     coarse: list[CoarseRecord] = field(default_factory=list)
     windows: list[WindowRecord] = field(default_factory=list)
@@ -158,7 +158,7 @@ class Recorder:
     def patch(self) -> int:
         return self.calls - 1
 
-    def reset(self, window_requests: Optional[dict[int, Sequence[Sequence[int]]]] = None) -> None:
+    def reset(self, window_requests: Optional[Mapping[int, Sequence[Sequence[int]]]] = None) -> None:
         """Start counting windows again (a second predictor run), optionally with new window requests."""
         self.calls = 0
         if window_requests is not None:
@@ -233,7 +233,7 @@ class Recorder:
 
     def _window_hook(self, name: str, block: SwinBlock):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            windows = tuple(module.windows or ())
+            windows = tuple(block.attn.weights.windows or ())
             spatial = self._spatial[id(block)]  # set by the block's pre-hook, with the windows
             self.windows.append(
                 WindowRecord(name, self.patch, spatial, block.window, block.shifts(spatial), windows, _numpy(output[0]))

@@ -211,7 +211,7 @@ class _Writer:
 
     def close(self) -> None:
         for path, arrays in self.npz.items():
-            np.savez_compressed(path, **arrays)
+            np.savez_compressed(path, **dict[str, Any](arrays))
 
 
 def _write_float_nifti(array: np.ndarray, path: Path, properties: dict) -> None:
@@ -309,6 +309,7 @@ def _write(
         figures.routing_figure(
             case.image, spacing, view.point.voxel, maps, folder / f"{_name(view.module)}_routing.png", title
         )
+        weights = None if view.weights is None or view.routed is None else view.weights[view.routed]
         entry = summary["modules"].setdefault(view.module, {"kind": _kind(model.network, view.module), "points": {}})
         entry["points"][view.point.name] = {
             "query_token": list(view.query_token),
@@ -317,16 +318,14 @@ def _write(
             "region_size_tokens": list(view.query_layout.region),
             "map_shape": list(view.query_layout.spatial),
             "routed": None if view.routed is None else [int(r) for r in view.routed],
-            "routing_weights": None
-            if view.weights is None or view.routed is None
-            else [round(float(view.weights[r]), 4) for r in view.routed],
+            "routing_weights": None if weights is None else [round(float(w), 4) for w in weights],
             "files": files + [f"{_name(view.module)}_routing.png"],
         }
         routed_text = (
             "dense (every region)"
-            if view.routed is None
-            else ", ".join(f"{int(r)} ({view.weights[r]:.2f})" for r in view.routed)
-        )  # type: ignore[index]
+            if view.routed is None or weights is None
+            else ", ".join(f"{int(r)} ({w:.2f})" for r, w in zip(view.routed, weights))
+        )
         _say(
             f"{view.point.name} {_coords(view.point, case)}: {view.module} query region {view.query_region} of "
             f"{view.key_layout.num_regions} -> key regions {routed_text}"
@@ -344,18 +343,18 @@ def _write(
     windows = analysis.window_views(recorder, points, patch_size)
     for point in points:
         groups: dict[str, list[analysis.WindowView]] = {}
-        for view in windows:
-            if view.point == point:
-                groups.setdefault(view.module.rsplit(".blocks.", 1)[0], []).append(view)
+        for window_view in windows:
+            if window_view.point == point:
+                groups.setdefault(window_view.module.rsplit(".blocks.", 1)[0], []).append(window_view)
         for stage, views in groups.items():
             folder = out / "points" / point.slug
             blocks = []
-            for view in views:
-                maps = view.maps(geometry)
-                for key, value in maps.items():
-                    writer.write(folder, f"{_name(view.module)}_{key}", value)
-                block = view.module.rsplit(".", 1)[-1]
-                blocks.append((f"block {block} (window {view.window})", maps))
+            for window_view in views:
+                window_maps = window_view.maps(geometry)
+                for key, value in window_maps.items():
+                    writer.write(folder, f"{_name(window_view.module)}_{key}", value)
+                block = window_view.module.rsplit(".", 1)[-1]
+                blocks.append((f"block {block} (window {window_view.window})", window_maps))
             figures.window_figure(
                 case.image,
                 spacing,
