@@ -24,7 +24,7 @@ stage's shape (``fit_window``) and written into variant plans.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -199,11 +199,12 @@ class BilateralEncoder(nn.Module):
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         total = np.int64(self.stem.compute_conv_feature_map_size(input_size))
         size = list(input_size)
-        for s, stage in enumerate(self.stages):
+        for s, module in enumerate(self.stages):
+            stage = cast(ResNeXtStage, module)
             total += stage.compute_conv_feature_map_size(size)
             size = stage.output_size(size)
             if str(s) in self.attention:
-                total += self.attention[str(s)].compute_conv_feature_map_size(size)
+                total += cast(BilateralAttention, self.attention[str(s)]).compute_conv_feature_map_size(size)
         return total
 
 

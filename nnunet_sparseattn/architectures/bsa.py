@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ def choose_region_size(shape: Sequence[int], dense_max_tokens: int = DENSE_MAX_T
         return shape
     target = math.log(TARGET_REGION_TOKENS[len(shape)])
 
-    def cost(region: tuple[int, ...]) -> tuple[float, float]:
+    def cost(region: Iterable[int]) -> tuple[float, float]:
         logs = [math.log(r) for r in region]
         return round(abs(sum(logs) - target), 9), float(np.std(logs))  # size first (rounded: ties), then cubic
 
@@ -145,10 +145,12 @@ class BSAEncoder(SkipsEncoder):
         size = list(input_size)
         for s, stage in enumerate(self.stages):
             if s < self.attention_from_stage:
-                total += stage.compute_conv_feature_map_size(size)
+                total += cast(StackedConvBlocks, stage).compute_conv_feature_map_size(size)
                 size = [a // b for a, b in zip(size, self.strides[s])]
                 continue
-            total += stage[0].compute_conv_feature_map_size(size)
+            entry, *rest = cast(nn.Sequential, stage)
+            down, blocks = cast(StackedConvBlocks, entry), [cast(BSABlock, m) for m in rest]
+            total += down.compute_conv_feature_map_size(size)
             size = [a // b for a, b in zip(size, self.strides[s])]
             tokens, c = int(np.prod(size)), self.output_channels[s]
             region = self.region_sizes[s] or size
@@ -158,8 +160,8 @@ class BSAEncoder(SkipsEncoder):
             per_block = tokens * c * (12 + 2 * self.mlp_ratio)  # pos, 2 norms, qkv, attn, lce, proj, mlp, residuals
             if k_eff < num_regions:  # sparse: the gather backend copies k_eff regions of K and V per query region
                 per_block += 2 * tokens * k_eff * c
-            per_block += stage[1].attn.num_heads * tokens * k_eff * r  # attention weights
-            total += np.int64(per_block) * (len(stage) - 1)
+            per_block += blocks[0].attn.num_heads * tokens * k_eff * r  # attention weights
+            total += np.int64(per_block) * len(blocks)
         return total
 
 

@@ -25,7 +25,7 @@ Two ways to build it:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -153,7 +153,7 @@ class MDSAEncoder(SkipsEncoder):
         total = np.int64(0)
         size = list(input_size)
         for stage, out_size in zip(self.stages, stage_shapes(input_size, self.strides)):
-            entry, blocks = stage[0], list(stage)[1:]
+            entry, *blocks = cast(nn.Sequential, stage)
             total += _feature_map_size(entry, size)
             for block in blocks:
                 total += _feature_map_size(block, out_size)
@@ -249,8 +249,8 @@ class MDSADecoder(nn.Module):
         last = len(self.stages) - 1
         for i, (up, stage) in enumerate(zip(self.upsampling, self.stages)):
             size = shapes[len(shapes) - 2 - i]
-            total += up.compute_conv_feature_map_size(size)
-            for block in stage:
+            total += cast(EnhancedUpsampling, up).compute_conv_feature_map_size(size)
+            for block in cast(nn.Sequential, stage):
                 total += _feature_map_size(block, size)
             if self.deep_supervision or i == last:
                 total += np.int64(self.num_classes * math.prod(size))
@@ -339,7 +339,7 @@ class MDSAUNet(PlansNetwork):
         entry = "encoder.stages.0.0"
         in_proj = (
             ("convs.0.conv", "convs.0.all_modules.0")
-            if isinstance(self.encoder.stages[0][0], StackedConvBlocks)
+            if isinstance(cast(nn.Sequential, self.encoder.stages[0])[0], StackedConvBlocks)
             else ("merge", "local")
         )
         self.key_to_encoder = "encoder.stages"

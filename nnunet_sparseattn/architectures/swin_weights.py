@@ -30,7 +30,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.layers.isam import ISAM
+from nnunet_sparseattn.layers.window_attention import SwinBlock
 
 __all__ = [
     "SWIN_WEIGHTS_ENV",
@@ -207,13 +208,13 @@ def fit_bias_table(table: torch.Tensor, source_window: int, window: tuple[int, .
         if size < side:
             grid = _fit_axis(grid, axis, size)
     if any(size > side for size in target):
-        size = [max(t, g) for t, g in zip(target, grid.shape[:2])]
+        grown = [max(t, g) for t, g in zip(target, grid.shape[:2])]
         grid = (
-            F.interpolate(grid.permute(2, 0, 1)[None].float(), size=size, mode="bicubic", align_corners=True)[0]
+            F.interpolate(grid.permute(2, 0, 1)[None].float(), size=grown, mode="bicubic", align_corners=True)[0]
             .permute(1, 2, 0)
             .to(table.dtype)
         )
-        how.append(f"resized {side}x{side} -> {size[0]}x{size[1]}")
+        how.append(f"resized {side}x{side} -> {grown[0]}x{grown[1]}")
     elif list(grid.shape[:2]) != [side, side]:
         how.append(f"cropped {side}x{side} -> {grid.shape[0]}x{grid.shape[1]}")
     if len(window) == 3:
@@ -274,7 +275,7 @@ def map_swin_onto_isams(
                 value = stage.blocks[m][key]
                 how = "repeated" if m != j else ""
                 if key == "attn.relative_position_bias_table":
-                    value, fitted = fit_bias_table(value, stage.window, block.window)
+                    value, fitted = fit_bias_table(value, stage.window, cast(SwinBlock, block).window)
                     how = ", ".join(h for h in (how, fitted) if h)
                 if tuple(value.shape) != tuple(params[key].shape):
                     report.skipped.append(

@@ -32,7 +32,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
 
 
 def _grid(shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[np.ndarray]:
-    return np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    return list(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"))
 
 
 def synthesize_case(

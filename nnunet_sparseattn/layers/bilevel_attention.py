@@ -136,6 +136,8 @@ class BSABlock(TransformerBlock):
     """BSA-Seg's block: the shared transformer block (``x + DWConv(x)``; ``x + BSAM(LN(x))``; ``x + MLP(LN(x))``)
     with BSAM as its attention, MLP ratio 4 and torch's default initialisation of the projections."""
 
+    attn: BiLevelSparseAttention
+
     def __init__(
         self,
         channels: int,

@@ -134,4 +134,5 @@ class ChannelAttention(nn.Module):
             pooled = x.mean(dim=axes, keepdim=True) if pool == "avg" else x.amax(dim=axes, keepdim=True)
             y = self.mlp(pooled)
             logits = y if logits is None else logits + y
+        assert logits is not None  # pools is not empty (checked in __init__)
         return torch.sigmoid(logits)

@@ -10,7 +10,7 @@ The paper weights the module's input; ``weighted="dilated"`` weights z instead (
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Type
+from typing import Any, Optional, Sequence, Type
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class FSAM(nn.Module):
         if weighted not in ("input", "dilated"):
             raise ValueError(f"FSAM weighted={weighted!r}: choose 'input' (the paper) or 'dilated'")
         self.weighted, self.channels = weighted, channels
-        ops = dict(
+        ops: dict[str, Any] = dict(
             conv_bias=conv_bias,
             norm_op=norm_op,
             norm_op_kwargs=norm_op_kwargs,

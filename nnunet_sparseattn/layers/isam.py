@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .conv import ConvNormAct, conv_dims
+from .mlp import Mlp
 from .transformer import num_heads_for
 from .window_attention import SwinBlock
 
@@ -51,6 +52,7 @@ class ISAM(nn.Module):
             raise ValueError(f"ISAM depth {depth} must be at least 1")
         num_heads = num_heads_for(dim, head_dim)
         self.channels, self.dim, self.num_heads, self.window = channels, dim, num_heads, tuple(window)
+        self.mlp_hidden = Mlp.hidden_for(dim, mlp_ratio)  # each Swin block's MLP width (for the memory estimate)
         self.proj_in = conv_op(channels, dim, 1) if dim != channels else nn.Identity()
         self.blocks = nn.ModuleList(
             SwinBlock(dim, num_heads, window, shift=bool(j % 2), mlp_ratio=mlp_ratio, drop_path=drop_path)
@@ -77,7 +79,7 @@ class ISAM(nn.Module):
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         tokens = int(np.prod(input_size, dtype=np.int64))
         # per block: LN, qkv (3C), attention output, proj, LN, fc1 (mlp_ratio C), GELU, fc2 -> ~ (8 + 2 r) C maps
-        hidden = self.blocks[0].mlp.fc1.out_features
+        hidden = self.mlp_hidden
         per_block = tokens * (7 * self.dim + 2 * hidden)
         stem = 0 if isinstance(self.proj_in, nn.Identity) else tokens * self.dim
         return stem + per_block * len(self.blocks) + self.conv.compute_conv_feature_map_size(input_size)

@@ -31,6 +31,7 @@ class Mlp(nn.Module):
     ) -> None:
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
+        self.hidden = hidden
         if conv_op is None:
             self.fc1: nn.Module = nn.Linear(channels, hidden)
             self.fc2: nn.Module = nn.Linear(hidden, out_channels)

@@ -27,7 +27,7 @@ from the map's shape at run time). ``topk <= 0`` or ``>=`` the number of key reg
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence, cast
 
 import numpy as np
 import torch
@@ -75,6 +75,15 @@ def auto_grid(spatial: Sequence[int], region_side: Optional[int] = None) -> tupl
     return tuple(max(1, -(-int(s) // side)) for s in spatial)
 
 
+class _DepthwiseConv(Protocol):
+    """What the ``dwconv`` aggregation uses of its depthwise branches (``nn.Conv2d/3d`` with a bias)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor: ...
+
+
 class MultiScaleAggregation(nn.Module):
     """The map keys and values are projected from (both readings in the module docstring), then LayerNorm."""
 
@@ -110,27 +119,31 @@ class MultiScaleAggregation(nn.Module):
             return tuple(int(s) for s in spatial)
         return _pooled_size(spatial, min(self.scales))
 
+    def _depthwise(self) -> list[_DepthwiseConv]:
+        """The branches of ``dwconv`` aggregation, typed for what this module uses of them."""
+        return [cast(_DepthwiseConv, branch) for branch in self.branches]
+
     def dwconv_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``x + sum_k DWConv_k(x)`` as ONE depthwise convolution (it is linear): the identity plus every branch's
         kernel zero-padded to the largest, and the biases summed. One pass over the map instead of one per scale
         (1.4x fewer multiply-adds for kernels 3, 5, 7); the branches keep their own parameters and gradients."""
         largest = max(self.scales)
         weight = None
-        for k, branch in zip(self.scales, self.branches):
+        for k, branch in zip(self.scales, self._depthwise()):
             padded = F.pad(branch.weight, [(largest - k) // 2] * (2 * self.ndim))
             weight = padded if weight is None else weight + padded
         assert weight is not None
         centre = (slice(None), slice(None)) + (largest // 2,) * self.ndim
         identity = torch.zeros_like(weight)
         identity[centre] = 1.0
-        bias = torch.stack([branch.bias for branch in self.branches]).sum(0)
+        bias = torch.stack([branch.bias for branch in self._depthwise()]).sum(0)
         return weight + identity, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.aggregation == "dwconv":
             weight, bias = self.dwconv_kernel()
             # the largest branch's convolution (its padding, groups and CPU layout) with the summed kernel
-            largest = self.branches[self.scales.index(max(self.scales))]
+            largest = self._depthwise()[self.scales.index(max(self.scales))]
             a = largest._conv_forward(x, weight, bias)
         else:
             size = self.output_size(x.shape[2:])
@@ -144,7 +157,11 @@ class MultiScaleAggregation(nn.Module):
         return self.norm(a)
 
 
-_ADAPTIVE_AVG = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+_ADAPTIVE_AVG: dict[int, Callable[..., torch.Tensor]] = {
+    1: F.adaptive_avg_pool1d,
+    2: F.adaptive_avg_pool2d,
+    3: F.adaptive_avg_pool3d,
+}
 
 
 def _pooled_size(spatial: Sequence[int], ratio: int) -> tuple[int, ...]:
@@ -243,6 +260,8 @@ class MDSABlock(TransformerBlock):
     0.02, after nnU-Net's He init). ``(B, C, *S) -> (B, C, *S)``, any spatial shape. Remaining arguments:
     :class:`MultiScaleDynamicSparseAttention`."""
 
+    attn: MultiScaleDynamicSparseAttention
+
     def __init__(
         self,
         channels: int,
@@ -271,7 +290,7 @@ class MDSABlock(TransformerBlock):
         n = math.prod(int(s) for s in input_size)
         agg = self.attn.aggregate
         nk = math.prod(agg.output_size(input_size))
-        hidden = self.mlp.fc1.out_channels
+        hidden = self.mlp.hidden
         token_maps = 1 + 2 + 1 + 1 + 1 + 1 + 1  # pos, norms, q, attention, lce, proj, mlp out
         kv_maps = len(agg.scales) + 1 + 2  # aggregation branches, its norm, k and v
         return np.int64(self.channels * (token_maps * n + kv_maps * nk) + 2 * hidden * n)

@@ -41,7 +41,7 @@ __all__ = [
 
 
 class RenderedPoints(NamedTuple):
-    index: torch.Tensor  # (B, N) flat voxel indices into the spatial axes
+    index: torch.Tensor  # type: ignore[assignment]  # (B, N) flat voxel indices (shadows tuple.index; the name says it)
     logits: torch.Tensor  # (B, K, N) the point head's logits there
 
 
@@ -108,12 +108,12 @@ class PointHead(nn.Module):
         for _ in range(num_layers):
             fc = nn.Conv1d(width, channels, 1)
             nn.init.kaiming_normal_(fc.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(fc.bias)
+            nn.init.zeros_(fc.bias)  # type: ignore[arg-type]  # Conv1d's default bias=True
             self.fcs.append(fc)
             width = channels + num_classes
         self.predictor = nn.Conv1d(width, num_classes, 1)
         nn.init.normal_(self.predictor.weight, std=1e-3)
-        nn.init.zeros_(self.predictor.bias)
+        nn.init.zeros_(self.predictor.bias)  # type: ignore[arg-type]  # Conv1d's default bias=True
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         x = torch.cat([fine, coarse], dim=1)

@@ -13,7 +13,7 @@ divide the width with at least ``min_group_width`` channels each (width 16 -> 4 
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Type
+from typing import Any, Optional, Sequence, Type, cast
 
 import numpy as np
 import torch
@@ -99,21 +99,20 @@ class ResNeXtStage(nn.Module):
         super().__init__()
         if n_blocks < 1:
             raise ValueError(f"a ResNeXt stage needs at least one block, got {n_blocks}")
-        self.blocks = nn.Sequential(
-            *(
-                ResNeXtBlock(
-                    conv_op,
-                    in_channels if i == 0 else out_channels,
-                    out_channels,
-                    kernel_size,
-                    stride if i == 0 else 1,
-                    **block_kwargs,
-                )
-                for i in range(n_blocks)
+        blocks = [
+            ResNeXtBlock(
+                conv_op,
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                kernel_size,
+                stride if i == 0 else 1,
+                **block_kwargs,
             )
-        )
+            for i in range(n_blocks)
+        ]
+        self.blocks = nn.Sequential(*blocks)
         self.out_channels = out_channels
-        self.stride = self.blocks[0].stride
+        self.stride = blocks[0].stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -122,8 +121,9 @@ class ResNeXtStage(nn.Module):
         return list(ceil_div(input_size, self.stride))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        total = self.blocks[0].compute_conv_feature_map_size(input_size)
+        first, *rest = (cast(ResNeXtBlock, block) for block in self.blocks)
+        total = first.compute_conv_feature_map_size(input_size)
         size = self.output_size(input_size)
-        for block in self.blocks[1:]:
+        for block in rest:
             total += block.compute_conv_feature_map_size(size)
         return int(total)

@@ -205,7 +205,8 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: Optional[float]) -> torch.Tensor:
-    o = F.scaled_dot_product_attention(*(_heads(t, num_heads) for t in (q, k, v)), scale=scale)
+    qh, kh, vh = (_heads(t, num_heads) for t in (q, k, v))
+    o = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
     return o.transpose(-1, -2).reshape(q.shape)
 
 
@@ -517,6 +518,7 @@ class RoutedAttention(nn.Module):
         """Regions per axis for this input shape (fixed ``grid``, or from ``region_size``)."""
         if self.grid is not None:
             return self.grid
+        assert self.region_size is not None  # __init__ takes exactly one of grid and region_size
         return grid_for_region_size(spatial_shape, self.region_size)
 
     def extra_repr(self) -> str:

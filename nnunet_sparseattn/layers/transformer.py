@@ -11,6 +11,8 @@ What differs between the papers is an argument: the attention module, the MLP ra
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,7 +20,16 @@ import torch.nn.functional as F
 from .conv import grouped_conv_op
 from .mlp import Mlp
 
-__all__ = ["ChannelLayerNorm", "TransformerBlock", "num_heads_for"]
+__all__ = ["ChannelLayerNorm", "TokenMixer", "TransformerBlock", "num_heads_for"]
+
+
+class TokenMixer(Protocol):
+    """What :class:`TransformerBlock` needs of its attention: an ``nn.Module`` mapping ``(B, C, *S)`` to the same
+    shape, that lists its linear maps (for the transformer initialisation)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def projections(self) -> tuple[nn.Module, ...]: ...
 
 
 class ChannelLayerNorm(nn.Module):
@@ -74,7 +85,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(
         self,
-        attention: nn.Module,
+        attention: TokenMixer,
         channels: int,
         conv_op: type[nn.Module],
         mlp_ratio: float = 4.0,
@@ -105,6 +116,6 @@ class TransformerBlock(nn.Module):
     def reset_parameters(self) -> None:
         """The transformer initialisation (see ``transformer_init``); the networks call it after He's."""
         for module in (*self.attn.projections(), self.mlp.fc1, self.mlp.fc2):
-            nn.init.trunc_normal_(module.weight, std=0.02)
+            nn.init.trunc_normal_(cast(torch.Tensor, module.weight), std=0.02)
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                nn.init.zeros_(cast(torch.Tensor, module.bias))

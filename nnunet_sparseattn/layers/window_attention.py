@@ -191,6 +191,8 @@ class WindowWeights(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows of ``window`` tokens with a learned relative position bias."""
 
+    relative_position_index: torch.Tensor  # a buffer
+
     def __init__(self, dim: int, num_heads: int, window: Sequence[int], qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
