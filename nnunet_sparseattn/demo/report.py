@@ -76,7 +76,7 @@ def save_comparison_png(
                     alpha=0.6,
                     interpolation="nearest",
                 )
-            ax.set_title(f"{image_path.name.split('_0000')[0]}: {title} (slice {z})", fontsize=8)
+            ax.set_title(f"{title}\n{image_path.name.split('_0000')[0]}, axial slice {z}", fontsize=8)
             ax.axis("off")
     handles = [Patch(color=colours[v], label=f"{v}: {n}") for n, v in labels.items() if isinstance(v, int) and v > 0]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
@@ -85,21 +85,40 @@ def save_comparison_png(
     return output
 
 
-def routing_lines(explained: dict, labels: dict[str, int], cases: int) -> list[str]:
-    """The routing-at-work lines from ``explain``'s pooled statistics: for queries inside the smallest structure (the
-    nodule of the synthetic data), the share of routed key regions that contain foreground beside the share of all
-    key regions that do, per routed attention module."""
-    stats = explained.get("routing_foreground", {})
-    lines = []
+def routing_table(explained: dict, cases: int) -> str:
+    """Routing at work, from ``explain``'s statistics pooled over the held-out cases: for queries inside the smallest
+    structure (the nodule of the synthetic data), the share of the key regions they routed to that contain foreground,
+    beside the share of all key regions that do (chance), per routed attention module; the same without the query's
+    own region (which holds the query, so it always contains foreground); and for the structure itself. Empty when
+    nothing was routed."""
+    stats = {module: per_label for module, per_label in explained.get("routing_foreground", {}).items() if per_label}
+    if not stats:
+        return ""
+    first = next(iter(stats.values()))
+    name = "nodule" if "nodule" in first else min(first, key=lambda n: first[n]["queries"])
+    queries = first[name]["queries"]
+    header = ("attention module", "routed: foreground", "all: foreground", "own region left out", f"{name} itself")
+    rows = [header]
     for module, per_label in stats.items():
-        if not per_label:
+        s = per_label.get(name)
+        if s is None:
             continue
-        name = "nodule" if "nodule" in per_label else min(per_label, key=lambda n: per_label[n]["queries"])
-        s = per_label[name]
-        lines.append(
-            f"{module}: for queries inside the {name} ({s['queries']} voxels, {cases} held-out cases), "
-            f"{100 * s['routed_with_foreground']:.0f}% of the routed key regions contain foreground, beside "
-            f"{100 * s['all_with_foreground']:.0f}% of all key regions (the {name} itself: "
-            f"{100 * s['routed_with_label']:.0f}% vs {100 * s['all_with_label']:.0f}%)"
+        rows.append(
+            (
+                module,
+                f"{100 * s['routed_with_foreground']:.0f}%",
+                f"{100 * s['all_with_foreground']:.0f}%",
+                f"{100 * s['routed_with_foreground_other']:.0f}% vs {100 * s['all_with_foreground_other']:.0f}%",
+                f"{100 * s['routed_with_label']:.0f}% vs {100 * s['all_with_label']:.0f}%",
+            )
         )
-    return lines
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        f"queries inside the {name} ({queries} voxels of the reference, {cases} held-out cases): the share of the key "
+        "regions they route to that contain foreground (any labelled voxel), beside the share of all key regions that "
+        "do (what routing at random would give)"
+    ]
+    lines += [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    ]
+    return "\n".join(lines)

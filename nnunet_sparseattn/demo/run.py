@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from nnunet_sparseattn.demo.dataset import DEMO_DATASET_ID, make_demo_dataset
-from nnunet_sparseattn.demo.report import dice_table, routing_lines, save_comparison_png
+from nnunet_sparseattn.demo.report import dice_table, routing_table, save_comparison_png
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.harness import commands, datasets
 
@@ -143,18 +143,17 @@ def run_demo(
         env,
     )
     summary = json.loads((explained / "explain.json").read_text())
-    picture = explained / cases[0] / "overview.png"
-    if picture.is_file():
-        shutil.copy(picture, work / "demo_explain.png")
-        picture = work / "demo_explain.png"
-    lines = routing_lines(summary, labels, len(cases))
-    if lines:
-        print("\nrouting at work (a key region 'contains foreground' when any of its voxels is labelled):")
-        for line in lines:
-            print(f"   {line}")
+    # the overview of the first case (case.png alone when the trainer's network has no attention to show)
+    shown = next(p for p in (explained / cases[0] / "overview.png", explained / cases[0] / "case.png") if p.is_file())
+    picture = work / "demo_explain.png"
+    shutil.copy(shown, picture)
+    table = routing_table(summary, len(cases))
+    if table:
+        print(f"\nrouting at work, {trainer}:")
+        print(table)
     _stage(
         f"done: Dice tables in {', '.join(str(p / 'summary.json') for p in predictions.values())}; pictures "
-        f"{figure}" + (f" and {picture}" if picture.is_file() else "") + f"; every explanation in {explained}",
+        f"{figure} and {picture}; every explanation in {explained}",
         started,
     )
     return dict(summaries[0][1], routing=summary.get("routing_foreground", {}))

@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 AXIS_NAMES = ("z", "y", "x")
-QUERY_COLOUR = "#ff3030"
+QUERY_COLOUR = "#ff00ff"  # magenta: apart from the class colours (tab10) and the point's cyan
 POINT_COLOUR = "#00e5ff"
 
 
@@ -93,28 +93,65 @@ def _mark_point(ax, planes: Planes, axis: int) -> None:
     ax.plot([c], [r], marker="+", markersize=12, markeredgewidth=2, color=POINT_COLOUR)
 
 
-def _outline(ax, mask2d: np.ndarray, colour: str = QUERY_COLOUR) -> None:
+def _outline(ax, mask2d: np.ndarray, colour: str = QUERY_COLOUR, style: str = "solid") -> None:
     if mask2d.any() and not mask2d.all():
-        ax.contour(mask2d.astype(float), levels=[0.5], colors=[colour], linewidths=1.5)
+        ax.contour(mask2d.astype(float), levels=[0.5], colors=[colour], linewidths=1.5, linestyles=style)
     elif mask2d.all():
         h, w = mask2d.shape
-        ax.plot([-0.5, w - 0.5, w - 0.5, -0.5, -0.5], [-0.5, -0.5, h - 0.5, h - 0.5, -0.5], color=colour, lw=1.5)
+        ax.plot(
+            [-0.5, w - 0.5, w - 0.5, -0.5, -0.5], [-0.5, -0.5, h - 0.5, h - 0.5, -0.5], color=colour, lw=1.5, ls=style
+        )
+
+
+def _plane(planes: Planes, volume: np.ndarray, axis: int, projected: bool) -> np.ndarray:
+    """What a panel shows of ``volume`` (spatial axes): the plane through the point, or the maximum along ``axis``."""
+    if planes.is_2d:
+        return volume[0]
+    return planes.project(volume, axis) if projected else planes.cut(volume, axis)
+
+
+def _structures(ax, planes: Planes, structures: Optional[np.ndarray], axis: int, colours: list, projected: bool):
+    """Thin outlines of the labelled structures in their class colours (so that where the attention goes can be read
+    against the anatomy), through the point or projected like the panel."""
+    if structures is None:
+        return
+    for value in np.unique(structures):
+        if value <= 0 or value >= len(colours):
+            continue
+        mask = _plane(planes, structures == value, axis, projected)
+        if mask.any() and not mask.all():
+            ax.contour(mask.astype(float), levels=[0.5], colors=[colours[int(value)]], linewidths=0.9)
 
 
 def _overlay(ax, planes: Planes, values: np.ndarray, axis: int, vmax: float, cmap: str, projected: bool):
-    plane = values[0] if planes.is_2d else (planes.project(values, axis) if projected else planes.cut(values, axis))
-    masked = np.ma.masked_less_equal(plane, 0)
+    masked = np.ma.masked_less_equal(_plane(planes, values, axis, projected), 0)
     return ax.imshow(
         masked, cmap=cmap, vmin=0, vmax=vmax, alpha=0.65, aspect=planes.aspect(axis), interpolation="nearest"
     )
 
 
-def _legend_labels(fig, labels: dict, colours: list, loc: str = "lower center", ncol: Optional[int] = None) -> None:
+def _legend_labels(
+    fig,
+    labels: dict,
+    colours: list,
+    loc: str = "lower center",
+    ncol: Optional[int] = None,
+    outlines: Optional[str] = None,
+) -> None:
+    """The class colours named; ``outlines`` names the label map drawn as outlines (then a title says so)."""
     from matplotlib.patches import Patch as LegendPatch
 
     handles = [LegendPatch(color=colours[v], label=f"{v}: {n}") for v, n in labels.items() if isinstance(v, int)]
     if handles:
-        fig.legend(handles=handles, loc=f"outside {loc}", ncol=ncol or len(handles), fontsize=9, frameon=False)
+        fig.legend(
+            handles=handles,
+            loc=f"outside {loc}",
+            ncol=ncol or len(handles),
+            fontsize=9,
+            frameon=False,
+            title=None if outlines is None else f"structures ({outlines}; outlined on the attention panels)",
+            title_fontsize=8,
+        )
 
 
 def _labels_on(ax, planes: Planes, labels_vol: np.ndarray, axis: int, colours: list) -> None:
@@ -181,30 +218,29 @@ def routing_figure(
     maps: dict[str, np.ndarray],
     path: Path,
     title: str,
+    structures: Optional[np.ndarray] = None,
+    labels: Optional[dict] = None,
+    structures_name: str = "prediction",
 ) -> Path:
-    """The query's region (red outline), its routed key regions shaded by routing weight, through the point and as the
-    maximum over each plane's normal; BSA's coarse attention over all regions as a heat map."""
+    """The query's region (magenta outline), its routed key regions shaded by routing weight, through the point and, in
+    3D, projected along each plane's normal (so that routed regions off the three planes show too); BSA's coarse
+    attention over all regions as a heat map. ``structures`` (a label map) is outlined in the class colours."""
     plt = _plt()
     planes = Planes(maps["regions"].shape, spacing, point)
     shown = _display(image)
+    labels = labels or {}
+    colours = label_colours(max([v for v in labels if isinstance(v, int)], default=1))
     query = maps["regions"] == 2
+    weight = "routing weight\n(softmax of the region affinity)"
     rows = []
     if "routing" in maps:
-        rows.append(("routed key regions", maps["routing"], False, "viridis", "routing weight\n(softmax of affinity)"))
+        rows.append(("routed key regions", maps["routing"], False, "viridis", weight))
         if not planes.is_2d:
-            rows.append(
-                (
-                    "routed key regions",
-                    maps["routing"],
-                    True,
-                    "viridis",
-                    "routing weight\n(softmax of affinity)",
-                )
-            )
+            rows.append(("routed key regions, projected", maps["routing"], True, "viridis", weight))
     if "coarse" in maps:
         rows.append(
             (
-                "coarse attention over all regions",
+                "coarse attention to every region",
                 maps["coarse"],
                 False,
                 "magma",
@@ -217,7 +253,7 @@ def routing_figure(
         )
     ncols = len(planes.axes)
     fig, axes = plt.subplots(
-        len(rows), ncols, figsize=(3.3 * ncols + 1.2, 3.0 * len(rows) + 0.9), squeeze=False, layout="constrained"
+        len(rows), ncols, figsize=(3.3 * ncols + 1.4, 3.0 * len(rows) + 1.3), squeeze=False, layout="constrained"
     )
     for r, (name, values, projected, cmap, bar) in enumerate(rows):
         vmax = float(values.max()) if values.max() > 0 else 1.0
@@ -226,15 +262,19 @@ def routing_figure(
             ax = axes[r][c]
             _show_image(ax, planes, shown, axis, projected)
             mappable = _overlay(ax, planes, values, axis, vmax, cmap, projected)
-            q2 = query[0] if planes.is_2d else (query.max(axis=axis) if projected else planes.cut(query, axis))
-            _outline(ax, q2)
-            if not projected:
-                _mark_point(ax, planes, axis)
-            ax.set_title(f"{name}\n{'max over ' + AXIS_NAMES[axis] if projected else planes.title(axis)}", fontsize=8)
+            _structures(ax, planes, structures, axis, colours, projected)
+            _outline(ax, _plane(planes, query, axis, projected), style="dashed" if projected else "solid")
+            _mark_point(ax, planes, axis)
+            where = f"max along {AXIS_NAMES[axis]} (all {AXIS_NAMES[axis]})" if projected else planes.title(axis)
+            ax.set_title(f"{name}\n{where}", fontsize=8)
         if bar and mappable is not None:
             fig.colorbar(mappable, ax=list(axes[r]), shrink=0.85, label=bar)
-    fig.suptitle(title, fontsize=9)
-    fig.supxlabel("red outline: the query's region; cyan +: the query point", fontsize=8)
+    fig.suptitle(
+        f"{title}\nmagenta outline: the query's region (dashed where projected); cyan +: the query point; "
+        "unshaded: regions the query does not attend to",
+        fontsize=9,
+    )
+    _legend_labels(fig, labels, colours, outlines=structures_name if structures is not None else None)
     return _save(fig, path)
 
 
@@ -245,11 +285,17 @@ def window_figure(
     blocks: Sequence[tuple[str, dict[str, np.ndarray]]],
     path: Path,
     title: str,
+    structures: Optional[np.ndarray] = None,
+    labels: Optional[dict] = None,
+    structures_name: str = "prediction",
 ) -> Path:
-    """One row per Swin block: the query token's attention weights over its window's tokens (mean over heads)."""
+    """One row per Swin block: the query token's attention weights over its window's tokens (mean over heads);
+    ``structures`` outlined in the class colours."""
     plt = _plt()
     planes = Planes(blocks[0][1]["window"].shape, spacing, point)
     shown = _display(image)
+    labels = labels or {}
+    colours = label_colours(max([v for v in labels if isinstance(v, int)], default=1))
     ncols = len(planes.axes)
     fig, axes = plt.subplots(
         len(blocks), ncols, figsize=(3.0 * ncols + 1.4, 2.6 * len(blocks) + 0.8), squeeze=False, layout="constrained"
@@ -262,15 +308,16 @@ def window_figure(
             ax = axes[r][c]
             _show_image(ax, planes, shown, axis)
             mappable = _overlay(ax, planes, values, axis, vmax, "inferno", False)
-            q = maps["query"]
-            _outline(ax, q[0] if planes.is_2d else planes.cut(q, axis) > 0)
+            _structures(ax, planes, structures, axis, colours, False)
+            _outline(ax, _plane(planes, maps["query"], axis, False) > 0)
             ax.set_title(f"{name}, {planes.title(axis)}", fontsize=8)
         if mappable is not None:
             fig.colorbar(mappable, ax=list(axes[r]), shrink=0.85, label="attention weight")
-    fig.suptitle(title, fontsize=9)
-    fig.supxlabel(
-        "shade: weight of each token of the query's window (mean over heads); red: the query token", fontsize=8
+    fig.suptitle(
+        f"{title}\nshade: weight of each token of the query's window (mean over heads); magenta: the query token",
+        fontsize=9,
     )
+    _legend_labels(fig, labels, colours, outlines=structures_name if structures is not None else None)
     return _save(fig, path)
 
 
@@ -338,9 +385,8 @@ def rendering_figure(
                 ax.set_title(f"refined voxels, count over {AXIS_NAMES[axis]}", fontsize=8)
                 if c == ncols - 1:
                     fig.colorbar(mappable, ax=list(axes[r]), shrink=0.85, label="refined voxels")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{title}\nyellow: voxels whose logits the point head replaced", fontsize=9)
     _legend_labels(fig, labels, colours, loc="lower center")
-    fig.supxlabel("yellow: voxels whose logits the point head replaced", fontsize=8)
     return _save(fig, path)
 
 
@@ -352,16 +398,18 @@ def overview_figure(
     rows: Sequence[tuple[str, Sequence[int], Sequence[tuple[str, str, np.ndarray, Optional[np.ndarray]]]]],
     path: Path,
     title: str,
+    structures: Optional[np.ndarray] = None,
 ) -> Path:
     """One row per query point: the prediction through the point, then one panel per attention module (routing
-    weights, or window weights), on the first plane (3D: the routing as the maximum over that plane's normal, so that
-    every routed region shows)."""
+    weights, or window weights), on the first plane (3D: the routing projected along that plane's normal, so that
+    every routed region shows). ``structures`` (the reference, else the prediction) is outlined on the panels."""
     plt = _plt()
     shown = _display(image)
     colours = label_colours(max([v for v in labels if isinstance(v, int)], default=1))
+    outlined = prediction if structures is None else structures
     ncols = 1 + max(len(panels) for _, _, panels in rows)
     fig, axes = plt.subplots(
-        len(rows), ncols, figsize=(3.2 * ncols, 3.2 * len(rows) + 0.9), squeeze=False, layout="constrained"
+        len(rows), ncols, figsize=(3.3 * ncols + 0.6, 3.2 * len(rows) + 1.4), squeeze=False, layout="constrained"
     )
     for r, (name, point, panels) in enumerate(rows):
         planes = Planes(prediction.shape, spacing, point)
@@ -383,16 +431,17 @@ def overview_figure(
             mappable = _overlay(
                 ax, planes, values, axis, vmax, "viridis" if kind == "routing" else "inferno", projected
             )
+            _structures(ax, planes, outlined, axis, colours, projected)
             if query is not None:
-                q2 = query[0] if planes.is_2d else (query.max(axis=axis) if projected else planes.cut(query, axis))
-                _outline(ax, q2 > 0)
-            if not projected:
-                _mark_point(ax, planes, axis)
-            where = f"max over {AXIS_NAMES[axis]}" if projected else planes.title(axis)
+                _outline(ax, _plane(planes, query, axis, projected) > 0, style="dashed" if projected else "solid")
+            _mark_point(ax, planes, axis)
+            where = f"max along {AXIS_NAMES[axis]} (every slice)" if projected else planes.title(axis)
             ax.set_title(f"{label}\n{where}", fontsize=8)
             fig.colorbar(mappable, ax=ax, shrink=0.7, label="routing weight" if kind == "routing" else "attention")
     fig.suptitle(
-        f"{title}\nred outline: the query's region (routing) or token (window); cyan +: the query point", fontsize=10
+        f"{title}\nshade: where the query attends (routing weight of each routed key region, or Swin window weight); "
+        "magenta: the query's region or token; cyan +: the query point",
+        fontsize=9,
     )
-    _legend_labels(fig, labels, colours)
+    _legend_labels(fig, labels, colours, outlines="reference" if structures is not None else "prediction")
     return _save(fig, path)

@@ -138,25 +138,33 @@ def _explain_case(
     data, properties = model.preprocess(case)
     geometry, patches = model.windows(case, data, properties)
     modules = attention_modules(model.network)
-    recorder = Recorder(model.network)
+    # given points are placed before the prediction, so one run records everything; default points come from the
+    # prediction, so a network with Swin blocks runs a second time for their window weights
+    named = [(f"point {i}", v) for i, v in enumerate(given)]
+    points = analysis.locate_points(named, case.spatial, case.is_2d, geometry, patches) if named else []
+    recorder = Recorder(model.network, window_requests=_window_requests(points))
     try:
         logits = model.predict(data, recorder)
         seg, probabilities = model.segmentation(logits, properties)
-        named = [(f"point {i}", v) for i, v in enumerate(given)] or analysis.default_points(
-            seg, probabilities, model.labels
-        )
-        points = analysis.locate_points(named, case.spatial, case.is_2d, geometry, patches)
-        if modules["window"]:  # second run: the Swin windows of the points' sliding windows
-            requests: dict[int, list] = {}
-            for point in points:
-                requests.setdefault(point.patch.index, []).append(point.local)
-            kept = recorder.keep_first_run()
-            recorder.reset(requests)
-            model.predict(data, recorder)
-            kept()
+        if not points:
+            named = analysis.default_points(seg, probabilities, model.labels)
+            points = analysis.locate_points(named, case.spatial, case.is_2d, geometry, patches)
+            if modules["window"]:
+                kept = recorder.keep_first_run()
+                recorder.reset(_window_requests(points))
+                model.predict(data, recorder)
+                kept()
     finally:
         recorder.close()
     return _write(model, case, reference, seg, geometry, patches, points, modules, recorder, out)
+
+
+def _window_requests(points: Sequence[analysis.QueryPoint]) -> dict[int, list[tuple[int, ...]]]:
+    """Per sliding window, the window-local voxels whose Swin-window weights the recorder asks for."""
+    requests: dict[int, list[tuple[int, ...]]] = {}
+    for point in points:
+        requests.setdefault(point.patch.index, []).append(point.local)
+    return requests
 
 
 def _read_reference(model: Model, path: Path, case: Case) -> np.ndarray:
@@ -290,6 +298,10 @@ def _write(
         summary["note"] = line
         return _finish(summary, writer, out)
 
+    # outlined on every attention picture: the reference where given (what the routing is judged against), else the
+    # prediction
+    structures, structures_name = (seg, "prediction") if reference is None else (reference, "reference")
+    outlines = dict(structures=structures, labels=labels, structures_name=structures_name)
     overview_rows: dict[str, list] = {p.name: [] for p in points}
     routed = analysis.routed_views(recorder, modules["routed"], points, patch_size)
     for view in routed:
@@ -298,16 +310,23 @@ def _write(
         folder = out / "points" / view.point.slug
         maps = view.maps(geometry)
         files = [writer.write(folder, f"{_name(view.module)}_{key}", value) for key, value in maps.items()]
-        k = "all" if view.routed is None else len(view.routed)
+        k = "every one" if view.routed is None else len(view.routed)
+        kind = _kind(model.network, view.module)
         title = (
-            f"{view.module} ({_kind(model.network, view.module)}), query: {view.point.name} "
-            f"{_coords(view.point, case)}\nquery region {view.query_region} of {view.query_layout.num_regions} "
-            f"(regions of {'x'.join(map(str, view.query_layout.region))} tokens on a "
-            f"{'x'.join(map(str, view.query_layout.spatial))} map) routes to {k} of "
-            f"{view.key_layout.num_regions} key regions"
+            f"{kind} attention {view.module}, query: {view.point.name} {_coords(view.point, case)}\n"
+            f"its feature map ({'x'.join(map(str, view.query_layout.spatial))} tokens for the "
+            f"{'x'.join(map(str, patch_size))} window) is cut into {view.key_layout.num_regions} regions of "
+            f"{'x'.join(map(str, view.query_layout.region))} tokens; the query's region ({view.query_region}) "
+            f"attends to {k} of them"
         )
         figures.routing_figure(
-            case.image, spacing, view.point.voxel, maps, folder / f"{_name(view.module)}_routing.png", title
+            case.image,
+            spacing,
+            view.point.voxel,
+            maps,
+            folder / f"{_name(view.module)}_routing.png",
+            title,
+            **outlines,
         )
         weights = None if view.weights is None or view.routed is None else view.weights[view.routed]
         entry = summary["modules"].setdefault(view.module, {"kind": _kind(model.network, view.module), "points": {}})
@@ -331,7 +350,14 @@ def _write(
             f"{view.key_layout.num_regions} -> key regions {routed_text}"
         )
         if view.routed is not None and "routing" in maps:
-            overview_rows[view.point.name].append((view.module, "routing", maps["routing"], maps["regions"] == 2))
+            overview_rows[view.point.name].append(
+                (
+                    f"{kind} {view.module}:\n{len(view.routed)} of {view.key_layout.num_regions} regions routed",
+                    "routing",
+                    maps["routing"],
+                    maps["regions"] == 2,
+                )
+            )
     dense = [m for m in modules["routed"] if not any(r.module == m for r in recorder.routing)]
     for module in dense:
         summary["modules"].setdefault(module, {"kind": _kind(model.network, module)})["dense"] = True
@@ -363,6 +389,7 @@ def _write(
                 folder / f"{_name(stage)}_window.png",
                 f"{stage}: Swin window attention of the query ({point.name} {_coords(point, case)}), token "
                 f"{views[0].token} of a {'x'.join(map(str, views[0].spatial))} map",
+                **outlines,
             )
             summary["modules"].setdefault(stage, {"kind": "ISAM (Swin window attention)", "points": {}})["points"][
                 point.name
@@ -376,7 +403,12 @@ def _write(
                 f"{[v.window for v in views]} -> points/{point.slug}/{_name(stage)}_window.png"
             )
             overview_rows[point.name].append(
-                (f"{stage} block 0", "window", blocks[0][1]["window"], blocks[0][1]["query"])
+                (
+                    f"Swin {stage}, block 0:\nweights in the query's window",
+                    "window",
+                    blocks[0][1]["window"],
+                    blocks[0][1]["query"],
+                )
             )
 
     if recorder.channels:
@@ -420,6 +452,7 @@ def _write(
             rows,
             out / "overview.png",
             f"{case.files[0].name}: where {model.trainer_name} attends from each query point",
+            structures=reference,
         )
     if reference is not None and modules["routed"]:
         stats = analysis.routing_foreground(recorder, modules["routed"], geometry, patches, reference, labels)
