@@ -211,3 +211,45 @@ def test_a_routed_view_of_a_dense_stage_has_nothing_routed():
     window = Patch(0, (None,) * 3, (0, 0, 0), patch)
     views = routed_views(recorder, dense, [QueryPoint("p", (1, 1, 1), (1, 1, 1), window)], patch)
     assert all(isinstance(v, RoutedView) and v.dense and v.coarse is not None for v in views)
+
+
+def test_routing_foreground_shares_agree_with_a_count_voxel_by_voxel():
+    from nnunet_sparseattn.explain.analysis import routing_foreground
+    from nnunet_sparseattn.explain.recorder import RoutingRecord
+
+    rng = np.random.default_rng(0)
+    patch = (4, 8, 12)  # the image is the window (identity geometry); the map is at half resolution
+    layout = region_layout((2, 4, 6), (1, 2, 3))  # 6 regions of 2 x 2 x 2 tokens
+    nr, k = layout.num_regions, 2
+    indices = np.sort(np.stack([rng.choice(nr, k, replace=False) for _ in range(nr)]), axis=1)
+    record = RoutingRecord("m", 0, indices, rng.standard_normal((nr, nr)).astype(np.float32), layout, layout)
+    with Recorder(torch.nn.Identity()) as recorder:  # a record as the router's hook writes it
+        recorder.routing.append(record)
+    geometry = Geometry(patch, (0, 1, 2), (0, 0, 0), patch, patch, (0, 0, 0))
+    reference = np.zeros(patch, np.int64)
+    reference[0:2, 0:3, 0:4] = 1  # in regions 0 and 1 (one voxel column into region 1)
+    reference[3, 7, 11] = 2  # one voxel, in the last region
+    stats = routing_foreground(recorder, ["m"], geometry, [Patch(0, (None,) * 3, (0, 0, 0), patch)], reference,
+                               {1: "organ", 2: "nodule"})
+
+    def region(voxel):  # token = voxel // 2, region = token // 2 per axis, row-major over the grid (1, 2, 3)
+        t = [v // 2 for v in voxel]
+        return (t[1] // 2) * 3 + t[2] // 2
+
+    foreground = {region(v) for v in zip(*np.nonzero(reference))}
+    for value, name in ((1, "organ"), (2, "nodule")):
+        voxels = list(zip(*np.nonzero(reference == value)))
+        label_regions = {region(v) for v in voxels}
+        routed = [indices[region(v)] for v in voxels]
+        s = stats["m"][name]
+        assert s["queries"] == len(voxels)
+        assert s["routed_with_foreground"] == pytest.approx(np.mean([np.isin(r, list(foreground)).mean()
+                                                                     for r in routed]))
+        assert s["all_with_foreground"] == pytest.approx(len(foreground) / nr)
+        assert s["routed_with_label"] == pytest.approx(np.mean([np.isin(r, list(label_regions)).mean()
+                                                                for r in routed]))
+        others = [(r[r != region(v)], region(v)) for r, v in zip(routed, voxels)]
+        assert s["routed_with_foreground_other"] == pytest.approx(np.mean(
+            [np.isin(o, list(foreground)).mean() if len(o) else 0.0 for o, _ in others]))
+        assert s["all_with_foreground_other"] == pytest.approx(np.mean(
+            [len(foreground - {q}) / (nr - 1) for _, q in others]))

@@ -94,13 +94,22 @@ def _mark_point(ax, planes: Planes, axis: int) -> None:
 
 
 def _outline(ax, mask2d: np.ndarray, colour: str = QUERY_COLOUR, style: str = "solid") -> None:
-    if mask2d.any() and not mask2d.all():
-        ax.contour(mask2d.astype(float), levels=[0.5], colors=[colour], linewidths=1.5, linestyles=style)
-    elif mask2d.all():
-        h, w = mask2d.shape
-        ax.plot(
-            [-0.5, w - 0.5, w - 0.5, -0.5, -0.5], [-0.5, -0.5, h - 0.5, h - 0.5, -0.5], color=colour, lw=1.5, ls=style
-        )
+    """The outline of ``mask2d``, closed where the mask touches the picture's border (padded by one pixel)."""
+    if not mask2d.any():
+        return
+    h, w = mask2d.shape
+    padded = np.pad(mask2d.astype(float), 1)
+    ax.contour(
+        np.arange(-1, w + 1),
+        np.arange(-1, h + 1),
+        padded,
+        levels=[0.5],
+        colors=[colour],
+        linewidths=1.5,
+        linestyles=style,
+    )
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
 
 
 def _plane(planes: Planes, volume: np.ndarray, axis: int, projected: bool) -> np.ndarray:
