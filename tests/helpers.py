@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -34,12 +35,14 @@ def explain(run: dict, trainer: str, configuration: str, image: Path, output: Pa
             plans: str = "nnUNetPlans") -> str:
     """``nnunet-sparseattn explain -d ID -c CONFIGURATION -tr TRAINER -p PLANS -i IMAGE -o OUTPUT`` as a user types
     it, in the prepared dataset's environment; returns what it printed."""
+    started = time.monotonic()
     result = subprocess.run(
         [str(Path(sys.executable).parent / "nnunet-sparseattn"), "explain", "-d", str(run["id"]), "-c", configuration,
          "-tr", trainer, "-p", plans, "-i", str(image), "-o", str(output), *extra],
         env=run["env"], capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    print(f"nnunet-sparseattn explain ({trainer}, {configuration}) took {time.monotonic() - started:.1f} s")  # -rP
     return result.stdout
 
 
