@@ -99,6 +99,7 @@ def test_explain_a_bsa_model_in_3d(hippocampus, tmp_path):
     weights = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "explained" / "points" / "point_0" /
                                                         f"{module}_routing.nii.gz")))
     assert ((weights > 0) == ((regions == 1) | ((regions == 2) & (weights > 0)))).all()
-    assert sorted(np.unique(np.round(weights[weights > 0], 4)).tolist()) == sorted(set(entry["routing_weights"]))
+    # the routed regions carry the routing weights explain.json lists for them (rounded there to 4 decimals)
+    np.testing.assert_allclose(np.unique(weights[weights > 0]), sorted(entry["routing_weights"]), atol=6e-5)
     assert f"{module} query region {entry['query_region']}" in printed
-    assert set(summary["routing_foreground"][module]) <= {"anterior", "posterior"}
+    assert set(summary["routing_foreground"][module]) <= {"Anterior", "Posterior"}  # MSD's label names
