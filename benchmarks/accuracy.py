@@ -147,13 +147,29 @@ def moved(old: dict[str, Any] | None, new: dict[str, Any], points: float = 2.0) 
     return lines
 
 
+def load_range(dataset: dict[str, Any]) -> tuple[float, float] | None:
+    """The lowest and highest 1-minute load average seen before and after the trainings of one dataset's runs."""
+    loads = [fold[key][0] for run in dataset.get("runs", {}).values() for fold in run.get("folds", {}).values()
+             for key in ("load_average_before", "load_average_after") if fold.get(key)]
+    return (min(loads), max(loads)) if loads else None
+
+
+def timings_comparable(dataset: dict[str, Any]) -> bool:
+    """s/iter ratios of one run mean something only where the machine was about as loaded during every training
+    (a shared CPU: another process's load slows whichever trainer runs beside it)."""
+    spread = load_range(dataset)
+    return spread is None or spread[1] <= 2 * spread[0] + 1
+
+
 def target_lines(results: dict[str, Any]) -> list[str]:
     """The project's targets on Hippocampus: each sparse-attention trainer within 0.5 Dice points of stock nnU-Net's
     mean Dice (or above), at no more than 1.5x its training time per iteration (stated for a GPU)."""
     from nnunet_sparseattn.compare.run import short_label
 
-    runs = results["datasets"].get("hippocampus", {}).get("runs", {})
+    dataset = results["datasets"].get("hippocampus", {})
+    runs = dataset.get("runs", {})
     stock = runs.get("nnUNetTrainer__nnUNetPlans", {})
+    comparable = timings_comparable(dataset)
     lines = []
     for trainer in SPARSE_ATTENTION:
         r = runs.get(f"{trainer}__nnUNetPlans")
@@ -162,8 +178,24 @@ def target_lines(results: dict[str, Any]) -> list[str]:
             continue
         delta = 100 * (r["mean_dice"] - stock["mean_dice"])
         ratio = r["s_per_iter"] / stock["s_per_iter"]
+        timing = f"{'met' if ratio <= 1.5 else 'missed'}" if comparable else "not comparable: see the load below"
         lines.append(f"- {short_label(trainer)}: Dice {delta:+.2f} points ({'met' if delta >= -0.5 else 'missed'}), "
-                     f"time per iteration {ratio:.2f}x ({'met' if ratio <= 1.5 else 'missed'})")
+                     f"time per iteration {ratio:.2f}x ({timing})")
+    return lines
+
+
+def load_lines(results: dict[str, Any]) -> list[str]:
+    """Per dataset, the machine's load during its trainings, and whether its s/iter ratios can be read."""
+    lines = []
+    for dataset in results["datasets"].values():
+        spread = load_range(dataset)
+        if spread is None:
+            continue
+        verdict = ("comparable" if timings_comparable(dataset) else
+                   "NOT comparable between trainers (the load changed between their trainings); the network speed "
+                   "benchmark measures the ratios side by side")
+        lines.append(f"- {dataset['title']}: 1-minute load average {spread[0]:.1f} to {spread[1]:.1f} during the "
+                     f"trainings; s/iter ratios {verdict}.")
     return lines
 
 
@@ -192,6 +224,8 @@ def render_results(results: dict[str, Any], png: str | None) -> str:
     note = paired_test_note({"tests": [t for d in results["datasets"].values() for t in d["tests"]]})
     where = "measured on this GPU" if results["device"] == "cuda" else "stated for a GPU budget; this is a CPU run"
     parts += ["", table, "", note, "", f"Targets on Hippocampus ({where}):", *target_lines(results)]
+    if load := load_lines(results):
+        parts += ["", "Machine load (timings of a shared CPU):", *load]
     if png:
         parts += ["", f"![mean Dice against training time per iteration; per-case Dice, {budget['name']} budget]"
                       f"({png})"]

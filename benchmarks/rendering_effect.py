@@ -12,11 +12,11 @@ Data: the first ``--cases`` ISIC 2017 images of ``../shared/data/ISIC2017_256``,
 (no test-time mirroring) and scores Dice; the paired test compares the two per case.
 
 Metrics per validation case, averaged (foreground = lesion), from compare's predictions:
-- Dice (compare's scoring);
+- Dice and HD95 (in pixels): compare's own scores (``harness.scoring``: nnU-Net's Dice, MONAI's HD95, the one HD95 of
+  the project); HD95 is undefined where a prediction or its reference is empty, and such cases are counted;
 - boundary IoU (Cheng et al., CVPR 2021): IoU of the parts of prediction and ground truth within ``d`` pixels of
   their own contours (d = 2% of the image diagonal, at least 1 pixel);
-- boundary F1 (Csurka et al., BMVC 2013): F1 of contour pixels matched within ``d`` pixels;
-- HD95: 95th percentile of the symmetric contour-to-contour distances, in pixels.
+- boundary F1 (Csurka et al., BMVC 2013): F1 of contour pixels matched within ``d`` pixels.
 Boundary IoU and F1 are written here: no maintained library the project uses computes them.
 """
 from __future__ import annotations
@@ -44,29 +44,30 @@ def contour(mask: np.ndarray) -> np.ndarray:
 def boundary_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     pred, gt = pred.astype(bool), gt.astype(bool)
     d = max(1.0, 0.02 * float(np.hypot(*gt.shape)))
-    inter, total = (pred & gt).sum(), pred.sum() + gt.sum()
-    out = {"dice": 1.0 if total == 0 else 2.0 * inter / total}
     if not pred.any() or not gt.any():  # a missing object: worst boundary scores (both empty: perfect)
-        both = not pred.any() and not gt.any()
-        out.update(boundary_iou=float(both), boundary_f1=float(both), hd95=0.0 if both else float(np.hypot(*gt.shape)))
-        return out
+        both = float(not pred.any() and not gt.any())
+        return {"boundary_iou": both, "boundary_f1": both}
     cp, cg = contour(pred), contour(gt)
     dist_to_gt = ndimage.distance_transform_edt(~cg)  # distance of every pixel to the GT contour
     dist_to_pred = ndimage.distance_transform_edt(~cp)
     band_p = pred & (dist_to_pred <= d)
     band_g = gt & (dist_to_gt <= d)
-    out["boundary_iou"] = float((band_p & band_g).sum() / max(1, (band_p | band_g).sum()))
     precision = float((dist_to_gt[cp] <= d).mean())
     recall = float((dist_to_pred[cg] <= d).mean())
-    out["boundary_f1"] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    out["hd95"] = float(np.percentile(np.concatenate([dist_to_gt[cp], dist_to_pred[cg]]), 95))
-    return out
+    return {
+        "boundary_iou": float((band_p & band_g).sum() / max(1, (band_p | band_g).sum())),
+        "boundary_f1": 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall),
+    }
 
 
-def score_run(predictions: Path, labels: Path, cases: list[str]) -> dict:
+def score_run(run: dict, predictions: Path, labels: Path, cases: list[str]) -> dict:
+    """compare's Dice and HD95 of one run (its record ``run``), and the boundary metrics of its predictions."""
     per_case = [boundary_metrics(np.asarray(Image.open(predictions / f"{c}.png")) == 1,
                                  np.asarray(Image.open(labels / f"{c}.png")) == 1) for c in cases]
-    return {"cases": len(per_case), **{k: round(float(np.mean([c[k] for c in per_case])), 4) for k in per_case[0]}}
+    return {"cases": len(per_case), "dice": round(run["mean_dice"], 4),
+            "hd95": None if run["mean_hd95"] is None else round(run["mean_hd95"], 4),
+            "hd95_undefined_cases": sum(run["hd95_undefined_cases"].values()),
+            **{k: round(float(np.mean([c[k] for c in per_case])), 4) for k in per_case[0]}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
            "machine": results["machine"]}
     for key, trainer in RUNS.items():
         run = results["runs"][f"{trainer}__nnUNetPlans"]
-        out[key] = {**score_run(output / "predictions" / f"{trainer}__nnUNetPlans", output / "heldout" / "labels",
+        out[key] = {**score_run(run, output / "predictions" / f"{trainer}__nnUNetPlans", output / "heldout" / "labels",
                                 cases),
                     "s_per_iter": round(run["s_per_iter"], 4), "final_train_loss": round(run["folds"]["0"]["curve"]
                                                                                           ["train_loss"][-1], 4)}

@@ -6,7 +6,7 @@ that the command-line tool (``nnunet-sparseattn ext-path``) answers without impo
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+from nnunet_sparseattn.version import __version__ as __version__
 
 
 def __getattr__(name: str):

@@ -85,9 +85,12 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from nnunet_sparseattn.harness import datasets
     from nnunet_sparseattn.plans import get_variant, write_variant_plans
 
-    path = write_variant_plans(args.dataset, args.variant, args.plans, args.configurations, _overrides(args.set))
+    root = datasets.nnunet_folder("nnUNet_preprocessed")
+    source = datasets.plans_file(root, datasets.parse_dataset(args.dataset), args.plans)
+    path = write_variant_plans(source, args.variant, args.configurations, _overrides(args.set))
     plans_name = path.stem
     print(path)
     print(f"train it with nnU-Net's stock trainer: nnUNetv2_train {args.dataset} CONFIG FOLD -p {plans_name}")

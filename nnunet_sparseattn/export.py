@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from nnunet_sparseattn import __version__
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.model_stamp import stamp
+from nnunet_sparseattn.version import __version__
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 

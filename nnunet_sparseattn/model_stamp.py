@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from packaging.version import InvalidVersion, Version
 
-from nnunet_sparseattn import __version__
 from nnunet_sparseattn.errors import UserError, install_user_error_hook
+from nnunet_sparseattn.version import __version__
 
 STAMP_KEY = "nnunet_sparseattn"
 

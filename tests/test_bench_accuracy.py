@@ -136,3 +136,19 @@ def test_main_rejects_bad_arguments_in_one_line(tmp_path, capsys):
     assert accuracy.main(["--budget", "tiny", "--datasets", "isic2017", "--data", str(tmp_path / "none"),
                           "--work", str(tmp_path / "work"), "--out-dir", str(tmp_path)]) == 2
     assert "ISIC 2017 is not at" in capsys.readouterr().err
+
+
+def test_s_per_iter_ratios_are_flagged_where_the_machine_load_changed_between_trainings():
+    def dataset(loads):
+        return {"title": "MSD Hippocampus", "runs": {
+            f"run{i}": {"folds": {"0": {"load_average_before": [a, 0, 0], "load_average_after": [b, 0, 0]}}}
+            for i, (a, b) in enumerate(loads)}}
+
+    quiet, shared = dataset([(1.5, 2.2), (1.8, 1.6)]), dataset([(3.3, 9.3), (1.7, 1.8)])
+    assert accuracy.load_range(shared) == (1.7, 9.3)
+    assert accuracy.timings_comparable(quiet) and not accuracy.timings_comparable(shared)
+    assert accuracy.timings_comparable({"runs": {}})  # no load recorded: nothing to flag
+    lines = accuracy.load_lines({"datasets": {"hippocampus": shared}})
+    assert lines == ["- MSD Hippocampus: 1-minute load average 1.7 to 9.3 during the trainings; s/iter ratios NOT "
+                     "comparable between trainers (the load changed between their trainings); the network speed "
+                     "benchmark measures the ratios side by side."]

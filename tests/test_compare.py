@@ -14,11 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from plans_cases import HIPPOCAMPUS_3D, plans_for
 
 from nnunet_sparseattn.cli import main
-from nnunet_sparseattn.compare.report import plot_comparison, render_markdown, results_table
+from nnunet_sparseattn.compare.report import plot_comparison, render_markdown, results_table, size
 from nnunet_sparseattn.compare.results import RESULTS_FILE, paired_test, smallest_p_value
 from nnunet_sparseattn.compare.run import CompareRequest, Comparison, parse_folds, plan_runs
 from nnunet_sparseattn.errors import UserError
@@ -142,6 +143,39 @@ def test_refuses_the_folder_of_another_comparison(planned, capsys):
     assert "is not empty and holds no compare.json" in _refused(capsys, *BASE, "-o", str(stray))
 
 
+def test_a_resumed_comparison_counts_the_flops_of_its_kept_runs_again(planned):
+    """Finished runs are kept (nothing trained or predicted again) but their FLOPs are counted with today's counter
+    (an earlier one counted every CPU attention as 0): a rerun of the same command refreshes a report's cost. A run
+    whose network has other parameters than when it trained keeps what was measured then."""
+    from nnunet_sparseattn.harness.networks import network_cost
+    from nnunet_sparseattn.trainers import nnUNetTrainerBSA
+
+    out = planned / "out"
+    lines: list[str] = []
+    request = CompareRequest(999, "3d_fullres", out, trainers=["nnUNetTrainerBSA"], budget="tiny", device="cpu")
+    comparison = Comparison(request, echo=lines.append)
+    pre = planned / "pre" / "Dataset999_Contracts"
+    (pre / "nnUNetPlans_3d_fullres").mkdir()  # preprocessed: compare plans and preprocesses nothing
+    (pre / "nnUNetPlans_3d_fullres" / "case.npz").write_bytes(b"")
+    cost = network_cost(nnUNetTrainerBSA, json.loads((pre / "nnUNetPlans.json").read_text()), "3d_fullres",
+                        json.loads((pre / "dataset.json").read_text()))
+    per_case = {"p": {"mean_dice": 0.5}, "q": {"mean_dice": 0.6}}
+    done = {"status": "done", "mean_dice": 0.55, "s_per_iter": 1.0, "per_case": per_case}
+    stale = {"nnUNetTrainer__nnUNetPlans": dict(done, label="stock nnU-Net", baseline=True, params=1, flops=7),
+             "nnUNetTrainerBSA__nnUNetPlans": dict(done, label="BSA", params=cost["params"], flops=1)}
+    out.mkdir()
+    (out / RESULTS_FILE).write_text(json.dumps(dict(comparison.header, runs=stale, tests=[])))
+    results = Comparison(request, echo=lines.append).run()
+    bsa = results["runs"]["nnUNetTrainerBSA__nnUNetPlans"]
+    assert bsa == dict(stale["nnUNetTrainerBSA__nnUNetPlans"], **cost)  # only the cost changed
+    assert results["runs"]["nnUNetTrainer__nnUNetPlans"] == stale["nnUNetTrainer__nnUNetPlans"]
+    assert f"BSA: done before, kept; FLOPs counted again: 1 -> {cost['flops']}" in lines
+    assert any(line.startswith("stock nnU-Net: done before, kept; its network now has ") for line in lines)
+    assert json.loads((out / RESULTS_FILE).read_text())["runs"]["nnUNetTrainerBSA__nnUNetPlans"]["flops"] == \
+        cost["flops"]
+    assert f"| {size(cost['flops'])} | done |" in (out / "compare.md").read_text()
+
+
 # --------------------------------------------------------------------------------------------- the test
 def test_paired_test_against_scipy_and_by_hand():
     from scipy.stats import wilcoxon
@@ -200,6 +234,40 @@ def test_markdown_states_the_test_and_the_cost_beside_each_trainer(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = dict(_results(), runs={})
     assert plot_comparison(empty, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_runs_get_evaluates_metrics_and_the_report_shows_them(tmp_path):
+    """Besides its own Dice and HD95, compare scores each run's predictions with ``evaluate`` (IoU, NSD and, in 2D,
+    the polyp papers' mDSC ... MAE); checked by hand on squares shifted by 0, 2 and 4 pixels."""
+    from PIL import Image
+
+    from nnunet_sparseattn.compare.run import EVALUATED, evaluate_predictions
+
+    labels, predictions = tmp_path / "labels", tmp_path / "pred"
+    labels.mkdir(), predictions.mkdir()
+    meta = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "lesion": 1},
+            "numTraining": 3, "file_ending": ".png"}
+    (predictions / "dataset.json").write_text(json.dumps(meta))  # nnUNetv2_predict writes one
+    for i, shift in enumerate((0, 2, 4)):
+        ref = np.zeros((32, 32), np.uint8)
+        ref[8:20, 8:20] = 1
+        Image.fromarray(ref).save(labels / f"c{i}.png")
+        Image.fromarray(np.roll(ref, shift, axis=1)).save(predictions / f"c{i}.png")
+    record = evaluate_predictions(labels, predictions)
+    assert set(record) == set(EVALUATED) and record["dimensionality"] == "2d" and record["num_cases"] == 3
+    iou = (1 + 120 / 168 + 96 / 192) / 3  # 12x12 squares overlapping by 12, 10 and 8 columns
+    assert record["mean"]["classes"]["lesion"]["IoU"] == pytest.approx(iou)
+    assert record["mean"]["iou"] == pytest.approx(iou) and record["mean"]["dice"] == pytest.approx(
+        (1 + 240 / 288 + 192 / 288) / 3)
+    assert record["sources"]["S_α, F^w_β, E^max_φ, MAE"] == "masks"
+    results = _results()
+    results["runs"]["nnUNetTrainerBSA__nnUNetPlans"]["evaluate"] = record
+    text = render_markdown(results)
+    assert "`nnunet-sparseattn evaluate`'s metrics of the same predictions" in text
+    assert f"| BSA | {record['mean']['dice']:.3f} | {iou:.3f} |" in text
+    regions = {"background": 0, "whole": [1, 2], "core": [2]}  # nnU-Net's region-based training
+    (predictions / "dataset.json").write_text(json.dumps(dict(meta, labels=regions, regions_class_order=[1, 2])))
+    assert evaluate_predictions(labels, predictions) is None  # regions: compare's own scores only
 
 
 # ---------------------------------------------------------------------------------------------------- info
@@ -316,3 +384,25 @@ def test_the_resenc_baseline_is_planned_by_nnunets_own_planner_on_the_shared_dat
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("nnUNetTrainer ")]
     assert [row.split()[1] for row in rows] == ["nnUNetPlans", "nnUNetResEncUNetMPlans"]
     assert "ResidualEncoderUNet" in rows[1]
+
+
+@pytest.mark.slow
+def test_a_dataset_with_test_labels_is_scored_on_imagests_by_the_folds_ensemble(isic_nnunet, tmp_path):
+    """Where ``labelsTs`` exists, compare predicts ``imagesTs`` (with the trained folds, here fold 0) instead of the
+    validation cases, and scores it with its own Dice/HD95 and evaluate's 2D metrics. One run (the stock baseline)
+    at the tiny budget on the shared ISIC 2017 data (2 test cases)."""
+    run = isic_nnunet
+    env = run["env"]
+    request = CompareRequest(run["id"], "2d", tmp_path / "out", trainers=[], budget="tiny", device="cpu",
+                             raw=Path(env["nnUNet_raw"]), preprocessed=Path(env["nnUNet_preprocessed"]))
+    results = Comparison(request, echo=print).run()
+    tests = sorted(p.name.removesuffix(".png") for p in run["labels"].glob("*.png"))
+    assert results["heldout"] == {"kind": "test", "cases": {"test": tests}}
+    stock = results["runs"]["nnUNetTrainer__nnUNetPlans"]
+    assert stock["status"] == "done" and stock["predicted_cases"] == len(tests) == 2
+    assert sorted(stock["per_case"]) == tests and 0.0 <= stock["mean_dice"] <= 1.0
+    evaluated = stock["evaluate"]
+    assert evaluated["dimensionality"] == "2d" and evaluated["num_cases"] == 2
+    assert evaluated["mean"]["classes"]["foreground"]["Dice"] == pytest.approx(stock["dice"]["foreground"])
+    assert all(0.0 <= evaluated["mean"][k] <= 1.0 for k in ("dice", "iou", "s_alpha", "weighted_f", "max_e", "mae"))
+    assert "imagesTs (labelsTs), predicted by the ensemble" in (tmp_path / "out" / "compare.md").read_text()

@@ -264,6 +264,31 @@ def test_dataset_lookup_and_refusal(tmp_path):
         tmp_path / "results" / "Dataset004_Hippocampus" / "nnUNetTrainerNB__nnUNetPlans__3d_fullres"
 
 
+def test_nnunet_folders_and_plans_files_are_found_or_refused_in_one_line(tmp_path, monkeypatch):
+    """The one lookup of nnU-Net's folders and a dataset's plans that plan, info and compare share."""
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    with pytest.raises(UserError, match=r"^nnUNet_preprocessed is not set: export nnUNet_preprocessed=\S+ \(why\)$"):
+        datasets.nnunet_folder("nnUNet_preprocessed", why="why")
+    with pytest.raises(UserError, match="nnUNet_raw is .*nowhere, which does not exist"):
+        datasets.nnunet_folder("nnUNet_raw", tmp_path / "nowhere")
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    assert datasets.nnunet_folder("nnUNet_preprocessed") == tmp_path.resolve()
+    with pytest.raises(UserError, match=r"no Dataset004_\* in nnUNet_preprocessed .*; plan it first: "
+                                        r"nnUNetv2_plan_and_preprocess -d 4$"):
+        datasets.plans_file(tmp_path, 4, "nnUNetPlans")
+    (tmp_path / "Dataset004_Hippocampus").mkdir()
+    with pytest.raises(UserError, match=r"nnUNetPlans.json does not exist: plan the dataset first "
+                                        r"\(nnUNetv2_plan_and_preprocess -d 4\), or name existing plans"):
+        datasets.plans_file(tmp_path, 4, "nnUNetPlans")
+    path = tmp_path / "Dataset004_Hippocampus" / "nnUNetPlans.json"
+    path.write_text(json.dumps({"configurations": {"3d_fullres": {}, "2d": {}}}))
+    assert datasets.plans_file(tmp_path, 4, "nnUNetPlans") == path
+    assert datasets.read_plans(path, "2d") == datasets.read_plans(path) == json.loads(path.read_text())
+    with pytest.raises(UserError, match="^the plans nnUNetPlans of Dataset004_Hippocampus have no configuration "
+                                        "3d_lowres: choose one of 3d_fullres, 2d$"):
+        datasets.read_plans(path, "3d_lowres")
+
+
 def test_heldout_source_copies_and_validation_cases(tmp_path):
     raw = tmp_path / "Dataset001_X"
     for case in ("a", "b", "c"):

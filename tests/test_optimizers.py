@@ -93,14 +93,18 @@ def test_adamw_trainer_builds_adamw_with_primus_settings_and_sgd_trainer_stays_s
     assert type(adamw.network) is type(sgd.network) and type(adamw.loss) is type(sgd.loss)
 
 
-@pytest.mark.parametrize("name, network, lr", [("nnUNetTrainerMDSA_AdamW", "MDSAUNet", 3e-4),
-                                               ("nnUNetTrainerBilateral_AdamW", "BilateralUNet", 1e-3)])
-def test_mdsa_and_bilateral_adamw_trainers_change_only_the_optimizer(trainer_without_data, name, network, lr):
+@pytest.mark.parametrize("name, sgd_name, network, lr", [
+    ("nnUNetTrainerMDSA_AdamW", "nnUNetTrainerMDSA", "MDSAUNet", 3e-4),
+    ("nnUNetTrainerBilateral_AdamW", "nnUNetTrainerBilateral_SGD", "BilateralUNet", 1e-3),
+    ("nnUNetTrainerBilateral", "nnUNetTrainerBilateral_SGD", "BilateralUNet", 1e-3),  # the default since the benchmark
+])
+def test_mdsa_and_bilateral_adamw_trainers_change_only_the_optimizer(trainer_without_data, name, sgd_name, network,
+                                                                     lr):
     """The bilateral paper trained with Adam at 1e-3: its AdamW trainer starts from that rate; MDSA's from Primus's."""
     from nnunet_sparseattn import trainers
 
     adamw = _trainer(trainer_without_data, getattr(trainers, name))
-    sgd = _trainer(trainer_without_data, getattr(trainers, name.removesuffix("_AdamW")))
+    sgd = _trainer(trainer_without_data, getattr(trainers, sgd_name))
     assert isinstance(adamw.optimizer, torch.optim.AdamW) and type(sgd.optimizer) is torch.optim.SGD
     assert adamw.initial_lr == lr and adamw.optimizer.param_groups[0]["betas"] == (0.9, 0.98)
     assert type(adamw.network).__name__ == type(sgd.network).__name__ == network
@@ -303,7 +307,7 @@ def test_optimizer_benchmark_calls_a_difference_clear_only_when_large_and_signif
     assert adamw["sgd"]["loss_last_quarter"] == 0.5 and adamw["adamw"]["trainer"] == "nnUNetTrainerBSA_AdamW"
     mixed = bench.pair({"runs": runs}, "nnUNetTrainerMDSA", "nnUNetTrainerMDSA_AdamW")
     assert mixed["verdict"] == "no clear difference" and not mixed["same_batches"]
-    missing = bench.pair({"runs": runs}, "nnUNetTrainerBilateral", "nnUNetTrainerBilateral_AdamW")
+    missing = bench.pair({"runs": runs}, *bench.NETWORKS["Bilateral"])
     assert missing["status"] == "incomplete"
     section = bench.render({"command": "python benchmarks/optimizer.py", "training_cases": 40, "cases": 8,
                             "budget": {"name": "cpu"}, "budget_text": "8 x 16", "machine": "test CPU",

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import inspect
 import pydoc
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence, cast
 
+import numpy as np
 import torch
 import torch.nn as nn
 from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
@@ -49,6 +50,7 @@ __all__ = [
     "SHARED_KWARGS",
     "SkipsEncoder",
     "heads_for",
+    "conv_block_args",
     "normalize_plans_kwargs",
     "per_stage",
     "serialize_arch_kwargs",
@@ -67,6 +69,16 @@ class PlansError(UserError):
 
 
 # The plans' architecture arguments every network here takes (PlainConvUNet's names).
+# The last of them, in StackedConvBlocks' positional order after its stride.
+CONV_BLOCK_KWARGS: tuple[str, ...] = (
+    "conv_bias",
+    "norm_op",
+    "norm_op_kwargs",
+    "dropout_op",
+    "dropout_op_kwargs",
+    "nonlin",
+    "nonlin_kwargs",
+)
 SHARED_KWARGS: tuple[str, ...] = (
     "n_stages",
     "features_per_stage",
@@ -75,13 +87,7 @@ SHARED_KWARGS: tuple[str, ...] = (
     "strides",
     "n_conv_per_stage",
     "n_conv_per_stage_decoder",
-    "conv_bias",
-    "norm_op",
-    "norm_op_kwargs",
-    "dropout_op",
-    "dropout_op_kwargs",
-    "nonlin",
-    "nonlin_kwargs",
+    *CONV_BLOCK_KWARGS,
 )
 # Arguments nnU-Net stores as dotted names in plans files (``_kw_requires_import``).
 REQUIRES_IMPORT: tuple[str, ...] = ("conv_op", "norm_op", "dropout_op", "nonlin")
@@ -121,6 +127,12 @@ def heads_for(channels: int, head_dim: Any, where: str) -> int:
         return num_heads_for(int(channels), head_dim)
     except ValueError as error:
         raise PlansError(f"{where}: {error}") from None
+
+
+def conv_block_args(kw: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``StackedConvBlocks``' arguments after the stride (bias, norm, dropout, nonlinearity), from normalised
+    shared arguments, in its positional order."""
+    return tuple(kw[name] for name in CONV_BLOCK_KWARGS)
 
 
 def normalize_plans_kwargs(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,6 +213,12 @@ class SkipsEncoder(nn.Module):
         return skips
 
 
+class _FeatureMapSized(Protocol):
+    """A part of a network that estimates its stored activations (nnU-Net's planners size patches by it)."""
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int | np.int64: ...
+
+
 class PlansNetwork(AbstractDynamicNetworkArchitectures):
     """Base of every network we ship (contracts in the module docstring).
 
@@ -212,7 +230,20 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
     - :meth:`check_own`: validate its own arguments against the shared ones (and the patch, when known) and return
       them normalised per stage. The constructor calls it (without a patch), and so does :meth:`resolve_arch_kwargs`
       (with one): a plans file and a direct call are refused by the same code, in one line (:class:`PlansError`).
+
+    Like nnU-Net's U-Nets it runs ``decoder(encoder(x))`` and sums their activation estimates; a network with more
+    than that overrides ``forward`` and ``compute_conv_feature_map_size``.
     """
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        parts = (cast(_FeatureMapSized, part) for part in (self.encoder, self.decoder))
+        return np.int64(sum(part.compute_conv_feature_map_size(input_size) for part in parts))
 
     @classmethod
     def own_defaults(cls) -> dict[str, Any]:
@@ -220,6 +251,12 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
         params = list(inspect.signature(cls.__init__).parameters.values())
         names = [p.name for p in params]
         return {p.name: p.default for p in params[names.index("deep_supervision") + 1 :]}
+
+    @staticmethod
+    def shared_values(arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The shared U-Net arguments among ``arguments`` (a constructor passes its ``locals()``), normalised by
+        :func:`normalize_plans_kwargs` (classes imported, one entry per stage)."""
+        return normalize_plans_kwargs({name: arguments[name] for name in SHARED_KWARGS})
 
     @classmethod
     def own_values(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
     heads_for,
-    normalize_plans_kwargs,
     stage_shapes,
 )
 from nnunet_sparseattn.layers.conv import ConvNormAct
@@ -230,6 +229,9 @@ class BilateralDecoder(UNetDecoder):
 class BilateralUNet(PlansNetwork):
     """The bilateral spatial attention network on nnU-Net plans (2D or 3D by ``conv_op``)."""
 
+    encoder: BilateralEncoder
+    decoder: BilateralDecoder
+
     def __init__(
         self,
         input_channels: int,
@@ -284,24 +286,7 @@ class BilateralUNet(PlansNetwork):
         render_channels, render_layers: the point head's MLP.
         """
         super().__init__()
-        shared = normalize_plans_kwargs(
-            dict(
-                n_stages=n_stages,
-                features_per_stage=features_per_stage,
-                conv_op=conv_op,
-                kernel_sizes=kernel_sizes,
-                strides=strides,
-                n_conv_per_stage=n_conv_per_stage,
-                n_conv_per_stage_decoder=n_conv_per_stage_decoder,
-                conv_bias=conv_bias,
-                norm_op=norm_op,
-                norm_op_kwargs=norm_op_kwargs,
-                dropout_op=dropout_op,
-                dropout_op_kwargs=dropout_op_kwargs,
-                nonlin=nonlin,
-                nonlin_kwargs=nonlin_kwargs,
-            )
-        )
+        shared = self.shared_values(locals())
         own = self.check_own({**shared, **self.own_values(locals())})
         stages = own["isam_stages"]
         self.encoder = BilateralEncoder(
@@ -359,8 +344,7 @@ class BilateralUNet(PlansNetwork):
         return [refined, *outputs[1:]] if self.decoder.deep_supervision else refined
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        total = self.encoder.compute_conv_feature_map_size(input_size)
-        total += self.decoder.compute_conv_feature_map_size(input_size)
+        total = super().compute_conv_feature_map_size(input_size)
         if self.rendering is not None:
             total += self.rendering.compute_conv_feature_map_size(input_size)
         return np.int64(total)

@@ -21,7 +21,6 @@ import math
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
-import torch
 import torch.nn as nn
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
@@ -31,7 +30,6 @@ from nnunet_sparseattn.architectures.base import (
     PlansNetwork,
     SkipsEncoder,
     heads_for,
-    normalize_plans_kwargs,
     per_stage,
     stage_shapes,
 )
@@ -173,6 +171,9 @@ def _region(region: Optional[Sequence[int]]) -> Union[int, Sequence[int]]:
 class BSAUNet(PlansNetwork):
     """BSA-Seg on nnU-Net plans (2D or 3D by ``conv_op``); see the module docstring."""
 
+    encoder: BSAEncoder
+    decoder: UNetDecoder
+
     def __init__(
         self,
         input_channels: int,
@@ -213,24 +214,7 @@ class BSAUNet(PlansNetwork):
         coarse_branch: BSAM's patch-level attention branch (False: BiFormer's BRA; an ablation).
         """
         super().__init__()
-        kw = normalize_plans_kwargs(
-            dict(
-                n_stages=n_stages,
-                features_per_stage=features_per_stage,
-                conv_op=conv_op,
-                kernel_sizes=kernel_sizes,
-                strides=strides,
-                n_conv_per_stage=n_conv_per_stage,
-                n_conv_per_stage_decoder=n_conv_per_stage_decoder,
-                conv_bias=conv_bias,
-                norm_op=norm_op,
-                norm_op_kwargs=norm_op_kwargs,
-                dropout_op=dropout_op,
-                dropout_op_kwargs=dropout_op_kwargs,
-                nonlin=nonlin,
-                nonlin_kwargs=nonlin_kwargs,
-            )
-        )
+        kw = self.shared_values(locals())
         own = self.check_own({**kw, **self.own_values(locals())})
         self.encoder = BSAEncoder(
             input_channels,
@@ -262,14 +246,6 @@ class BSAUNet(PlansNetwork):
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stages.0"
         self.keys_to_in_proj = (f"{first_conv}.conv", f"{first_conv}.all_modules.0")
-
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
-        return self.decoder(self.encoder(x))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        return self.encoder.compute_conv_feature_map_size(input_size) + self.decoder.compute_conv_feature_map_size(
-            input_size
-        )
 
     @classmethod
     def fill_for_patch(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:

@@ -36,8 +36,8 @@ from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
     SkipsEncoder,
+    conv_block_args,
     heads_for,
-    normalize_plans_kwargs,
     stage_shapes,
 )
 from nnunet_sparseattn.layers.conv import conv_dims
@@ -110,15 +110,7 @@ class MDSAEncoder(SkipsEncoder):
         self.output_channels = list(kw["features_per_stage"])
         self.strides = [tuple(s) for s in kw["strides"]]
         self.kernel_sizes = [tuple(k) for k in kw["kernel_sizes"]]
-        conv_args = (
-            kw["conv_bias"],
-            kw["norm_op"],
-            kw["norm_op_kwargs"],
-            kw["dropout_op"],
-            kw["dropout_op_kwargs"],
-            kw["nonlin"],
-            kw["nonlin_kwargs"],
-        )
+        conv_args = conv_block_args(kw)
         stages = []
         in_ch = input_channels
         for s, out_ch in enumerate(self.output_channels):
@@ -187,15 +179,7 @@ class MDSADecoder(nn.Module):
         conv_op = encoder.conv_op
         ch, strides, kernels = encoder.output_channels, encoder.strides, encoder.kernel_sizes
         self.strides = strides
-        conv_args = (
-            kw["conv_bias"],
-            kw["norm_op"],
-            kw["norm_op_kwargs"],
-            kw["dropout_op"],
-            kw["dropout_op_kwargs"],
-            kw["nonlin"],
-            kw["nonlin_kwargs"],
-        )
+        conv_args = conv_block_args(kw)
         n = len(ch)
         upsampling, stages, seg_layers = [], [], []
         for i in range(n - 1):
@@ -279,6 +263,9 @@ class MDSAUNet(PlansNetwork):
     - ``edm_local_branch="conv"`` | ``"maxpool"``: EDM's second branch.
     """
 
+    encoder: MDSAEncoder
+    decoder: MDSADecoder
+
     def __init__(
         self,
         input_channels: int,
@@ -309,24 +296,7 @@ class MDSAUNet(PlansNetwork):
         edm_local_branch: str = "conv",
     ) -> None:
         super().__init__()
-        kw = normalize_plans_kwargs(
-            dict(
-                n_stages=n_stages,
-                features_per_stage=features_per_stage,
-                conv_op=conv_op,
-                kernel_sizes=kernel_sizes,
-                strides=strides,
-                n_conv_per_stage=n_conv_per_stage,
-                n_conv_per_stage_decoder=n_conv_per_stage_decoder,
-                conv_bias=conv_bias,
-                norm_op=norm_op,
-                norm_op_kwargs=norm_op_kwargs,
-                dropout_op=dropout_op,
-                dropout_op_kwargs=dropout_op_kwargs,
-                nonlin=nonlin,
-                nonlin_kwargs=nonlin_kwargs,
-            )
-        )
+        kw = self.shared_values(locals())
         cfg = self.own_values(locals())
         attention, grid_list, topk_list = self.check_own({**kw, **cfg})
         self.attention_stages = [s for s, a in enumerate(attention) if a]
@@ -346,16 +316,11 @@ class MDSAUNet(PlansNetwork):
         self.key_to_stem = "encoder.stages.0"
         self.keys_to_in_proj = tuple(f"{entry}.{key}" for key in in_proj)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        return self.decoder(self.encoder(x))
-
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         ndim = conv_dims(self.encoder.conv_op)
         if len(input_size) != ndim:
             raise ValueError(f"input_size must be the {ndim} spatial sizes (no batch or channel), got {input_size}")
-        return self.encoder.compute_conv_feature_map_size(input_size) + self.decoder.compute_conv_feature_map_size(
-            input_size
-        )
+        return super().compute_conv_feature_map_size(input_size)
 
     @classmethod
     def fill_for_patch(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:

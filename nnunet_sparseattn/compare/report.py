@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_sparseattn.compare.results import smallest_p_value
+from nnunet_sparseattn.evaluation.evaluate import markdown_table
 
 
 def num(x: float | None, digits: int = 3) -> str:
@@ -116,6 +117,17 @@ def render_markdown(results: dict[str, Any]) -> str:
         paired_test_note(results),
         "",
     ]
+    evaluated = [
+        (r.get("label", k), r["evaluate"])
+        for k, r in results["runs"].items()
+        if r.get("status") == "done" and r.get("evaluate")
+    ]
+    if evaluated:
+        lines += [
+            "`nnunet-sparseattn evaluate`'s metrics of the same predictions (the predicted masks):",
+            "",
+            markdown_table(evaluated),
+        ]
     return "\n".join(lines)
 
 

@@ -5,10 +5,10 @@ a plans file) trains the budgeted trainer ``<Trainer>_bench<budget>`` with ``nnU
 fold, into ``OUTPUT_FOLDER/nnUNet_results`` (never the user's ``nnUNet_results``; the preprocessed data is nnU-Net's
 own and shared, as nnU-Net shares it). It then predicts the held-out cases with ``nnUNetv2_predict`` (``imagesTs``
 with the ensemble of the folds where ``labelsTs`` exists, else every fold's validation cases with that fold's
-model), scores them (``harness.scoring``) and tests each trainer against each baseline per case
-(``results.paired_test``). Everything lands in ``OUTPUT_FOLDER``: ``compare.json``, ``compare.md``, ``compare.png``,
-one nnU-Net log per run in ``logs/``. Run again with the same arguments, it resumes: finished runs are kept, a
-killed training continues from its last epoch (nnU-Net's ``--c``).
+model), scores them (``harness.scoring``, and ``evaluate``'s metrics) and tests each trainer against each baseline
+per case (``results.paired_test``). Everything lands in ``OUTPUT_FOLDER``: ``compare.json``, ``compare.md``,
+``compare.png``, one nnU-Net log per run in ``logs/``. Run again with the same arguments, it resumes: finished runs
+are kept (their FLOPs counted again), a killed training continues from its last epoch (nnU-Net's ``--c``).
 """
 
 from __future__ import annotations
@@ -143,14 +143,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _nnunet_folder(variable: str, value: str | Path | None) -> Path:
-    """One of nnU-Net's folders (given, or nnU-Net's environment variable), refused in one line where it is not."""
-    if not value or not Path(value).is_dir():
-        raise UserError(
-            f"{variable} is {'not set' if not value else f'{value}, which does not exist'}: export "
-            f"{variable}=/path/to/{variable} (compare reads your dataset there)"
-        )
-    return Path(value).resolve()
+# what a run's record keeps of evaluate's result (the per-case values stay in its JSON beside the predictions)
+EVALUATED = ("dimensionality", "distance_unit", "nsd_tolerance", "num_cases", "sources", "mean")
+
+
+def evaluate_predictions(labels: Path, predictions: Path) -> dict[str, Any] | None:
+    """``nnunet-sparseattn evaluate``'s metrics of one run's predictions, means over the held-out cases (per case: its
+    JSON in the predictions folder): IoU and NSD per class, and for 2D data the polyp papers' mDSC ... MAE, on the
+    predicted masks (compare saves no probabilities). None where evaluate does not score the dataset (regions, an
+    ignore label); compare's own Dice and HD95 score those."""
+    from nnunet_sparseattn.evaluation import evaluate_folders, unscored_labels
+
+    if unscored_labels(datasets.read_json(predictions / "dataset.json")) is not None:
+        return None
+    [result], _, _ = evaluate_folders(labels, [predictions], num_processes=1)
+    return {key: result[key] for key in EVALUATED}
 
 
 class Comparison:
@@ -158,15 +165,12 @@ class Comparison:
     work, resumable at every step."""
 
     def __init__(self, request: CompareRequest, echo: Callable[[str], None] = print):
-        import os
-
         import torch
 
         self.echo = echo
-        self.raw_root = _nnunet_folder("nnUNet_raw", request.raw or os.environ.get("nnUNet_raw"))
-        self.preprocessed_root = _nnunet_folder(
-            "nnUNet_preprocessed", request.preprocessed or os.environ.get("nnUNet_preprocessed")
-        )
+        why = "compare reads your dataset there"
+        self.raw_root = datasets.nnunet_folder("nnUNet_raw", request.raw, why)
+        self.preprocessed_root = datasets.nnunet_folder("nnUNet_preprocessed", request.preprocessed, why)
         self.dataset_id = datasets.parse_dataset(request.dataset)
         self.raw = datasets.require_dataset(self.raw_root, self.dataset_id, "nnUNet_raw")
         self.configuration = request.configuration
@@ -206,14 +210,7 @@ class Comparison:
         return folder / f"{plans}.json"
 
     def _check_configuration(self, plans: str) -> dict:
-        path = self._plans_file(plans)
-        content = datasets.read_json(path)
-        if self.configuration not in content["configurations"]:
-            raise UserError(
-                f"the plans {plans} of {self.raw.name} have no configuration {self.configuration}: "
-                f"choose one of {', '.join(content['configurations'])}"
-            )
-        return content
+        return datasets.read_plans(self._plans_file(plans), self.configuration)
 
     def _check_plans_before_planning(self) -> None:
         path = self._plans_file_if_planned(self.plans)
@@ -254,7 +251,11 @@ class Comparison:
         for run in self.runs:
             record = dict(self.store.run(run.key) or {})
             if record.get("status") == "done":
-                self.echo(f"{run.label}: done before, kept")
+                record = self._recount(run, record)
+                predictions = self.output / "predictions" / run.key
+                if "evaluate" not in record and predictions.is_dir():  # scored before compare ran evaluate
+                    record["evaluate"] = evaluate_predictions(self.output / "heldout" / "labels", predictions)
+                self.store.set_run(run.key, record)
                 continue
             try:
                 record = self._run(run, record)
@@ -328,6 +329,24 @@ class Comparison:
             f"{run.label}: mean Dice {_num(record['mean_dice'])} ({summary}), {record['s_per_iter']:.3f} s/iter,"
             f" {record['s_per_case']:.2f} s/case"
         )
+        return record
+
+    def _recount(self, run: Run, record: dict[str, Any]) -> dict[str, Any]:
+        """A finished run, kept, with its FLOPs counted again: the count is a function of the network and of how
+        FLOPs are counted, so a kept run gets what a fresh one would (an earlier counter counted no CPU attention).
+        Other parameters than when it trained mean another network than the trained one: then nothing is changed
+        and a line says so."""
+        cost = self._cost(run)
+        if record.get("params") is not None and record["params"] != cost["params"]:
+            self.echo(
+                f"{run.label}: done before, kept; its network now has {cost['params']} parameters, not "
+                f"{record['params']} as when trained: its cost is left as measured then"
+            )
+            return record
+        if any(record.get(key) != value for key, value in cost.items()):
+            self.echo(f"{run.label}: done before, kept; FLOPs counted again: {record.get('flops')} -> {cost['flops']}")
+            return dict(record, **cost)
+        self.echo(f"{run.label}: done before, kept")
         return record
 
     def _cost(self, run: Run) -> dict[str, Any]:
@@ -438,7 +457,13 @@ class Comparison:
             datasets.read_json(preprocessed / "dataset.json"),
             self._plans_file(run.plans),
         )
-        return {"s_per_case": loop_s / cases, "predict_wall_s": round(wall, 2), "predicted_cases": cases, **scores}
+        return {
+            "s_per_case": loop_s / cases,
+            "predict_wall_s": round(wall, 2),
+            "predicted_cases": cases,
+            **scores,
+            "evaluate": evaluate_predictions(self.output / "heldout" / "labels", predictions),
+        }
 
     # ------------------------------------------------------------------------------------------- reports
     def _update_tests(self) -> None:

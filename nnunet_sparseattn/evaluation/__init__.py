@@ -1,6 +1,12 @@
 """``nnunet-sparseattn evaluate``: nnU-Net's Dice/IoU, HD95 and NSD (MONAI), the polyp metrics (pysodmetrics)."""
 
-from nnunet_sparseattn.evaluation.evaluate import PAPER_METRICS_FILE, TABLE_FILE, evaluate_folders, markdown_table
+from nnunet_sparseattn.evaluation.evaluate import (
+    PAPER_METRICS_FILE,
+    TABLE_FILE,
+    evaluate_folders,
+    markdown_table,
+    unscored_labels,
+)
 from nnunet_sparseattn.evaluation.metrics import (
     ForegroundMapMetrics,
     dice_iou_at_half,
@@ -20,4 +26,5 @@ __all__ = [
     "normalized_surface_dice",
     "original_size_reference",
     "restore_original_size",
+    "unscored_labels",
 ]

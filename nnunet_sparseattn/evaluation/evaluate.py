@@ -66,6 +66,17 @@ class _Dataset:
     file_ending: str
 
 
+def unscored_labels(dataset_json: dict) -> Optional[str]:
+    """What in a dataset.json ``evaluate`` does not score (``"regions"``, ``"an ignore label"``), None for plain
+    labels."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
+    if manager.has_regions:
+        return "regions"
+    return "an ignore label" if manager.has_ignore_label else None
+
+
 def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Path]) -> _Dataset:
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -83,10 +94,11 @@ def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Pat
         )
     meta = json.loads(found.read_text())
     manager = LabelManager(meta["labels"], meta.get("regions_class_order"))
-    if manager.has_regions or manager.has_ignore_label:
+    unscored = unscored_labels(meta)
+    if unscored is not None:
         raise UserError(
-            f"{found} defines {'regions' if manager.has_regions else 'an ignore label'}: evaluate scores "
-            "plain label datasets; use nnUNetv2_evaluate_folder for this one"
+            f"{found} defines {unscored}: evaluate scores plain label datasets; use nnUNetv2_evaluate_folder for "
+            "this one"
         )
     names = {int(v): k for k, v in meta["labels"].items()}
     example = next(iter(sorted(reference.glob(f"*{meta['file_ending']}"))), None)

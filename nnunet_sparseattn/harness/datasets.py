@@ -8,6 +8,7 @@ those layouts out.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -31,18 +32,57 @@ def parse_dataset(dataset: int | str) -> int:
     return int(match.group(1))
 
 
-def require_dataset(root: str | Path, dataset_id: int, variable: str) -> Path:
-    """``dataset_folder``, refused in one line where the dataset is not in ``root`` (nnU-Net's ``variable``)."""
+def require_dataset(root: str | Path, dataset_id: int, variable: str, fix: str = "") -> Path:
+    """``dataset_folder``, refused in one line where the dataset is not in ``root`` (nnU-Net's ``variable``); ``fix``
+    ends that line with what to do."""
     found = dataset_folder(root, dataset_id)
     if found is None:
         present = sorted(p.name for p in Path(root).glob("Dataset[0-9][0-9][0-9]_*"))
         have = f"it holds {', '.join(present)}" if present else "it holds no dataset"
-        raise UserError(f"no Dataset{int(dataset_id):03d}_* in {variable} ({root}): {have}")
+        raise UserError(
+            f"no Dataset{int(dataset_id):03d}_* in {variable} ({root}): {have}" + (f"; {fix}" if fix else "")
+        )
     return found
+
+
+def nnunet_folder(variable: str, given: str | Path | None = None, why: str = "") -> Path:
+    """One of nnU-Net's three folders: ``given``, else the environment variable ``variable`` (``nnUNet_raw``,
+    ``nnUNet_preprocessed``, ``nnUNet_results``); refused in one line where it is not set or does not exist."""
+    value = given or os.environ.get(variable)
+    if not value or not Path(value).is_dir():
+        state = "not set" if not value else f"{value}, which does not exist"
+        raise UserError(f"{variable} is {state}: export {variable}=/path/to/{variable}" + (f" ({why})" if why else ""))
+    return Path(value).resolve()
+
+
+def plans_file(preprocessed_root: str | Path, dataset_id: int, plans: str) -> Path:
+    """``nnUNet_preprocessed/DatasetXXX_NAME/<plans>.json``, refused in one line where the dataset is not planned or
+    has no such plans."""
+    plan_first = f"nnUNetv2_plan_and_preprocess -d {int(dataset_id)}"
+    folder = require_dataset(preprocessed_root, dataset_id, "nnUNet_preprocessed", f"plan it first: {plan_first}")
+    path = folder / f"{plans}.json"
+    if not path.is_file():
+        raise UserError(
+            f"{path} does not exist: plan the dataset first ({plan_first}), or name existing plans with --plans"
+        )
+    return path
 
 
 def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def read_plans(path: str | Path, configuration: str | None = None) -> dict:
+    """A plans file (``nnUNet_preprocessed/DatasetXXX_NAME/<plans>.json``); with ``configuration``, refused in one
+    line where the plans lack it."""
+    path = Path(path)
+    plans = read_json(path)
+    if configuration is not None and configuration not in plans["configurations"]:
+        raise UserError(
+            f"the plans {path.stem} of {path.parent.name} have no configuration {configuration}: choose one of "
+            f"{', '.join(plans['configurations'])}"
+        )
+    return plans
 
 
 def model_folder(

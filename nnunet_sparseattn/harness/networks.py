@@ -133,36 +133,20 @@ def dataset_networks(
     """For a planned dataset: stock nnU-Net's network and each of our main trainers' networks built from its plans
     (``configuration``): parameters, FLOPs at the patch size and the attention layout. nnU-Net's stock trainer
     also gets the ResEnc M plans' network when those plans exist."""
-    import json
-    import os
-
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_sparseattn.errors import UserError
-    from nnunet_sparseattn.harness.datasets import parse_dataset, require_dataset
+    from nnunet_sparseattn.harness import datasets
     from nnunet_sparseattn.trainers import MAIN_TRAINERS
 
-    root = preprocessed or os.environ.get("nnUNet_preprocessed")
-    if not root:
-        raise UserError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
-    folder = require_dataset(root, parse_dataset(dataset), "nnUNet_preprocessed")
-    plans_file = folder / f"{plans_name}.json"
-    if not plans_file.is_file():
-        raise UserError(
-            f"{plans_file} does not exist: plan the dataset first (nnUNetv2_plan_and_preprocess -d "
-            f"{parse_dataset(dataset)}), or name existing plans with --plans"
-        )
-    plans = json.loads(plans_file.read_text())
-    if configuration not in plans["configurations"]:
-        raise UserError(
-            f"the plans {plans_name} of {folder.name} have no configuration {configuration}: choose one "
-            f"of {', '.join(plans['configurations'])}"
-        )
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+    root = datasets.nnunet_folder("nnUNet_preprocessed", preprocessed)
+    path = datasets.plans_file(root, datasets.parse_dataset(dataset), plans_name)
+    plans = datasets.read_plans(path, configuration)
+    folder = path.parent
+    dataset_json = datasets.read_json(folder / "dataset.json")
     entries = [(nnUNetTrainer, plans_name, plans)]
     resenc = folder / "nnUNetResEncUNetMPlans.json"
     if resenc.is_file() and plans_name != resenc.stem:
-        entries.append((nnUNetTrainer, resenc.stem, json.loads(resenc.read_text())))
+        entries.append((nnUNetTrainer, resenc.stem, datasets.read_plans(resenc)))
     entries += [(t, plans_name, plans) for t in MAIN_TRAINERS if issubclass(t, ArchitectureTrainer)]
     rows = []
     for trainer, name, content in entries:

@@ -14,34 +14,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from nnunet_sparseattn.architectures.base import PlansError, serialize_arch_kwargs
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.plans.variants import get_variant, network_class
-
-
-def _dataset_folder(dataset: int | str, preprocessed_root: Optional[Path]) -> Path:
-    root = preprocessed_root or os.environ.get("nnUNet_preprocessed")
-    if not root:
-        raise UserError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
-    root = Path(root)
-    if isinstance(dataset, str) and dataset.startswith("Dataset"):
-        folder = root / dataset
-    else:
-        try:
-            ident = int(dataset)
-        except ValueError:
-            raise UserError(f"dataset {dataset!r} is neither an id (4) nor a name (Dataset004_Hippocampus)") from None
-        found = sorted(root.glob(f"Dataset{ident:03d}_*"))
-        if not found:
-            raise UserError(f"no Dataset{ident:03d}_* in {root}: run nnUNetv2_plan_and_preprocess -d {ident} first")
-        folder = found[0]
-    if not folder.is_dir():
-        raise UserError(f"{folder} does not exist: run nnUNetv2_plan_and_preprocess for this dataset first")
-    return folder
 
 
 def variant_plans(
@@ -81,23 +59,16 @@ def variant_plans(
 
 
 def write_variant_plans(
-    dataset: int | str,
+    source: Path,
     variant: str,
-    source_plans: str = "nnUNetPlans",
     configurations: Optional[Sequence[str]] = None,
     overrides: Optional[Mapping[str, Any]] = None,
-    preprocessed_root: Optional[Path] = None,
 ) -> Path:
-    """Write ``<source_plans>_<SUFFIX>.json`` beside the source plans; returns its path."""
-    folder = _dataset_folder(dataset, preprocessed_root)
-    source = folder / f"{source_plans}.json"
-    if not source.is_file():
-        raise UserError(
-            f"{source} does not exist: run nnUNetv2_plan_and_preprocess -d {dataset} first "
-            f"(or name existing plans with --plans)"
-        )
+    """Write ``<source plans>_<SUFFIX>.json`` beside the plans file ``source`` (found by the caller: the command line
+    looks it up in ``nnUNet_preprocessed``); returns its path."""
+    source = Path(source)
     plans = json.loads(source.read_text())
     out = variant_plans(plans, variant, configurations, overrides)
-    target = folder / f"{out['plans_name']}.json"
+    target = source.parent / f"{out['plans_name']}.json"
     target.write_text(json.dumps(out, indent=4, sort_keys=False))
     return target

@@ -10,6 +10,7 @@ from nnunet_sparseattn.trainers.bilateral import (
     nnUNetTrainerBilateral_AdamW,
     nnUNetTrainerBilateral_noRendering,
     nnUNetTrainerBilateral_pretrained,
+    nnUNetTrainerBilateral_SGD,
 )
 from nnunet_sparseattn.trainers.bsa import nnUNetTrainerBSA, nnUNetTrainerBSA_noNB
 from nnunet_sparseattn.trainers.bsa_adamw import nnUNetTrainerBSA_AdamW
@@ -30,6 +31,7 @@ SHIPPED_TRAINERS: tuple[type, ...] = (
     nnUNetTrainerBilateral_AdamW,
     nnUNetTrainerBilateral_noRendering,
     nnUNetTrainerBilateral_pretrained,
+    nnUNetTrainerBilateral_SGD,
 )
 
 # One trainer per method: what `nnunet-sparseattn compare` and the accuracy benchmark set beside stock nnU-Net.
