@@ -301,7 +301,6 @@ def _write(
     # outlined on every attention picture: the reference where given (what the routing is judged against), else the
     # prediction
     structures, structures_name = (seg, "prediction") if reference is None else (reference, "reference")
-    outlines = dict(structures=structures, labels=labels, structures_name=structures_name)
     overview_rows: dict[str, list] = {p.name: [] for p in points}
     routed = analysis.routed_views(recorder, modules["routed"], points, patch_size)
     for view in routed:
@@ -326,7 +325,9 @@ def _write(
             maps,
             folder / f"{_name(view.module)}_routing.png",
             title,
-            **outlines,
+            structures=structures,
+            labels=labels,
+            structures_name=structures_name,
         )
         weights = None if view.weights is None or view.routed is None else view.weights[view.routed]
         entry = summary["modules"].setdefault(view.module, {"kind": _kind(model.network, view.module), "points": {}})
@@ -389,7 +390,9 @@ def _write(
                 folder / f"{_name(stage)}_window.png",
                 f"{stage}: Swin window attention of the query ({point.name} {_coords(point, case)}), token "
                 f"{views[0].token} of a {'x'.join(map(str, views[0].spatial))} map",
-                **outlines,
+                structures=structures,
+                labels=labels,
+                structures_name=structures_name,
             )
             summary["modules"].setdefault(stage, {"kind": "ISAM (Swin window attention)", "points": {}})["points"][
                 point.name
