@@ -4,12 +4,14 @@ Titles say what is drawn; colour bars say what the shade means; legends name the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 __all__ = [
+    "Structures",
     "case_figure",
     "channel_figure",
     "label_colours",
@@ -119,17 +121,36 @@ def _plane(planes: Planes, volume: np.ndarray, axis: int, projected: bool) -> np
     return planes.project(volume, axis) if projected else planes.cut(volume, axis)
 
 
-def _structures(ax, planes: Planes, structures: Optional[np.ndarray], axis: int, colours: list, projected: bool):
-    """Thin outlines of the labelled structures in their class colours (so that where the attention goes can be read
-    against the anatomy), through the point or projected like the panel."""
+@dataclass(frozen=True)
+class Structures:
+    """A label map outlined on the attention pictures in the class colours, so that where the attention goes can be
+    read against the anatomy: ``name`` says whose labels they are (the reference, or the prediction)."""
+
+    label_map: np.ndarray
+    labels: dict
+    name: str
+
+    @property
+    def colours(self) -> list:
+        return label_colours(max([v for v in self.labels if isinstance(v, int)], default=1))
+
+
+def _structures(ax, planes: Planes, structures: Optional[Structures], axis: int, projected: bool) -> None:
+    """Thin outlines of the structures, through the point or projected like the panel."""
     if structures is None:
         return
-    for value in np.unique(structures):
+    colours = structures.colours
+    for value in np.unique(structures.label_map):
         if value <= 0 or value >= len(colours):
             continue
-        mask = _plane(planes, structures == value, axis, projected)
+        mask = _plane(planes, structures.label_map == value, axis, projected)
         if mask.any() and not mask.all():
             ax.contour(mask.astype(float), levels=[0.5], colors=[colours[int(value)]], linewidths=0.9)
+
+
+def _legend_structures(fig, structures: Optional[Structures]) -> None:
+    if structures is not None:
+        _legend_labels(fig, structures.labels, structures.colours, outlines=structures.name)
 
 
 def _overlay(ax, planes: Planes, values: np.ndarray, axis: int, vmax: float, cmap: str, projected: bool):
@@ -227,18 +248,14 @@ def routing_figure(
     maps: dict[str, np.ndarray],
     path: Path,
     title: str,
-    structures: Optional[np.ndarray] = None,
-    labels: Optional[dict] = None,
-    structures_name: str = "prediction",
+    structures: Optional[Structures] = None,
 ) -> Path:
     """The query's region (magenta outline), its routed key regions shaded by routing weight, through the point and, in
     3D, projected along each plane's normal (so that routed regions off the three planes show too); BSA's coarse
-    attention over all regions as a heat map. ``structures`` (a label map) is outlined in the class colours."""
+    attention over all regions as a heat map; ``structures`` outlined."""
     plt = _plt()
     planes = Planes(maps["regions"].shape, spacing, point)
     shown = _display(image)
-    labels = labels or {}
-    colours = label_colours(max([v for v in labels if isinstance(v, int)], default=1))
     query = maps["regions"] == 2
     weight = "routing weight\n(softmax of the region affinity)"
     rows = []
@@ -271,7 +288,7 @@ def routing_figure(
             ax = axes[r][c]
             _show_image(ax, planes, shown, axis, projected)
             mappable = _overlay(ax, planes, values, axis, vmax, cmap, projected)
-            _structures(ax, planes, structures, axis, colours, projected)
+            _structures(ax, planes, structures, axis, projected)
             _outline(ax, _plane(planes, query, axis, projected), style="dashed" if projected else "solid")
             _mark_point(ax, planes, axis)
             where = f"max along {AXIS_NAMES[axis]} (all {AXIS_NAMES[axis]})" if projected else planes.title(axis)
@@ -283,7 +300,7 @@ def routing_figure(
         "unshaded: regions the query does not attend to",
         fontsize=9,
     )
-    _legend_labels(fig, labels, colours, outlines=structures_name if structures is not None else None)
+    _legend_structures(fig, structures)
     return _save(fig, path)
 
 
@@ -294,17 +311,13 @@ def window_figure(
     blocks: Sequence[tuple[str, dict[str, np.ndarray]]],
     path: Path,
     title: str,
-    structures: Optional[np.ndarray] = None,
-    labels: Optional[dict] = None,
-    structures_name: str = "prediction",
+    structures: Optional[Structures] = None,
 ) -> Path:
     """One row per Swin block: the query token's attention weights over its window's tokens (mean over heads);
-    ``structures`` outlined in the class colours."""
+    ``structures`` outlined."""
     plt = _plt()
     planes = Planes(blocks[0][1]["window"].shape, spacing, point)
     shown = _display(image)
-    labels = labels or {}
-    colours = label_colours(max([v for v in labels if isinstance(v, int)], default=1))
     ncols = len(planes.axes)
     fig, axes = plt.subplots(
         len(blocks), ncols, figsize=(3.0 * ncols + 1.4, 2.6 * len(blocks) + 0.8), squeeze=False, layout="constrained"
@@ -317,7 +330,7 @@ def window_figure(
             ax = axes[r][c]
             _show_image(ax, planes, shown, axis)
             mappable = _overlay(ax, planes, values, axis, vmax, "inferno", False)
-            _structures(ax, planes, structures, axis, colours, False)
+            _structures(ax, planes, structures, axis, False)
             _outline(ax, _plane(planes, maps["query"], axis, False) > 0)
             ax.set_title(f"{name}, {planes.title(axis)}", fontsize=8)
         if mappable is not None:
@@ -326,7 +339,7 @@ def window_figure(
         f"{title}\nshade: weight of each token of the query's window (mean over heads); magenta: the query token",
         fontsize=9,
     )
-    _legend_labels(fig, labels, colours, outlines=structures_name if structures is not None else None)
+    _legend_structures(fig, structures)
     return _save(fig, path)
 
 
@@ -407,18 +420,18 @@ def overview_figure(
     rows: Sequence[tuple[str, Sequence[int], Sequence[tuple[str, str, np.ndarray, Optional[np.ndarray]]]]],
     path: Path,
     title: str,
-    structures: Optional[np.ndarray] = None,
+    structures: Optional[Structures] = None,
 ) -> Path:
     """One row per query point: the prediction through the point, then one panel per attention module (routing
     weights, or window weights), on the first plane (3D: the routing projected along that plane's normal, so that
-    every routed region shows). ``structures`` (the reference, else the prediction) is outlined on the panels."""
+    every routed region shows); ``structures`` (default: the prediction) outlined on the attention panels."""
     plt = _plt()
     shown = _display(image)
     colours = label_colours(max([v for v in labels if isinstance(v, int)], default=1))
-    outlined = prediction if structures is None else structures
+    outlined = structures or Structures(prediction, labels, "prediction")
     ncols = 1 + max(len(panels) for _, _, panels in rows)
     fig, axes = plt.subplots(
-        len(rows), ncols, figsize=(3.3 * ncols + 0.6, 3.2 * len(rows) + 1.4), squeeze=False, layout="constrained"
+        len(rows), ncols, figsize=(3.4 * ncols + 1.0, 3.2 * len(rows) + 1.1), squeeze=False, layout="constrained"
     )
     for r, (name, point, panels) in enumerate(rows):
         planes = Planes(prediction.shape, spacing, point)
@@ -440,7 +453,7 @@ def overview_figure(
             mappable = _overlay(
                 ax, planes, values, axis, vmax, "viridis" if kind == "routing" else "inferno", projected
             )
-            _structures(ax, planes, outlined, axis, colours, projected)
+            _structures(ax, planes, outlined, axis, projected)
             if query is not None:
                 _outline(ax, _plane(planes, query, axis, projected) > 0, style="dashed" if projected else "solid")
             _mark_point(ax, planes, axis)
@@ -452,5 +465,5 @@ def overview_figure(
         "magenta: the query's region or token; cyan +: the query point",
         fontsize=9,
     )
-    _legend_labels(fig, labels, colours, outlines="reference" if structures is not None else "prediction")
+    _legend_structures(fig, outlined)
     return _save(fig, path)

@@ -300,7 +300,11 @@ def _write(
 
     # outlined on every attention picture: the reference where given (what the routing is judged against), else the
     # prediction
-    structures, structures_name = (seg, "prediction") if reference is None else (reference, "reference")
+    structures = (
+        figures.Structures(seg, labels, "prediction")
+        if reference is None
+        else figures.Structures(reference, labels, "reference")
+    )
     overview_rows: dict[str, list] = {p.name: [] for p in points}
     routed = analysis.routed_views(recorder, modules["routed"], points, patch_size)
     for view in routed:
@@ -326,8 +330,6 @@ def _write(
             folder / f"{_name(view.module)}_routing.png",
             title,
             structures=structures,
-            labels=labels,
-            structures_name=structures_name,
         )
         weights = None if view.weights is None or view.routed is None else view.weights[view.routed]
         entry = summary["modules"].setdefault(view.module, {"kind": _kind(model.network, view.module), "points": {}})
@@ -391,8 +393,6 @@ def _write(
                 f"{stage}: Swin window attention of the query ({point.name} {_coords(point, case)}), token "
                 f"{views[0].token} of a {'x'.join(map(str, views[0].spatial))} map",
                 structures=structures,
-                labels=labels,
-                structures_name=structures_name,
             )
             summary["modules"].setdefault(stage, {"kind": "ISAM (Swin window attention)", "points": {}})["points"][
                 point.name
@@ -455,7 +455,7 @@ def _write(
             rows,
             out / "overview.png",
             f"{case.files[0].name}: where {model.trainer_name} attends from each query point",
-            structures=reference,
+            structures=structures,
         )
     if reference is not None and modules["routed"]:
         stats = analysis.routing_foreground(recorder, modules["routed"], geometry, patches, reference, labels)
