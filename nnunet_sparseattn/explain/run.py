@@ -147,7 +147,11 @@ def _explain_case(
         logits = model.predict(data, recorder)
         seg, probabilities = model.segmentation(logits, properties)
         if not points:
-            named = analysis.default_points(seg, probabilities, model.labels)
+            # in the image's own coordinates, as --point takes them (y,x for a 2D image: its leading axis dropped)
+            named = [
+                (name, voxel[1:] if case.is_2d else voxel)
+                for name, voxel in analysis.default_points(seg, probabilities, model.labels)
+            ]
             points = analysis.locate_points(named, case.spatial, case.is_2d, geometry, patches)
             if modules["window"]:
                 kept = recorder.keep_first_run()
