@@ -387,7 +387,7 @@ def rendering_figure(
     rows = [False] if planes.is_2d else [False, True]
     ncols = len(planes.axes)
     fig, axes = plt.subplots(
-        len(rows), ncols, figsize=(3.3 * ncols + 1.2, 3.1 * len(rows) + 0.9), squeeze=False, layout="constrained"
+        len(rows), ncols, figsize=(3.3 * ncols + 1.8, 3.1 * len(rows) + 0.9), squeeze=False, layout="constrained"
     )
     for r, projected in enumerate(rows):
         for c, axis in enumerate(planes.axes):
@@ -406,7 +406,7 @@ def rendering_figure(
                 )
                 ax.set_title(f"refined voxels, count over {AXIS_NAMES[axis]}", fontsize=8)
                 if c == ncols - 1:
-                    fig.colorbar(mappable, ax=list(axes[r]), shrink=0.85, label="refined voxels")
+                    fig.colorbar(mappable, ax=axes[r][-1], shrink=0.85, label="count")
     fig.suptitle(f"{title}\nyellow: voxels whose logits the point head replaced", fontsize=9)
     _legend_labels(fig, labels, colours, loc="lower center")
     return _save(fig, path)
