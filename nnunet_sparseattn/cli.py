@@ -1,4 +1,4 @@
-"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, compare, convert-2d, evaluate, export,
+"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, compare, convert-2d, evaluate, export, explain,
 make-demo-dataset, demo."""
 
 from __future__ import annotations
@@ -44,7 +44,30 @@ def _make_demo_dataset(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from nnunet_sparseattn.demo.run import run_demo
 
-    run_demo(args.work, msd=args.msd, trainer=args.trainer, num_heldout=args.num_heldout)
+    run_demo(args.work, msd=args.msd, trainer=args.trainer, num_heldout=args.num_heldout, compare=args.compare)
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from nnunet_sparseattn.explain.run import ExplainRequest, run_explain
+
+    run_explain(
+        ExplainRequest(
+            image=Path(args.input),
+            output=Path(args.output),
+            model=args.model,
+            dataset=args.dataset,
+            configuration=args.configuration,
+            trainer=args.trainer,
+            plans=args.plans,
+            fold=args.fold,
+            checkpoint=args.checkpoint,
+            points=args.point or (),
+            reference=Path(args.reference) if args.reference else None,
+            device=args.device,
+        )
+    )
+    print(f"explanation: {Path(args.output) / 'overview.png'} (all files in {args.output})")
     return 0
 
 
@@ -326,6 +349,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chill", action="store_true", help="score only the predicted cases of the reference folder")
     p.set_defaults(func=_evaluate)
 
+    p = commands.add_parser(
+        "explain",
+        help="run nnU-Net's predictor on one image and draw where the attention looks from query points: routed "
+        "regions, coarse attention, Swin window weights, FSAM channel weights, refined points",
+    )
+    p.add_argument("-i", "--input", required=True, help="the image (CASE_0000<ending>; other channels beside it)")
+    p.add_argument("-o", "--output", required=True, help="folder for the pictures, maps and explain.json")
+    p.add_argument("-m", "--model", help="a trained model folder (instead of -d/-c/-tr/-p)")
+    p.add_argument("-d", "--dataset", help="dataset id or name (with -c and -tr: the model in nnUNet_results)")
+    p.add_argument("-c", "--configuration", help="configuration, e.g. 3d_fullres or 2d")
+    p.add_argument("-tr", "--trainer", help="trainer class the model was trained with")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-f", "--fold", default="0", help="fold of the model (default 0; 'all' for a model trained on all)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint (default checkpoint_final.pth)")
+    p.add_argument(
+        "--point",
+        action="append",
+        metavar="Z,Y,X",
+        help="a query voxel in the image's own 0-based coordinates (y,x for a 2D image; repeatable; default: the "
+        "centroid of each predicted structure and the most uncertain voxel)",
+    )
+    p.add_argument("--reference", help="the image's reference labels: shown, and routing compared with its foreground")
+    p.add_argument("-device", "--device", default="cpu", help="cpu, cuda or mps (default cpu)")
+    p.set_defaults(func=_explain)
+
     p = commands.add_parser("make-demo-dataset", help="write the synthetic 3D demo dataset into nnUNet_raw")
     p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
     p.add_argument("--id", type=int, default=DEMO_DATASET_ID, help=f"dataset id (default {DEMO_DATASET_ID})")
@@ -334,11 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_make_demo_dataset)
 
-    p = commands.add_parser("demo", help="plan, train, predict and evaluate on the CPU in minutes")
+    p = commands.add_parser(
+        "demo", help="plan, train, predict, evaluate and explain our flagship trainer on the CPU in minutes"
+    )
     p.add_argument("--work", default="demo_work", help="folder for nnU-Net's data and results (default demo_work)")
     p.add_argument("--msd", help="an unpacked Medical Segmentation Decathlon task instead of the synthetic dataset")
     p.add_argument("--trainer", help="trainer to use (default: our best trainer's _demo variant)")
     p.add_argument("--num-heldout", type=int, default=6, help="held-out cases to predict and evaluate")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also train stock nnU-Net (nnUNetTrainer_demo, the same schedule) and show both side by side",
+    )
     p.set_defaults(func=_demo)
     return parser
 

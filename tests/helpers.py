@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -28,3 +29,66 @@ def assert_dice(summary: dict, labels: list[str], cases: int | None = None) -> N
     assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
     if cases is not None:
         assert len(summary["metric_per_case"]) == cases
+
+
+def explain(run: dict, trainer: str, configuration: str, image: Path, output: Path, *extra: str,
+            plans: str = "nnUNetPlans") -> str:
+    """``nnunet-sparseattn explain -d ID -c CONFIGURATION -tr TRAINER -p PLANS -i IMAGE -o OUTPUT`` as a user types
+    it, in the prepared dataset's environment; returns what it printed."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "explain", "-d", str(run["id"]), "-c", configuration,
+         "-tr", trainer, "-p", plans, "-i", str(image), "-o", str(output), *extra],
+        env=run["env"], capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(f"nnunet-sparseattn explain ({trainer}, {configuration}) took {time.monotonic() - started:.1f} s")  # -rP
+    return result.stdout
+
+
+def assert_explained(output: Path, image: Path, kinds: set[str]) -> dict:
+    """``explain`` wrote, for every query point, the pictures and maps of each kind of attention the network has
+    (``routed``: routing and regions, ``coarse``: BSA's coarse attention, ``window``: Swin window weights,
+    ``channel``: FSAM, ``rendering``); 3D maps are NIfTI in the image's geometry, 2D maps one NPZ per point. Returns
+    explain.json."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    summary = json.loads((output / "explain.json").read_text())
+    assert (output / "case.png").is_file() and (output / "overview.png").is_file()
+    assert summary["points"], summary
+    source = sitk.ReadImage(str(image))
+    is_3d = source.GetDimension() == 3
+    point_folders = sorted(p for p in (output / "points").iterdir())
+    assert len(point_folders) == len(summary["points"])
+    for folder in point_folders:
+        names = {p.name for p in folder.iterdir()}
+        if "routed" in kinds:
+            assert any(n.endswith("_routing.png") for n in names), names
+        if "window" in kinds:
+            assert any(n.endswith(".isam_window.png") for n in names), names
+        if not is_3d:
+            maps = np.load(folder / "maps.npz")
+            keys = set(maps.files)
+            assert ("routed" not in kinds or any(k.endswith("_regions") for k in keys)) and \
+                ("coarse" not in kinds or any(k.endswith("_coarse") for k in keys)) and \
+                ("window" not in kinds or any(k.endswith("_window") for k in keys)), keys
+            assert all(maps[k].shape == (source.GetSize()[1], source.GetSize()[0]) for k in keys)
+            continue
+        wanted = {"routed": "_regions.nii.gz", "coarse": "_coarse.nii.gz", "window": "_window.nii.gz"}
+        for kind, ending in wanted.items():
+            if kind in kinds:
+                written = [n for n in names if n.endswith(ending)]
+                assert written, (kind, names)
+                drawn = sitk.ReadImage(str(folder / written[0]))
+                assert drawn.GetSize() == source.GetSize()
+                assert np.allclose(drawn.GetSpacing(), source.GetSpacing())
+                assert np.allclose(drawn.GetOrigin(), source.GetOrigin())
+                assert np.allclose(drawn.GetDirection(), source.GetDirection())
+    if "channel" in kinds:
+        assert (output / "fsam_channel_weights.png").is_file()
+    if "rendering" in kinds:
+        assert (output / "rendering.png").is_file() and summary["modules"]["rendering"]["refined_voxels"] > 0
+    return summary

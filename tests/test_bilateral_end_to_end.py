@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_dice, plan_variant
+from helpers import assert_dice, assert_explained, explain, plan_variant
 
 from nnunet_sparseattn.convert2d import convert_2d
 from nnunet_sparseattn.harness import commands, datasets
@@ -60,6 +60,9 @@ def test_isic2017_2d_through_the_cli(shared_data, tmp_path):
     summary = commands.evaluate(dataset / "labelsTs", predictions, datasets.model_folder(env, ISIC_ID, TRAINER, "2d"),
                                 env, log)
     assert_dice(summary, ["1"], 2)
+    image = sorted((dataset / "imagesTs").glob("*.png"))[0]
+    explain({"id": ISIC_ID, "env": env}, TRAINER, "2d", image, tmp_path / "explained")
+    assert_explained(tmp_path / "explained", image, {"window", "channel", "rendering"})
 
 
 def test_hippocampus_3d_variant_plans_through_the_cli(hippocampus_nnunet):
@@ -84,3 +87,6 @@ def test_hippocampus_3d_variant_plans_through_the_cli(hippocampus_nnunet):
                                 datasets.model_folder(env, dataset_id, TRAINER, "3d_fullres", "nnUNetPlans_Bilateral"),
                                 env, log)
     assert_dice(summary, ["1", "2"], len(run["heldout"]))
+    image = run["images"] / f"{run['heldout'][0]}_0000.nii.gz"
+    explain(run, TRAINER, "3d_fullres", image, run["work"] / "explain_bilateral", plans="nnUNetPlans_Bilateral")
+    assert_explained(run["work"] / "explain_bilateral", image, {"window", "channel", "rendering"})

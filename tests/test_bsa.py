@@ -73,7 +73,7 @@ def test_coarse_branch_and_upsampling_match_loops():
     m, x = _bsam(shape, region, 2)
     q, k, v = m.qkv(x).chunk(3, 1)
     layout = region_layout(shape, grid_for_region_size(shape, region))
-    coarse, scores = coarse_region_attention(q, k, v, layout, m.num_heads)
+    coarse, scores, _ = coarse_region_attention(q, k, v, layout, m.num_heads)
     ref_tokens, ref_scores = _coarse_reference(q, k, v, layout, m.num_heads)
     torch.testing.assert_close(upsample_regions(coarse, layout).double(), ref_tokens, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(scores.double(), ref_scores, rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import assert_dice, plan_variant
+from helpers import assert_dice, assert_explained, explain, plan_variant
 
 from nnunet_sparseattn.harness import commands, datasets
 
@@ -74,3 +74,32 @@ def test_the_stock_trainer_trains_the_variant_plans(hippocampus, stock_trainer_s
 
     _, network = stock_trainer_step(hippocampus, VARIANT_PLANS)
     assert isinstance(network, BSAUNet)
+
+
+def test_explain_a_bsa_model_in_3d(hippocampus, tmp_path):
+    """``explain`` on a held-out image with its reference and a given point: routing, regions and coarse attention
+    of every routed block, drawn on the image in its own geometry."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    run = hippocampus
+    case = run["heldout"][0]
+    image = run["images"] / f"{case}_0000.nii.gz"
+    printed = explain(run, TRAINER, CONFIGURATION, image, tmp_path / "explained", "--point", "10,20,15",
+                      "--reference", str(run["labels"] / f"{case}.nii.gz"))
+    summary = assert_explained(tmp_path / "explained", image, {"routed", "coarse"})
+    assert summary["points"][0]["voxel"] == [10, 20, 15]
+    routed = {m: e["points"]["point 0"] for m, e in summary["modules"].items() if e.get("points")}
+    assert any(p["routed"] is not None for p in routed.values())  # BSA blocks at 1/4 resolution route
+    assert all(len(p["routed"]) < p["regions"] for p in routed.values() if p["routed"] is not None)
+    module, entry = next((m, e) for m, e in routed.items() if e["routed"] is not None)
+    regions = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "explained" / "points" / "point_0" /
+                                                        f"{module}_regions.nii.gz")))
+    assert regions[10, 20, 15] == 2 and set(np.unique(regions)) <= {0, 1, 2}  # the query's region holds the point
+    weights = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "explained" / "points" / "point_0" /
+                                                        f"{module}_routing.nii.gz")))
+    assert ((weights > 0) == ((regions == 1) | ((regions == 2) & (weights > 0)))).all()
+    # the routed regions carry the routing weights explain.json lists for them (rounded there to 4 decimals)
+    np.testing.assert_allclose(np.unique(weights[weights > 0]), sorted(entry["routing_weights"]), atol=6e-5)
+    assert f"{module} query region {entry['query_region']}" in printed
+    assert set(summary["routing_foreground"][module]) <= {"Anterior", "Posterior"}  # MSD's label names

@@ -35,7 +35,7 @@ def test_doctor_passes_on_a_good_setup(tmp_path):
         env[name] = str(tmp_path / name)
     result = _cli("doctor", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "ok   nnU-Net finds nnUNetTrainerNB in nnunet_sparseattn" in result.stdout
+    assert "ok   nnU-Net finds nnUNetTrainerBSA in nnunet_sparseattn" in result.stdout  # the demo trainer
     assert "torchvision" in result.stdout and ("GPU" in result.stdout or "CUDA" in result.stdout)
 
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import assert_dice
+from helpers import assert_dice, explain
 
 from nnunet_sparseattn.demo.dataset import make_demo_dataset
 from nnunet_sparseattn.harness import commands, datasets
@@ -108,3 +108,8 @@ def test_msd_hippocampus_through_the_cli(hippocampus_nnunet):
                                 datasets.model_folder(env, run["id"], TRAINER, CONFIGURATION), env, log)
     assert_dice(summary, ["1", "2"])
     assert len(summary["metric_per_case"]) == len(run["heldout"]) == 3
+    # a trainer without attention: explain gives the prediction picture and says there is nothing else to show
+    explained = run["work"] / "explain_nb"
+    printed = explain(run, TRAINER, CONFIGURATION, run["images"] / f"{run['heldout'][0]}_0000.nii.gz", explained)
+    assert "no attention to show: nnUNetTrainerNB_debug's network (PlainConvUNet) has no routed attention" in printed
+    assert {p.name for p in explained.iterdir()} == {"case.png", "prediction.nii.gz", "explain.json"}

@@ -123,7 +123,7 @@ def test_the_wheel_installs_the_hook_and_doctor_names_its_file(trainer_side):
     assert pth.is_file() and (trainer_side.site_packages / "nnunet_sparseattn_autodiscovery.py").is_file()
     doctor = trainer_side.run(["nnunet-sparseattn", "doctor"], None, check=False).stdout
     assert f"ok   trainers: the startup hook {pth} added our trainers to nnUNet_extTrainer" in doctor
-    assert "ok   nnU-Net finds nnUNetTrainerNB in nnunet_sparseattn" in doctor
+    assert "ok   nnU-Net finds nnUNetTrainerBSA in nnunet_sparseattn" in doctor
 
 
 LOOKUP = """

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_dice, plan_variant
+from helpers import assert_dice, assert_explained, explain, plan_variant
 
 from nnunet_sparseattn.harness import commands, datasets
 
@@ -42,6 +42,9 @@ def test_isic_2017_in_2d_through_convert_2d_and_the_cli(isic_nnunet):
     summary = commands.evaluate(run["labels"], predictions, datasets.model_folder(env, run["id"], TRAINER, "2d"),
                                 env, log)
     assert_dice(summary, ["1"], 2)
+    image = sorted(run["images"].glob("*.png"))[0]
+    explain(run, TRAINER, "2d", image, run["work"] / "explain_mdsa")
+    assert_explained(run["work"] / "explain_mdsa", image, {"routed"})
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,9 @@ def test_hippocampus_in_3d_train_predict_evaluate(hippocampus):
                                 datasets.model_folder(run["env"], run["id"], TRAINER, "3d_fullres", plans),
                                 run["env"], run["log"])
     assert_dice(summary, ["1", "2"], len(run["heldout"]))
+    image = run["images"] / f"{run['heldout'][0]}_0000.nii.gz"
+    explain(run, TRAINER, "3d_fullres", image, run["work"] / "explain_mdsa_3d")
+    assert_explained(run["work"] / "explain_mdsa_3d", image, {"routed"})
 
 
 def test_variant_plans_name_mdsa_and_the_stock_trainer_trains_them(hippocampus, stock_trainer_step):

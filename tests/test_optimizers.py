@@ -180,7 +180,7 @@ def test_nnunet_logs_the_lr_of_each_epochs_first_iteration_and_train_step_moves_
 
 
 def test_a_time_budget_cut_rebuilds_the_schedule_for_the_epochs_left(monkeypatch, trainer_without_data):
-    trainer = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW_demo)  # 10 epochs x 20, 300 s budget
+    trainer = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW_demo)  # 10 epochs x 20
     trainer.dataloader_train = itertools.repeat({})
     _record_steps(monkeypatch)
     ticks = itertools.count(0.0, 100.0)  # every timed step "takes" 100 s: the budget allows 1 epoch

@@ -1,4 +1,5 @@
-"""``nnunet-sparseattn demo``: the whole nnU-Net workflow with our best trainer, on the CPU, in minutes."""
+"""``nnunet-sparseattn demo``: the whole nnU-Net workflow with our flagship trainer on the CPU, in minutes, and what
+its sparse attention routes to (``nnunet-sparseattn explain``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 
 from nnunet_sparseattn.demo.dataset import DEMO_DATASET_ID, make_demo_dataset
-from nnunet_sparseattn.demo.report import dice_table, save_comparison_png
+from nnunet_sparseattn.demo.report import dice_table, routing_table, save_comparison_png
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.harness import commands, datasets
 
@@ -24,17 +25,21 @@ def run_demo(
     configuration: str = "3d_fullres",
     fold: int = 0,
     num_heldout: int = 6,
+    compare: bool = False,
 ) -> dict:
-    """Plan, train (short schedule), predict held-out cases, evaluate, print Dice per structure, save a PNG."""
-    from nnunet_sparseattn.trainers import DEMO_TRAINER
+    """Plan, train (short schedule), predict held-out cases, evaluate, print Dice per structure, save a PNG, explain
+    the attention on the held-out cases; with ``compare``, stock nnU-Net under the same schedule beside it."""
+    from nnunet_sparseattn.trainers import DEMO_TRAINER, STOCK_TRAINER
 
     started = time.monotonic()
     trainer = trainer or f"{DEMO_TRAINER.__name__}_demo"
+    trainers = [trainer] + ([f"{STOCK_TRAINER.__name__}_demo"] if compare else [])
     if msd is not None:
         datasets.check_msd_folder(msd)  # fail before any work
     work = Path(work).resolve()
     env = commands.work_environment(work)
-    commands.check_trainer(trainer, env)
+    for name in trainers:
+        commands.check_trainer(name, env)
     raw = Path(env["nnUNet_raw"])
     print(f"demo working folder: {work}; the commands below run with:")
     for name in (
@@ -60,12 +65,16 @@ def run_demo(
         _stage(f"converting {msd} with nnU-Net's MSD converter", started)
         dataset_id = datasets.convert_msd(Path(msd), env)
         dataset = datasets.require_dataset(raw, dataset_id, "nnUNet_raw")
+    labels = json.loads((dataset / "dataset.json").read_text())["labels"]
+    if not isinstance(next(iter(labels.values())), int):
+        raise UserError("the demo report handles label datasets, not region-based ones")
 
     _stage("planning and preprocessing", started)
     commands.plan_and_preprocess(dataset_id, configuration, env)
 
-    _stage(f"training {trainer} on the CPU (fold {fold})", started)
-    commands.train(dataset_id, configuration, fold, trainer, env)
+    for name in trainers:
+        _stage(f"training {name} on the CPU (fold {fold})", started)
+        commands.train(dataset_id, configuration, fold, name, env)
 
     _stage("predicting held-out cases", started)
     heldout_images, heldout_labels = work / "heldout" / "images", work / "heldout" / "labels"
@@ -79,30 +88,72 @@ def run_demo(
         preprocessed = datasets.require_dataset(env["nnUNet_preprocessed"], dataset_id, "nnUNet_preprocessed")
         cases = datasets.validation_cases(preprocessed, fold)
     cases = datasets.copy_cases(cases[:num_heldout], source, heldout_images, heldout_labels, file_ending)
-    predictions = work / "heldout" / "predictions"
-    commands.predict(heldout_images, predictions, dataset_id, configuration, fold, trainer, env)
+    predictions = {name: work / "heldout" / f"predictions_{name}" for name in trainers}
+    for name in trainers:
+        commands.predict(heldout_images, predictions[name], dataset_id, configuration, fold, name, env)
 
     _stage("evaluating", started)
-    summary = commands.evaluate(
-        heldout_labels, predictions, datasets.model_folder(env, dataset_id, trainer, configuration), env
-    )
-    labels = json.loads((dataset / "dataset.json").read_text())["labels"]
-    if not isinstance(next(iter(labels.values())), int):
-        raise UserError("the demo report handles label datasets, not region-based ones")
-    print(f"\nDice on {len(cases)} held-out cases ({trainer}, {configuration}, fold {fold}):")
-    print(dice_table(summary, labels))
+    summaries = [
+        (
+            name,
+            commands.evaluate(
+                heldout_labels, predictions[name], datasets.model_folder(env, dataset_id, name, configuration), env
+            ),
+        )
+        for name in trainers
+    ]
+    print(f"\nDice on {len(cases)} held-out cases ({configuration}, fold {fold}; each trainer's _demo schedule):")
+    print(dice_table(summaries, labels))
 
     figure = save_comparison_png(
         [
             (
                 heldout_images / f"{c}_0000{file_ending}",
                 heldout_labels / f"{c}{file_ending}",
-                predictions / f"{c}{file_ending}",
+                [predictions[name] / f"{c}{file_ending}" for name in trainers],
             )
             for c in cases[:3]
         ],
         work / "demo.png",
-        num_labels=len(labels),
+        labels,
+        [f"prediction, {name}" for name in trainers],
     )
-    _stage(f"done: summary {predictions / 'summary.json'}, picture {figure}", started)
-    return summary
+
+    _stage(f"what the attention of {trainer} routes to: nnunet-sparseattn explain on the held-out cases", started)
+    explained = work / "explain"
+    commands.run_command(
+        [
+            "nnunet-sparseattn",
+            "explain",
+            "-d",
+            dataset_id,
+            "-c",
+            configuration,
+            "-tr",
+            trainer,
+            "-f",
+            fold,
+            "-i",
+            heldout_images,
+            "--reference",
+            heldout_labels,
+            "-o",
+            explained,
+        ],
+        env,
+    )
+    summary = json.loads((explained / "explain.json").read_text())
+    # the overview of the first case (case.png alone when the trainer's network has no attention to show)
+    shown = next(p for p in (explained / cases[0] / "overview.png", explained / cases[0] / "case.png") if p.is_file())
+    picture = work / "demo_explain.png"
+    shutil.copy(shown, picture)
+    table = routing_table(summary, len(cases))
+    if table:
+        print(f"\nrouting at work, {trainer}:")
+        print(table)
+    _stage(
+        f"done: Dice tables in {', '.join(str(p / 'summary.json') for p in predictions.values())}; pictures "
+        f"{figure} and {picture}; every explanation in {explained}",
+        started,
+    )
+    return dict(summaries[0][1], routing=summary.get("routing_foreground", {}))

@@ -17,7 +17,7 @@ mix in; ``coarse_branch=False`` removes it (then the module IS :class:`~.sparse_
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -26,24 +26,49 @@ from .routing import GridLike, RegionLayout, clamp_topk, region_layout, region_p
 from .sparse_attention import RoutedAttention, routed_attention
 from .transformer import TransformerBlock
 
-__all__ = ["BiLevelSparseAttention", "BSABlock", "coarse_region_attention", "upsample_regions"]
+__all__ = [
+    "BiLevelSparseAttention",
+    "BSABlock",
+    "CoarseAttention",
+    "CoarseRegionAttention",
+    "coarse_region_attention",
+    "upsample_regions",
+]
+
+
+class CoarseAttention(NamedTuple):
+    """The patch-level attention of one forward: ``values`` ``(B, Nr, C)``, each region's output over all regions;
+    ``scores`` ``(B, Nr, Nr)``, the logits summed over heads (= the full-channel scaled region affinity), which choose
+    the routing; ``weights`` ``(B, heads, Nr, Nr)``, the softmax each head weighted the regions with."""
+
+    values: torch.Tensor
+    scores: torch.Tensor
+    weights: torch.Tensor
 
 
 def coarse_region_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RegionLayout, num_heads: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch-level attention between region means, in fp32.
-
-    Returns ``(coarse, scores)``: ``coarse`` ``(B, Nr, C)`` is each region's attention output over all regions and
-    ``scores`` ``(B, Nr, Nr)`` the logits summed over heads (= the full-channel scaled region affinity), which
-    choose the routing.
-    """
+) -> CoarseAttention:
+    """Patch-level attention between region means, in fp32 (see :class:`CoarseAttention`)."""
     b, c = q.shape[:2]
     d = c // num_heads
     q_r, k_r, v_r = (region_pool(t, layout).view(b, -1, num_heads, d).transpose(1, 2) for t in (q, k, v))
     logits = torch.matmul(q_r, k_r.transpose(-1, -2)) * d**-0.5  # (B, h, Nr, Nr)
-    coarse = torch.matmul(torch.softmax(logits, dim=-1), v_r)  # (B, h, Nr, d)
-    return coarse.transpose(1, 2).reshape(b, -1, c), logits.sum(dim=1)
+    weights = torch.softmax(logits, dim=-1)
+    coarse = torch.matmul(weights, v_r)  # (B, h, Nr, d)
+    return CoarseAttention(coarse.transpose(1, 2).reshape(b, -1, c), logits.sum(dim=1), weights)
+
+
+class CoarseRegionAttention(nn.Module):
+    """:func:`coarse_region_attention` as a module of its own (no parameters), so that a forward hook can read the
+    region weights it computes anyway (its output is a :class:`CoarseAttention`)."""
+
+    def __init__(self, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RegionLayout) -> CoarseAttention:
+        return coarse_region_attention(q, k, v, layout, self.num_heads)
 
 
 def upsample_regions(values: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
@@ -89,16 +114,17 @@ class BiLevelSparseAttention(RoutedAttention):
         )
         shape = (1, channels) + (1,) * self.ndim
         self.gamma = nn.Parameter(torch.zeros(shape)) if coarse_branch else None
+        self.coarse = CoarseRegionAttention(num_heads) if coarse_branch else None
 
     def forward(self, x: torch.Tensor, routing: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dim() != self.ndim + 2 or x.shape[1] != self.channels:
             raise ValueError(f"expected (B, {self.channels}, {self.ndim} spatial dims), got shape {tuple(x.shape)}")
-        if self.gamma is None:
+        if self.gamma is None or self.coarse is None:
             return super().forward(x, routing)
         q, k, v = self.qkv(x).chunk(3, dim=1)
         grid = self.grid_for(x.shape[2:])
         layout = region_layout(x.shape[2:], grid)
-        coarse, scores = coarse_region_attention(q, k, v, layout, self.num_heads)
+        coarse, scores, _ = self.coarse(q, k, v, layout)
         if routing is None and clamp_topk(self.topk, layout.num_regions) < layout.num_regions:
             # the coarse scores choose each region's receptive field
             routing = self.router(scores.detach(), layout, layout).indices

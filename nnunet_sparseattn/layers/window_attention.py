@@ -34,11 +34,14 @@ from .shapes import ceil_div, pad_end, partition, per_axis, shape_constant, unpa
 __all__ = [
     "SwinBlock",
     "WindowAttention",
+    "WindowWeights",
     "fit_window",
+    "locate_in_windows",
     "relative_position_index",
     "window_attention_mask",
     "window_partition",
     "window_reverse",
+    "window_token_positions",
 ]
 
 
@@ -129,6 +132,68 @@ def _build_window_mask(
     return allowed | eye
 
 
+def locate_in_windows(
+    position: Sequence[int], spatial: Sequence[int], window: Sequence[int], shift: Sequence[int]
+) -> tuple[int, int]:
+    """Where the token at ``position`` of a map of ``spatial`` tokens is attended: ``(window, token)``, the window's
+    index in :func:`window_partition`'s order and the token's index inside it, after the block's end padding and its
+    roll by ``-shift`` (:meth:`SwinBlock.shifts`)."""
+    padded = [-(-s // w) * w for s, w in zip(spatial, window)]
+    if any(not 0 <= p < s for p, s in zip(position, spatial)):
+        raise ValueError(f"position {tuple(position)} lies outside the map {tuple(spatial)}")
+    rolled = [(p - sh) % pad for p, sh, pad in zip(position, shift, padded)]
+    index, token = 0, 0
+    for r, w, pad in zip(rolled, window, padded):
+        index, token = index * (pad // w) + r // w, token * w + r % w
+    return index, token
+
+
+def window_token_positions(
+    index: int, spatial: Sequence[int], window: Sequence[int], shift: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`locate_in_windows` for a whole window: the map position of each of its ``N`` tokens, long
+    ``(N, ndim)`` in token order, and bool ``(N,)``, False where the token is padding (its position is then outside
+    the map)."""
+    padded = [-(-s // w) * w for s, w in zip(spatial, window)]
+    grid = [pad // w for pad, w in zip(padded, window)]
+    corner = []
+    for g, w in zip(reversed(grid), reversed(window)):
+        corner.append((index % g) * w)
+        index //= g
+    offsets = torch.stack(torch.meshgrid(*[torch.arange(w) for w in window], indexing="ij")).flatten(1).T
+    rolled = torch.tensor(corner[::-1]) + offsets
+    positions = (rolled + torch.tensor(list(shift))) % torch.tensor(padded)
+    return positions, (positions < torch.tensor(list(spatial))).all(dim=1)
+
+
+class WindowWeights(nn.Module):
+    """Explicit attention weights of chosen windows, for explanations (no parameters).
+
+    The attention itself runs fused (``scaled_dot_product_attention``), which never forms the weights. While
+    ``windows`` names window indices (set by an explaining caller, e.g. from a forward pre-hook), the attention also
+    calls this module on those windows, so a forward hook on it reads their weights; while it is None (always, unless
+    someone explains) nothing is computed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: Optional[tuple[int, ...]] = None
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, mask_bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``q``, ``k`` ``(B, nW, heads, N, d)``, ``bias`` ``(heads, N, N)``, ``mask_bias`` ``(nW, N, N)`` (0 or -inf,
+        as :class:`WindowAttention` takes it) or None ->
+        float32 ``(B, len(windows), heads, N, N)``: softmax over the keys, as the fused attention weights them."""
+        assert self.windows is not None, "set the windows to explain first"
+        index = torch.tensor(self.windows, device=q.device)
+        qs, ks = q.index_select(1, index).float(), k.index_select(1, index).float()
+        logits = torch.matmul(qs, ks.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias.float()
+        if mask_bias is not None:
+            logits = logits + mask_bias.index_select(0, index)[None, :, None]
+        return torch.softmax(logits, dim=-1)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows of ``window`` tokens with a learned relative position bias."""
 
@@ -147,6 +212,7 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         # derived from the window: not part of the state dict (as in timm)
         self.register_buffer("relative_position_index", relative_position_index(self.window), persistent=False)
+        self.weights = WindowWeights()
 
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, N, N) additive bias, float32."""
@@ -161,6 +227,8 @@ class WindowAttention(nn.Module):
         h = self.num_heads
         qkv = self.qkv(windows).reshape(b, nw, n, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
         bias = self.relative_position_bias()  # (heads, N, N), fp32
+        if self.weights.windows is not None:  # explaining: the weights of the requested windows, for a hook to read
+            self.weights(qkv[0], qkv[1], bias, mask_bias)
         if mask_bias is None:  # one bias for every window: (B x nW, heads) batches, the bias broadcasts
             q, k, v = (t.reshape(b * nw, h, n, c // h) for t in qkv.unbind(0))
             mask = bias[None].to(q.dtype)

@@ -3,6 +3,8 @@
 Class names are part of every checkpoint (nnU-Net stores ``trainer_name``): never rename one once published.
 """
 
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
 from nnunet_sparseattn.trainers.bilateral import (
     nnUNetTrainerBilateral,
     nnUNetTrainerBilateral_AdamW,
@@ -35,11 +37,15 @@ SHIPPED_TRAINERS: tuple[type, ...] = (
 # One trainer per method: what `nnunet-sparseattn compare` and the accuracy benchmark set beside stock nnU-Net.
 MAIN_TRAINERS: tuple[type, ...] = (nnUNetTrainerNB, nnUNetTrainerBSA, nnUNetTrainerMDSA, nnUNetTrainerBilateral)
 
-# The trainer `make demo` trains: the best one we ship so far.
-DEMO_TRAINER: type = nnUNetTrainerNB
+# The trainer `make demo` trains: the flagship, BSA-Seg's sparse attention with the narrow-band loss.
+DEMO_TRAINER: type = nnUNetTrainerBSA
+
+# nnU-Net's own trainer under the same short schedules (`nnUNetTrainer_debug`, `nnUNetTrainer_demo`): the stock
+# baseline `demo --compare` trains beside the demo trainer, and a network without attention for the tests.
+STOCK_TRAINER: type = nnUNetTrainer
 
 __all__ = [t.__name__ for t in SHIPPED_TRAINERS]
-for _trainer in SHIPPED_TRAINERS:
+for _trainer in (*SHIPPED_TRAINERS, STOCK_TRAINER):
     for _suffix in SHORT_SCHEDULES:
         _variant = with_short_schedule(_trainer, _suffix, __name__)
         globals()[_variant.__name__] = _variant
