@@ -827,6 +827,32 @@ def ops_table(result: dict, plan_name: str) -> str:
     return "\n".join(rows)
 
 
+# What the ten costliest operators of a step are grouped into for the time split (see ``split_table``)
+OP_GROUPS = (
+    ("convolutions", lambda op: "convolution" in op),
+    ("attention and linear", lambda op: "scaled_dot_product" in op or op in ("aten::mm", "aten::bmm", "aten::addmm")),
+    ("layout copies (`copy_`)", lambda op: op == "aten::copy_"),
+)
+
+
+def split_table(result: dict, plan_name: str) -> str:
+    """Network x group: ms of one profiled step in convolutions, attention and linear layers, layout copies and the
+    rest, from the ten costliest operators (the step's total is implied by their shares; "everything else" is the
+    total minus the three groups: norms, activations, adds and every operator outside the ten)."""
+    nets = [e for e in result["plans"][plan_name]["networks"].values() if e.get("top_ops")]
+    if not nets:
+        return ""
+    head = ["network", "step (profiled)", *(name for name, _ in OP_GROUPS), "everything else"]
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for e in nets:
+        ops = [o for o in e["top_ops"] if o["share"] > 0]
+        total = sum(o["self_ms"] for o in ops) / sum(o["share"] for o in ops)
+        groups = [sum(o["self_ms"] for o in ops if member(o["op"])) for _, member in OP_GROUPS]
+        cells = [f"{total:.0f}", *(f"{g:.0f}" for g in groups), f"{total - sum(groups):.0f}"]
+        rows.append(f"| {e['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def render(result: dict) -> str:
     lines = [f"### {result['device'].upper()}, {result['mode']} ({result['precision']}) on {result['machine']} "
              f"({result['date']})", "",
@@ -846,7 +872,9 @@ def render(result: dict) -> str:
                       "rounds:", "", before_table(result, name), ""]
         ops = ops_table(result, name)
         if ops:
-            lines += ["Ten most expensive operators of one step (self time, share of the step):", "", ops, ""]
+            lines += ["Ten most expensive operators of one step (self time, share of the step):", "", ops, "",
+                      "Where that step's time goes, ms (the ten operators grouped; everything else: the step minus "
+                      "them):", "", split_table(result, name), ""]
     return "\n".join(lines)
 
 

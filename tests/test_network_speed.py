@@ -147,3 +147,17 @@ def test_a_tiny_run_interleaves_before_and_after_and_writes_its_tables(tmp_path)
     assert "Before (`HEAD`" in text and "| MDSA |" in text and "CPU time per FLOP" in text
     cuda = ns.render({**result, "device": "cuda", "mode": "compiled"})  # the GPU run's columns render too
     assert "of the planner's 8 GB" in cuda and "graph breaks" in cuda
+
+
+def test_the_time_split_groups_the_costliest_operators_and_implies_the_step():
+    """Hand-computed: operators worth 60 % of a 1000 ms step; the rest of the step is "everything else"."""
+    top_ops = [{"op": "aten::convolution_backward", "self_ms": 300.0, "share": 0.3},
+               {"op": "aten::mkldnn_convolution", "self_ms": 100.0, "share": 0.1},
+               {"op": "aten::_scaled_dot_product_flash_attention_for_cpu", "self_ms": 50.0, "share": 0.05},
+               {"op": "aten::mm", "self_ms": 50.0, "share": 0.05},
+               {"op": "aten::copy_", "self_ms": 40.0, "share": 0.04},
+               {"op": "aten::native_layer_norm", "self_ms": 60.0, "share": 0.06}]
+    result = {"plans": {"p": {"networks": {"x": {"label": "X", "top_ops": top_ops}, "y": {"label": "Y"}}}}}
+    rows = ns.split_table(result, "p").splitlines()
+    assert len(rows) == 3  # header, rule, X (Y has no profile)
+    assert rows[2] == "| X | 1000 | 400 | 100 | 40 | 460 |"
