@@ -7,7 +7,7 @@ max-pooled branch (CBAM/FSAM).
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,14 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 from .mlp import Mlp
 from .shapes import IntOrSeq, ceil_div, per_axis
 
-__all__ = ["ChannelAttention", "ConvNormAct", "conv_dims", "grouped_conv_op"]
+__all__ = [
+    "CONV_NORM_ACT_OPTIONS",
+    "ChannelAttention",
+    "ConvNormAct",
+    "conv_dims",
+    "conv_norm_act_options",
+    "grouped_conv_op",
+]
 
 
 def conv_dims(conv_op: type[nn.Module]) -> int:
@@ -148,6 +155,15 @@ class GroupedConv3d(_CPUConvolution, nn.Conv3d):
 def grouped_conv_op(conv_op: type[nn.Module]) -> type[nn.Module]:
     """The class to build a grouped or depthwise convolution of ``conv_op``'s dimension with."""
     return {2: GroupedConv2d, 3: GroupedConv3d}.get(conv_dims(conv_op), conv_op)
+
+
+# ConvNormAct's options that the plans choose once for every convolution of a network
+CONV_NORM_ACT_OPTIONS: tuple[str, ...] = ("conv_bias", "norm_op", "norm_op_kwargs", "nonlin", "nonlin_kwargs")
+
+
+def conv_norm_act_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """:data:`CONV_NORM_ACT_OPTIONS` picked from ``values`` (a constructor's ``locals()``), to pass as ``**options``."""
+    return {name: values[name] for name in CONV_NORM_ACT_OPTIONS}
 
 
 class ConvNormAct(nn.Sequential):

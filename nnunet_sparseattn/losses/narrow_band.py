@@ -84,6 +84,16 @@ def _box_dilate(x: Tensor, radius: Sequence[int]) -> Tensor:
     return x
 
 
+def _binary_float32(x: Tensor) -> Tensor:
+    """0/1 float32 of a bool map, or of a numeric one thresholded at 0.5 (max_pool does not take bool)."""
+    return x.to(torch.float32) if x.dtype == torch.bool else (x > 0.5).to(torch.float32)
+
+
+def _is_label_map_of(x: Tensor, like: Tensor) -> bool:
+    """``x`` is ``(B, 1, *S)`` with ``like``'s batch size and spatial shape."""
+    return x.ndim == like.ndim and x.shape[1] == 1 and x.shape[0] == like.shape[0] and x.shape[2:] == like.shape[2:]
+
+
 def narrow_band(target: Tensor, radius: Sequence[int], valid: Optional[Tensor] = None) -> Tensor:
     """Band of voxels within ``radius`` (a box, per axis) of a boundary of each target channel.
 
@@ -100,23 +110,17 @@ def narrow_band(target: Tensor, radius: Sequence[int], valid: Optional[Tensor] =
     if any(r < 0 for r in radius):
         raise ValueError(f"radius must be non-negative on every axis, got {radius}")
     with torch.no_grad():
-        # max_pool does not take bool; 0/1 are exact in float32.
-        y = (target > 0.5).to(torch.float32) if target.dtype != torch.bool else target.to(torch.float32)
+        y = _binary_float32(target)
         if valid is None:
             fg, bg = y, 1.0 - y
             v = None
         else:
-            if (
-                valid.ndim != target.ndim
-                or valid.shape[1] != 1
-                or valid.shape[2:] != target.shape[2:]
-                or valid.shape[0] != target.shape[0]
-            ):
+            if not _is_label_map_of(valid, target):
                 raise ValueError(
                     f"valid must have shape (B, 1, *S) = {(target.shape[0], 1, *target.shape[2:])}, "
                     f"got {tuple(valid.shape)}"
                 )
-            v = (valid > 0.5).to(torch.float32) if valid.dtype != torch.bool else valid.to(torch.float32)
+            v = _binary_float32(valid)
             # Invalid voxels are neither foreground (dilation sees them as background) nor background
             # (erosion sees them as foreground), so an ignored region creates no boundary of its own.
             fg, bg = y * v, (1.0 - y) * v
@@ -181,12 +185,7 @@ class NarrowBandLoss(nn.Module):
                 if target.shape == net_output.shape and net_output.shape[1] != 1:
                     # Already one-hot (nnU-Net's Dice accepts that too); no ignore label possible here.
                     return target[:, 1:].to(torch.float32), None
-                if (
-                    target.ndim != net_output.ndim
-                    or target.shape[1] != 1
-                    or target.shape[2:] != net_output.shape[2:]
-                    or target.shape[0] != net_output.shape[0]
-                ):
+                if not _is_label_map_of(target, net_output):
                     raise ValueError(
                         f"softmax NB loss expects a (B, 1, *S) label map matching net_output "
                         f"{tuple(net_output.shape)}, got {tuple(target.shape)}"
