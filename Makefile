@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnunet-sparseattn-installed
 MSD    ?=
 
-.PHONY: install lint test test-fast test-py312 demo bench-attention bench-accuracy clean-demo
+.PHONY: install lint test test-fast test-py312 demo bench-attention bench-speed bench-accuracy clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ demo: $(STAMP)
 
 bench-attention: $(STAMP)
 	$(PY) benchmarks/attention.py
+
+# One nnU-Net training step of stock nnU-Net and each of our networks on three real plans, side by side (CPU: batch
+# capped at 2, the 128^3 plan at 1; ~1.5 h on 2 cores). BEFORE=<git ref> also times our networks as that commit built
+# them, interleaved in the same rounds. Writes benchmarks/results/network-speed-cpu-eager.json and BENCHMARKS.md.
+bench-speed: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/network_speed.py --plan-batch six_stage_128_3d=1 \
+		--inference --inference-plans hippocampus_3d_fullres,isic2017_2d $(if $(BEFORE),--before $(BEFORE)) --update-docs
 
 # BUDGET=cpu (default, ~1 h on 2 cores) or gpu (a CUDA machine); run again to resume a killed benchmark
 bench-accuracy: $(STAMP)

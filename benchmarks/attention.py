@@ -175,8 +175,12 @@ def measure(
 
 
 # ------------------------------------------------------------------------------------------------- main
-def cases(quick: bool, device: torch.device) -> list[dict]:
-    """(side, channels, heads, topk); region 4^3 everywhere. The anchor is 64 ch / 2 heads / top-k 8."""
+def cases(quick: bool, device: torch.device, density_side: Optional[int] = None, region: int = 4) -> list[dict]:
+    """(side, channels, heads, topk); region 4^3 everywhere. The anchor is 64 ch / 2 heads / top-k 8.
+    ``density_side``: only the GPU target's case, 12.5 % density (an eighth of the regions) at that many tokens per
+    axis (32: top-k 64 of 512 regions; ``benchmarks/gpu.sh`` runs it, its dry run at 8)."""
+    if density_side is not None:
+        return [dict(side=density_side, channels=64, heads=2, topk=max(1, (density_side // region) ** 3 // 8))]
     out = []
     sides = [16, 24] if quick else [16, 24, 32, 48]
     for s in sides:
@@ -202,6 +206,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     ap.add_argument("--table", default=None, metavar="JSON", help="only print the markdown table of a results file")
     ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/attention-<device>.json)")
+    ap.add_argument("--density-case", type=int, default=None, metavar="SIDE",
+                    help="only the 12.5 %%-density case (an eighth of the regions routed) at SIDE^3 tokens (GPU: 32)")
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
@@ -221,7 +227,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     t_start = time.perf_counter()
     records, notes, compile_s = [], [], {}
     history: dict[tuple, tuple[int, float, float]] = {}  # (backend, C, topk) -> (tokens, fwd, fwdbwd)
-    for case in cases(args.quick, device):
+    for case in cases(args.quick, device, args.density_case, args.region):
         side, c, h, topk = case["side"], case["channels"], case["heads"], case["topk"]
         n = side**3
         grid = side // args.region

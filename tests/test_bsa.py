@@ -220,3 +220,22 @@ def test_fp16_inference_on_a_gpu_matches_fp32():
     assert half.dtype == torch.float16 and torch.isfinite(half).all()
     assert (half.float().argmax(1) == ref.argmax(1)).float().mean() > 0.99
     torch.testing.assert_close(half.float(), ref, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.gpu
+def test_cuda_training_step_under_fp16_autocast_trains_every_parameter():
+    """What nnUNetv2_train does on CUDA: deep supervision, fp16 autocast, a GradScaler (flex's backward there)."""
+    kw, patch = PLANS_CASES["hippocampus_3d"]
+    torch.manual_seed(0)
+    net = BSAUNet.from_plans(kw, patch, 1, 3, True).cuda()
+    with torch.no_grad():  # gamma starts at 0 (the coarse branch off): open it so that its gradients are exercised
+        for block in net.modules():
+            if hasattr(block, "gamma") and block.gamma is not None:
+                block.gamma.fill_(0.5)
+    scaler = torch.amp.GradScaler("cuda")
+    x = torch.randn(2, 1, *patch, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss = sum(o.float().square().mean() for o in net(x))
+    scaler.scale(loss).backward()
+    assert torch.isfinite(loss)
+    assert not [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]

@@ -37,7 +37,7 @@ from nnunet_sparseattn.architectures.base import (
     heads_for,
     stage_shapes,
 )
-from nnunet_sparseattn.layers.conv import ConvNormAct
+from nnunet_sparseattn.layers.conv import ConvNormAct, conv_norm_act_options
 from nnunet_sparseattn.layers.fsam import FSAM
 from nnunet_sparseattn.layers.isam import ISAM
 from nnunet_sparseattn.layers.point_rendering import AttentionRendering, RenderedPoints
@@ -135,13 +135,7 @@ class BilateralEncoder(nn.Module):
         fsam_weighted: str,
     ) -> None:
         super().__init__()
-        ops: dict[str, Any] = dict(
-            conv_bias=conv_bias,
-            norm_op=norm_op,
-            norm_op_kwargs=norm_op_kwargs,
-            nonlin=nonlin,
-            nonlin_kwargs=nonlin_kwargs,
-        )
+        ops = conv_norm_act_options(locals())
         self.stem = ConvNormAct(conv_op, input_channels, features_per_stage[0], kernel_sizes[0], **ops)
         stages, channels = [], features_per_stage[0]
         for s, features in enumerate(features_per_stage):

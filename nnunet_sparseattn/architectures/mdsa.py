@@ -81,6 +81,24 @@ def _attention_blocks(
     ]
 
 
+def _stage_blocks(
+    rest: int,
+    channels: int,
+    kernel_size: Sequence[int],
+    conv_op: type[nn.Module],
+    conv_args: Sequence[Any],
+    attends: bool,
+    grid: Optional[Sequence[int]],
+    topk: int,
+    cfg: Mapping[str, Any],
+) -> list[nn.Module]:
+    """What follows a stage's entry (its down- or upsampling) in place of nnU-Net's ``rest`` further conv blocks:
+    that many MDSA blocks (at least one) where the stage attends, else the conv blocks."""
+    if attends:
+        return _attention_blocks(max(1, rest), channels, conv_op, grid, topk, cfg)
+    return [StackedConvBlocks(rest, conv_op, channels, channels, kernel_size, 1, *conv_args)] if rest > 0 else []
+
+
 def _feature_map_size(module: nn.Module, size: Sequence[int]) -> np.int64:
     if isinstance(module, (StackedConvBlocks, EnhancedDownsampling, MDSABlock)):
         return np.int64(module.compute_conv_feature_map_size(list(size)))
@@ -129,14 +147,9 @@ class MDSAEncoder(SkipsEncoder):
                     kw["conv_bias"],
                 )
             rest = kw["n_conv_per_stage"][s] - 1
-            if attention[s]:
-                blocks = _attention_blocks(max(1, rest), out_ch, conv_op, grids[s], topks[s], cfg)
-            else:
-                blocks = (
-                    [StackedConvBlocks(rest, conv_op, out_ch, out_ch, self.kernel_sizes[s], 1, *conv_args)]
-                    if rest > 0
-                    else []
-                )
+            blocks = _stage_blocks(
+                rest, out_ch, self.kernel_sizes[s], conv_op, conv_args, attention[s], grids[s], topks[s], cfg
+            )
             stages.append(nn.Sequential(entry, *blocks))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
@@ -200,14 +213,9 @@ class MDSADecoder(nn.Module):
                 )
             )
             rest = kw["n_conv_per_stage_decoder"][i] - 1
-            if attention[level]:
-                blocks = _attention_blocks(max(1, rest), ch[level], conv_op, grids[level], topks[level], cfg)
-            else:
-                blocks = (
-                    [StackedConvBlocks(rest, conv_op, ch[level], ch[level], kernels[level], 1, *conv_args)]
-                    if rest > 0
-                    else []
-                )
+            blocks = _stage_blocks(
+                rest, ch[level], kernels[level], conv_op, conv_args, attention[level], grids[level], topks[level], cfg
+            )
             stages.append(nn.Sequential(*blocks))
             seg_layers.append(conv_op(ch[level], num_classes, 1, 1, 0, bias=True))
         self.upsampling = nn.ModuleList(upsampling)

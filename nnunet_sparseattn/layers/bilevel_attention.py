@@ -74,9 +74,15 @@ class CoarseRegionAttention(nn.Module):
 def upsample_regions(values: torch.Tensor, layout: RegionLayout) -> torch.Tensor:
     """``(B, Nr, C)`` region values -> ``(B, C, *S)``: every token takes its region's value (padding cropped)."""
     b, _, c = values.shape
-    x = values.transpose(1, 2).reshape(b, c, *layout.grid)
-    for axis, (r, s) in enumerate(zip(layout.region, layout.spatial)):
-        x = x.repeat_interleave(r, dim=2 + axis).narrow(2 + axis, 0, s)
+    grid = values.transpose(1, 2).reshape(b, c, *layout.grid)
+    # one copy: every grid axis followed by a broadcast region axis, then merged (one repeat_interleave per axis
+    # would copy the whole map once per axis)
+    spread = grid.reshape(b, c, *[n for g in layout.grid for n in (g, 1)])
+    x = spread.expand(b, c, *[n for g, r in zip(layout.grid, layout.region) for n in (g, r)]).reshape(
+        b, c, *layout.padded
+    )
+    if layout.is_padded:
+        x = x[(slice(None), slice(None)) + tuple(slice(0, s) for s in layout.spatial)]
     return x
 
 

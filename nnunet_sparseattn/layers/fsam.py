@@ -10,13 +10,13 @@ The paper weights the module's input; ``weighted="dilated"`` weights z instead (
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Type
+from typing import Optional, Sequence, Type
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .conv import ChannelAttention, ConvNormAct
+from .conv import ChannelAttention, ConvNormAct, conv_norm_act_options
 
 __all__ = ["FSAM"]
 
@@ -41,13 +41,7 @@ class FSAM(nn.Module):
         if weighted not in ("input", "dilated"):
             raise ValueError(f"FSAM weighted={weighted!r}: choose 'input' (the paper) or 'dilated'")
         self.weighted, self.channels = weighted, channels
-        ops: dict[str, Any] = dict(
-            conv_bias=conv_bias,
-            norm_op=norm_op,
-            norm_op_kwargs=norm_op_kwargs,
-            nonlin=nonlin,
-            nonlin_kwargs=nonlin_kwargs,
-        )
+        ops = conv_norm_act_options(locals())
         self.conv = ConvNormAct(conv_op, channels, channels, kernel_size, **ops)
         self.dconv = ConvNormAct(conv_op, channels, channels, kernel_size, dilation=dilation, **ops)
         # GAP and GMP through one shared MLP, summed, sigmoid: CBAM's channel attention

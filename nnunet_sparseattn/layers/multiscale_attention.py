@@ -133,11 +133,12 @@ class MultiScaleAggregation(nn.Module):
             padded = F.pad(branch.weight, [(largest - k) // 2] * (2 * self.ndim))
             weight = padded if weight is None else weight + padded
         assert weight is not None
+        # the identity (x + ...) is a 1 at the kernel's centre, added in place to the summed kernel (an intermediate)
+        # rather than built as a kernel of zeros in every forward
         centre = (slice(None), slice(None)) + (largest // 2,) * self.ndim
-        identity = torch.zeros_like(weight)
-        identity[centre] = 1.0
+        weight[centre] += 1.0
         bias = torch.stack([branch.bias for branch in self._depthwise()]).sum(0)
-        return weight + identity, bias
+        return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.aggregation == "dwconv":

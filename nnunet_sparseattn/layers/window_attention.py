@@ -85,9 +85,11 @@ def window_attention_mask(
     window: Sequence[int],
     shift: Sequence[int],
     device: Optional[torch.device] = None,
+    additive: bool = False,
 ) -> torch.Tensor:
-    """Which keys each query may attend to, per window: bool (nW, N, N), True = allowed (built once per shape
-    and device: :func:`~.shapes.shape_constant`).
+    """Which keys each query may attend to, per window: bool (nW, N, N), True = allowed; ``additive``: the same as
+    the float32 mask SDPA adds, 0 where allowed and -inf elsewhere (each forward adds it to the relative position bias
+    instead of negating and filling). Built once per shape, device and kind (:func:`~.shapes.shape_constant`).
 
     The map (``shape``, padded at the end to ``padded``) has been rolled by ``-shift``. Within a window, two tokens
     may attend to each other when they lie on the same side of the roll's wrap along every axis (Swin's shifted
@@ -95,12 +97,15 @@ def window_attention_mask(
     queries can lose every other key, and their outputs are cropped away).
     """
     key = (tuple(shape), tuple(padded), tuple(window), tuple(shift))
-    return shape_constant(
-        "swin_mask",
-        key,
-        torch.device(device or "cpu"),
-        lambda: _build_window_mask(shape, padded, window, shift, device),
-    )
+    where = torch.device(device or "cpu")
+    if additive:
+
+        def bias() -> torch.Tensor:
+            allowed = window_attention_mask(shape, padded, window, shift, device)
+            return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+
+        return shape_constant("swin_mask_bias", key, where, bias)
+    return shape_constant("swin_mask", key, where, lambda: _build_window_mask(shape, padded, window, shift, device))
 
 
 def _build_window_mask(
@@ -175,16 +180,17 @@ class WindowWeights(nn.Module):
         self.windows: Optional[tuple[int, ...]] = None
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, allowed: Optional[torch.Tensor]
+        self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, mask_bias: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """``q``, ``k`` ``(B, nW, heads, N, d)``, ``bias`` ``(heads, N, N)``, ``allowed`` ``(nW, N, N)`` or None ->
+        """``q``, ``k`` ``(B, nW, heads, N, d)``, ``bias`` ``(heads, N, N)``, ``mask_bias`` ``(nW, N, N)`` (0 or -inf,
+        as :class:`WindowAttention` takes it) or None ->
         float32 ``(B, len(windows), heads, N, N)``: softmax over the keys, as the fused attention weights them."""
         assert self.windows is not None, "set the windows to explain first"
         index = torch.tensor(self.windows, device=q.device)
         qs, ks = q.index_select(1, index).float(), k.index_select(1, index).float()
         logits = torch.matmul(qs, ks.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias.float()
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed.index_select(0, index)[None, :, None], float("-inf"))
+        if mask_bias is not None:
+            logits = logits + mask_bias.index_select(0, index)[None, :, None]
         return torch.softmax(logits, dim=-1)
 
 
@@ -214,20 +220,21 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table.float()[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, windows: torch.Tensor, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``windows`` (B, nW, N, C); ``allowed`` bool (nW, N, N) or None (every key)."""
+    def forward(self, windows: torch.Tensor, mask_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``windows`` (B, nW, N, C); ``mask_bias`` float (nW, N, N), 0 where a key is allowed and -inf where not
+        (:func:`window_attention_mask` with ``additive``), or None (every key)."""
         b, nw, n, c = windows.shape
         h = self.num_heads
         qkv = self.qkv(windows).reshape(b, nw, n, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
         bias = self.relative_position_bias()  # (heads, N, N), fp32
         if self.weights.windows is not None:  # explaining: the weights of the requested windows, for a hook to read
-            self.weights(qkv[0], qkv[1], bias, allowed)
-        if allowed is None:  # one bias for every window: (B x nW, heads) batches, the bias broadcasts
+            self.weights(qkv[0], qkv[1], bias, mask_bias)
+        if mask_bias is None:  # one bias for every window: (B x nW, heads) batches, the bias broadcasts
             q, k, v = (t.reshape(b * nw, h, n, c // h) for t in qkv.unbind(0))
             mask = bias[None].to(q.dtype)
         else:  # windows x heads on one axis: the per-window mask broadcasts over the batch, not copied per sample
             q, k, v = (t.reshape(b, nw * h, n, c // h) for t in qkv.unbind(0))
-            mask = bias[None].masked_fill(~allowed[:, None], float("-inf"))  # (nW, heads, N, N)
+            mask = bias[None] + mask_bias[:, None]  # (nW, heads, N, N): -inf where not allowed, as masked_fill
             mask = mask.reshape(1, nw * h, n, n).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.reshape(b, nw, h, n, c // h).transpose(2, 3).reshape(b, nw, n, c)
@@ -277,10 +284,10 @@ class SwinBlock(nn.Module):
         y = pad_end(self.norm1(x), padded, start=1)
         if any(shift):
             y = torch.roll(y, shifts=[-s for s in shift], dims=axes)
-        allowed = None
+        mask_bias = None
         if any(shift) or padded != spatial:
-            allowed = window_attention_mask(spatial, padded, self.window, shift, device=x.device)
-        y = self.attn(window_partition(y, self.window), allowed)
+            mask_bias = window_attention_mask(spatial, padded, self.window, shift, device=x.device, additive=True)
+        y = self.attn(window_partition(y, self.window), mask_bias)
         y = window_reverse(y, self.window, padded)
         if any(shift):
             y = torch.roll(y, shifts=list(shift), dims=axes)

@@ -84,6 +84,16 @@ def _box_dilate(x: Tensor, radius: Sequence[int]) -> Tensor:
     return x
 
 
+def _binary_float32(x: Tensor) -> Tensor:
+    """0/1 float32 of a bool map, or of a numeric one thresholded at 0.5 (max_pool does not take bool)."""
+    return x.to(torch.float32) if x.dtype == torch.bool else (x > 0.5).to(torch.float32)
+
+
+def _is_label_map_of(x: Tensor, like: Tensor) -> bool:
+    """``x`` is ``(B, 1, *S)`` with ``like``'s batch size and spatial shape."""
+    return x.ndim == like.ndim and x.shape[1] == 1 and x.shape[0] == like.shape[0] and x.shape[2:] == like.shape[2:]
+
+
 def narrow_band(target: Tensor, radius: Sequence[int], valid: Optional[Tensor] = None) -> Tensor:
     """Band of voxels within ``radius`` (a box, per axis) of a boundary of each target channel.
 
@@ -100,23 +110,17 @@ def narrow_band(target: Tensor, radius: Sequence[int], valid: Optional[Tensor] =
     if any(r < 0 for r in radius):
         raise ValueError(f"radius must be non-negative on every axis, got {radius}")
     with torch.no_grad():
-        # max_pool does not take bool; 0/1 are exact in float32.
-        y = (target > 0.5).to(torch.float32) if target.dtype != torch.bool else target.to(torch.float32)
+        y = _binary_float32(target)
         if valid is None:
             fg, bg = y, 1.0 - y
             v = None
         else:
-            if (
-                valid.ndim != target.ndim
-                or valid.shape[1] != 1
-                or valid.shape[2:] != target.shape[2:]
-                or valid.shape[0] != target.shape[0]
-            ):
+            if not _is_label_map_of(valid, target):
                 raise ValueError(
                     f"valid must have shape (B, 1, *S) = {(target.shape[0], 1, *target.shape[2:])}, "
                     f"got {tuple(valid.shape)}"
                 )
-            v = (valid > 0.5).to(torch.float32) if valid.dtype != torch.bool else valid.to(torch.float32)
+            v = _binary_float32(valid)
             # Invalid voxels are neither foreground (dilation sees them as background) nor background
             # (erosion sees them as foreground), so an ignored region creates no boundary of its own.
             fg, bg = y * v, (1.0 - y) * v
@@ -138,6 +142,10 @@ class NarrowBandLoss(nn.Module):
     label map (or one-hot (B, K, *S)); voxels equal to ``ignore_label`` excluded; classes 1..K-1 used.
     ``apply_nonlin="sigmoid"``: nnU-Net region training. net_output (B, R, *S) logits, target (B, R, *S)
     region maps, plus one last ignore-mask channel when ``ignore_label`` is not None (as DC_and_BCE_loss).
+
+    ``ddp`` with ``batch_dice``: the band sums are gathered over every rank before the Dice is taken, with nnU-Net's
+    ``AllGatherGrad`` as its ``MemoryEfficientSoftDiceLoss`` does, so that each rank's loss is the loss of the whole
+    distributed batch (nnU-Net's trainer passes ``ddp=self.is_ddp``).
     """
 
     def __init__(
@@ -147,6 +155,7 @@ class NarrowBandLoss(nn.Module):
         ignore_label: Optional[int] = None,
         batch_dice: bool = False,
         smooth: float = 1e-5,
+        ddp: bool = False,
     ) -> None:
         super().__init__()
         radius = tuple(int(r) for r in radius)
@@ -159,11 +168,12 @@ class NarrowBandLoss(nn.Module):
         self.ignore_label = ignore_label
         self.batch_dice = bool(batch_dice)
         self.smooth = float(smooth)
+        self.ddp = bool(ddp)
 
     def extra_repr(self) -> str:
         return (
             f"radius={self.radius}, apply_nonlin={self.apply_nonlin!r}, ignore_label={self.ignore_label}, "
-            f"batch_dice={self.batch_dice}, smooth={self.smooth}"
+            f"batch_dice={self.batch_dice}, smooth={self.smooth}, ddp={self.ddp}"
         )
 
     def _targets(self, net_output: Tensor, target: Tensor) -> tuple[Tensor, Optional[Tensor]]:
@@ -175,12 +185,7 @@ class NarrowBandLoss(nn.Module):
                 if target.shape == net_output.shape and net_output.shape[1] != 1:
                     # Already one-hot (nnU-Net's Dice accepts that too); no ignore label possible here.
                     return target[:, 1:].to(torch.float32), None
-                if (
-                    target.ndim != net_output.ndim
-                    or target.shape[1] != 1
-                    or target.shape[2:] != net_output.shape[2:]
-                    or target.shape[0] != net_output.shape[0]
-                ):
+                if not _is_label_map_of(target, net_output):
                     raise ValueError(
                         f"softmax NB loss expects a (B, 1, *S) label map matching net_output "
                         f"{tuple(net_output.shape)}, got {tuple(target.shape)}"
@@ -227,15 +232,27 @@ class NarrowBandLoss(nn.Module):
         with torch.no_grad():
             band_y = band * y
             sum_y = band_y.sum(axes)
-            has_band = band.sum(axes) > 0
+            band_voxels = band.sum(axes)
         band_p = band * p
         intersect = (band_p * y).sum(axes)
         sum_p = band_p.sum(axes)
+        if self.batch_dice and self.ddp:
+            intersect, sum_p, sum_y, band_voxels = _sum_over_ranks(intersect, sum_p, sum_y, band_voxels)
+        has_band = band_voxels > 0
         nb = 1.0 - (2.0 * intersect + self.smooth) / (sum_p + sum_y + self.smooth).clamp_min(1e-8)
         # Masked mean rather than boolean indexing: with no band anywhere this is an exact 0 that still
         # belongs to net_output's graph (backward works, DDP sees the parameters used).
         w = has_band.to(nb.dtype)
         return (nb * w).sum() / w.sum().clamp_min(1.0)
+
+
+def _sum_over_ranks(*sums: Tensor) -> tuple[Tensor, ...]:
+    """Each per-class sum added up over the DDP ranks; gradients flow back to every rank's own terms."""
+    # nnU-Net's own all-gather with a backward (its Dice loss gathers the same way); imported here, where DDP runs
+    # (an nnU-Net trainer), so the loss itself needs torch alone
+    from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+
+    return tuple(AllGatherGrad.apply(s).sum(0) for s in sums)
 
 
 class NarrowBandCompoundLoss(nn.Module):

@@ -40,6 +40,7 @@ class nnUNetTrainerNB(nnUNetTrainer):
                 apply_nonlin="sigmoid" if self.label_manager.has_regions else "softmax",
                 ignore_label=self.label_manager.ignore_label,
                 batch_dice=self.configuration_manager.batch_dice,
+                ddp=self.is_ddp,  # as nnU-Net passes it to its Dice loss
             )
             for radius in radii
         ]

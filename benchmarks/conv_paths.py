@@ -1,0 +1,145 @@
+"""Per-layer timings behind ``layers/conv.py``'s CPU paths: each grouped or depthwise convolution of the benchmark's
+plans run plain, channels-last, and (depthwise) with ``_DepthwiseConv``'s backward, in training and in inference.
+
+    .venv/bin/python benchmarks/conv_paths.py [--threads 2] [--repeats 7]     # ~3 min on 2 cores
+
+Writes ``benchmarks/results/conv-paths-cpu.json`` and prints a table: milliseconds (best of ``--repeats`` after a
+warm-up, the paths interleaved, twice), forward + backward ("train") and forward under ``no_grad`` ("infer"), batch 2,
+and which path ``_CPUConvolution`` takes. Shapes: the grouped and depthwise convolutions the networks run on
+MSD Hippocampus (3D) and ISIC 2017 (2D) plans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nnunet_sparseattn.harness.machine import describe_machine, load_average  # noqa: E402
+from nnunet_sparseattn.layers import conv  # noqa: E402
+
+# (dimensions, channels, groups, spatial, stride, kernel)
+CASES = [
+    (3, 16, 4, (40, 56, 40), 1, 3),  # Bilateral: ResNeXt, full resolution
+    (3, 32, 8, (40, 56, 40), 2, 3),  # its strided first block of stage 1
+    (3, 32, 8, (20, 28, 20), 1, 3),
+    (3, 64, 16, (20, 28, 20), 2, 3),
+    (3, 128, 32, (5, 7, 5), 1, 3),
+    (3, 128, 128, (10, 14, 10), 1, 3),  # BSA, MDSA: positional and LCE convolutions
+    (3, 128, 128, (10, 14, 10), 1, 7),  # MDSA: the aggregation's summed kernel
+    (3, 256, 256, (5, 7, 5), 1, 7),
+    (2, 16, 4, (256, 256), 1, 3),  # Bilateral 2D
+    (2, 32, 8, (256, 256), 2, 3),
+    (2, 64, 16, (64, 64), 1, 3),
+    (2, 128, 128, (64, 64), 1, 3),  # BSA, MDSA 2D
+    (2, 128, 128, (64, 64), 1, 7),
+    (2, 256, 256, (32, 32), 1, 3),
+    (2, 256, 256, (32, 32), 1, 7),
+    (2, 512, 512, (16, 16), 1, 7),
+]
+
+
+def _best(fn: Callable[[], None], repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def measure(case: tuple, repeats: int) -> dict:
+    ndim, c, groups, spatial, stride, k = case
+    torch.manual_seed(0)
+    x = torch.randn(2, c, *spatial, requires_grad=True)
+    module = conv.grouped_conv_op(nn.Conv3d if ndim == 3 else nn.Conv2d)(c, c, k, stride, k // 2, groups=groups)
+    weight, bias = module.weight, module.bias
+    layout = torch.channels_last_3d if ndim == 3 else torch.channels_last
+    plain_conv = F.conv3d if ndim == 3 else F.conv2d
+
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        return plain_conv(t, weight, bias, stride, k // 2, 1, groups)
+
+    def channels_last(t: torch.Tensor) -> torch.Tensor:
+        return plain(t.contiguous(memory_format=layout)).contiguous()
+
+    paths = {"plain": plain, "channels-last": channels_last}
+    depthwise = groups == c and stride == 1
+    if depthwise:
+        def fast_backward(t: torch.Tensor) -> torch.Tensor:  # as _CPUConvolution runs it: 3D in channels-last
+            t = t.contiguous(memory_format=layout) if ndim == 3 else t
+            return conv._DepthwiseConv.apply(t, weight, bias, [k // 2] * ndim).contiguous()
+
+        paths["depthwise backward"] = fast_backward
+
+    def train(path: Callable) -> Callable[[], None]:
+        def run() -> None:
+            y = path(x)
+            y.backward(torch.ones_like(y))
+
+        return run
+
+    def infer(path: Callable) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                path(x)
+
+        return run
+
+    record: dict = {"case": {"ndim": ndim, "channels": c, "groups": groups, "spatial": list(spatial), "stride": stride,
+                             "kernel": k}, "train_ms": {}, "infer_ms": {}}
+    for _ in range(2):  # interleaved twice: the best of both
+        for name, path in paths.items():
+            for kind, make in (("train_ms", train), ("infer_ms", infer)):
+                if kind == "infer_ms" and name == "depthwise backward":
+                    continue  # the same forward as plain
+                ms = _best(make(path), repeats)
+                record[kind][name] = round(min(ms, record[kind].get(name, ms)), 2)
+    with torch.enable_grad():
+        record["taken_training"] = module._cpu_path(x, weight)
+    with torch.no_grad():
+        record["taken_inference"] = module._cpu_path(x, weight)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "conv-paths-cpu.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = {"command": " ".join(["python", "benchmarks/conv_paths.py", *(argv or sys.argv[1:])]),
+              "machine": describe_machine("cpu"), "torch": torch.__version__, "threads": args.threads,
+              "load_average_start": load_average(), "records": []}
+    print("| conv | train: plain | channels-last | depthwise backward | taken | infer: plain | channels-last | taken |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in CASES:
+        r = measure(case, args.repeats)
+        result["records"].append(r)
+        c = r["case"]
+        name = (f"{c['ndim']}D {c['channels']} ch / {c['groups']} groups, {'x'.join(map(str, c['spatial']))}, "
+                f"k{c['kernel']} s{c['stride']}")
+        t, i = r["train_ms"], r["infer_ms"]
+        print(f"| {name} | {t['plain']} | {t['channels-last']} | {t.get('depthwise backward', '–')} | "
+              f"{r['taken_training']} | {i['plain']} | {i['channels-last']} | {r['taken_inference']} |", flush=True)
+    result["load_average_end"] = load_average()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
