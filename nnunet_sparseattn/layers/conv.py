@@ -115,7 +115,8 @@ class _CPUConvolution:
     def _cpu_path(self, input: torch.Tensor, weight: torch.Tensor) -> str:
         """:data:`PLAIN`, :data:`CHANNELS_LAST` or :data:`DEPTHWISE` for this call (rules in the class docstring)."""
         training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
-        if input.device.type != "cpu" or self.groups == 1 or not training:
+        # under CPU autocast the plain convolution casts as autocast rules; the two custom paths do not
+        if input.device.type != "cpu" or self.groups == 1 or not training or torch.is_autocast_enabled("cpu"):
             return PLAIN
         stride_one = all(s == 1 for s in self.stride)
         depthwise = (
