@@ -99,7 +99,8 @@ class _CPUConvolution:
       40x56x40 0.47x, 8 groups at 32 x 20x28x20 0.24x, strided 0.7-1.0x; the layout copies in and out included);
     - training, grouped 2D: channels-last at stride 1 (0.65-0.85x), plain when strided (channels-last 1.3x);
     - inference (no gradient): plain everywhere (channels-last 0.95-1.6x in 3D, 1.05-3.8x in 2D: its gain is in the
-      backward).
+      backward);
+    - under CPU autocast: plain (it casts as autocast's rules say; the custom backward keeps no cast).
 
     CUDA (cuDNN) and dense convolutions are untouched. Parameters, state-dict keys and results (to round-off) are
     those of the plain convolution class, which this one subclasses."""
@@ -115,7 +116,6 @@ class _CPUConvolution:
     def _cpu_path(self, input: torch.Tensor, weight: torch.Tensor) -> str:
         """:data:`PLAIN`, :data:`CHANNELS_LAST` or :data:`DEPTHWISE` for this call (rules in the class docstring)."""
         training = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
-        # under CPU autocast the plain convolution casts as autocast rules; the two custom paths do not
         if input.device.type != "cpu" or self.groups == 1 or not training or torch.is_autocast_enabled("cpu"):
             return PLAIN
         stride_one = all(s == 1 for s in self.stride)
