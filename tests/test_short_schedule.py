@@ -89,3 +89,24 @@ def test_debug_caps_the_plans_batch_size_except_under_ddp(monkeypatch, is_ddp, e
     trainer._set_batch_size_and_oversample()
     assert trainer.batch_size == expected
     assert "batches of at most 2" in variant.__doc__
+
+
+class StandInWithValidation(StandInTrainer):
+    inference_allowed_mirroring_axes = (0, 1, 2)
+
+    def perform_actual_validation(self, save_probabilities=False):
+        self.validated_with = self.inference_allowed_mirroring_axes  # what nnU-Net's predictor would be given
+
+
+@pytest.mark.parametrize("mirroring", [True, False])
+def test_final_validation_mirrors_only_where_the_schedule_says(monkeypatch, mirroring):
+    monkeypatch.setitem(SHORT_SCHEDULES, "_test", ShortSchedule(1, 1, 1, validation_mirroring=mirroring))
+    trainer = with_short_schedule(StandInWithValidation, "_test", __name__)({}, "3d_fullres", 0, {})
+    trainer.perform_actual_validation()
+    assert trainer.validated_with == ((0, 1, 2) if mirroring else None)
+    assert trainer.inference_allowed_mirroring_axes == (0, 1, 2)  # what the checkpoint and nnUNetv2_predict keep
+
+
+def test_the_debug_schedule_validates_without_mirroring_and_says_so():
+    assert not SHORT_SCHEDULES["_debug"].validation_mirroring and SHORT_SCHEDULES["_demo"].validation_mirroring
+    assert "without test-time mirroring" in with_short_schedule(StandInTrainer, "_debug", __name__).__doc__

@@ -26,11 +26,17 @@ class ShortSchedule:
     # Cap on the plans' batch size (None: the plans'). nnU-Net plans batches for a GPU (9 for Hippocampus); on
     # 2 CPU cores a smoke run only needs every code path, not the batch.
     max_batch_size: int | None = None
+    # nnU-Net's final validation predicts with test-time mirroring (8 forward passes per 3D patch, 4 in 2D). A smoke
+    # run only needs the code path once: False predicts each patch once there (the checkpoint keeps the plans' axes).
+    validation_mirroring: bool = True
 
 
 SHORT_SCHEDULES: dict[str, ShortSchedule] = {
     # CPU smoke runs (tests, CI): seconds per epoch
-    "_debug": ShortSchedule(num_epochs=2, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2, max_batch_size=2),
+    "_debug": ShortSchedule(
+        num_epochs=2, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2, max_batch_size=2,
+        validation_mirroring=False,
+    ),
     # `make demo`: at most 8 minutes of training on 2 CPU cores (BSA-Seg's step takes ~4x the U-Net's there: 5 minutes
     # gave it 2 epochs), so that the whole demo stays within 15 minutes
     "_demo": ShortSchedule(
@@ -61,6 +67,16 @@ class ShortScheduleMixin(TrainerMixinBase):
         cap = self.short_schedule.max_batch_size
         if cap is not None and not self.is_ddp:  # under DDP the plans' batch is split over the GPUs: keep it
             self.batch_size = min(self.batch_size, cap)
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        if self.short_schedule.validation_mirroring:
+            return super().perform_actual_validation(save_probabilities)
+        axes = self.inference_allowed_mirroring_axes
+        self.inference_allowed_mirroring_axes = None  # nnU-Net's predictor mirrors only along the axes it is given
+        try:
+            super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
 
     def on_train_start(self) -> None:
         super().on_train_start()  # nnU-Net's run_training reads num_epochs only after this returns
@@ -98,6 +114,8 @@ def with_short_schedule(trainer: type, suffix: str, module: str) -> type:
     budget = f", cut to fit {schedule.time_budget_s:.0f} s" if schedule.time_budget_s is not None else ""
     if schedule.max_batch_size is not None:
         budget += f", batches of at most {schedule.max_batch_size}"
+    if not schedule.validation_mirroring:
+        budget += ", final validation without test-time mirroring"
     doc = (
         f"{trainer.__name__} cut to {schedule.num_epochs} epochs x {schedule.num_iterations_per_epoch} "
         f"iterations (+{schedule.num_val_iterations_per_epoch} validation iterations){budget}."
