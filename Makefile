@@ -24,11 +24,17 @@ lint: $(STAMP)
 
 # OpenMP threads that spin while waiting cost up to 10x on 2 shared cores when the tests' nnU-Net subprocesses and
 # the pytest process compete (measured: a 2.7 s training step took 25.9 s); passive waiting costs nothing here.
+# Two pytest-xdist workers (TEST_WORKERS=1 runs one process): most end-to-end time is process start-up, file work and
+# single-threaded Python, so two overlap well on 2 cores. Test modules that share a module-scoped fixture stay on one
+# worker (xdist_group); prepared data and trained _debug models are shared by the workers (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --durations=30
+	$(PYTEST) --durations=30
 
 test-fast: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The fresh-install tests under Python 3.12 as well (containers and GPU machines run it). The first run makes .venv312,
 # a full install of our dependencies for 3.12 (minutes, several GB); PY312=/path/to/python3.12 if not on PATH.

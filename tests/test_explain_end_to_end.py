@@ -10,16 +10,14 @@ import numpy as np
 import pytest
 from helpers import assert_explained, explain
 
-from nnunet_sparseattn.harness import commands
-
 pytestmark = pytest.mark.slow
 
 TRAINER = "nnUNetTrainerBSA_debug"
 
 
-def test_explain_a_bsa_model_in_2d(isic_nnunet):
+def test_explain_a_bsa_model_in_2d(isic_nnunet, trained_debug_model):
     run = isic_nnunet
-    commands.train(run["id"], "2d", 0, TRAINER, run["env"], run["log"])
+    trained_debug_model(run, TRAINER)  # shared with the fresh-install test's export
     image = sorted(run["images"].glob("*.png"))[0]
     reference = run["labels"] / image.name.replace("_0000.png", ".png")
     out = run["work"] / "explain_bsa_2d"

@@ -15,7 +15,9 @@ makes one: a full install, minutes), from that one too, sharing ITS packages the
 machines run 3.12 (nnU-Net issue 3025 reports trainer-lookup trouble there).
 
 Slow: CI runs it (the 3.12 run only where that venv is given). Data: the ISIC 2017 fixture of ``conftest.py`` (20
-training cases, 2 held out), planned once.
+training cases, 2 held out), planned once, and its ``_debug`` BSA model, trained once per run by the development
+venv's ``nnUNetv2_train`` (the explain test shares it); the trainer-side venv finds the best configuration and
+exports a copy of it.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ import pytest
 import nnunet_sparseattn_autodiscovery as autodiscovery
 from nnunet_sparseattn.model_stamp import STAMP_KEY
 
-pytestmark = pytest.mark.slow
+# one xdist worker takes the whole module: its module-scoped fixtures build once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fresh_install")]
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = "nnUNetTrainerBSA_debug"
@@ -164,16 +167,18 @@ def test_nnunet_finds_our_trainers_with_nothing_set_and_the_opt_out_turns_that_o
 
 
 @pytest.fixture(scope="module")
-def exported(trainer_side, isic_nnunet, tmp_path_factory) -> dict:
-    """nnUNetv2_train (a _debug schedule), nnUNetv2_find_best_configuration and our export, in the trainer-side venv
-    with nnUNet_extTrainer unset; the preprocessed data is the shared fixture's, the results folder this test's."""
+def exported(trainer_side, isic_nnunet, trained_debug_model, tmp_path_factory) -> dict:
+    """nnUNetv2_find_best_configuration and our export, in the trainer-side venv with nnUNet_extTrainer unset, on a
+    copy of the run's shared _debug model (trained once by ``nnUNetv2_train`` for this test and the explain test;
+    nnU-Net's trainer lookup with nothing set is what the receiving venv's nnUNetv2_predict exercises); the
+    preprocessed data is the shared fixture's, the results folder this test's."""
     work = tmp_path_factory.mktemp("trainer-side-work")
     paths = {"nnUNet_raw": isic_nnunet["env"]["nnUNet_raw"],
              "nnUNet_preprocessed": isic_nnunet["env"]["nnUNet_preprocessed"],
              "nnUNet_results": str(work / "nnUNet_results")}
-    Path(paths["nnUNet_results"]).mkdir()
+    model = trained_debug_model(isic_nnunet, TRAINER)
+    shutil.copytree(model, Path(paths["nnUNet_results"]) / model.parent.name / model.name)
     dataset = str(isic_nnunet["id"])
-    trainer_side.run(["nnUNetv2_train", dataset, "2d", "0", "-tr", TRAINER, "-device", "cpu"], paths)
     trainer_side.run(["nnUNetv2_find_best_configuration", dataset, "-c", "2d", "-tr", TRAINER, "-f", "0",
                       "-np", "1"], paths)
     zip_path = work / "model.zip"
