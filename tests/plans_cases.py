@@ -1,4 +1,5 @@
-"""nnU-Net plans configurations the networks are held to (architecture kwargs as a plans file stores them).
+"""nnU-Net plans configurations the networks are held to (architecture kwargs as a plans file stores them), and the
+factories every test builds its plans and ``dataset.json`` with (``plans_for``, ``dataset_json``).
 
 HIPPOCAMPUS_* are what nnUNetv2_plan_and_preprocess 2.8.1 wrote for MSD Task04 on this machine; the others are
 harder shapes: five stages on a non-power-of-two patch, seven 2D stages, anisotropic [1, 2, 2] strides.
@@ -6,6 +7,7 @@ Shared by every network's tests: import ``PLANS_CASES`` (name -> (arch_kwargs, p
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 _COMMON = {
@@ -75,8 +77,11 @@ PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 RESENC_UNET = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 
 
-def plans_for(case: tuple[dict[str, Any], tuple[int, ...]], configuration: str | None = None) -> dict[str, Any]:
-    """A minimal nnU-Net plans dict holding ``case`` as one configuration (what variant plans are made from)."""
+def plans_for(
+    case: tuple[dict[str, Any], tuple[int, ...]], configuration: str | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """A minimal nnU-Net plans dict holding ``case`` as one configuration (what variant plans are made from); with
+    ``batch_size``, the configuration's batch (what a trainer built from it needs)."""
     arch_kwargs, patch = case
     configuration = configuration or f"{len(patch)}d" + ("_fullres" if len(patch) == 3 else "")
     network = RESENC_UNET if "n_blocks_per_stage" in arch_kwargs else PLAIN_UNET
@@ -89,6 +94,7 @@ def plans_for(case: tuple[dict[str, Any], tuple[int, ...]], configuration: str |
                 "patch_size": list(patch),
                 "spacing": [1.0] * len(patch),
                 "batch_dice": False,
+                **({"batch_size": batch_size} if batch_size is not None else {}),
                 "architecture": {
                     "network_class_name": network,
                     "arch_kwargs": arch_kwargs,
@@ -96,4 +102,24 @@ def plans_for(case: tuple[dict[str, Any], tuple[int, ...]], configuration: str |
                 },
             }
         },
+    }
+
+
+def dataset_json(
+    labels: Sequence[str] | dict[str, Any] = ("a", "b"),
+    channels: Sequence[str] = ("MRI",),
+    file_ending: str = ".nii.gz",
+    num_training: int = 1,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A ``dataset.json`` as nnU-Net's raw data carries it: ``labels`` names the foreground classes 1, 2, ... after
+    background 0 (or is the labels dict itself), ``channels`` the input channels 0, 1, ...; ``extra`` keys added."""
+    if not isinstance(labels, dict):
+        labels = {"background": 0, **{name: i for i, name in enumerate(labels, start=1)}}
+    return {
+        "channel_names": {str(i): name for i, name in enumerate(channels)},
+        "labels": dict(labels),
+        "numTraining": num_training,
+        "file_ending": file_ending,
+        **extra,
     }

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from plans_cases import PLANS_CASES, plans_for
+from plans_cases import PLANS_CASES, dataset_json, plans_for
 
 from nnunet_sparseattn.architectures.base import PlansError, stage_shapes
 from nnunet_sparseattn.architectures.bilateral import (
@@ -461,14 +461,12 @@ def test_paper_configuration_is_near_the_papers_parameter_count():
 def _trainer(make, cls, labels: dict, regions_class_order=None):
     """``make``: the ``trainer_without_data`` fixture (nnU-Net's initialize() without the preprocessed dataset it
     would open: network, optimizer, loss)."""
-    plans = plans_for(_tiny_plans(2), "2d")
-    plans["configurations"]["2d"]["batch_size"] = 2
-    dataset_json = {"labels": labels, "channel_names": {"0": "a", "1": "b"}, "numTraining": 1,
-                    "file_ending": ".png"}
+    plans = plans_for(_tiny_plans(2), "2d", batch_size=2)
+    meta = dataset_json(labels, channels=("a", "b"), file_ending=".png")
     if regions_class_order:
-        dataset_json["regions_class_order"] = regions_class_order
+        meta["regions_class_order"] = regions_class_order
     torch.manual_seed(0)
-    return make(cls, plans, "2d", dataset_json)
+    return make(cls, plans, "2d", meta)
 
 
 def _batch(patch, channels_target, regions: bool, ignore: bool):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plans_cases import HIPPOCAMPUS_3D, plans_for
+from plans_cases import HIPPOCAMPUS_3D, dataset_json, plans_for
 
 from nnunet_sparseattn.cli import main
 from nnunet_sparseattn.compare.report import plot_comparison, render_markdown, results_table, size
@@ -63,14 +63,13 @@ def planned(tmp_path, monkeypatch):
     raw, pre = tmp_path / "raw", tmp_path / "pre"
     dataset = raw / "Dataset999_Contracts"
     (dataset / "imagesTr").mkdir(parents=True), (dataset / "labelsTr").mkdir()
-    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 0,
-                    "file_ending": ".nii.gz"}
-    (dataset / "dataset.json").write_text(json.dumps(dataset_json))
+    meta = json.dumps(dataset_json(num_training=0))
+    (dataset / "dataset.json").write_text(meta)
     (pre / dataset.name).mkdir(parents=True)
     arch, _ = HIPPOCAMPUS_3D
     plans = plans_for((dict(arch, features_per_stage=[4, 8, 16, 32]), (16, 24, 16)))
     (pre / dataset.name / "nnUNetPlans.json").write_text(json.dumps(plans))
-    (pre / dataset.name / "dataset.json").write_text(json.dumps(dataset_json))
+    (pre / dataset.name / "dataset.json").write_text(meta)
     monkeypatch.setenv("nnUNet_raw", str(raw))
     monkeypatch.setenv("nnUNet_preprocessed", str(pre))
     return tmp_path
@@ -245,8 +244,7 @@ def test_runs_get_evaluates_metrics_and_the_report_shows_them(tmp_path):
 
     labels, predictions = tmp_path / "labels", tmp_path / "pred"
     labels.mkdir(), predictions.mkdir()
-    meta = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "lesion": 1},
-            "numTraining": 3, "file_ending": ".png"}
+    meta = dataset_json(["lesion"], channels="RGB", file_ending=".png", num_training=3)
     (predictions / "dataset.json").write_text(json.dumps(meta))  # nnUNetv2_predict writes one
     for i, shift in enumerate((0, 2, 4)):
         ref = np.zeros((32, 32), np.uint8)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from plans_cases import dataset_json
 
 from nnunet_sparseattn.convert2d import convert_2d
 from nnunet_sparseattn.errors import UserError
@@ -131,8 +132,7 @@ def test_3d_nifti_spacing_in_mm_empty_classes_and_no_2d_metrics(tmp_path):
 
     ref_dir, pred_dir = tmp_path / "labelsTs", tmp_path / "pred"
     ref_dir.mkdir(), pred_dir.mkdir()
-    meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "anterior": 1, "posterior": 2},
-            "numTraining": 3, "file_ending": ".nii.gz"}
+    meta = dataset_json(["anterior", "posterior"], num_training=3)
     (tmp_path / "dataset.json").write_text(json.dumps(meta))  # beside labelsTs, as in nnUNet_raw
     full = np.zeros((10, 16, 16), np.uint8)
     full[2:6, 4:12, 4:12], full[6:8, 4:8, 4:8] = 1, 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plans_cases import dataset_json
 
 from nnunet_sparseattn.cli import main
 
@@ -20,10 +21,7 @@ def _model(tmp_path: Path, checkpoint: bool = True) -> Path:
         "dataset_name": "Dataset990_X", "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {},
     }))
-    (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MR"}, "labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz",
-        "numTraining": 1,
-    }))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json(["organ"], channels=["MR"])))
     if checkpoint:
         (folder / "fold_0").mkdir()
         (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"")

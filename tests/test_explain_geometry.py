@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from plans_cases import dataset_json
 
 from nnunet_sparseattn.explain.geometry import choose_patch, lookup, region_id_map, token_of
 from nnunet_sparseattn.explain.model import place
@@ -55,10 +56,8 @@ def _preprocessed(patch: list[int]):
     image[:, :, :, -3:] = 0
     plans_manager = PlansManager(_plans(patch))
     configuration = plans_manager.get_configuration("3d_fullres")
-    dataset_json = {"labels": {"background": 0, "x": 1}, "channel_names": {"0": "a", "1": "b", "2": "c"},
-                    "file_ending": ".nii.gz", "numTraining": 1}
     data, _, properties = DefaultPreprocessor(verbose=False).run_case_npy(
-        image, None, {"spacing": list(SPACING)}, plans_manager, configuration, dataset_json)
+        image, None, {"spacing": list(SPACING)}, plans_manager, configuration, dataset_json(["x"], channels="abc"))
     predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
     predictor.configuration_manager = configuration
     geometry, patches = place(ORIGINAL, TRANSPOSE, properties, data.shape[1:], predictor)

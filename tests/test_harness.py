@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from plans_cases import HIPPOCAMPUS_3D, plans_for
+from plans_cases import HIPPOCAMPUS_3D, dataset_json, plans_for
 
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.harness import budgets, commands, datasets, networks, scoring
@@ -157,14 +157,12 @@ def test_budget_mixin_records_every_iteration_and_epoch(trainer_without_data):
     budget_class = getattr(budgets, "nnUNetTrainer_bench2x3")
     arch, _ = HIPPOCAMPUS_3D
     arch = dict(arch, features_per_stage=[4, 8, 16, 32])
-    plans = plans_for((arch, (16, 16, 16)))
-    plans["configurations"]["3d_fullres"]["batch_size"] = 2
-    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 2,
-                    "file_ending": ".nii.gz"}
-    trainer = trainer_without_data(budget_class, plans, "3d_fullres", dataset_json)
+    plans = plans_for((arch, (16, 16, 16)), batch_size=2)
+    meta = dataset_json(num_training=2)
+    trainer = trainer_without_data(budget_class, plans, "3d_fullres", meta)
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.save_every) == (2, 3, 1)
     weights = next(trainer.network.parameters()).detach().clone()
-    again = trainer_without_data(budget_class, plans, "3d_fullres", dataset_json)
+    again = trainer_without_data(budget_class, plans, "3d_fullres", meta)
     assert torch.equal(next(again.network.parameters()), weights)  # seeded before nnU-Net builds the network
     # what the mixin's on_train_start adds to nnU-Net's (which opens the dataset)
     trainer._timing = budgets.restart_timing(None, 0)
@@ -388,9 +386,8 @@ def test_scores_read_files_with_nnunet_readers_and_match_nnunets_dice(tmp_path):
             if pixel is not None:
                 img[pixel] = 1
             Image.fromarray(img).save(folder / f"{case}.png")
-    dataset_json = {"labels": {"background": 0, "lesion": 1}, "file_ending": ".png", "channel_names": {"0": "R"},
-                    "overwrite_image_reader_writer": "NaturalImage2DIO"}
-    out = scoring.score_predictions(pred_dir, ref_dir, sorted(cases), dataset_json, _plans_file(tmp_path))
+    meta = dataset_json(["lesion"], channels="R", file_ending=".png", overwrite_image_reader_writer="NaturalImage2DIO")
+    out = scoring.score_predictions(pred_dir, ref_dir, sorted(cases), meta, _plans_file(tmp_path))
     assert out["hd95"] == {"lesion": pytest.approx(2.0)}  # a: 4 px, d: 0 px
     assert out["mean_hd95"] == pytest.approx(2.0)
     assert out["hd95_scored_cases"] == {"lesion": 2} and out["hd95_undefined_cases"] == {"lesion": 1}
@@ -400,13 +397,13 @@ def test_scores_read_files_with_nnunet_readers_and_match_nnunets_dice(tmp_path):
     # nnU-Net's own evaluation of the folders: the same per-class mean
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2
 
-    (tmp_path / "dataset.json").write_text(json.dumps(dataset_json))
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
     compute_metrics_on_folder2(str(ref_dir), str(pred_dir), str(tmp_path / "dataset.json"),
                                str(_plans_file(tmp_path)), str(tmp_path / "summary.json"), num_processes=1)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["mean"]["1"]["Dice"] == pytest.approx(out["dice"]["lesion"])
     with pytest.raises(UserError, match="the prediction of case e is missing"):
-        scoring.score_predictions(pred_dir, ref_dir, ["a", "e"], dataset_json, _plans_file(tmp_path))
+        scoring.score_predictions(pred_dir, ref_dir, ["a", "e"], meta, _plans_file(tmp_path))
 
 
 def test_scores_of_3d_nifti_use_the_spacing_in_the_right_axis_order(tmp_path):
@@ -425,9 +422,8 @@ def test_scores_of_3d_nifti_use_the_spacing_in_the_right_axis_order(tmp_path):
         image = sitk.GetImageFromArray(arr)
         image.SetSpacing((1.0, 1.0, 3.0))  # x, y, z: z is the first array axis
         sitk.WriteImage(image, str(path))
-    dataset_json = {"labels": {"background": 0, "one": 1, "two": 2}, "file_ending": ".nii.gz",
-                    "channel_names": {"0": "MRI"}}
-    out = scoring.score_predictions(pred_dir, ref_dir, ["case"], dataset_json, _plans_file(tmp_path))
+    meta = dataset_json(["one", "two"])
+    out = scoring.score_predictions(pred_dir, ref_dir, ["case"], meta, _plans_file(tmp_path))
     assert out["hd95"] == {"one": pytest.approx(6.0), "two": pytest.approx(0.0)}  # 2 slices x 3 mm
     assert out["mean_hd95"] == pytest.approx(3.0)
     assert out["dice"] == {"one": 0.0, "two": 1.0} and out["mean_dice"] == 0.5
@@ -442,9 +438,8 @@ def test_class_names_of_labels_and_regions():
 
 # ------------------------------------------------------------------------------------------------- networks
 def test_network_cost_and_attention_layout_on_hippocampus_plans():
-    plans = plans_for(HIPPOCAMPUS_3D)
-    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2}}
-    stock = networks.network_cost(find_trainer_class("nnUNetTrainer"), plans, "3d_fullres", dataset_json)
+    plans, meta = plans_for(HIPPOCAMPUS_3D), dataset_json()
+    stock = networks.network_cost(find_trainer_class("nnUNetTrainer"), plans, "3d_fullres", meta)
     assert stock["flops_input"] == [1, 1, 40, 56, 40] and 5.5e6 < stock["params"] < 5.7e6  # 5.60 M (README)
     layouts = {}
     for name in ("nnUNetTrainer", "nnUNetTrainerNB", "nnUNetTrainerBSA", "nnUNetTrainerMDSA",
@@ -472,12 +467,11 @@ def test_network_cost_and_attention_layout_on_hippocampus_plans():
 def test_trainer_without_data_builds_what_initialize_builds(trainer_without_data):
     from nnunet_sparseattn.trainers import nnUNetTrainerBSA
 
-    plans = plans_for(HIPPOCAMPUS_3D)
-    plans["configurations"]["3d_fullres"]["batch_size"] = 2
-    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2}}
-    trainer = trainer_without_data(nnUNetTrainerBSA, plans, "3d_fullres", dataset_json)
+    plans = plans_for(HIPPOCAMPUS_3D, batch_size=2)
+    meta = dataset_json()
+    trainer = trainer_without_data(nnUNetTrainerBSA, plans, "3d_fullres", meta)
     assert trainer.was_initialized and trainer.batch_size == 2 and trainer.num_input_channels == 1
     assert type(trainer.network).__name__ == "BSAUNet" and isinstance(trainer.optimizer, torch.optim.SGD)
     assert trainer.loss is not None and trainer.device.type == "cpu"
-    bare = trainer_without_data(nnUNetTrainerBSA, plans, "3d_fullres", dataset_json, initialize=False)
+    bare = trainer_without_data(nnUNetTrainerBSA, plans, "3d_fullres", meta, initialize=False)
     assert not bare.was_initialized and bare.network is None

@@ -29,7 +29,7 @@ from nnunet_sparseattn.layers.multiscale_attention import (
 )
 from nnunet_sparseattn.layers.resampling import EnhancedDownsampling, EnhancedUpsampling, space_to_depth
 from nnunet_sparseattn.plans import variant_plans
-from plans_cases import PLANS_CASES, plans_for
+from plans_cases import PLANS_CASES, dataset_json, plans_for
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -423,9 +423,8 @@ def test_trainer_takes_a_training_step_on_default_2d_plans(trainer_name, trainer
     plans.update(original_median_spacing_after_transp=[1.0, 1.0], transpose_forward=[0, 1, 2],
                  transpose_backward=[0, 1, 2], image_reader_writer="NaturalImage2DIO",
                  foreground_intensity_properties_per_channel={})
-    dataset_json = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "a": 1, "b": 2},
-                    "numTraining": 5, "file_ending": ".png"}
-    trainer = trainer_without_data(getattr(trainers, trainer_name), plans, "2d", dataset_json)
+    meta = dataset_json(channels="RGB", file_ending=".png", num_training=5)
+    trainer = trainer_without_data(getattr(trainers, trainer_name), plans, "2d", meta)
     assert isinstance(trainer.network, MDSAUNet)
     assert isinstance(trainer.loss, NarrowBandCompoundLoss) == trainer_name.startswith("nnUNetTrainerMDSA_NB")
     data = torch.randn(2, 3, *patch)

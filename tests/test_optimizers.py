@@ -21,7 +21,7 @@ from nnunetv2.training.lr_scheduler.warmup import (
     PolyLRScheduler_offset,
 )
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from plans_cases import HIPPOCAMPUS_3D, plans_for
+from plans_cases import HIPPOCAMPUS_3D, dataset_json, plans_for
 
 from nnunet_sparseattn.trainers import (
     SHIPPED_TRAINERS,
@@ -36,8 +36,7 @@ from nnunet_sparseattn.trainers.optimizers import NNUNET_GRAD_CLIP, AdamWWarmupM
 _ARCH, _ = HIPPOCAMPUS_3D
 ARCH = dict(copy.deepcopy(_ARCH), features_per_stage=[8, 16, 32, 64])
 PATCH = (16, 16, 16)
-DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "anterior": 1, "posterior": 2},
-                "numTraining": 4, "file_ending": ".nii.gz"}
+DATASET_JSON = dataset_json(["anterior", "posterior"], num_training=4)
 
 
 def _trainer(make, cls: type, build: bool = True):

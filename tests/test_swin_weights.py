@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from plans_cases import PLANS_CASES, plans_for
+from plans_cases import PLANS_CASES, dataset_json, plans_for
 
 from nnunet_sparseattn.architectures.swin_weights import (
     SWIN_WEIGHTS_ENV,
@@ -160,11 +160,8 @@ def test_pretrained_trainer_loads_swin_tiny_into_its_network(tmp_path, monkeypat
     checkpoint = tmp_path / "swin_tiny_patch4_window7_224.pth"
     torch.save({"model": swin_t.state_dict()}, checkpoint)
 
-    plans = plans_for(PLANS_CASES["hippocampus_2d"], "2d")
-    plans["configurations"]["2d"]["batch_size"] = 2
-    dataset_json = {"labels": {"background": 0, "a": 1, "b": 2}, "channel_names": {"0": "MRI"},
-                    "numTraining": 1, "file_ending": ".nii.gz"}
-    trainer = trainer_without_data(nnUNetTrainerBilateral_pretrained, plans, "2d", dataset_json, initialize=False)
+    plans = plans_for(PLANS_CASES["hippocampus_2d"], "2d", batch_size=2)
+    trainer = trainer_without_data(nnUNetTrainerBilateral_pretrained, plans, "2d", dataset_json(), initialize=False)
     # the trainer's own initialize() runs; nnU-Net's, which it calls, without the preprocessed dataset it would open
     monkeypatch.setattr(nnUNetTrainer, "initialize", initialize_without_data)
     monkeypatch.delenv(SWIN_WEIGHTS_ENV, raising=False)
