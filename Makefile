@@ -25,10 +25,11 @@ lint: $(STAMP)
 # OpenMP threads that spin while waiting cost up to 10x on 2 shared cores when the tests' nnU-Net subprocesses and
 # the pytest process compete (measured: a 2.7 s training step took 25.9 s); passive waiting costs nothing here.
 # Two pytest-xdist workers (TEST_WORKERS=1 runs one process): most end-to-end time is process start-up, file work and
-# single-threaded Python, so two overlap well on 2 cores. Test modules that share a module-scoped fixture stay on one
-# worker (xdist_group); prepared data and trained _debug models are shared by the workers (tests/conftest.py).
+# single-threaded Python, so two overlap well on 2 cores. A test module runs on one worker (--dist loadfile: its
+# module-scoped fixtures build once; xdist_group marks do not group under pytest 9.2, whose node ids xdist cannot
+# rename); prepared data and trained _debug models are shared by the workers (tests/conftest.py).
 TEST_WORKERS ?= 2
-PYTEST := OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST := OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PYTEST) --durations=30

@@ -16,8 +16,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # the slow tests first: `make test`'s two workers take tests in this order (--no-loadscope-reorder), so the
-    # minutes-long end-to-end runs overlap each other and the quick tests fill the end
+    # the slow tests first: `make test`'s two workers take test modules in this order (--no-loadscope-reorder), so
+    # the minutes-long end-to-end runs overlap each other and the quick tests fill the end
     items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return

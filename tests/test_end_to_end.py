@@ -14,8 +14,7 @@ from helpers import assert_dice, explain
 from nnunet_sparseattn.demo.dataset import make_demo_dataset
 from nnunet_sparseattn.harness import commands, datasets
 
-# one xdist worker takes the whole module: its module-scoped fixtures build once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nb_end_to_end")]
+pytestmark = pytest.mark.slow
 
 CONFIGURATION = "3d_fullres"
 TRAINER = "nnUNetTrainerNB_debug"

@@ -35,8 +35,7 @@ import pytest
 import nnunet_sparseattn_autodiscovery as autodiscovery
 from nnunet_sparseattn.model_stamp import STAMP_KEY
 
-# one xdist worker takes the whole module: its module-scoped fixtures build once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fresh_install")]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = "nnUNetTrainerBSA_debug"

@@ -11,8 +11,7 @@ from helpers import assert_dice, assert_explained, explain, plan_variant
 
 from nnunet_sparseattn.harness import commands, datasets
 
-# one xdist worker takes the whole module: its module-scoped fixtures build once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mdsa_end_to_end")]
+pytestmark = pytest.mark.slow
 
 TRAINER = "nnUNetTrainerMDSA_debug"
 VARIANT_PLANS = "nnUNetPlans_MDSA"
