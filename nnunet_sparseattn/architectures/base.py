@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import pydoc
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Protocol, Sequence, cast
 
 import numpy as np
@@ -49,12 +50,14 @@ __all__ = [
     "REQUIRES_IMPORT",
     "SHARED_KWARGS",
     "SkipsEncoder",
+    "StageAttention",
     "heads_for",
     "conv_block_args",
     "normalize_plans_kwargs",
     "per_stage",
     "serialize_arch_kwargs",
     "stage_shapes",
+    "x_text",
 ]
 
 
@@ -199,6 +202,20 @@ def stage_shapes(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) ->
     return shapes
 
 
+def x_text(values: Sequence[int]) -> str:
+    """``[10, 14, 10]`` -> ``"10x14x10"``, as shapes are written in messages and tables."""
+    return "x".join(str(int(v)) for v in values)
+
+
+@dataclass(frozen=True)
+class StageAttention:
+    """Where a network attends, for ``info``: one encoder stage, its feature-map shape and how it attends."""
+
+    stage: int
+    shape: tuple[int, ...]
+    text: str  # e.g. "regions of 5x7x5 tokens (4), top-4"
+
+
 class SkipsEncoder(nn.Module):
     """An encoder whose ``forward`` runs ``self.stages`` in turn and returns every stage's output: the skips,
     bottleneck last, as nnU-Net's decoders read them."""
@@ -273,6 +290,12 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
         """Raise :class:`PlansError` (what to change) for own arguments that do not suit the shared ones (or the
         patch); return them normalised for the constructor. Default: nothing to check."""
         return None
+
+    @classmethod
+    def attention_layout(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> list[StageAttention]:
+        """Which encoder stages attend, and how, for resolved arguments (:meth:`resolve_arch_kwargs`) and a patch
+        size (``info`` prints it). Default: none."""
+        return []
 
     @classmethod
     def resolve_arch_kwargs(

@@ -34,8 +34,11 @@ from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecod
 from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
+    StageAttention,
     heads_for,
+    per_stage,
     stage_shapes,
+    x_text,
 )
 from nnunet_sparseattn.layers.conv import ConvNormAct, conv_norm_act_options
 from nnunet_sparseattn.layers.fsam import FSAM
@@ -355,6 +358,17 @@ class BilateralUNet(PlansNetwork):
             "render_eval_points": max(1, min(EVAL_POINTS, voxels // 8)),
         }
         return {key: value for key, value in chosen.items() if kwargs[key] is None}
+
+    @classmethod
+    def attention_layout(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> list[StageAttention]:
+        """The Swin windows of every stage with ISAM + FSAM."""
+        shapes = stage_shapes(patch_size, kwargs["strides"])
+        out = []
+        for s in kwargs["isam_stages"]:
+            window = per_stage(kwargs["isam_windows"][s], len(shapes[s]), "window")
+            count = math.prod(-(-a // w) for a, w in zip(shapes[s], window))
+            out.append(StageAttention(s, shapes[s], f"Swin windows of {x_text(window)} ({count}), ISAM + FSAM"))
+        return out
 
     @classmethod
     def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> dict[str, Any]:

@@ -29,12 +29,14 @@ from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
     SkipsEncoder,
+    StageAttention,
     heads_for,
     per_stage,
     stage_shapes,
+    x_text,
 )
 from nnunet_sparseattn.layers.bilevel_attention import BSABlock
-from nnunet_sparseattn.layers.routing import clamp_topk
+from nnunet_sparseattn.layers.routing import clamp_topk, is_dense
 
 __all__ = ["BSAEncoder", "BSAUNet", "choose_region_size"]
 
@@ -255,6 +257,21 @@ class BSAUNet(PlansNetwork):
             return {}
         shapes = stage_shapes(patch_size, kwargs["strides"])
         return {"region_sizes": [choose_region_size(shape) if s >= first else None for s, shape in enumerate(shapes)]}
+
+    @classmethod
+    def attention_layout(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> list[StageAttention]:
+        """Regions and top-k of every attention stage."""
+        n = int(kwargs["n_stages"])
+        shapes = stage_shapes(patch_size, kwargs["strides"])
+        topk = per_stage(kwargs["topk"], n, "topk")
+        regions = kwargs["region_sizes"] or [None] * n
+        out = []
+        for s in range(kwargs["attention_from_stage"], n):
+            region = list(shapes[s]) if regions[s] is None else per_stage(regions[s], len(shapes[s]), "region")
+            count = math.prod(-(-a // r) for a, r in zip(shapes[s], region))
+            routing = "dense" if is_dense(topk[s], count) else f"top-{topk[s]}"
+            out.append(StageAttention(s, shapes[s], f"regions of {x_text(region)} tokens ({count}), {routing}"))
+        return out
 
     @classmethod
     def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> dict[str, Any]:

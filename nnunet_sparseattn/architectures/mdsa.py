@@ -36,13 +36,17 @@ from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
     SkipsEncoder,
+    StageAttention,
     conv_block_args,
     heads_for,
+    per_stage,
     stage_shapes,
+    x_text,
 )
 from nnunet_sparseattn.layers.conv import conv_dims
 from nnunet_sparseattn.layers.multiscale_attention import AGGREGATIONS, MDSABlock, auto_grid
 from nnunet_sparseattn.layers.resampling import EnhancedDownsampling, EnhancedUpsampling
+from nnunet_sparseattn.layers.routing import is_dense
 from nnunet_sparseattn.layers.transformer import num_heads_for
 
 __all__ = [
@@ -339,6 +343,21 @@ class MDSAUNet(PlansNetwork):
         first = min(first, kwargs["n_stages"] - 1)
         shapes = stage_shapes(patch_size, kwargs["strides"])
         return {"grids": [list(auto_grid(shape)) if s >= first else None for s, shape in enumerate(shapes)]}
+
+    @classmethod
+    def attention_layout(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> list[StageAttention]:
+        """Region grid and top-k of every attention stage (the bottleneck always attends)."""
+        n = int(kwargs["n_stages"])
+        shapes = stage_shapes(patch_size, kwargs["strides"])
+        topk = per_stage(kwargs["topk"], n, "topk")
+        grids = kwargs["grids"] or [None] * n
+        out = []
+        for s in range(min(kwargs["attention_from_stage"], n - 1), n):
+            grid = grids[s] or [1] * len(shapes[s])
+            count = math.prod(int(g) for g in grid)
+            routing = "dense" if is_dense(topk[s], count) else f"top-{topk[s]}"
+            out.append(StageAttention(s, shapes[s], f"grid {x_text(grid)} ({count} regions), {routing}"))
+        return out
 
     @classmethod
     def check_own(
