@@ -9,6 +9,7 @@ import importlib
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,7 +19,15 @@ import torch
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 
-from nnunet_sparseattn.architectures.base import PlansNetwork, StageAttention, heads_for, stage_shapes, x_text
+from nnunet_sparseattn.architectures.base import (
+    PlansNetwork,
+    StageAttention,
+    check_int,
+    check_topk,
+    heads_for,
+    stage_shapes,
+    x_text,
+)
 from nnunet_sparseattn.layers.routing import is_dense
 from nnunet_sparseattn.layers.sparse_attention import RoutedAttention
 from nnunet_sparseattn.plans.variants import VARIANTS, Variant, register, unregister
@@ -30,6 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class TinyAttention(RoutedAttention):
     """The fourth method's layer: routed attention, nothing more (a layer file's worth)."""
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    head_dim: int
+    topk: int
 
 
 class TinyAttentionUNet(PlansNetwork):
@@ -59,17 +74,20 @@ class TinyAttentionUNet(PlansNetwork):
         topk: int = 2,
     ) -> None:
         super().__init__()
-        kw = self.shared_values(locals())
+        unet, own = self.settings(locals())
         self.encoder = PlainConvEncoder(
-            input_channels, n_stages, kw["features_per_stage"], kw["conv_op"], kw["kernel_sizes"], kw["strides"],
-            kw["n_conv_per_stage"], kw["conv_bias"], kw["norm_op"], kw["norm_op_kwargs"], kw["dropout_op"],
-            kw["dropout_op_kwargs"], kw["nonlin"], kw["nonlin_kwargs"], return_skips=True,
+            input_channels, n_stages, unet.features_per_stage, unet.conv_op, unet.kernel_sizes, unet.strides,
+            unet.n_conv_per_stage, *unet.conv_block_args, return_skips=True,
         )
-        channels = kw["features_per_stage"][-1]
+        channels = unet.features_per_stage[-1]
         self.attention = TinyAttention(
-            channels, heads_for(channels, head_dim, "bottleneck"), None, topk, kw["conv_op"], region_size=2
+            channels, heads_for(channels, own.head_dim, "bottleneck"), None, own.topk, unet.conv_op, region_size=2
         )
-        self.decoder = UNetDecoder(self.encoder, num_classes, kw["n_conv_per_stage_decoder"], deep_supervision)
+        self.decoder = UNetDecoder(self.encoder, num_classes, unet.n_conv_per_stage_decoder, deep_supervision)
+
+    @classmethod
+    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int] | None = None) -> TinySettings:
+        return TinySettings(check_int("head_dim", kwargs["head_dim"], 1), check_topk(kwargs["topk"], 1)[0])
 
     def forward(self, x: torch.Tensor):
         skips = self.encoder(x)
@@ -98,6 +116,7 @@ TINY = Variant(
     label="Tiny",
     plans_suffix="Tiny",
     network_class=f"{__name__}.TinyAttentionUNet",
+    trainer="nnUNetTrainerTiny",
     trainers=(f"{__name__}.nnUNetTrainerTiny",),
     attention_layer=f"{__name__}.TinyAttention",
     small_settings={3: {"head_dim": 4, "topk": 1}},

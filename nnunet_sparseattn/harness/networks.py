@@ -69,7 +69,9 @@ def network_kwargs(
         if not (isinstance(located, type) and issubclass(located, PlansNetwork)):
             return None, {}
         cls, overrides = located, {}
-    return cls, cls.resolve_arch_kwargs(arch["arch_kwargs"], config["patch_size"], overrides)
+    return cls, cls.resolve_arch_kwargs(
+        arch["arch_kwargs"], config["patch_size"], overrides, arch["network_class_name"]
+    )
 
 
 def attention_layout(

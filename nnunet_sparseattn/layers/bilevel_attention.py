@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from .routing import GridLike, RegionLayout, clamp_topk, region_layout, region_pool
+from .routing import GridLike, RegionLayout, is_dense, region_layout, region_pool
 from .sparse_attention import RoutedAttention, routed_attention
 from .transformer import TransformerBlock
 
@@ -125,7 +125,7 @@ class BiLevelSparseAttention(RoutedAttention):
         grid = self.grid_for(x.shape[2:])
         layout = region_layout(x.shape[2:], grid)
         coarse, scores, _ = self.coarse(q, k, v, layout)
-        if routing is None and clamp_topk(self.topk, layout.num_regions) < layout.num_regions:
+        if routing is None and not is_dense(self.topk, layout.num_regions):
             # the coarse scores choose each region's receptive field
             routing = self.router(scores.detach(), layout, layout).indices
         fine = routed_attention(q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing)

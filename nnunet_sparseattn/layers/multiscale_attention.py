@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .conv import conv_dims, grouped_conv_op
-from .routing import GridLike, Router, as_grid, clamp_topk, region_layout
+from .routing import GridLike, Router, as_grid, is_dense, region_layout
 from .sparse_attention import (
     check_attention_arguments,
     local_context,
@@ -224,8 +224,7 @@ class MultiScaleDynamicSparseAttention(nn.Module):
     def is_dense(self, spatial: Sequence[int]) -> bool:
         """True when the top-k keeps every key region for this query map shape (dense attention)."""
         kv = self.aggregate.output_size(spatial)
-        nk = region_layout(kv, self.regions(spatial)).num_regions
-        return clamp_topk(self.topk, nk) == nk
+        return is_dense(self.topk, region_layout(kv, self.regions(spatial)).num_regions)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != self.ndim + 2 or x.shape[1] != self.channels:

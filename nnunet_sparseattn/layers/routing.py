@@ -231,7 +231,18 @@ class Router(nn.Module):
 
     def __init__(self, topk: int) -> None:
         super().__init__()
-        self.topk = int(topk)
+        self.topk = topk
+
+    @property
+    def topk(self) -> int:
+        return self._topk
+
+    @topk.setter
+    def topk(self, value: int) -> None:
+        # one form from the plans to here: an integer, never rounded (1.5 is refused, not made top-1)
+        if not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ValueError(f"topk={value!r}: must be an integer (key regions per query region; <= 0: all)")
+        self._topk = int(value)
 
     def forward(self, affinity: torch.Tensor, query_layout: RegionLayout, key_layout: RegionLayout) -> Routing:
         return Routing(route(affinity, self.topk), affinity, query_layout, key_layout)

@@ -48,9 +48,9 @@ from .routing import (
     RegionLayout,
     Router,
     as_grid,
-    clamp_topk,
     from_regions,
     grid_for_region_size,
+    is_dense,
     region_affinity,
     region_layout,
     region_pool,
@@ -170,7 +170,7 @@ def route_regions(
     """The routing an attention module's ``router`` chooses from the region means of ``q`` and ``k``, ``(B, Nq, k)``;
     None when its top-k keeps every key region (dense attention: nothing to route)."""
     lq, lk = region_layout(q.shape[2:], grid), region_layout(k.shape[2:], grid)
-    if clamp_topk(router.topk, lk.num_regions) == lk.num_regions:
+    if is_dense(router.topk, lk.num_regions):
         return None
     return router(_affinity(q, k, lq, lk, detach), lq, lk).indices
 
@@ -378,7 +378,7 @@ def routed_attention(
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     resolved = select_backend(backend, q.device, needs_grad, q.dtype if flex_compile else None)
     if routing is None:
-        if backend == "auto" and clamp_topk(topk, lk.num_regions) == lk.num_regions:
+        if backend == "auto" and is_dense(topk, lk.num_regions):
             return _dense(q, k, v, num_heads, scale)
         routing = _routing(q, k, lq, lk, topk, detach_routing)
     else:
@@ -508,7 +508,7 @@ class RoutedAttention(nn.Module):
 
     @topk.setter
     def topk(self, value: int) -> None:
-        self.router.topk = int(value)
+        self.router.topk = value
 
     def projections(self) -> tuple[nn.Module, ...]:
         """The linear maps of the attention (what a transformer initialisation resets)."""

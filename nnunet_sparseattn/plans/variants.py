@@ -25,22 +25,24 @@ class Variant:
     """One method: its network, its trainers, its attention layer, and the settings its tests build it with."""
 
     name: str  # --variant NAME
-    label: str  # what tables and figures call it
     plans_suffix: str  # nnUNetPlans -> nnUNetPlans_<suffix>
     network_class: str  # dotted path written into the plans (nnU-Net's pydoc.locate finds it)
-    # dotted paths of the trainers shipped for this method, its main trainer (builds the network from any plans) first;
-    # each also ships its short-schedule variants (<name>_debug, <name>_demo)
-    trainers: tuple[str, ...]
-    attention_layer: str  # dotted path of the attention module class the network is built around (explain names it)
+    trainer: str  # class name of our trainer that builds the same network from any plans (nnUNetv2_train -tr NAME)
+    # dotted paths of the trainers shipped for this method, the main trainer (``trainer``) first; each also ships its
+    # short-schedule variants (<name>_debug, <name>_demo). Empty: a network without trainers of its own
+    trainers: tuple[str, ...] = ()
+    label: str = ""  # what tables and figures call it (default: plans_suffix)
+    attention_layer: str = ""  # dotted path of the attention module class (explain names its modules by ``label``)
     # own settings that make attention start one stage earlier than by default (tests: the stage gets configured)
     earlier_attention: Mapping[str, Any] = field(default_factory=dict)
     # per spatial dimension (2, 3): own settings of a small network with every mechanism on (saved networks, tests)
     small_settings: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
 
-    @property
-    def trainer(self) -> str:
-        """Class name of the main trainer (``nnUNetv2_train -tr NAME``)."""
-        return self.trainers[0].rpartition(".")[2]
+    def __post_init__(self) -> None:
+        if self.trainers and self.trainers[0].rpartition(".")[2] != self.trainer:
+            raise ValueError(f"variant {self.name!r}: trainers must start with its main trainer {self.trainer}")
+        if not self.label:
+            object.__setattr__(self, "label", self.plans_suffix)
 
 
 def _bsa_small(ndim: int) -> dict[str, Any]:
@@ -70,6 +72,7 @@ VARIANTS: dict[str, Variant] = {
             label="BSA",
             plans_suffix="BSA",
             network_class="nnunet_sparseattn.architectures.bsa.BSAUNet",
+            trainer="nnUNetTrainerBSA",
             trainers=(
                 f"{_TRAINERS}.bsa.nnUNetTrainerBSA",
                 f"{_TRAINERS}.bsa.nnUNetTrainerBSA_noNB",
@@ -84,6 +87,7 @@ VARIANTS: dict[str, Variant] = {
             label="MDSA",
             plans_suffix="MDSA",
             network_class="nnunet_sparseattn.architectures.mdsa.MDSAUNet",
+            trainer="nnUNetTrainerMDSA",
             trainers=(
                 f"{_TRAINERS}.mdsa.nnUNetTrainerMDSA",
                 f"{_TRAINERS}.mdsa.nnUNetTrainerMDSA_NB",
@@ -98,6 +102,7 @@ VARIANTS: dict[str, Variant] = {
             label="Bilateral",
             plans_suffix="Bilateral",
             network_class="nnunet_sparseattn.architectures.bilateral.BilateralUNet",
+            trainer="nnUNetTrainerBilateral",
             trainers=(
                 f"{_TRAINERS}.bilateral.nnUNetTrainerBilateral",
                 f"{_TRAINERS}.bilateral.nnUNetTrainerBilateral_AdamW",

@@ -24,7 +24,7 @@ def method_trainers(variant: Variant) -> tuple[type, ...]:
 def main_trainers() -> tuple[type, ...]:
     """One trainer per method, as registered now: what `nnunet-sparseattn compare`, `info` and the accuracy
     benchmark set beside stock nnU-Net."""
-    return (*LOSS_TRAINERS, *(method_trainers(v)[0] for v in VARIANTS.values()))
+    return (*LOSS_TRAINERS, *(method_trainers(v)[0] for v in VARIANTS.values() if v.trainers))
 
 
 # Every full trainer we ship. Each also ships its short variants (`<name>_debug`, `<name>_demo`).
