@@ -371,8 +371,12 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
     - :meth:`fill_for_patch`: values of its own arguments left at ``None`` that depend on the stage shapes (region
       sizes, windows), chosen for a configuration's patch size;
     - :meth:`check_own`: validate its own arguments against the shared ones (and the patch, when known) and return
-      them normalised per stage. The constructor calls it (without a patch), and so does :meth:`resolve_arch_kwargs`
-      (with one): a plans file and a direct call are refused by the same code, in one line (:class:`PlansError`).
+      them as one settings value (a frozen dataclass, one entry per stage where per stage). The constructor calls it
+      through :meth:`settings` (without a patch), and so does :meth:`resolve_arch_kwargs` (with one): a plans file
+      and a direct call are refused by the same code, in one line (:class:`PlansError`);
+    - :meth:`attention_layout`: which stages attend and how, for ``info``.
+
+    The constructor reads its arguments once, ``unet, own = self.settings(locals())``, and hands the two values on.
 
     Like nnU-Net's U-Nets it runs ``decoder(encoder(x))`` and sums their activation estimates; a network with more
     than that overrides ``forward`` and ``compute_conv_feature_map_size``.
