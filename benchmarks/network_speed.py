@@ -73,6 +73,8 @@ if os.environ.get(TREE_VARIABLE):
 elif str(ROOT) not in sys.path:  # runnable without the package installed (the GPU machine: source on PYTHONPATH)
     sys.path.insert(0, str(ROOT))
 
+from nnunet_sparseattn.plans.variants import VARIANTS  # noqa: E402  (after the tree is on sys.path)
+
 PLANS_DIR = ROOT / "benchmarks" / "plans"
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "BENCHMARKS.md"
@@ -94,12 +96,10 @@ class NetworkSpec:
     network_kwargs: dict = field(default_factory=dict)
 
 
+# stock nnU-Net, then every registered method (label: a --before tree older than the registry has none)
 NETWORKS: dict[str, NetworkSpec] = {
     STOCK: NetworkSpec("stock nnU-Net", "nnUNetTrainer", None),
-    "bsa": NetworkSpec("BSA", "nnUNetTrainerBSA", "nnunet_sparseattn.architectures.bsa.BSAUNet"),
-    "mdsa": NetworkSpec("MDSA", "nnUNetTrainerMDSA", "nnunet_sparseattn.architectures.mdsa.MDSAUNet"),
-    "bilateral": NetworkSpec("Bilateral", "nnUNetTrainerBilateral",
-                             "nnunet_sparseattn.architectures.bilateral.BilateralUNet"),
+    **{k: NetworkSpec(getattr(v, "label", v.plans_suffix), v.trainer, v.network_class) for k, v in VARIANTS.items()},
 }
 
 

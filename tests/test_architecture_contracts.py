@@ -27,9 +27,10 @@ SLOW_CASES = ("five_stage_3d", "seven_stage_2d", "anisotropic_3d")
 NUM_CLASSES = 3
 
 
-def _cls(variant: str) -> type:
-    cls = pydoc.locate(NETWORKS[variant])
-    assert cls is not None, f"{NETWORKS[variant]} is not importable"
+def _cls(variant: str) -> type:  # read at call time: a method registered by a test is checked the same way
+    path = VARIANTS[variant].network_class
+    cls = pydoc.locate(path)
+    assert cls is not None, f"{path} is not importable"
     return cls
 
 
@@ -94,7 +95,7 @@ def test_variant_plans_build_the_same_network_through_nnunet(variant):
     """The stock trainer's path (get_network_from_plans on our variant plans) == our trainer's path."""
     plans = variant_plans(plans_for(PLANS_CASES["hippocampus_3d"]), variant)
     conf = PlansManager(plans).get_configuration("3d_fullres")
-    assert conf.network_arch_class_name == NETWORKS[variant]
+    assert conf.network_arch_class_name == VARIANTS[variant].network_class
     assert conf.data_identifier == "nnUNetPlans_3d_fullres"  # default preprocessed data reused
     stock = get_network_from_plans(
         conf.network_arch_class_name,
@@ -111,21 +112,36 @@ def test_variant_plans_build_the_same_network_through_nnunet(variant):
 
 @pytest.mark.parametrize("variant", list(NETWORKS))
 def test_trainer_builds_from_default_plans_in_both_modes(variant):
-    from nnunet_sparseattn import trainers
+    from nnunet_sparseattn.trainers import method_trainers
 
-    trainer = getattr(trainers, VARIANTS[variant].trainer)
+    trainer = method_trainers(VARIANTS[variant])[0]
     manager = PlansManager(plans_for(PLANS_CASES["hippocampus_2d"]))
     conf = manager.get_configuration("2d")
     train_net = trainer.build_network_architecture(manager, conf, 3, NUM_CLASSES, True)
     infer_net = trainer.build_network_architecture(manager, conf, 3, NUM_CLASSES, False)
-    assert type(train_net).__name__ == NETWORKS[variant].rsplit(".", 1)[1]
+    assert type(train_net).__name__ == VARIANTS[variant].network_class.rsplit(".", 1)[1]
     infer_net.load_state_dict(train_net.state_dict(), strict=True)
     assert infer_net.decoder.deep_supervision is False and train_net.decoder.deep_supervision is True
 
 
-# the setting that says where attention starts, per network, and how to read which stages got it
-EARLIER_ATTENTION = {"bsa": {"attention_from_stage": 1}, "mdsa": {"attention_from_stage": 1},
-                     "bilateral": {"isam_stages": [1, 2]}}
+# what the registry cannot say: how to read, in the built network, that the stage got regions (windows) for its shape
+def _bsa_stage_one(net, arch, shapes):
+    assert arch["region_sizes"][1] is not None and math.prod(arch["region_sizes"][1]) < math.prod(shapes[1])
+    attn = net.encoder.stages[1][1].attn
+    assert attn.region_size == tuple(arch["region_sizes"][1]) and attn.topk < math.prod(attn.grid_for(shapes[1]))
+
+
+def _mdsa_stage_one(net, arch, shapes):
+    assert arch["grids"][1] is not None and math.prod(arch["grids"][1]) > net.encoder.stages[1][1].attn.topk
+    assert net.attention_stages == [1, 2, 3]
+
+
+def _bilateral_stage_one(net, arch, shapes):
+    assert arch["isam_stages"] == [1, 2] and sorted(net.encoder.attention) == ["1", "2"]
+    assert tuple(net.encoder.attention["1"].isam.window) == fit_window(shapes[1], 7)
+
+
+STAGE_ONE_CHECKS = {"bsa": _bsa_stage_one, "mdsa": _mdsa_stage_one, "bilateral": _bilateral_stage_one}
 
 
 @pytest.mark.parametrize("variant", list(NETWORKS))
@@ -134,30 +150,12 @@ def test_moving_attention_to_an_earlier_stage_configures_that_stage(variant):
     its shape, not the defaults for the stages attention used to start at (BSA ran dense attention there)."""
     kw, patch = PLANS_CASES["hippocampus_3d"]
     shapes = stage_shapes(patch, kw["strides"])
-    plans = variant_plans(plans_for(PLANS_CASES["hippocampus_3d"]), variant, overrides=EARLIER_ATTENTION[variant])
+    plans = variant_plans(plans_for(PLANS_CASES["hippocampus_3d"]), variant,
+                          overrides=VARIANTS[variant].earlier_attention)
     arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
-    net = _cls(variant).from_plans(arch, patch, 1, NUM_CLASSES, True)
-    if variant == "bsa":
-        assert arch["region_sizes"][1] is not None and math.prod(arch["region_sizes"][1]) < math.prod(shapes[1])
-        attn = net.encoder.stages[1][1].attn
-        assert attn.region_size == tuple(arch["region_sizes"][1]) and attn.topk < math.prod(attn.grid_for(shapes[1]))
-    elif variant == "mdsa":
-        assert arch["grids"][1] is not None and math.prod(arch["grids"][1]) > net.encoder.stages[1][1].attn.topk
-        assert net.attention_stages == [1, 2, 3]
-    else:
-        assert arch["isam_stages"] == [1, 2] and sorted(net.encoder.attention) == ["1", "2"]
-        assert tuple(net.encoder.attention["1"].isam.window) == fit_window(shapes[1], 7)
-
-
-@pytest.mark.parametrize("variant", list(NETWORKS))
-@pytest.mark.parametrize("case", ["hippocampus_3d", "hippocampus_2d"])
-def test_transfer_learning_keys_name_real_weights(variant, case):
-    """nnU-Net's pretraining transfer reads key_to_encoder / key_to_stem / keys_to_in_proj (every network sets
-    them; the in-projection keys name the weights that depend on the input channels)."""
-    overrides = {"attention_from_stage": 0} if variant == "bsa" and case.endswith("2d") else None
-    arch_kwargs, patch = PLANS_CASES[case]
-    net = _cls(variant).from_plans(arch_kwargs, patch, 2, NUM_CLASSES, True, overrides=overrides)
-    check_submodules_loadable(net)  # dynamic_network_architectures' own check of the encoder and stem keys
-    weights = net.state_dict()
-    for key in net.keys_to_in_proj:
-        assert weights[f"{key}.weight"].shape[1] == 2, key  # the input channels sit there
+    cls = _cls(variant)
+    net = cls.from_plans(arch, patch, 1, NUM_CLASSES, True)
+    layout = {a.stage: a for a in cls.attention_layout(arch, patch)}
+    assert 1 in layout and "dense" not in layout[1].text, layout  # the network's own account: stage 1 attends
+    if variant in STAGE_ONE_CHECKS:
+        STAGE_ONE_CHECKS[variant](net, arch, shapes)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from nnunet_sparseattn.plans import VARIANTS
+
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
 from make_reference_networks import build  # noqa: E402
@@ -20,10 +22,12 @@ SAVED = sorted(DATA.glob("networks-*/*.pt"))
 
 
 def test_there_are_saved_networks_of_every_kind():
-    kinds = {(path.parent.name, path.stem) for path in SAVED}
-    for variant in ("bsa", "mdsa", "bilateral"):
+    kinds = {path.stem for path in SAVED}
+    for variant in VARIANTS:  # every registered method, from the release that added it on
         for ndim in (2, 3):
-            assert ("networks-0.2.0", f"{variant}_{ndim}d") in kinds
+            assert f"{variant}_{ndim}d" in kinds, f"no saved {variant} {ndim}D network: run make_reference_networks.py"
+    assert {p.stem for p in SAVED if p.parent.name == "networks-0.2.0"} >= {"bsa_2d", "bsa_3d", "mdsa_2d", "mdsa_3d",
+                                                                          "bilateral_2d", "bilateral_3d"}
 
 
 @pytest.mark.parametrize("path", SAVED, ids=lambda p: f"{p.parent.name}/{p.stem}")

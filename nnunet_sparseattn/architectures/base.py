@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import pydoc
+from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Protocol, Sequence, cast
 
 import numpy as np
@@ -39,7 +40,7 @@ from dynamic_network_architectures.architectures.abstract_arch import AbstractDy
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 
 from nnunet_sparseattn.errors import UserError, install_user_error_hook
-from nnunet_sparseattn.layers.conv import conv_dims
+from nnunet_sparseattn.layers.conv import conv_dims, conv_norm_act_options
 from nnunet_sparseattn.layers.shapes import ceil_div, per_axis
 from nnunet_sparseattn.layers.transformer import TransformerBlock, num_heads_for
 
@@ -49,12 +50,21 @@ __all__ = [
     "REQUIRES_IMPORT",
     "SHARED_KWARGS",
     "SkipsEncoder",
+    "StageAttention",
+    "UNetSettings",
+    "check_choice",
+    "check_flag",
+    "check_int",
+    "check_number",
+    "check_topk",
+    "is_int",
     "heads_for",
     "conv_block_args",
     "normalize_plans_kwargs",
     "per_stage",
     "serialize_arch_kwargs",
     "stage_shapes",
+    "x_text",
 ]
 
 
@@ -177,6 +187,125 @@ def normalize_plans_kwargs(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return kw
 
 
+# ------------------------------------------------------------------------------------------ settings, validated
+# One line each, naming the setting, what it may be and what was given: the same check where a plans file is
+# written (``nnunet-sparseattn plan --set``) and where it is read (the network's constructor).
+def is_int(value: Any) -> bool:
+    """An integer, not a bool (JSON's true is not a count)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(name: str, value: Any, minimum: int, maximum: Optional[int] = None, allow_none: bool = False) -> Any:
+    """``value`` if it is an integer in ``minimum..maximum`` (or None when allowed), else :class:`PlansError`."""
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        bound = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise PlansError(f"{name}={value!r}: must be an integer {bound}" + (" or null" if allow_none else ""))
+    return int(value)
+
+
+def check_number(
+    name: str, value: Any, minimum: float, maximum: Optional[float] = None, open_min: bool = False
+) -> float:
+    """``value`` if it is a number (not a bool) from ``minimum`` (excluded when ``open_min``) to ``maximum``."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and (value > minimum if open_min else value >= minimum) and (maximum is None or value <= maximum)
+    if not ok:
+        bound = f"{'>' if open_min else '>='} {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        raise PlansError(f"{name}={value!r}: must be a number {bound}")
+    return float(value)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is true or false (a plans file's JSON boolean)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise PlansError(f"{name}={value!r}: must be true or false")
+    return bool(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise PlansError(f"{name}={value!r}: choose one of {', '.join(repr(c) for c in choices)}")
+    return cast(str, value)
+
+
+def check_topk(value: Any, n: int, key_regions: Optional[Sequence[Optional[int]]] = None) -> list[int]:
+    """``topk`` as the plans give it (an integer, or one per stage) as one integer per stage: key regions each query
+    region attends to, 0 for all (dense attention). ``key_regions`` (per stage; None where the stage does not attend),
+    given when the patch is known: a ``topk`` above every attention stage's region count (or, per stage, above that
+    stage's) would silently mean dense attention, and is refused."""
+    entries = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    rule = f"an integer >= 0 (key regions per query region; 0: dense), or a list of {n} (one per stage)"
+    if len(entries) != n or not all(is_int(t) and t >= 0 for t in entries):
+        raise PlansError(f"topk={value!r}: must be {rule}")
+    topk = [int(t) for t in entries]
+    counts = [c for c in key_regions or [] if c is not None]
+    if counts and not isinstance(value, (list, tuple)) and topk[0] > max(counts):
+        raise PlansError(
+            f"topk={value!r}: no attention stage has more than {max(counts)} key regions, so it would mean dense "
+            f"attention everywhere; give 1..{max(counts)}, or 0 for dense"
+        )
+    for s, (t, c) in enumerate(zip(topk, key_regions or [])):
+        if c is not None and isinstance(value, (list, tuple)) and t > c:
+            raise PlansError(f"topk[{s}]={t}: stage {s} has {c} key regions; give 1..{c}, or 0 for dense")
+    return topk
+
+
+@dataclass(frozen=True)
+class UNetSettings:
+    """The plans' shared U-Net settings (``PlainConvUNet``'s names), normalised once: classes imported, one entry per
+    stage (:func:`normalize_plans_kwargs`). What the networks' encoders and decoders take instead of long lists."""
+
+    n_stages: int
+    features_per_stage: list[int]
+    conv_op: type[nn.Module]
+    kernel_sizes: list[list[int]]
+    strides: list[list[int]]
+    n_conv_per_stage: list[int]
+    n_conv_per_stage_decoder: list[int]
+    conv_bias: bool
+    norm_op: Optional[type[nn.Module]]
+    norm_op_kwargs: dict
+    dropout_op: Optional[type[nn.Module]]
+    dropout_op_kwargs: dict
+    nonlin: Optional[type[nn.Module]]
+    nonlin_kwargs: dict
+
+    @classmethod
+    def from_plans(cls, arch_kwargs: Mapping[str, Any]) -> "UNetSettings":
+        return cls(**normalize_plans_kwargs(arch_kwargs))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def ndim(self) -> int:
+        return len(self.strides[0])
+
+    @property
+    def conv_block_args(self) -> tuple[Any, ...]:
+        """``StackedConvBlocks``' arguments after the stride (bias, norm, dropout, nonlinearity), in its order."""
+        return conv_block_args(self.as_dict())
+
+    def expose_to_decoder(self, encoder: nn.Module) -> None:
+        """Set on ``encoder`` what nnU-Net's ``UNetDecoder`` reads from its encoder."""
+        values = {
+            "output_channels": list(self.features_per_stage),
+            "strides": [list(s) for s in self.strides],
+            "kernel_sizes": [list(k) for k in self.kernel_sizes],
+            **{name: getattr(self, name) for name in ("conv_op", *CONV_BLOCK_KWARGS)},
+        }
+        for name, value in values.items():
+            setattr(encoder, name, value)
+
+    @property
+    def conv_norm_act_options(self) -> dict[str, Any]:
+        """``ConvNormAct``'s keyword options the plans choose (bias, norm, nonlinearity)."""
+        return conv_norm_act_options(self.as_dict())
+
+
 def serialize_arch_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``(arch_kwargs, _kw_requires_import)`` as a plans file stores them: classes as dotted names."""
     out: dict[str, Any] = {}
@@ -197,6 +326,20 @@ def stage_shapes(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) ->
         shape = ceil_div(shape, stride)
         shapes.append(shape)
     return shapes
+
+
+def x_text(values: Sequence[int]) -> str:
+    """``[10, 14, 10]`` -> ``"10x14x10"``, as shapes are written in messages and tables."""
+    return "x".join(str(int(v)) for v in values)
+
+
+@dataclass(frozen=True)
+class StageAttention:
+    """Where a network attends, for ``info``: one encoder stage, its feature-map shape and how it attends."""
+
+    stage: int
+    shape: tuple[int, ...]
+    text: str  # e.g. "regions of 5x7x5 tokens (4), top-4"
 
 
 class SkipsEncoder(nn.Module):
@@ -228,8 +371,12 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
     - :meth:`fill_for_patch`: values of its own arguments left at ``None`` that depend on the stage shapes (region
       sizes, windows), chosen for a configuration's patch size;
     - :meth:`check_own`: validate its own arguments against the shared ones (and the patch, when known) and return
-      them normalised per stage. The constructor calls it (without a patch), and so does :meth:`resolve_arch_kwargs`
-      (with one): a plans file and a direct call are refused by the same code, in one line (:class:`PlansError`).
+      them as one settings value (a frozen dataclass, one entry per stage where per stage). The constructor calls it
+      through :meth:`settings` (without a patch), and so does :meth:`resolve_arch_kwargs` (with one): a plans file
+      and a direct call are refused by the same code, in one line (:class:`PlansError`);
+    - :meth:`attention_layout`: which stages attend and how, for ``info``.
+
+    The constructor reads its arguments once, ``unet, own = self.settings(locals())``, and hands the two values on.
 
     Like nnU-Net's U-Nets it runs ``decoder(encoder(x))`` and sums their activation estimates; a network with more
     than that overrides ``forward`` and ``compute_conv_feature_map_size``.
@@ -252,16 +399,13 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
         names = [p.name for p in params]
         return {p.name: p.default for p in params[names.index("deep_supervision") + 1 :]}
 
-    @staticmethod
-    def shared_values(arguments: Mapping[str, Any]) -> dict[str, Any]:
-        """The shared U-Net arguments among ``arguments`` (a constructor passes its ``locals()``), normalised by
-        :func:`normalize_plans_kwargs` (classes imported, one entry per stage)."""
-        return normalize_plans_kwargs({name: arguments[name] for name in SHARED_KWARGS})
-
     @classmethod
-    def own_values(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
-        """The own arguments among ``arguments`` (a constructor passes its ``locals()``)."""
-        return {name: arguments[name] for name in cls.own_defaults()}
+    def settings(cls, arguments: Mapping[str, Any]) -> tuple[UNetSettings, Any]:
+        """The constructor's arguments (its ``locals()``, read here once) as two values: the shared
+        :class:`UNetSettings` and the network's own settings object (:meth:`check_own`, validated)."""
+        unet = UNetSettings.from_plans({name: arguments[name] for name in SHARED_KWARGS})
+        own = {name: arguments[name] for name in cls.own_defaults()}
+        return unet, cls.check_own({**unet.as_dict(), **own})
 
     @classmethod
     def fill_for_patch(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
@@ -275,14 +419,30 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
         return None
 
     @classmethod
+    def attention_layout(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> list[StageAttention]:
+        """Which encoder stages attend, and how, for resolved arguments (:meth:`resolve_arch_kwargs`) and a patch
+        size (``info`` prints it). Default: none."""
+        return []
+
+    @classmethod
+    def is_named_by(cls, network_class_name: str) -> bool:
+        """Whether a plans file's ``network_class_name`` names this class."""
+        return network_class_name == f"{cls.__module__}.{cls.__qualname__}" or pydoc.locate(network_class_name) is cls
+
+    @classmethod
     def resolve_arch_kwargs(
         cls,
         arch_kwargs: Mapping[str, Any],
         patch_size: Sequence[int],
         overrides: Optional[Mapping[str, Any]] = None,
+        plans_network: Optional[str] = None,
     ) -> dict[str, Any]:
         """Shared plans arguments + own arguments: defaults < given in the plans < ``overrides``; then the values
-        left at None that depend on the patch are chosen for it, and everything is checked against it."""
+        left at None that depend on the patch are chosen for it, and everything is checked against it.
+
+        ``plans_network``: the configuration's ``network_class_name``. Own settings are read from the plans only when
+        it names this network (or is not given): another network's plans (e.g. BSA's, read for MDSA) lend their
+        U-Net stages, not their attention settings."""
         shared = normalize_plans_kwargs(arch_kwargs)
         defaults = cls.own_defaults()
         unknown = set(overrides or {}) - set(defaults)
@@ -296,7 +456,8 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
                 f"patch size {list(patch_size)} has {len(patch_size)} axes but the plans' conv_op is {ndim}D"
             )
         own = dict(defaults)
-        own.update({k: v for k, v in arch_kwargs.items() if k in defaults})
+        if plans_network is None or cls.is_named_by(plans_network):
+            own.update({k: v for k, v in arch_kwargs.items() if k in defaults})
         own.update(overrides or {})
         kwargs = {**shared, **own}
         kwargs.update(cls.fill_for_patch(kwargs, patch_size))
@@ -313,9 +474,11 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
         deep_supervision: bool,
         overrides: Optional[Mapping[str, Any]] = None,
         initialize: bool = True,
+        plans_network: Optional[str] = None,
     ) -> "PlansNetwork":
-        """Build from one configuration's ``arch_kwargs`` (any U-Net plans), validated against ``patch_size``."""
-        kwargs = cls.resolve_arch_kwargs(arch_kwargs, patch_size, overrides)
+        """Build from one configuration's ``arch_kwargs`` (any U-Net plans), validated against ``patch_size``
+        (``plans_network``: see :meth:`resolve_arch_kwargs`)."""
+        kwargs = cls.resolve_arch_kwargs(arch_kwargs, patch_size, overrides, plans_network)
         net = cls(input_channels=input_channels, num_classes=num_classes, deep_supervision=deep_supervision, **kwargs)
         if initialize:  # as nnU-Net's get_network_from_plans does
             net.apply(net.initialize)

@@ -24,6 +24,7 @@ stage's shape (``fit_window``) and written into variant plans.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
@@ -34,11 +35,20 @@ from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecod
 from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
+    StageAttention,
+    UNetSettings,
+    check_choice,
+    check_flag,
+    check_int,
+    check_number,
     heads_for,
+    is_int,
+    per_stage,
     stage_shapes,
+    x_text,
 )
-from nnunet_sparseattn.layers.conv import ConvNormAct, conv_norm_act_options
-from nnunet_sparseattn.layers.fsam import FSAM
+from nnunet_sparseattn.layers.conv import ConvNormAct
+from nnunet_sparseattn.layers.fsam import FSAM, FSAM_WEIGHTINGS
 from nnunet_sparseattn.layers.isam import ISAM
 from nnunet_sparseattn.layers.point_rendering import AttentionRendering, RenderedPoints
 from nnunet_sparseattn.layers.resnext import ResNeXtStage
@@ -105,79 +115,77 @@ class BilateralAttention(nn.Sequential):
         return self.isam.compute_conv_feature_map_size(input_size) + self.fsam.compute_conv_feature_map_size(input_size)
 
 
+@dataclass(frozen=True)
+class BilateralSettings:
+    """The network's own settings, validated, defaults filled in (:meth:`BilateralUNet.check_own` builds it once)."""
+
+    isam_stages: list[int]
+    isam_dims: list[int]  # one per ISAM stage
+    isam_windows: list[list[int]]  # one per stage
+    isam_max_dim: int
+    swin_embed_dim: Optional[int]
+    isam_depth: int
+    head_dim: int
+    mlp_ratio: float
+    drop_path: float
+    cardinality: int
+    fsam_reduction: int
+    fsam_weighted: str
+    rendering: bool
+    render_train_points: int
+    render_eval_points: int
+    render_channels: int
+    render_layers: int
+
+
 class BilateralEncoder(nn.Module):
     """Stem + ResNeXt stages + bilateral attention on the chosen stages; exposes what ``UNetDecoder`` reads."""
 
-    def __init__(
-        self,
-        input_channels: int,
-        features_per_stage: Sequence[int],
-        conv_op: type[nn.Module],
-        kernel_sizes: Sequence[Sequence[int]],
-        strides: Sequence[Sequence[int]],
-        n_blocks_per_stage: Sequence[int],
-        conv_bias: bool,
-        norm_op: Optional[type[nn.Module]],
-        norm_op_kwargs: Optional[dict],
-        dropout_op: Optional[type[nn.Module]],
-        dropout_op_kwargs: Optional[dict],
-        nonlin: Optional[type[nn.Module]],
-        nonlin_kwargs: Optional[dict],
-        isam_stages: Sequence[int],
-        isam_dims: Sequence[int],
-        isam_windows: Sequence[Sequence[int]],
-        isam_depth: int,
-        head_dim: int,
-        mlp_ratio: float,
-        drop_path: float,
-        cardinality: int,
-        fsam_reduction: int,
-        fsam_weighted: str,
-    ) -> None:
+    def __init__(self, input_channels: int, unet: UNetSettings, own: BilateralSettings) -> None:
         super().__init__()
-        ops = conv_norm_act_options(locals())
+        ops = unet.conv_norm_act_options
+        conv_op, features_per_stage, kernel_sizes = unet.conv_op, unet.features_per_stage, unet.kernel_sizes
         self.stem = ConvNormAct(conv_op, input_channels, features_per_stage[0], kernel_sizes[0], **ops)
         stages, channels = [], features_per_stage[0]
         for s, features in enumerate(features_per_stage):
             stages.append(
                 ResNeXtStage(
-                    n_blocks_per_stage[s],
+                    unet.n_conv_per_stage[s],  # ResNeXt blocks per stage
                     conv_op,
                     channels,
                     features,
                     kernel_sizes[s],
-                    strides[s],
-                    cardinality=cardinality,
+                    unet.strides[s],
+                    cardinality=own.cardinality,
                     **ops,
                 )
             )
             channels = features
         self.stages = nn.ModuleList(stages)
         self.attention = nn.ModuleDict()
-        for s, dim, window in zip(isam_stages, isam_dims, isam_windows):
+        for s, dim in zip(own.isam_stages, own.isam_dims):
             isam = ISAM(
                 features_per_stage[s],
-                window,
+                own.isam_windows[s],
                 conv_op,
                 dim=dim,
-                depth=isam_depth,
-                head_dim=head_dim,
-                mlp_ratio=mlp_ratio,
-                drop_path=drop_path,
+                depth=own.isam_depth,
+                head_dim=own.head_dim,
+                mlp_ratio=own.mlp_ratio,
+                drop_path=own.drop_path,
                 kernel_size=kernel_sizes[s],
                 **ops,
             )
             fsam = FSAM(
-                features_per_stage[s], conv_op, kernel_sizes[s], reduction=fsam_reduction, weighted=fsam_weighted, **ops
+                features_per_stage[s],
+                conv_op,
+                kernel_sizes[s],
+                reduction=own.fsam_reduction,
+                weighted=own.fsam_weighted,
+                **ops,
             )
             self.attention[str(s)] = BilateralAttention(isam, fsam)
-        # what UNetDecoder reads from its encoder
-        self.output_channels = list(features_per_stage)
-        self.strides = [list(s) for s in strides]
-        self.kernel_sizes = [list(k) for k in kernel_sizes]
-        self.conv_op, self.conv_bias, self.norm_op, self.norm_op_kwargs = conv_op, conv_bias, norm_op, norm_op_kwargs
-        self.dropout_op, self.dropout_op_kwargs = dropout_op, dropout_op_kwargs
-        self.nonlin, self.nonlin_kwargs = nonlin, nonlin_kwargs
+        unet.expose_to_decoder(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -280,45 +288,19 @@ class BilateralUNet(PlansNetwork):
         render_channels, render_layers: the point head's MLP.
         """
         super().__init__()
-        shared = self.shared_values(locals())
-        own = self.check_own({**shared, **self.own_values(locals())})
-        stages = own["isam_stages"]
-        self.encoder = BilateralEncoder(
-            input_channels,
-            shared["features_per_stage"],
-            shared["conv_op"],
-            shared["kernel_sizes"],
-            shared["strides"],
-            shared["n_conv_per_stage"],
-            shared["conv_bias"],
-            shared["norm_op"],
-            shared["norm_op_kwargs"],
-            shared["dropout_op"],
-            shared["dropout_op_kwargs"],
-            shared["nonlin"],
-            shared["nonlin_kwargs"],
-            stages,
-            own["isam_dims"],
-            [own["isam_windows"][s] for s in stages],
-            isam_depth,
-            head_dim,
-            mlp_ratio,
-            drop_path,
-            cardinality,
-            fsam_reduction,
-            fsam_weighted,
-        )
-        self.decoder = BilateralDecoder(self.encoder, num_classes, shared["n_conv_per_stage_decoder"], deep_supervision)
+        unet, own = self.settings(locals())
+        self.encoder = BilateralEncoder(input_channels, unet, own)
+        self.decoder = BilateralDecoder(self.encoder, num_classes, unet.n_conv_per_stage_decoder, deep_supervision)
         self.rendering = (
             AttentionRendering(
-                shared["features_per_stage"][0],
+                unet.features_per_stage[0],
                 num_classes,
-                own["render_train_points"],
-                own["render_eval_points"],
-                channels=render_channels,
-                num_layers=render_layers,
+                own.render_train_points,
+                own.render_eval_points,
+                channels=own.render_channels,
+                num_layers=own.render_layers,
             )
-            if rendering
+            if own.rendering
             else None
         )
         # the points of the last forward (None without the rendering module); the trainer's point loss reads them
@@ -357,48 +339,83 @@ class BilateralUNet(PlansNetwork):
         return {key: value for key, value in chosen.items() if kwargs[key] is None}
 
     @classmethod
-    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> dict[str, Any]:
+    def attention_layout(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> list[StageAttention]:
+        """The Swin windows of every stage with ISAM + FSAM."""
+        shapes = stage_shapes(patch_size, kwargs["strides"])
+        out = []
+        for s in kwargs["isam_stages"]:
+            window = per_stage(kwargs["isam_windows"][s], len(shapes[s]), "window")
+            count = math.prod(-(-a // w) for a, w in zip(shapes[s], window))
+            out.append(StageAttention(s, shapes[s], f"Swin windows of {x_text(window)} ({count}), ISAM + FSAM"))
+        return out
+
+    @classmethod
+    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> BilateralSettings:
         """The ISAM stages, widths and per-stage windows and the point counts, defaults filled in; PlansError on
         inconsistent values. Windows need not divide their stage (padding is masked)."""
         n, features = int(kwargs["n_stages"]), kwargs["features_per_stage"]
         ndim = len(kwargs["strides"][0])
         isam_stages, isam_dims, isam_windows = kwargs["isam_stages"], kwargs["isam_dims"], kwargs["isam_windows"]
-        stages = default_isam_stages(n) if isam_stages is None else [int(s) for s in isam_stages]
+        if isam_stages is None:
+            stages = default_isam_stages(n)
+        elif not (isinstance(isam_stages, (list, tuple)) and all(is_int(s) for s in isam_stages)):
+            raise PlansError(f"isam_stages={isam_stages!r}: must be a list of stage indices in 0..{n - 1} or null")
+        else:
+            stages = [int(s) for s in isam_stages]
         if any(not 0 <= s < n for s in stages) or len(set(stages)) != len(stages):
             raise PlansError(f"isam_stages={list(stages)} must be distinct stage indices in 0..{n - 1}")
         stages = sorted(stages)
+        max_dim = check_int("isam_max_dim", kwargs["isam_max_dim"], 1)
+        embed = check_int("swin_embed_dim", kwargs["swin_embed_dim"], 1, allow_none=True)
         if isam_dims is None:
-            dims = isam_widths(features, stages, kwargs["isam_max_dim"], kwargs["swin_embed_dim"])
+            dims = isam_widths(features, stages, max_dim, embed)
         else:
-            dims = [int(d) for d in isam_dims]
-            if len(dims) != len(stages):
+            if not isinstance(isam_dims, (list, tuple)) or len(isam_dims) != len(stages):
                 raise PlansError(
-                    f"isam_dims has {len(dims)} entries for {len(stages)} isam_stages {stages}: give "
-                    "one width per ISAM stage (or null for the default)"
+                    f"isam_dims={isam_dims!r} has {len(isam_dims) if isinstance(isam_dims, (list, tuple)) else 'no'} "
+                    f"entries for {len(stages)} isam_stages {stages}: give one width per ISAM stage (or null for "
+                    "the default)"
                 )
+            dims = [check_int(f"ISAM width at stage {s}", d, 1) for s, d in zip(stages, isam_dims)]
         for s, d in zip(stages, dims):
-            if d < 1:
-                raise PlansError(f"ISAM width {d} at stage {s} must be >= 1")
             heads_for(d, kwargs["head_dim"], f"ISAM width at stage {s}")
         if isam_windows is None:
             windows = [[WINDOW] * ndim for _ in range(n)]
         else:
-            if len(isam_windows) != n:
-                raise PlansError(f"isam_windows has {len(isam_windows)} entries, expected {n} (one per stage)")
-            windows = [[int(w)] * ndim if isinstance(w, (int, float)) else [int(v) for v in w] for w in isam_windows]
-            bad = [s for s, w in enumerate(windows) if len(w) != ndim or min(w) < 1]
+            if not isinstance(isam_windows, (list, tuple)) or len(isam_windows) != n:
+                raise PlansError(f"isam_windows={isam_windows!r}: must be a list of {n} entries (one per stage)")
+            windows = [[w] * ndim if not isinstance(w, (list, tuple)) else list(w) for w in isam_windows]
+            bad = [s for s, w in enumerate(windows) if len(w) != ndim or not all(is_int(v) and v >= 1 for v in w)]
             if bad:
                 raise PlansError(
                     f"isam_windows of stage {bad[0]} is {isam_windows[bad[0]]}: give {ndim} positive "
                     "window sizes per stage"
                 )
+            windows = [[int(v) for v in w] for w in windows]
         points = {}
         for key, default in (("render_train_points", TRAIN_POINTS), ("render_eval_points", EVAL_POINTS)):
             value = default if kwargs[key] is None else kwargs[key]
-            if not isinstance(value, int) or value < 1:
-                raise PlansError(f"{key}={value!r} must be an integer >= 1 (or null for the default)")
-            points[key] = value
-        return {"isam_stages": stages, "isam_dims": dims, "isam_windows": windows, **points}
+            if not is_int(value) or value < 1:
+                raise PlansError(f"{key}={value!r}: must be an integer >= 1 (or null for the default)")
+            points[key] = int(value)
+        return BilateralSettings(
+            isam_stages=stages,
+            isam_dims=dims,
+            isam_windows=windows,
+            isam_max_dim=max_dim,
+            swin_embed_dim=embed,
+            isam_depth=check_int("isam_depth", kwargs["isam_depth"], 1),
+            head_dim=kwargs["head_dim"],
+            mlp_ratio=check_number("mlp_ratio", kwargs["mlp_ratio"], 0, open_min=True),
+            drop_path=check_number("drop_path", kwargs["drop_path"], 0, 1),
+            cardinality=check_int("cardinality", kwargs["cardinality"], 1),
+            fsam_reduction=check_int("fsam_reduction", kwargs["fsam_reduction"], 1),
+            fsam_weighted=check_choice("fsam_weighted", kwargs["fsam_weighted"], FSAM_WEIGHTINGS),
+            rendering=check_flag("rendering", kwargs["rendering"]),
+            render_channels=check_int("render_channels", kwargs["render_channels"], 1),
+            render_layers=check_int("render_layers", kwargs["render_layers"], 1),
+            **points,
+        )
 
 
 def bilateral_paper_network(num_classes: int = 2) -> nn.Module:

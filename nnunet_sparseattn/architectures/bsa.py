@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
@@ -29,14 +30,21 @@ from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
     SkipsEncoder,
+    StageAttention,
+    UNetSettings,
+    check_flag,
+    check_int,
+    check_number,
+    check_topk,
     heads_for,
     per_stage,
     stage_shapes,
+    x_text,
 )
 from nnunet_sparseattn.layers.bilevel_attention import BSABlock
-from nnunet_sparseattn.layers.routing import clamp_topk
+from nnunet_sparseattn.layers.routing import clamp_topk, is_dense
 
-__all__ = ["BSAEncoder", "BSAUNet", "choose_region_size"]
+__all__ = ["BSAEncoder", "BSASettings", "BSAUNet", "choose_region_size"]
 
 # Regions of about 64 tokens (4^3, 8^2): big enough for efficient attention kernels (flex's blocks), small enough
 # that top-k of them is a sparse, local-plus-routed receptive field.
@@ -64,85 +72,67 @@ def choose_region_size(shape: Sequence[int], dense_max_tokens: int = DENSE_MAX_T
     return list(min(itertools.product(*[_divisors(s) for s in shape]), key=cost))
 
 
+@dataclass(frozen=True)
+class BSASettings:
+    """BSA-Seg's own settings, validated and one entry per stage (:meth:`BSAUNet.check_own` builds it once)."""
+
+    attention_from_stage: int
+    blocks_per_stage: list[int]
+    head_dim: int
+    num_heads: list[int]  # from head_dim and the stage's width (1 where the stage does not attend)
+    region_sizes: list[Optional[list[int]]]  # None: one region (dense attention)
+    topk: list[int]  # key regions per query region; 0: dense
+    mlp_ratio: float
+    coarse_branch: bool
+    lce_kernel_size: int
+
+
 class BSAEncoder(SkipsEncoder):
     """Convolution stages, then strided conv + BSA blocks; exposes what nnU-Net's ``UNetDecoder`` reads."""
 
-    def __init__(
-        self,
-        input_channels: int,
-        features_per_stage: Sequence[int],
-        conv_op: type[nn.Module],
-        kernel_sizes: Sequence[Sequence[int]],
-        strides: Sequence[Sequence[int]],
-        n_conv_per_stage: Sequence[int],
-        conv_bias: bool,
-        norm_op: Optional[type[nn.Module]],
-        norm_op_kwargs: Optional[dict],
-        dropout_op: Optional[type[nn.Module]],
-        dropout_op_kwargs: Optional[dict],
-        nonlin: Optional[type[nn.Module]],
-        nonlin_kwargs: Optional[dict],
-        attention_from_stage: int,
-        blocks_per_stage: Sequence[int],
-        num_heads: Sequence[int],
-        region_sizes: Sequence[Optional[Sequence[int]]],
-        topk: Sequence[int],
-        mlp_ratio: float,
-        coarse_branch: bool,
-        lce_kernel_size: int,
-    ) -> None:
+    output_channels: list[int]
+    strides: list[list[int]]
+
+    def __init__(self, input_channels: int, unet: UNetSettings, bsa: BSASettings) -> None:
         super().__init__()
-        conv_args = (conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs)
+        conv_op, conv_args = unet.conv_op, unet.conv_block_args
         stages = []
         channels = input_channels
-        for s, features in enumerate(features_per_stage):
-            if s < attention_from_stage:
+        for s, features in enumerate(unet.features_per_stage):
+            kernel, stride = unet.kernel_sizes[s], unet.strides[s]
+            if s < bsa.attention_from_stage:
                 stage = StackedConvBlocks(
-                    n_conv_per_stage[s], conv_op, channels, features, kernel_sizes[s], strides[s], *conv_args
+                    unet.n_conv_per_stage[s], conv_op, channels, features, kernel, stride, *conv_args
                 )
             else:
                 # nnU-Net's first conv of a stage does the downsampling; the blocks replace the remaining convs
-                down = StackedConvBlocks(1, conv_op, channels, features, kernel_sizes[s], strides[s], *conv_args)
+                down = StackedConvBlocks(1, conv_op, channels, features, kernel, stride, *conv_args)
                 blocks = [
                     BSABlock(
                         features,
-                        num_heads[s],
-                        _region(region_sizes[s]),
-                        topk[s],
+                        bsa.num_heads[s],
+                        _region(bsa.region_sizes[s]),
+                        bsa.topk[s],
                         conv_op,
-                        mlp_ratio,
-                        coarse_branch,
-                        lce_kernel_size,
+                        bsa.mlp_ratio,
+                        bsa.coarse_branch,
+                        bsa.lce_kernel_size,
                     )
-                    for _ in range(blocks_per_stage[s])
+                    for _ in range(bsa.blocks_per_stage[s])
                 ]
                 stage = nn.Sequential(down, *blocks)
             stages.append(stage)
             channels = features
         self.stages = nn.ModuleList(stages)
-        # what UNetDecoder reads from its encoder
-        self.output_channels = list(features_per_stage)
-        self.strides = [list(s) for s in strides]
-        self.kernel_sizes = [list(k) for k in kernel_sizes]
-        self.conv_op = conv_op
-        self.conv_bias, self.norm_op, self.norm_op_kwargs = conv_bias, norm_op, norm_op_kwargs
-        self.dropout_op, self.dropout_op_kwargs, self.nonlin, self.nonlin_kwargs = (
-            dropout_op,
-            dropout_op_kwargs,
-            nonlin,
-            nonlin_kwargs,
-        )
-        self.attention_from_stage = attention_from_stage
-        self.mlp_ratio = mlp_ratio
-        self.topk = list(topk)
-        self.region_sizes = list(region_sizes)
+        self.settings = bsa
+        unet.expose_to_decoder(self)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Stored activations: nnU-Net's count for the convolutions, an explicit count for the BSA blocks."""
         total = np.int64(0)
         size = list(input_size)
         for s, stage in enumerate(self.stages):
-            if s < self.attention_from_stage:
+            if s < self.settings.attention_from_stage:
                 total += cast(StackedConvBlocks, stage).compute_conv_feature_map_size(size)
                 size = [a // b for a, b in zip(size, self.strides[s])]
                 continue
@@ -151,12 +141,13 @@ class BSAEncoder(SkipsEncoder):
             total += down.compute_conv_feature_map_size(size)
             size = [a // b for a, b in zip(size, self.strides[s])]
             tokens, c = int(np.prod(size)), self.output_channels[s]
-            region = self.region_sizes[s] or size
+            region = self.settings.region_sizes[s] or size
             r = int(np.prod([min(a, b) for a, b in zip(region, size)]))
             num_regions = max(1, tokens // r)
-            k_eff = clamp_topk(self.topk[s], num_regions)
-            per_block = tokens * c * (12 + 2 * self.mlp_ratio)  # pos, 2 norms, qkv, attn, lce, proj, mlp, residuals
-            if k_eff < num_regions:  # sparse: the gather backend copies k_eff regions of K and V per query region
+            topk = blocks[0].attn.topk  # the module's own (a caller may have changed it since)
+            k_eff = clamp_topk(topk, num_regions)
+            per_block = tokens * c * (12 + 2 * self.settings.mlp_ratio)  # pos, 2 norms, qkv, attn, lce, proj, mlp, res.
+            if not is_dense(topk, num_regions):  # the gather backend copies k_eff regions of K and V per query region
                 per_block += 2 * tokens * k_eff * c
             per_block += blocks[0].attn.num_heads * tokens * k_eff * r  # attention weights
             total += np.int64(per_block) * len(blocks)
@@ -214,35 +205,12 @@ class BSAUNet(PlansNetwork):
         coarse_branch: BSAM's patch-level attention branch (False: BiFormer's BRA; an ablation).
         """
         super().__init__()
-        kw = self.shared_values(locals())
-        own = self.check_own({**kw, **self.own_values(locals())})
-        self.encoder = BSAEncoder(
-            input_channels,
-            kw["features_per_stage"],
-            kw["conv_op"],
-            kw["kernel_sizes"],
-            kw["strides"],
-            kw["n_conv_per_stage"],
-            kw["conv_bias"],
-            kw["norm_op"],
-            kw["norm_op_kwargs"],
-            kw["dropout_op"],
-            kw["dropout_op_kwargs"],
-            kw["nonlin"],
-            kw["nonlin_kwargs"],
-            own["attention_from_stage"],
-            own["blocks_per_stage"],
-            own["num_heads"],
-            own["region_sizes"],
-            own["topk"],
-            mlp_ratio,
-            coarse_branch,
-            lce_kernel_size,
-        )
-        self.decoder = UNetDecoder(self.encoder, num_classes, kw["n_conv_per_stage_decoder"], deep_supervision)
+        unet, bsa = self.settings(locals())
+        self.encoder = BSAEncoder(input_channels, unet, bsa)
+        self.decoder = UNetDecoder(self.encoder, num_classes, unet.n_conv_per_stage_decoder, deep_supervision)
         # nnU-Net's keys for transfer of encoder weights between datasets (stage 0: conv blocks, or the downsampling
         # conv block of an attention stage)
-        first_conv = "encoder.stages.0" + (".0" if own["attention_from_stage"] == 0 else "") + ".convs.0"
+        first_conv = "encoder.stages.0" + (".0" if bsa.attention_from_stage == 0 else "") + ".convs.0"
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stages.0"
         self.keys_to_in_proj = (f"{first_conv}.conv", f"{first_conv}.all_modules.0")
@@ -257,19 +225,32 @@ class BSAUNet(PlansNetwork):
         return {"region_sizes": [choose_region_size(shape) if s >= first else None for s, shape in enumerate(shapes)]}
 
     @classmethod
-    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> dict[str, Any]:
+    def attention_layout(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> list[StageAttention]:
+        """Regions and top-k of every attention stage."""
+        n = int(kwargs["n_stages"])
+        shapes = stage_shapes(patch_size, kwargs["strides"])
+        topk = per_stage(kwargs["topk"], n, "topk")
+        regions = kwargs["region_sizes"] or [None] * n
+        out = []
+        for s in range(kwargs["attention_from_stage"], n):
+            region = list(shapes[s]) if regions[s] is None else per_stage(regions[s], len(shapes[s]), "region")
+            count = math.prod(-(-a // r) for a, r in zip(shapes[s], region))
+            routing = "dense" if is_dense(topk[s], count) else f"top-{topk[s]}"
+            out.append(StageAttention(s, shapes[s], f"regions of {x_text(region)} tokens ({count}), {routing}"))
+        return out
+
+    @classmethod
+    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> BSASettings:
         n, features = int(kwargs["n_stages"]), kwargs["features_per_stage"]
         ndim = len(kwargs["strides"][0])
-        first = kwargs["attention_from_stage"]
-        if not isinstance(first, int) or not 0 <= first <= n:
-            raise PlansError(f"attention_from_stage={first!r} must lie in 0..{n} (n_stages={n})")
-        if not (isinstance(kwargs["mlp_ratio"], (int, float)) and kwargs["mlp_ratio"] > 0):
-            raise PlansError(f"mlp_ratio={kwargs['mlp_ratio']!r} must be a number > 0")
-        lce = kwargs["lce_kernel_size"]
-        if not isinstance(lce, int) or lce < 0 or (lce and lce % 2 == 0):
-            raise PlansError(f"lce_kernel_size={lce!r} must be 0 (off) or an odd integer")
-        topk = [int(t) for t in per_stage(kwargs["topk"], n, "topk")]
-        blocks = [int(b) for b in per_stage(kwargs["blocks_per_stage"], n, "blocks_per_stage")]
+        first = check_int("attention_from_stage", kwargs["attention_from_stage"], 0, n)
+        mlp_ratio = check_number("mlp_ratio", kwargs["mlp_ratio"], 0, open_min=True)
+        lce = check_int("lce_kernel_size", kwargs["lce_kernel_size"], 0)
+        if lce % 2 == 0 and lce:
+            raise PlansError(f"lce_kernel_size={lce!r}: must be 0 (off) or an odd integer")
+        blocks = [
+            check_int("blocks_per_stage", b, 1) for b in per_stage(kwargs["blocks_per_stage"], n, "blocks_per_stage")
+        ]
         heads = [heads_for(f, kwargs["head_dim"], f"stage {s}") if s >= first else 1 for s, f in enumerate(features)]
         regions = kwargs["region_sizes"]
         regions = [None] * n if regions is None else list(regions)
@@ -279,9 +260,11 @@ class BSAUNet(PlansNetwork):
         for s in range(first, n):
             if regions[s] is None:
                 continue
-            region = [int(regions[s])] * ndim if isinstance(regions[s], int) else [int(r) for r in regions[s]]
-            if len(region) != ndim or min(region) < 1:
-                raise PlansError(f"region_sizes[{s}]={regions[s]!r} must be null or {ndim} integers >= 1")
+            region = [regions[s]] * ndim if not isinstance(regions[s], (list, tuple)) else list(regions[s])
+            if len(region) != ndim or not all(
+                isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in region
+            ):
+                raise PlansError(f"region_sizes[{s}]={regions[s]!r}: must be null or {ndim} integers >= 1")
             if shapes is not None and any(a % r for r, a in zip(region, shapes[s])):
                 assert patch_size is not None
                 fix = "x".join(str(v) for v in choose_region_size(shapes[s]))
@@ -291,10 +274,20 @@ class BSAUNet(PlansNetwork):
                     f"into whole regions: use sizes that divide it per axis (e.g. {fix}), or null for dense attention"
                 )
             regions[s] = region
-        return {
-            "attention_from_stage": first,
-            "blocks_per_stage": blocks,
-            "num_heads": heads,
-            "region_sizes": regions,
-            "topk": topk,
-        }
+        key_regions = None
+        if shapes is not None and kwargs["topk"] != cls.own_defaults()["topk"]:  # a topk the plans or caller chose
+            key_regions = [
+                None if s < first else math.prod(-(-a // r) for a, r in zip(shapes[s], regions[s] or shapes[s]))
+                for s in range(n)
+            ]
+        return BSASettings(
+            attention_from_stage=first,
+            blocks_per_stage=blocks,
+            head_dim=kwargs["head_dim"],
+            num_heads=heads,
+            region_sizes=regions,
+            topk=check_topk(kwargs["topk"], n, key_regions),
+            mlp_ratio=mlp_ratio,
+            coarse_branch=check_flag("coarse_branch", kwargs["coarse_branch"]),
+            lce_kernel_size=lce,
+        )

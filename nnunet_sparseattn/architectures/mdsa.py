@@ -25,6 +25,7 @@ Two ways to build it:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, cast
 
 import numpy as np
@@ -36,17 +37,28 @@ from nnunet_sparseattn.architectures.base import (
     PlansError,
     PlansNetwork,
     SkipsEncoder,
-    conv_block_args,
+    StageAttention,
+    UNetSettings,
+    check_choice,
+    check_int,
+    check_number,
+    check_topk,
     heads_for,
+    is_int,
+    per_stage,
     stage_shapes,
+    x_text,
 )
 from nnunet_sparseattn.layers.conv import conv_dims
 from nnunet_sparseattn.layers.multiscale_attention import AGGREGATIONS, MDSABlock, auto_grid
 from nnunet_sparseattn.layers.resampling import EnhancedDownsampling, EnhancedUpsampling
+from nnunet_sparseattn.layers.routing import is_dense, region_layout
 from nnunet_sparseattn.layers.transformer import num_heads_for
 
 __all__ = [
+    "MDSABlockSettings",
     "MDSAPaperUNet",
+    "MDSASettings",
     "MDSAUNet",
     "PAPER_FLOPS",
     "PAPER_INPUT",
@@ -62,20 +74,43 @@ PAPER_INPUT = (1, 3, 224, 224)
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
+@dataclass(frozen=True)
+class MDSABlockSettings:
+    """What every MDSA block of a network shares."""
+
+    head_dim: int
+    aggregation: str
+    aggregation_scales: Optional[list[int]]
+    mlp_ratio: float
+    lce_kernel_size: int
+
+
+@dataclass(frozen=True)
+class MDSASettings:
+    """MDSA-UNet's own settings, validated and one entry per stage (:meth:`MDSAUNet.check_own` builds it once)."""
+
+    attention_from_stage: int  # clamped: the bottleneck always attends
+    attention: list[bool]  # per stage
+    grids: list[Optional[tuple[int, ...]]]  # regions per axis; None: chosen from the stage's shape at run time
+    topk: list[int]  # key regions per query region; 0: dense
+    edm_local_branch: str
+    block: MDSABlockSettings
+
+
 def _attention_blocks(
-    n: int, channels: int, conv_op: type[nn.Module], grid: Optional[Sequence[int]], topk: int, cfg: Mapping[str, Any]
+    n: int, channels: int, conv_op: type[nn.Module], grid: Optional[Sequence[int]], topk: int, cfg: MDSABlockSettings
 ) -> list[nn.Module]:
     return [
         MDSABlock(
             channels,
-            num_heads_for(channels, cfg["head_dim"]),
+            num_heads_for(channels, cfg.head_dim),
             conv_op,
             grid,
             topk,
-            cfg["aggregation"],
-            cfg["aggregation_scales"],
-            cfg["mlp_ratio"],
-            cfg["lce_kernel_size"],
+            cfg.aggregation,
+            cfg.aggregation_scales,
+            cfg.mlp_ratio,
+            cfg.lce_kernel_size,
         )
         for _ in range(n)
     ]
@@ -85,18 +120,17 @@ def _stage_blocks(
     rest: int,
     channels: int,
     kernel_size: Sequence[int],
-    conv_op: type[nn.Module],
-    conv_args: Sequence[Any],
-    attends: bool,
-    grid: Optional[Sequence[int]],
-    topk: int,
-    cfg: Mapping[str, Any],
+    unet: UNetSettings,
+    mdsa: MDSASettings,
+    stage: int,
 ) -> list[nn.Module]:
     """What follows a stage's entry (its down- or upsampling) in place of nnU-Net's ``rest`` further conv blocks:
     that many MDSA blocks (at least one) where the stage attends, else the conv blocks."""
-    if attends:
-        return _attention_blocks(max(1, rest), channels, conv_op, grid, topk, cfg)
-    return [StackedConvBlocks(rest, conv_op, channels, channels, kernel_size, 1, *conv_args)] if rest > 0 else []
+    if mdsa.attention[stage]:
+        return _attention_blocks(max(1, rest), channels, unet.conv_op, mdsa.grids[stage], mdsa.topk[stage], mdsa.block)
+    if rest <= 0:
+        return []
+    return [StackedConvBlocks(rest, unet.conv_op, channels, channels, kernel_size, 1, *unet.conv_block_args)]
 
 
 def _feature_map_size(module: nn.Module, size: Sequence[int]) -> np.int64:
@@ -113,27 +147,20 @@ class MDSAEncoder(SkipsEncoder):
     ``attention_from_stage`` and become as many MDSA blocks (at least one) from it down.
     """
 
-    def __init__(
-        self,
-        input_channels: int,
-        kw: Mapping[str, Any],
-        attention: Sequence[bool],
-        grids: Sequence[Optional[Sequence[int]]],
-        topks: Sequence[int],
-        cfg: Mapping[str, Any],
-    ) -> None:
+    def __init__(self, input_channels: int, unet: UNetSettings, mdsa: MDSASettings) -> None:
         super().__init__()
-        conv_op = kw["conv_op"]
+        conv_op = unet.conv_op
         self.conv_op = conv_op
-        self.output_channels = list(kw["features_per_stage"])
-        self.strides = [tuple(s) for s in kw["strides"]]
-        self.kernel_sizes = [tuple(k) for k in kw["kernel_sizes"]]
-        conv_args = conv_block_args(kw)
+        self.output_channels = list(unet.features_per_stage)
+        self.strides = [tuple(s) for s in unet.strides]
+        self.kernel_sizes = [tuple(k) for k in unet.kernel_sizes]
         stages = []
         in_ch = input_channels
         for s, out_ch in enumerate(self.output_channels):
             if s == 0 and all(st == 1 for st in self.strides[0]):
-                entry: nn.Module = StackedConvBlocks(1, conv_op, in_ch, out_ch, self.kernel_sizes[0], 1, *conv_args)
+                entry: nn.Module = StackedConvBlocks(
+                    1, conv_op, in_ch, out_ch, self.kernel_sizes[0], 1, *unet.conv_block_args
+                )
             else:
                 entry = EnhancedDownsampling(
                     in_ch,
@@ -141,15 +168,12 @@ class MDSAEncoder(SkipsEncoder):
                     self.strides[s],
                     conv_op,
                     self.kernel_sizes[s],
-                    cfg["edm_local_branch"],
-                    kw["norm_op"],
-                    kw["norm_op_kwargs"],
-                    kw["conv_bias"],
+                    mdsa.edm_local_branch,
+                    unet.norm_op,
+                    unet.norm_op_kwargs,
+                    unet.conv_bias,
                 )
-            rest = kw["n_conv_per_stage"][s] - 1
-            blocks = _stage_blocks(
-                rest, out_ch, self.kernel_sizes[s], conv_op, conv_args, attention[s], grids[s], topks[s], cfg
-            )
+            blocks = _stage_blocks(unet.n_conv_per_stage[s] - 1, out_ch, self.kernel_sizes[s], unet, mdsa, s)
             stages.append(nn.Sequential(entry, *blocks))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
@@ -176,15 +200,7 @@ class MDSADecoder(nn.Module):
     """
 
     def __init__(
-        self,
-        encoder: MDSAEncoder,
-        num_classes: int,
-        kw: Mapping[str, Any],
-        attention: Sequence[bool],
-        grids: Sequence[Optional[Sequence[int]]],
-        topks: Sequence[int],
-        cfg: Mapping[str, Any],
-        deep_supervision: bool,
+        self, encoder: MDSAEncoder, num_classes: int, unet: UNetSettings, mdsa: MDSASettings, deep_supervision: bool
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
@@ -192,7 +208,6 @@ class MDSADecoder(nn.Module):
         conv_op = encoder.conv_op
         ch, strides, kernels = encoder.output_channels, encoder.strides, encoder.kernel_sizes
         self.strides = strides
-        conv_args = conv_block_args(kw)
         n = len(ch)
         upsampling, stages, seg_layers = [], [], []
         for i in range(n - 1):
@@ -205,18 +220,15 @@ class MDSADecoder(nn.Module):
                     strides[below],
                     conv_op,
                     kernels[level],
-                    kw["norm_op"],
-                    kw["norm_op_kwargs"],
-                    kw["nonlin"],
-                    kw["nonlin_kwargs"],
-                    kw["conv_bias"],
+                    unet.norm_op,
+                    unet.norm_op_kwargs,
+                    unet.nonlin,
+                    unet.nonlin_kwargs,
+                    unet.conv_bias,
                 )
             )
-            rest = kw["n_conv_per_stage_decoder"][i] - 1
-            blocks = _stage_blocks(
-                rest, ch[level], kernels[level], conv_op, conv_args, attention[level], grids[level], topks[level], cfg
-            )
-            stages.append(nn.Sequential(*blocks))
+            rest = unet.n_conv_per_stage_decoder[i] - 1
+            stages.append(nn.Sequential(*_stage_blocks(rest, ch[level], kernels[level], unet, mdsa, level)))
             seg_layers.append(conv_op(ch[level], num_classes, 1, 1, 0, bias=True))
         self.upsampling = nn.ModuleList(upsampling)
         self.stages = nn.ModuleList(stages)
@@ -304,14 +316,10 @@ class MDSAUNet(PlansNetwork):
         edm_local_branch: str = "conv",
     ) -> None:
         super().__init__()
-        kw = self.shared_values(locals())
-        cfg = self.own_values(locals())
-        attention, grid_list, topk_list = self.check_own({**kw, **cfg})
-        self.attention_stages = [s for s, a in enumerate(attention) if a]
-        self.encoder = MDSAEncoder(input_channels, kw, attention, grid_list, topk_list, cfg)
-        self.decoder = MDSADecoder(
-            self.encoder, num_classes, kw, attention, grid_list, topk_list, cfg, deep_supervision
-        )
+        unet, mdsa = self.settings(locals())
+        self.attention_stages = [s for s, a in enumerate(mdsa.attention) if a]
+        self.encoder = MDSAEncoder(input_channels, unet, mdsa)
+        self.decoder = MDSADecoder(self.encoder, num_classes, unet, mdsa, deep_supervision)
         # nnU-Net's keys for transfer of encoder weights between datasets (stage 0 opens with a conv block, or with
         # an EDM when the plans downsample at once)
         entry = "encoder.stages.0.0"
@@ -341,40 +349,43 @@ class MDSAUNet(PlansNetwork):
         return {"grids": [list(auto_grid(shape)) if s >= first else None for s, shape in enumerate(shapes)]}
 
     @classmethod
-    def check_own(
-        cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None
-    ) -> tuple[list[bool], list, list[int]]:
-        """Per-stage attention flags, grids and top-k (PlansError on values that do not fit the plans)."""
+    def attention_layout(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int]) -> list[StageAttention]:
+        """Region grid and top-k of every attention stage (the bottleneck always attends)."""
+        n = int(kwargs["n_stages"])
+        shapes = stage_shapes(patch_size, kwargs["strides"])
+        topk = per_stage(kwargs["topk"], n, "topk")
+        grids = kwargs["grids"] or [None] * n
+        out = []
+        for s in range(min(kwargs["attention_from_stage"], n - 1), n):
+            grid = grids[s] or [1] * len(shapes[s])
+            count = math.prod(int(g) for g in grid)
+            routing = "dense" if is_dense(topk[s], count) else f"top-{topk[s]}"
+            out.append(StageAttention(s, shapes[s], f"grid {x_text(grid)} ({count} regions), {routing}"))
+        return out
+
+    @classmethod
+    def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> MDSASettings:
+        """Per-stage attention flags, grids and top-k and the blocks' settings (PlansError on values that do not fit
+        the plans)."""
         n = kwargs["n_stages"]
         ndim = len(kwargs["strides"][0])
-        first = kwargs["attention_from_stage"]
-        if not isinstance(first, int) or first < 0:
-            raise PlansError(f"attention_from_stage={first!r} must be an integer >= 0")
-        first = min(first, n - 1)  # the bottleneck always attends
+        first = min(check_int("attention_from_stage", kwargs["attention_from_stage"], 0), n - 1)  # bottleneck attends
         attention = [s >= first for s in range(n)]
         for s in range(first, n):
             heads_for(kwargs["features_per_stage"][s], kwargs["head_dim"], f"stage {s}")
-        if kwargs["aggregation"] not in AGGREGATIONS:
-            raise PlansError(f"aggregation={kwargs['aggregation']!r}: choose one of {', '.join(AGGREGATIONS)}")
-        if not (isinstance(kwargs["mlp_ratio"], (int, float)) and kwargs["mlp_ratio"] > 0):
-            raise PlansError(f"mlp_ratio={kwargs['mlp_ratio']!r} must be a number > 0")
-        if kwargs["edm_local_branch"] not in ("conv", "maxpool"):
-            raise PlansError(f"edm_local_branch={kwargs['edm_local_branch']!r}: choose 'conv' or 'maxpool'")
-        lce = kwargs["lce_kernel_size"]
-        if not isinstance(lce, int) or lce < 0 or (lce and lce % 2 == 0):
-            raise PlansError(f"lce_kernel_size={lce!r} must be 0 (off) or an odd integer")
+        aggregation = check_choice("aggregation", kwargs["aggregation"], AGGREGATIONS)
+        mlp_ratio = check_number("mlp_ratio", kwargs["mlp_ratio"], 0, open_min=True)
+        edm = check_choice("edm_local_branch", kwargs["edm_local_branch"], ("conv", "maxpool"))
+        lce = check_int("lce_kernel_size", kwargs["lce_kernel_size"], 0)
+        if lce % 2 == 0 and lce:
+            raise PlansError(f"lce_kernel_size={lce!r}: must be 0 (off) or an odd integer")
         scales = kwargs["aggregation_scales"]
         if scales is not None:
-            if not (
-                isinstance(scales, (list, tuple)) and scales and all(isinstance(x, int) and x >= 1 for x in scales)
-            ):
+            if not (isinstance(scales, (list, tuple)) and scales and all(is_int(x) and x >= 1 for x in scales)):
                 raise PlansError(f"aggregation_scales={scales!r} must be a non-empty list of integers >= 1")
-            if kwargs["aggregation"] == "dwconv" and any(x % 2 == 0 for x in scales):
+            if aggregation == "dwconv" and any(x % 2 == 0 for x in scales):
                 raise PlansError(f"aggregation_scales={scales!r}: depthwise kernels must be odd (e.g. [3, 5, 7])")
-        topk = kwargs["topk"]
-        topks = list(topk) if isinstance(topk, (list, tuple)) else [topk] * n
-        if len(topks) != n or not all(isinstance(t, int) for t in topks):
-            raise PlansError(f"topk={topk!r} must be an integer or a list of {n} integers (one per stage; <= 0: dense)")
+            scales = [int(x) for x in scales]
         grids = kwargs["grids"]
         if grids is None:
             grids = [None] * n
@@ -383,14 +394,30 @@ class MDSAUNet(PlansNetwork):
                 f"grids={grids!r} must be null or a list of {n} entries (one per stage, each null or "
                 f"{ndim} regions per axis)"
             )
-        checked = []
+        checked: list[Optional[tuple[int, ...]]] = []
         for s, g in enumerate(grids):
             if g is not None and not (
-                isinstance(g, (list, tuple)) and len(g) == ndim and all(isinstance(x, int) and x >= 1 for x in g)
+                isinstance(g, (list, tuple)) and len(g) == ndim and all(is_int(x) and x >= 1 for x in g)
             ):
                 raise PlansError(f"grids[{s}]={g!r} must be null or {ndim} integers >= 1 (regions per axis)")
-            checked.append(None if g is None else tuple(g))
-        return attention, checked, topks
+            checked.append(None if g is None else tuple(int(x) for x in g))
+        key_regions = None
+        if patch_size is not None and kwargs["topk"] != cls.own_defaults()["topk"]:  # a topk the plans or caller chose
+            shapes = stage_shapes(patch_size, kwargs["strides"])
+            key_regions = [
+                None
+                if not attention[s]
+                else math.prod(region_layout(shapes[s], checked[s] or auto_grid(shapes[s])).grid)
+                for s in range(n)
+            ]
+        return MDSASettings(
+            attention_from_stage=first,
+            attention=attention,
+            grids=checked,
+            topk=check_topk(kwargs["topk"], n, key_regions),
+            edm_local_branch=edm,
+            block=MDSABlockSettings(kwargs["head_dim"], aggregation, scales, mlp_ratio, lce),
+        )
 
 
 # ------------------------------------------------------------------------------------------------ paper scale
@@ -433,9 +460,7 @@ class MDSAPaperUNet(nn.Module):
         bn = nn.BatchNorm2d
         self.stem1 = nn.Sequential(nn.Conv2d(in_channels, c0 // 2, 3, 2, 1, bias=False), bn(c0 // 2), nn.GELU())
         self.stem2 = nn.Sequential(nn.Conv2d(c0 // 2, c0, 3, 2, 1, bias=False), bn(c0))
-        cfg = dict(
-            head_dim=head_dim, aggregation=aggregation, aggregation_scales=None, mlp_ratio=mlp_ratio, lce_kernel_size=3
-        )
+        cfg = MDSABlockSettings(head_dim, aggregation, None, mlp_ratio, 3)
         g = (grid, grid)
         self.encoder = nn.ModuleList()
         for i, (c, d, k) in enumerate(zip(channels, depths, topks)):

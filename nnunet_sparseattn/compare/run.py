@@ -49,9 +49,9 @@ ALL_FOLDS = (0, 1, 2, 3, 4)  # nnU-Net's five-fold cross-validation
 
 def default_trainers() -> list[str]:
     """Stock nnU-Net and our main trainers."""
-    from nnunet_sparseattn.trainers import MAIN_TRAINERS
+    from nnunet_sparseattn.trainers import main_trainers
 
-    return ["nnUNetTrainer"] + [t.__name__ for t in MAIN_TRAINERS]
+    return ["nnUNetTrainer"] + [t.__name__ for t in main_trainers()]
 
 
 @dataclass(frozen=True)

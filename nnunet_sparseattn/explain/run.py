@@ -36,6 +36,7 @@ from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.explain import analysis, figures
 from nnunet_sparseattn.explain.model import Case, Model, model_folder
 from nnunet_sparseattn.explain.recorder import Recorder, attention_modules
+from nnunet_sparseattn.plans.variants import attention_label
 
 __all__ = ["ExplainRequest", "run_explain"]
 
@@ -490,10 +491,7 @@ def _coords(point: analysis.QueryPoint, case: Case) -> str:
 
 
 def _kind(network, module: str) -> str:
-    layer = network.get_submodule(module)
-    return {"BiLevelSparseAttention": "BSA", "MultiScaleDynamicSparseAttention": "MDSA"}.get(
-        type(layer).__name__, type(layer).__name__
-    )
+    return attention_label(network.get_submodule(module))  # what the method's registration calls it
 
 
 def _refined_map(recorder: Recorder, geometry, patches) -> np.ndarray:

@@ -7,17 +7,12 @@
 
 from __future__ import annotations
 
-import math
 import pydoc
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from nnunet_sparseattn.architectures.base import PlansNetwork, per_stage, stage_shapes
-from nnunet_sparseattn.architectures.bilateral import BilateralUNet
-from nnunet_sparseattn.architectures.bsa import BSAUNet
-from nnunet_sparseattn.architectures.mdsa import MDSAUNet
+from nnunet_sparseattn.architectures.base import PlansNetwork, StageAttention, x_text
 from nnunet_sparseattn.complexity import count_flops, count_parameters
 from nnunet_sparseattn.trainers.architecture import ArchitectureTrainer
 
@@ -58,17 +53,6 @@ def network_cost(
 
 
 # ------------------------------------------------------------------------------------------- attention layout
-@dataclass(frozen=True)
-class StageAttention:
-    stage: int
-    shape: tuple[int, ...]
-    text: str  # e.g. "regions 5x7x5 tokens (4 regions), top-4"
-
-
-def _x(values: Sequence[int]) -> str:
-    return "x".join(str(int(v)) for v in values)
-
-
 def network_kwargs(
     trainer_class: type[nnUNetTrainer], plans: dict, configuration: str
 ) -> tuple[type[PlansNetwork] | None, dict[str, Any]]:
@@ -85,46 +69,22 @@ def network_kwargs(
         if not (isinstance(located, type) and issubclass(located, PlansNetwork)):
             return None, {}
         cls, overrides = located, {}
-    return cls, cls.resolve_arch_kwargs(arch["arch_kwargs"], config["patch_size"], overrides)
+    return cls, cls.resolve_arch_kwargs(
+        arch["arch_kwargs"], config["patch_size"], overrides, arch["network_class_name"]
+    )
 
 
 def attention_layout(
-    network_class: type | None, kwargs: dict[str, Any], patch_size: Sequence[int]
+    network_class: type[PlansNetwork] | None, kwargs: dict[str, Any], patch_size: Sequence[int]
 ) -> list[StageAttention]:
-    """Which encoder stages attend, and how: regions and top-k (BSA, MDSA), windows (bilateral)."""
-    if network_class is None:
-        return []
-    n = int(kwargs["n_stages"])
-    shapes = stage_shapes(patch_size, kwargs["strides"])
-    out = []
-    if issubclass(network_class, BSAUNet):
-        topk = per_stage(kwargs["topk"], n, "topk")
-        regions = kwargs["region_sizes"] or [None] * n
-        for s in range(kwargs["attention_from_stage"], n):
-            region = list(shapes[s]) if regions[s] is None else per_stage(regions[s], len(shapes[s]), "region")
-            count = math.prod(-(-a // r) for a, r in zip(shapes[s], region))
-            routing = "dense" if count <= max(1, topk[s]) or topk[s] <= 0 else f"top-{topk[s]}"
-            out.append(StageAttention(s, shapes[s], f"regions of {_x(region)} tokens ({count}), {routing}"))
-    elif issubclass(network_class, MDSAUNet):
-        topk = per_stage(kwargs["topk"], n, "topk")
-        grids = kwargs["grids"] or [None] * n
-        for s in range(min(kwargs["attention_from_stage"], n - 1), n):  # the bottleneck always attends
-            grid = grids[s] or [1] * len(shapes[s])
-            count = math.prod(int(g) for g in grid)
-            routing = "dense" if count <= max(1, topk[s]) or topk[s] <= 0 else f"top-{topk[s]}"
-            out.append(StageAttention(s, shapes[s], f"grid {_x(grid)} ({count} regions), {routing}"))
-    elif issubclass(network_class, BilateralUNet):
-        for s in kwargs["isam_stages"]:
-            window = per_stage(kwargs["isam_windows"][s], len(shapes[s]), "window")
-            count = math.prod(-(-a // w) for a, w in zip(shapes[s], window))
-            out.append(StageAttention(s, shapes[s], f"Swin windows of {_x(window)} ({count}), ISAM + FSAM"))
-    return out
+    """Which encoder stages attend, and how (the network's own :meth:`~PlansNetwork.attention_layout`)."""
+    return [] if network_class is None else network_class.attention_layout(kwargs, patch_size)
 
 
 def describe_layout(layout: list[StageAttention]) -> str:
     if not layout:
         return "none (convolutions only)"
-    return "; ".join(f"stage {a.stage} ({_x(a.shape)}): {a.text}" for a in layout)
+    return "; ".join(f"stage {a.stage} ({x_text(a.shape)}): {a.text}" for a in layout)
 
 
 def dataset_networks(
@@ -136,7 +96,7 @@ def dataset_networks(
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from nnunet_sparseattn.harness import datasets
-    from nnunet_sparseattn.trainers import MAIN_TRAINERS
+    from nnunet_sparseattn.trainers import main_trainers
 
     root = datasets.nnunet_folder("nnUNet_preprocessed", preprocessed)
     path = datasets.plans_file(root, datasets.parse_dataset(dataset), plans_name)
@@ -147,7 +107,7 @@ def dataset_networks(
     resenc = folder / "nnUNetResEncUNetMPlans.json"
     if resenc.is_file() and plans_name != resenc.stem:
         entries.append((nnUNetTrainer, resenc.stem, datasets.read_plans(resenc)))
-    entries += [(t, plans_name, plans) for t in MAIN_TRAINERS if issubclass(t, ArchitectureTrainer)]
+    entries += [(t, plans_name, plans) for t in main_trainers() if issubclass(t, ArchitectureTrainer)]
     rows = []
     for trainer, name, content in entries:
         if configuration not in content["configurations"]:
@@ -184,9 +144,9 @@ def dataset_networks_table(dataset: int | str, configuration: str, plans_name: s
             f"{row['trainer']:<24} {row['plans']:<24} {row['network']:<22} {row['params'] / 1e6:8.2f}M "
             f"{row['flops'] / 1e9:8.2f}G  {describe_layout(row['attention'])}"
         )
-    from nnunet_sparseattn.trainers import MAIN_TRAINERS
+    from nnunet_sparseattn.trainers import main_trainers
 
-    same = [t.__name__ for t in MAIN_TRAINERS if not issubclass(t, ArchitectureTrainer)]
+    same = [t.__name__ for t in main_trainers() if not issubclass(t, ArchitectureTrainer)]
     if same:
         lines.append(f"({', '.join(same)}: stock nnU-Net's network, another loss)")
     return "\n".join(lines)

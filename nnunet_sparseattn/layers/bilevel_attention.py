@@ -17,13 +17,13 @@ mix in; ``coarse_branch=False`` removes it (then the module IS :class:`~.sparse_
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 
-from .routing import GridLike, RegionLayout, clamp_topk, region_layout, region_pool
-from .sparse_attention import RoutedAttention, routed_attention
+from .routing import GridLike, RegionLayout, is_dense, region_layout, region_pool
+from .sparse_attention import RoutedAttention
 from .transformer import TransformerBlock
 
 __all__ = [
@@ -116,23 +116,23 @@ class BiLevelSparseAttention(RoutedAttention):
         self.gamma = nn.Parameter(torch.zeros(shape)) if coarse_branch else None
         self.coarse = CoarseRegionAttention(num_heads) if coarse_branch else None
 
-    def forward(self, x: torch.Tensor, routing: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if x.dim() != self.ndim + 2 or x.shape[1] != self.channels:
-            raise ValueError(f"expected (B, {self.channels}, {self.ndim} spatial dims), got shape {tuple(x.shape)}")
-        if self.gamma is None or self.coarse is None:
-            return super().forward(x, routing)
-        q, k, v = self.qkv(x).chunk(3, dim=1)
-        grid = self.grid_for(x.shape[2:])
-        layout = region_layout(x.shape[2:], grid)
+    def choose_routing(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, ...], routing: Optional[torch.Tensor]
+    ) -> tuple[Optional[torch.Tensor], Any]:
+        """The coarse branch's region attention, whose scores also choose each region's receptive field."""
+        if self.coarse is None:
+            return super().choose_routing(q, k, v, grid, routing)
+        layout = region_layout(q.shape[2:], grid)
         coarse, scores, _ = self.coarse(q, k, v, layout)
-        if routing is None and clamp_topk(self.topk, layout.num_regions) < layout.num_regions:
-            # the coarse scores choose each region's receptive field
+        if routing is None and not is_dense(self.topk, layout.num_regions):
             routing = self.router(scores.detach(), layout, layout).indices
-        fine = routed_attention(q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing)
-        out = fine + self.gamma * upsample_regions(coarse, layout).to(fine.dtype)
-        if self.lce is not None:
-            out = out + self.lce(v)
-        return self.proj(out)
+        return routing, (coarse, layout)
+
+    def combine(self, out: torch.Tensor, context: Any) -> torch.Tensor:
+        if context is None or self.gamma is None:
+            return out
+        coarse, layout = context
+        return out + self.gamma * upsample_regions(coarse, layout).to(out.dtype)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", coarse_branch={self.gamma is not None}"

@@ -18,7 +18,9 @@ import torch.nn as nn
 
 from .conv import ChannelAttention, ConvNormAct, conv_norm_act_options
 
-__all__ = ["FSAM"]
+__all__ = ["FSAM", "FSAM_WEIGHTINGS"]
+
+FSAM_WEIGHTINGS = ("input", "dilated")  # what the channel weights multiply: the paper's input, or our reading
 
 
 class FSAM(nn.Module):
@@ -38,7 +40,7 @@ class FSAM(nn.Module):
         nonlin_kwargs: Optional[dict] = None,
     ):
         super().__init__()
-        if weighted not in ("input", "dilated"):
+        if weighted not in FSAM_WEIGHTINGS:
             raise ValueError(f"FSAM weighted={weighted!r}: choose 'input' (the paper) or 'dilated'")
         self.weighted, self.channels = weighted, channels
         ops = conv_norm_act_options(locals())

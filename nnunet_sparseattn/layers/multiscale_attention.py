@@ -35,13 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .conv import conv_dims, grouped_conv_op
-from .routing import GridLike, Router, as_grid, clamp_topk, region_layout
-from .sparse_attention import (
-    check_attention_arguments,
-    local_context,
-    route_regions,
-    routed_attention,
-)
+from .routing import GridLike, as_grid, is_dense, region_layout
+from .sparse_attention import RegionAttention, local_context
 from .transformer import ChannelLayerNorm, TransformerBlock, num_heads_for
 
 __all__ = [
@@ -175,7 +170,7 @@ def _adaptive_avg_pool(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return _ADAPTIVE_AVG[x.dim() - 2](x, tuple(size))
 
 
-class MultiScaleDynamicSparseAttention(nn.Module):
+class MultiScaleDynamicSparseAttention(RegionAttention):
     """MDSA on ``(B, C, *S)`` maps, 2D or 3D (formula and readings in the module docstring).
 
     Args:
@@ -203,46 +198,34 @@ class MultiScaleDynamicSparseAttention(nn.Module):
         qkv_bias: bool = True,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        self.ndim = conv_dims(conv_op)
-        check_attention_arguments(channels, num_heads, backend, lce_kernel_size)
-        self.channels, self.num_heads = channels, num_heads
+        super().__init__(channels, num_heads, topk, conv_op, lce_kernel_size, detach_routing, backend)
         self.grid = None if grid is None else as_grid(grid, self.ndim)
-        self.router = Router(topk)
-        self.detach_routing = detach_routing
-        self.backend = backend
         self.q = conv_op(channels, channels, 1, bias=qkv_bias)
         self.aggregate = MultiScaleAggregation(channels, conv_op, aggregation, scales)
         self.kv = conv_op(channels, 2 * channels, 1, bias=qkv_bias)
         self.lce = local_context(channels, conv_op, lce_kernel_size)
         self.proj = conv_op(channels, channels, 1)
 
-    def regions(self, spatial: Sequence[int]) -> tuple[int, ...]:
-        """The (unclamped) region grid used for a query map of shape ``spatial``."""
-        return self.grid if self.grid is not None else auto_grid(spatial)
+    def grid_for(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """The (unclamped) region grid used for a query map of shape ``spatial_shape``."""
+        return self.grid if self.grid is not None else auto_grid(spatial_shape)
+
+    regions = grid_for  # the name explain and the tests read
 
     def is_dense(self, spatial: Sequence[int]) -> bool:
         """True when the top-k keeps every key region for this query map shape (dense attention)."""
         kv = self.aggregate.output_size(spatial)
-        nk = region_layout(kv, self.regions(spatial)).num_regions
-        return clamp_topk(self.topk, nk) == nk
+        return is_dense(self.topk, region_layout(kv, self.regions(spatial)).num_regions)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != self.ndim + 2 or x.shape[1] != self.channels:
-            raise ValueError(f"MDSA expects (B, {self.channels}, {self.ndim} spatial dims), got {tuple(x.shape)}")
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries from ``x``; keys and values from its multi-scale aggregation."""
         q = self.q(x)
         k, v = self.kv(self.aggregate(x)).chunk(2, dim=1)
-        grid = self.regions(x.shape[2:])
-        routing = route_regions(self.router, q, k, grid, self.detach_routing)
-        out = routed_attention(q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing)
-        if self.lce is not None:
-            local = v if v.shape[2:] == x.shape[2:] else F.interpolate(v, size=x.shape[2:], mode="nearest")
-            out = out + self.lce(local)
-        return self.proj(out)
+        return q, k, v
 
-    @property
-    def topk(self) -> int:
-        return self.router.topk
+    def local_values(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # the pooled reading's v is a smaller map: nearest upsampling to the queries' grid
+        return v if v.shape[2:] == x.shape[2:] else F.interpolate(v, size=x.shape[2:], mode="nearest")
 
     def projections(self) -> tuple[nn.Module, ...]:
         """The linear maps of the attention (what a transformer initialisation resets)."""

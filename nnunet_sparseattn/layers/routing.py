@@ -38,6 +38,7 @@ __all__ = [
     "region_affinity",
     "route",
     "clamp_topk",
+    "is_dense",
     "grid_for_region_size",
 ]
 
@@ -170,9 +171,15 @@ def region_affinity(q_regions: torch.Tensor, k_regions: torch.Tensor, scale: flo
         return torch.matmul(q_regions.float() * scale, k_regions.float().transpose(-1, -2))
 
 
+def is_dense(topk: int, num_kv_regions: int) -> bool:
+    """Whether ``topk`` keeps every one of ``num_kv_regions`` key regions (``topk <= 0`` or ``>= num_kv_regions``):
+    dense attention, nothing to route. The one place that decides it."""
+    return topk <= 0 or topk >= num_kv_regions
+
+
 def clamp_topk(topk: int, num_kv_regions: int) -> int:
-    """``topk <= 0`` or ``>= num_kv_regions`` means every region."""
-    return num_kv_regions if topk <= 0 or topk >= num_kv_regions else int(topk)
+    """The number of key regions ``topk`` keeps: every region when :func:`is_dense`."""
+    return num_kv_regions if is_dense(topk, num_kv_regions) else int(topk)
 
 
 def route(affinity: torch.Tensor, topk: int) -> torch.Tensor:
@@ -224,7 +231,18 @@ class Router(nn.Module):
 
     def __init__(self, topk: int) -> None:
         super().__init__()
-        self.topk = int(topk)
+        self.topk = topk
+
+    @property
+    def topk(self) -> int:
+        return self._topk
+
+    @topk.setter
+    def topk(self, value: int) -> None:
+        # one form from the plans to here: an integer, never rounded (1.5 is refused, not made top-1)
+        if not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ValueError(f"topk={value!r}: must be an integer (key regions per query region; <= 0: all)")
+        self._topk = int(value)
 
     def forward(self, affinity: torch.Tensor, query_layout: RegionLayout, key_layout: RegionLayout) -> Routing:
         return Routing(route(affinity, self.topk), affinity, query_layout, key_layout)

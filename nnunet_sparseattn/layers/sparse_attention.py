@@ -36,7 +36,7 @@ Memory: gather holds ``topk`` copies of K and V (about ``2 * topk * N * C`` elem
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -48,9 +48,9 @@ from .routing import (
     RegionLayout,
     Router,
     as_grid,
-    clamp_topk,
     from_regions,
     grid_for_region_size,
+    is_dense,
     region_affinity,
     region_layout,
     region_pool,
@@ -61,6 +61,7 @@ from .shapes import pad_end
 
 __all__ = [
     "BACKENDS",
+    "RegionAttention",
     "RoutedAttention",
     "build_block_mask",
     "compute_routing",
@@ -170,7 +171,7 @@ def route_regions(
     """The routing an attention module's ``router`` chooses from the region means of ``q`` and ``k``, ``(B, Nq, k)``;
     None when its top-k keeps every key region (dense attention: nothing to route)."""
     lq, lk = region_layout(q.shape[2:], grid), region_layout(k.shape[2:], grid)
-    if clamp_topk(router.topk, lk.num_regions) == lk.num_regions:
+    if is_dense(router.topk, lk.num_regions):
         return None
     return router(_affinity(q, k, lq, lk, detach), lq, lk).indices
 
@@ -378,7 +379,7 @@ def routed_attention(
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     resolved = select_backend(backend, q.device, needs_grad, q.dtype if flex_compile else None)
     if routing is None:
-        if backend == "auto" and clamp_topk(topk, lk.num_regions) == lk.num_regions:
+        if backend == "auto" and is_dense(topk, lk.num_regions):
             return _dense(q, k, v, num_heads, scale)
         routing = _routing(q, k, lq, lk, topk, detach_routing)
     else:
@@ -446,7 +447,98 @@ def local_context(channels: int, conv_op: type[nn.Module], kernel_size: int) -> 
     return grouped_conv_op(conv_op)(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
 
 
-class RoutedAttention(nn.Module):
+class RegionAttention(nn.Module):
+    """The skeleton every routed attention module here shares (BiFormer's BRA, BSA-Seg's BSAM, MDSA), for
+    ``(B, C, *S)`` maps, 2D or 3D::
+
+        q, k, v  = project(x)                           hook: the module's projections
+        grid     = grid_for(S)                          hook: regions per axis for this input
+        routing, context = choose_routing(q, k, v, grid, routing)
+                                                        hook; default: the router's top-k on region means (fp32)
+        out      = routed_attention(q, k, v)            fine attention over the routed regions (one function)
+        out      = combine(out, context)                hook; default: out
+        out      = proj(out + LCE(local_values(v, x)))  LCE: BiFormer's local context (a depthwise conv on v)
+
+    Here: the routing core (its ``Router``, whose ``topk`` is the module's, checked arguments, backend); a subclass
+    declares its projections and ``self.lce = local_context(...)`` / ``self.proj`` in its own order (parameter order
+    is part of optimizer checkpoints) and overrides the hooks it needs.
+    """
+
+    lce: Optional[nn.Module]
+    proj: nn.Module
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        topk: int,
+        conv_op: type[nn.Module],
+        lce_kernel_size: int,
+        detach_routing: bool = True,
+        backend: str = "auto",
+        qk_scale: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        check_attention_arguments(channels, num_heads, backend, lce_kernel_size)
+        self.ndim = conv_dims(conv_op)
+        self.channels = channels
+        self.num_heads = num_heads
+        self.router = Router(topk)
+        self.detach_routing = detach_routing
+        self.backend = backend
+        self.scale = qk_scale
+
+    def forward(self, x: torch.Tensor, routing: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x.dim() != self.ndim + 2 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"{type(self).__name__}: expected (B, {self.channels}, {self.ndim} spatial dims), "
+                f"got shape {tuple(x.shape)}"
+            )
+        q, k, v = self.project(x)
+        grid = self.grid_for(x.shape[2:])
+        routing, context = self.choose_routing(q, k, v, grid, routing)
+        out = routed_attention(
+            q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing, scale=self.scale
+        )
+        out = self.combine(out, context)
+        if self.lce is not None:
+            out = out + self.lce(self.local_values(v, x))
+        return self.proj(out)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of ``x``."""
+        raise NotImplementedError
+
+    def grid_for(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """Regions per axis for an input of this spatial shape."""
+        raise NotImplementedError
+
+    def choose_routing(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, ...], routing: Optional[torch.Tensor]
+    ) -> tuple[Optional[torch.Tensor], Any]:
+        """The routing (None: dense) and whatever :meth:`combine` needs; a given ``routing`` is kept."""
+        if routing is None:
+            routing = route_regions(self.router, q, k, grid, self.detach_routing)
+        return routing, None
+
+    def combine(self, out: torch.Tensor, context: Any) -> torch.Tensor:
+        """The fine attention's output mixed with what :meth:`choose_routing` computed besides the routing."""
+        return out
+
+    def local_values(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """What the local context enhancement convolves (``v``, on the query map's grid)."""
+        return v
+
+    @property
+    def topk(self) -> int:
+        return self.router.topk
+
+    @topk.setter
+    def topk(self, value: int) -> None:
+        self.router.topk = value
+
+
+class RoutedAttention(RegionAttention):
     """Bi-level routing attention (BiFormer's BRA) for ``(B, C, *S)`` feature maps, 2D or 3D.
 
     ``qkv`` 1x1 conv -> routing on region means (fp32) -> fine attention over the routed regions ->
@@ -470,45 +562,19 @@ class RoutedAttention(nn.Module):
         qk_scale: Optional[float] = None,
         region_size: Optional[GridLike] = None,
     ) -> None:
-        super().__init__()
         if (grid is None) == (region_size is None):
             raise ValueError("give exactly one of grid (regions per axis) and region_size (tokens per region per axis)")
-        check_attention_arguments(channels, num_heads, backend, lce_kernel_size)
-        self.ndim = conv_dims(conv_op)
+        super().__init__(channels, num_heads, topk, conv_op, lce_kernel_size, detach_routing, backend, qk_scale)
         # validate the grid length now rather than at the first forward
         self.grid = None if grid is None else as_grid(grid, self.ndim)
         self.region_size = None if region_size is None else as_grid(region_size, self.ndim)
-        self.channels = channels
-        self.num_heads = num_heads
-        self.router = Router(topk)
-        self.detach_routing = detach_routing
-        self.backend = backend
-        self.scale = qk_scale
         self.qkv = conv_op(channels, 3 * channels, 1, bias=qkv_bias)
         self.lce = local_context(channels, conv_op, lce_kernel_size)
         self.proj = conv_op(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, routing: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if x.dim() != self.ndim + 2 or x.shape[1] != self.channels:
-            raise ValueError(f"expected (B, {self.channels}, {self.ndim} spatial dims), got shape {tuple(x.shape)}")
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.qkv(x).chunk(3, dim=1)
-        grid = self.grid_for(x.shape[2:])
-        if routing is None:
-            routing = route_regions(self.router, q, k, grid, self.detach_routing)
-        out = routed_attention(
-            q, k, v, self.num_heads, grid, self.topk, backend=self.backend, routing=routing, scale=self.scale
-        )
-        if self.lce is not None:
-            out = out + self.lce(v)
-        return self.proj(out)
-
-    @property
-    def topk(self) -> int:
-        return self.router.topk
-
-    @topk.setter
-    def topk(self, value: int) -> None:
-        self.router.topk = int(value)
+        return q, k, v
 
     def projections(self) -> tuple[nn.Module, ...]:
         """The linear maps of the attention (what a transformer initialisation resets)."""

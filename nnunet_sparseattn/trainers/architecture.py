@@ -42,4 +42,5 @@ class ArchitectureTrainer(nnUNetTrainer):
             num_output_channels,
             enable_deep_supervision,
             overrides=cls.network_kwargs,
+            plans_network=configuration_manager.network_arch_class_name,
         )

@@ -38,24 +38,16 @@ def _plans(ndim: int) -> tuple[dict, tuple[int, ...]]:
     return arch, patch
 
 
-# Small, but every mechanism on: sparse routing (more regions than top-k), several heads, padded and shifted
-# Swin windows, the rendering module.
-OVERRIDES = {
-    ("bsa", 3): {"head_dim": 4, "topk": 2, "region_sizes": [None, None, [2, 3, 4], [1, 3, 2]]},
-    ("bsa", 2): {"head_dim": 4, "topk": 2, "region_sizes": [None, None, [4, 4], [2, 4], None]},
-    ("mdsa", 3): {"head_dim": 4, "topk": 2, "grids": [None, None, [2, 2, 2], [2, 2, 2]]},
-    ("mdsa", 2): {"head_dim": 4, "topk": 2, "grids": [None, None, [2, 4], [2, 2], None]},
-    ("bilateral", 3): {"head_dim": 4, "isam_depth": 2, "isam_stages": [1, 2, 3], "render_train_points": 64,
-                       "render_eval_points": 128},
-    ("bilateral", 2): {"head_dim": 4, "isam_depth": 2, "isam_stages": [1, 2, 3], "render_train_points": 64,
-                       "render_eval_points": 128},
-}
+# Small, but every mechanism on (sparse routing with more regions than top-k, several heads, padded and shifted
+# Swin windows, the rendering module): each registration's ``small_settings``.
+def small_settings(variant: str, ndim: int) -> dict:
+    return copy.deepcopy(dict(get_variant(variant).small_settings[ndim]))
 
 
 def build(variant: str, ndim: int, deep_supervision: bool, overrides: dict | None = None) -> torch.nn.Module:
     arch, patch = _plans(ndim)
     cls = network_class(get_variant(variant))
-    kwargs = OVERRIDES[(variant, ndim)] if overrides is None else overrides
+    kwargs = small_settings(variant, ndim) if overrides is None else overrides
     return cls.from_plans(arch, patch, 1, 2, deep_supervision, overrides=kwargs)
 
 
@@ -77,7 +69,7 @@ def record(variant: str, ndim: int) -> dict:
         "version": nnunet_sparseattn.__version__,
         "variant": variant,
         "ndim": ndim,
-        "overrides": copy.deepcopy(OVERRIDES[(variant, ndim)]),
+        "overrides": small_settings(variant, ndim),
         "state_dict": net.state_dict(),
         "input": x,
         "train_outputs": train_outputs,
