@@ -8,9 +8,10 @@ environment: it imports this module and calls :func:`at_startup`, which appends 
 
 This runs in EVERY Python process of the environment, so it is a top-level module (importing the package would run
 its ``__init__`` too) that imports nothing but ``os`` (already loaded by ``site``) and touches the file system only
-when the user set ``nnUNet_extTrainer``. README.md states its measured cost (``benchmarks/startup_hook.py``). It lies
-beside the package in both layouts (site-packages, or the checkout of an editable install), which is how it finds
-the shim folder; everything of ours that needs that folder's path gets it from here.
+when the user set ``nnUNet_extTrainer``. docs/installation.md states its measured cost
+(``benchmarks/startup_hook.py``). It lies beside the package in both layouts (site-packages, or the checkout of an
+editable install), which is how it finds the shim folder; everything of ours that needs that folder's path gets it
+from here.
 """
 
 import os  # the only import, see above (no __future__ either: these annotations are valid at run time on 3.10+)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU run (issue 11): every check that needs CUDA, in as few device calls as the 15 device minutes allow.
-# BENCHMARKS.md ("GPU run") gives the exact device-tool calls, their carry lists, time caps and expected durations.
+# docs/gpu.md ("The prepared GPU run", linked from BENCHMARKS.md) gives the exact device-tool calls, their carry
+# lists, time caps and expected durations.
 #
 #   benchmarks/gpu.sh fetch            here, once: nnU-Net's wheels (../shared/gpu/wheels.sh -> .whl-sitk/, .whl-nnunet/)
 #                                      and the preprocessed data of the second command (.gpu-data/); all git-ignored

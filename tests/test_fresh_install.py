@@ -3,7 +3,7 @@ unset, a model exported on one side and predicted with on the other through the 
 (``docker/Dockerfile``), the opt-out and the version refusal.
 
 What is fresh and what is shared (a full install copies ~5.5 GB of torch and CUDA libraries per venv, several
-minutes; README "Set-up" gives the measured cost): each venv here is made by ``python -m venv`` (no system or
+minutes; docs/installation.md gives the measured cost): each venv here is made by ``python -m venv`` (no system or
 development site-packages) and gets, from pip, the wheel built from this checkout, nnU-Net (with its console scripts)
 and our console script and startup ``.pth`` file. Every OTHER package (torch, numpy, SimpleITK, ...) comes from one
 read-only folder of links to the development venv's packages, put on the venv's sys.path by a path ``.pth`` file;

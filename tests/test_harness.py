@@ -440,7 +440,7 @@ def test_class_names_of_labels_and_regions():
 def test_network_cost_and_attention_layout_on_hippocampus_plans():
     plans, meta = plans_for(HIPPOCAMPUS_3D), dataset_json()
     stock = networks.network_cost(find_trainer_class("nnUNetTrainer"), plans, "3d_fullres", meta)
-    assert stock["flops_input"] == [1, 1, 40, 56, 40] and 5.5e6 < stock["params"] < 5.7e6  # 5.60 M (README)
+    assert stock["flops_input"] == [1, 1, 40, 56, 40] and 5.5e6 < stock["params"] < 5.7e6  # 5.60 M (docs/networks.md)
     layouts = {}
     for name in ("nnUNetTrainer", "nnUNetTrainerNB", "nnUNetTrainerBSA", "nnUNetTrainerMDSA",
                  "nnUNetTrainerBilateral"):

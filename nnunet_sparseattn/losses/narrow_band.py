@@ -3,7 +3,7 @@
 The band is built with separable max pooling on the target's own device (no distance transforms,
 no CPU round trips), so it is cheap enough to compute in every training step, for 2D and 3D,
 under deep supervision, for label (softmax) and region (sigmoid) training and with the ignore label.
-The loss is BSA-Seg's (its authors' earlier "narrow-band loss", EMBC 2023); the README states the formula.
+The loss is BSA-Seg's (its authors' earlier "narrow-band loss", EMBC 2023); docs/narrow-band-loss.md states the formula.
 """
 
 from __future__ import annotations

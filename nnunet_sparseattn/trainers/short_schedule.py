@@ -34,7 +34,10 @@ class ShortSchedule:
 SHORT_SCHEDULES: dict[str, ShortSchedule] = {
     # CPU smoke runs (tests, CI): seconds per epoch
     "_debug": ShortSchedule(
-        num_epochs=2, num_iterations_per_epoch=4, num_val_iterations_per_epoch=2, max_batch_size=2,
+        num_epochs=2,
+        num_iterations_per_epoch=4,
+        num_val_iterations_per_epoch=2,
+        max_batch_size=2,
         validation_mirroring=False,
     ),
     # `make demo`: at most 8 minutes of training on 2 CPU cores (BSA-Seg's step takes ~4x the U-Net's there: 5 minutes
@@ -48,6 +51,7 @@ SHORT_SCHEDULES: dict[str, ShortSchedule] = {
 class ShortScheduleMixin(TrainerMixinBase):
     short_schedule: ShortSchedule
     batch_size: int  # nnU-Net's (set by _set_batch_size_and_oversample); declared as this mixin reassigns it
+    inference_allowed_mirroring_axes: tuple[int, ...] | None  # nnU-Net's; this mixin hides it during validation
 
     def __init__(
         self,
