@@ -1,13 +1,18 @@
-"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, compare, convert-2d, evaluate, export, explain,
-make-demo-dataset, demo."""
+"""nnU-Net's companion for sparse-attention segmentation: check the setup (doctor), write variant plans (plan),
+count networks (info), convert 2D datasets (convert-2d), score predictions (evaluate), compare trainers (compare),
+explain a prediction (explain), export a model (export) and run the demo (demo)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 from nnunet_sparseattn.discovery import ext_trainer_path
@@ -292,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-suffix", help="mask name = image stem + suffix, e.g. _segmentation (default: detected)")
     p.add_argument("--num-test", type=int, default=0, help="cases to hold out into imagesTs/labelsTs")
     p.add_argument("--limit", type=int, help="convert only the first N pairs (by name)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the existing dataset of this id and name (DatasetXXX_NAME; never one of another name)",
+    )
     p.add_argument(
         "--threshold",
         type=float,
@@ -398,17 +407,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C: every ``finally`` runs, so staged outputs (``.NAME.partial``) are removed
+    raise SystemExit(128 + signum)
+
+
+def _os_error_line(error: OSError) -> str:
+    """A file-system failure (permission, disk full, a file where a folder must be) as one line naming the path."""
+    where = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 else "")
+    fix = {
+        errno.EACCES: "choose a path you may write, or fix its permissions",
+        errno.EPERM: "choose a path you may write, or fix its permissions",
+        errno.ENOSPC: "free some space or write elsewhere",
+        errno.EROFS: "the file system is read-only: write elsewhere",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder; give a file",
+        errno.EEXIST: "it exists already; give a new path",
+    }.get(error.errno or 0, "check the path")
+    return f"{where}: {error.strerror or error}: {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     install_user_error_hook()  # refusals raised where this function does not catch them (e.g. at exit)
+    # timm (imported by nnU-Net's dynamic_network_architectures) decorates with torch.jit.interface, which torch
+    # deprecates with a FutureWarning on import; it is no concern of our users and used to precede every output
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["nnunet-sparseattn", *(sys.argv[1:] if argv is None else argv)])
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         return args.func(args)
     except UserError as error:
         print(f"nnunet-sparseattn: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.filename is None:  # no path to name: not a user's file-system mistake, keep the traceback
+            raise
+        print(f"nnunet-sparseattn: error: {_os_error_line(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
