@@ -107,13 +107,17 @@ def _info(args: argparse.Namespace) -> int:
     if args.dataset is not None:
         from nnunet_sparseattn.harness.networks import dataset_networks_table
 
-        if args.variant is not None or args.configuration is None:
+        if args.variant is not None:
             raise UserError(
                 "info takes --variant NAME (a paper-scale network) or -d ID -c CONFIGURATION (the "
                 "networks for a dataset's plans), not both"
             )
+        if args.configuration is None:
+            raise UserError(f"info -d {args.dataset} needs -c CONFIGURATION too, e.g. -c 2d or -c 3d_fullres")
         print(dataset_networks_table(args.dataset, args.configuration, args.plans))
         return 0
+    if args.configuration is not None:
+        raise UserError(f"-c {args.configuration} goes with -d ID (a dataset's plans): add -d, or drop -c")
     if args.variant is None:
         raise UserError("info needs --variant NAME (mdsa-paper, bilateral-paper) or -d ID -c CONFIGURATION")
     from nnunet_sparseattn.complexity import count_flops, count_parameters
@@ -148,6 +152,11 @@ def _compare(args: argparse.Namespace) -> int:
     from nnunet_sparseattn.compare.run import CompareRequest, default_trainers, run_compare
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.trainers is not None and not _names(args.trainers):
+        raise UserError(
+            f"--trainers {args.trainers!r} names no trainer: give comma-separated trainer names, or leave "
+            "--trainers out for stock nnU-Net and our main trainers"
+        )
     request = CompareRequest(
         args.dataset,
         args.configuration,

@@ -95,7 +95,9 @@ BASE = ["compare", "-d", "999", "-c", "3d_fullres", "--budget", "tiny", "--devic
     (["--budget", "10x"], "budget '10x' is neither a named budget"),
     (["--baselines", "resenc-xl"], "unknown baseline resenc-xl"),
     (["--folds", "7"], "give fold numbers 0-4"),
-    (["--device", "tpu"], "device 'tpu': choose cpu, cuda or mps"),
+    (["--device", "tpu"], "--device 'tpu' is no device here: choose cpu, cuda or mps"),
+    (["--trainers", ""], "--trainers '' names no trainer"),
+    (["--trainers", " , "], "--trainers ' , ' names no trainer"),
     (["--plans", "nnUNetPlans_BSA"], "there are no plans nnUNetPlans_BSA for Dataset999_Contracts"),
 ])
 def test_refusals_are_one_line_and_write_nothing(planned, capsys, change, message):
