@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Callable, Optional, Union
 
@@ -61,7 +61,7 @@ def check_output_path(path: Union[str, os.PathLike], flag: str, kind: str = "fol
 
 def refuse_inside(
     output: Union[str, os.PathLike],
-    inputs: dict[str, Union[str, os.PathLike]],
+    inputs: Mapping[str, Union[str, os.PathLike]],
     flag: str,
     fix: str = "write outputs elsewhere, never into inputs",
 ) -> None:

@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -160,7 +161,9 @@ def _json_number(value: Any) -> Any:
 
 def _score_folder(
     reference: Path, predictions: Path, dataset: _Dataset, nsd_tolerance: float, num_processes: int, chill: bool
-) -> dict[str, Any]:
+) -> Generator[None, None, dict[str, Any]]:
+    """Score one folder: read and check every case and compute our metrics, pause (``yield``) so that the caller
+    checks every other folder before the slow part, then nnU-Net's evaluation; returns the folder's result."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
@@ -243,7 +246,9 @@ def _score_folder(
             entry.update(maps.add(foreground, ref > 0))
         per_case[case] = entry
 
-    # nnU-Net's own Dice and IoU (and its summary.json), once every case has passed the checks above
+    # every case has passed the checks above: pause here until every other folder has too (all folders or none)
+    yield
+    # nnU-Net's own Dice and IoU (its summary.json is written with our files, at the end)
     nnunet = compute_metrics_on_folder(
         str(reference),
         str(predictions),
@@ -298,6 +303,15 @@ def _score_folder(
         "per_case": per_case,
         "nnunet_summary": nnunet,
     }
+
+
+def _finish(scoring: Generator[None, None, dict[str, Any]]) -> dict[str, Any]:
+    """Run a paused :func:`_score_folder` to its end; return its result."""
+    try:
+        next(scoring)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("_score_folder pauses once")
 
 
 def _fmt(value: Optional[float], digits: int = 3) -> str:
@@ -385,7 +399,7 @@ def evaluate_folders(
         refuse_inside(table, {"reference folder": reference}, "--table")
     num_processes = default_num_processes if num_processes is None else num_processes
     scored_reference = original_size_reference(reference) if original_size else reference
-    rows, results, staged = [], [], []
+    rows, results, staged, pending = [], [], [], []
     try:
         # every folder is scored before anything is written: all folders get their files and the table, or none
         for given, folder in zip(predictions, folders):
@@ -396,9 +410,13 @@ def evaluate_folders(
                 staged.append(staging)
                 stage_original_size(folder, reference, staging, dataset.file_ending)
                 scored = staging
-            result = _score_folder(scored_reference, scored, dataset, nsd_tolerance, num_processes, chill)
+            scoring = _score_folder(scored_reference, scored, dataset, nsd_tolerance, num_processes, chill)
+            next(scoring)  # read and checked every case, our metrics computed
+            pending.append((given, folder / ORIGINAL_SIZE_FOLDER if original_size else folder, scored, scoring))
+        for given, out, scored, scoring in pending:  # nnU-Net's evaluation, the slow part, once all have passed
+            result = _finish(scoring)
             result["original_size"] = original_size
-            results.append((folder / ORIGINAL_SIZE_FOLDER if original_size else folder, scored, result))
+            results.append((out, scored, result))
             rows.append((f"{given}" + (" (original size)" if original_size else ""), result))
         if len({json.dumps([r["dimensionality"], list(r["mean"]["classes"])]) for _, _, r in results}) > 1:
             raise UserError(
