@@ -105,8 +105,6 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     if args.dataset is not None:
-        from nnunet_sparseattn.harness.networks import dataset_networks_table
-
         if args.variant is not None:
             raise UserError(
                 "info takes --variant NAME (a paper-scale network) or -d ID -c CONFIGURATION (the "
@@ -114,6 +112,8 @@ def _info(args: argparse.Namespace) -> int:
             )
         if args.configuration is None:
             raise UserError(f"info -d {args.dataset} needs -c CONFIGURATION too, e.g. -c 2d or -c 3d_fullres")
+        from nnunet_sparseattn.harness.networks import dataset_networks_table
+
         print(dataset_networks_table(args.dataset, args.configuration, args.plans))
         return 0
     if args.configuration is not None:
@@ -147,16 +147,16 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if args.trainers is not None and not _names(args.trainers):  # before importing torch: a refusal is instant
+        raise UserError(
+            f"--trainers {args.trainers!r} names no trainer: give comma-separated trainer names, or leave "
+            "--trainers out for stock nnU-Net and our main trainers"
+        )
     import torch
 
     from nnunet_sparseattn.compare.run import CompareRequest, default_trainers, run_compare
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.trainers is not None and not _names(args.trainers):
-        raise UserError(
-            f"--trainers {args.trainers!r} names no trainer: give comma-separated trainer names, or leave "
-            "--trainers out for stock nnU-Net and our main trainers"
-        )
     request = CompareRequest(
         args.dataset,
         args.configuration,
