@@ -41,6 +41,10 @@ def _make_demo_dataset(args: argparse.Namespace) -> int:
     raw = args.raw or os.environ.get("nnUNet_raw")
     if not raw:
         raise UserError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw, or pass --raw FOLDER")
+    if args.num_training < 5:  # the function writes fewer (tests do); nnUNetv2_train would fail on them
+        raise UserError(
+            f"--num-training {args.num_training}: nnU-Net's 5-fold cross-validation needs at least 5 training cases"
+        )
     folder = make_demo_dataset(raw, args.id, num_training=args.num_training, num_test=args.num_test, seed=args.seed)
     print(folder)
     return 0

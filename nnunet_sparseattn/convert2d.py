@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image
 
 from nnunet_sparseattn.errors import UserError, check_output_path, reading, refuse_inside
+from nnunet_sparseattn.outputs import publish_folder, staging_folder
 
 __all__ = [
     "CONVERSION_RECORD",
@@ -159,7 +160,8 @@ def pair_images_and_masks(images: Path, masks: Path, mask_suffix: Optional[str] 
     images, masks = Path(images).expanduser(), Path(masks).expanduser()
     for what, folder in (("images", images), ("masks", masks)):
         if not folder.is_dir():
-            raise UserError(f"{what} folder {folder} does not exist: pass the folder that holds the {what}")
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise UserError(f"{what} folder {folder} {state}: pass the folder that holds the {what}")
     image_files, mask_files = _files(images), _files(masks)
     kinds = "/".join(IMAGE_SUFFIXES)
     if not image_files:
@@ -351,9 +353,12 @@ def _read_name_list(path: Path, what: str) -> list[str]:
     """Image names, one per line (blank lines and ``#`` comments skipped; folders and image extensions dropped)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist: pass a text file with one image file name per line")
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"{what} {path} {state}: pass a text file with one image file name per line")
+    with reading(path, what):
+        text = path.read_text()
     names = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -481,7 +486,8 @@ def convert_2d(
     check_output_path(raw_root, "nnUNet_raw")
     for what, folder in (("images", images), ("masks", masks)):
         if not folder.is_dir():
-            raise UserError(f"{what} folder {folder} does not exist: pass the folder that holds the {what}")
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise UserError(f"{what} folder {folder} {state}: pass the folder that holds the {what}")
     if images.resolve() == masks.resolve():
         raise UserError(
             f"the images folder and the masks folder are the same ({images}): pass the folder of masks second"
@@ -521,8 +527,7 @@ def convert_2d(
         )
 
     raw_root.mkdir(parents=True, exist_ok=True)
-    partial = raw_root / f".{target.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = staging_folder(target)
     try:
         written = _write_cases(training, test, partial, threshold, resize)
         max_label, channels = written["max_label"], written["channels"]
@@ -557,12 +562,7 @@ def convert_2d(
         }
         (partial / CONVERSION_RECORD).write_text(json.dumps(record, indent=2))
         _warn_if_suspicious(written)
-        replaced = raw_root / f".{target.name}.replaced"
-        shutil.rmtree(replaced, ignore_errors=True)
-        if target.exists():  # swapped by two renames: the old dataset is never half-deleted while the new is absent
-            target.rename(replaced)
-        partial.rename(target)
-        shutil.rmtree(replaced, ignore_errors=True)
+        publish_folder(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target

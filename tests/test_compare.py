@@ -284,7 +284,7 @@ def test_info_lists_every_network_of_a_dataset_with_its_attention_layout(planned
     assert "grid" in rows["nnUNetTrainerMDSA"] and "Swin windows" in rows["nnUNetTrainerBilateral"]
     assert "(nnUNetTrainerNB: stock nnU-Net's network, another loss)" in out
     assert "no configuration 2d: choose one of 3d_fullres" in _refused(capsys, "info", "-d", "999", "-c", "2d")
-    assert "info takes --variant NAME" in _refused(capsys, "info", "-d", "999")
+    assert "info -d 999 needs -c CONFIGURATION too" in _refused(capsys, "info", "-d", "999")
     assert "info needs --variant NAME" in _refused(capsys, "info")
     assert "no Dataset005_*" in _refused(capsys, "info", "-d", "5", "-c", "3d_fullres")
 

@@ -41,6 +41,7 @@ from nnunet_sparseattn.evaluation.original_size import (
     original_size_reference,
     stage_original_size,
 )
+from nnunet_sparseattn.outputs import publish_folder, staging_folder
 
 __all__ = ["PAPER_METRICS_FILE", "TABLE_FILE", "evaluate_folders", "markdown_table"]
 
@@ -88,6 +89,8 @@ def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Pat
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
+    if dataset_json is not None and not Path(dataset_json).is_file():
+        raise UserError(f"--dataset-json {dataset_json} is no file: pass the dataset.json of the predicted dataset")
     candidates = (
         [dataset_json]
         if dataset_json is not None
@@ -406,7 +409,7 @@ def evaluate_folders(
             dataset = _load_dataset(reference, folder, Path(dataset_json) if dataset_json else None)
             scored = folder
             if original_size:
-                staging = Path(tempfile.mkdtemp(prefix=f".{ORIGINAL_SIZE_FOLDER}.", dir=folder))
+                staging = staging_folder(folder / ORIGINAL_SIZE_FOLDER)
                 staged.append(staging)
                 stage_original_size(folder, reference, staging, dataset.file_ending)
                 scored = staging
@@ -455,9 +458,4 @@ def _write_folder_files(out: Path, scored: Path, result: dict[str, Any]) -> None
     save_summary_json(nnunet, str(scored / "summary.json"))
     _write_text(scored / PAPER_METRICS_FILE, json.dumps(result, indent=2))
     if scored != out:
-        replaced = scored.parent / f".{ORIGINAL_SIZE_FOLDER}.replaced"
-        shutil.rmtree(replaced, ignore_errors=True)
-        if out.exists():
-            out.rename(replaced)
-        scored.rename(out)
-        shutil.rmtree(replaced, ignore_errors=True)
+        publish_folder(scored, out)

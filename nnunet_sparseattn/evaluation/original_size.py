@@ -17,6 +17,7 @@ from PIL import Image
 
 from nnunet_sparseattn.convert2d import ORIGINAL_SIZE_FOLDER, read_conversion_record
 from nnunet_sparseattn.errors import UserError, reading
+from nnunet_sparseattn.outputs import publish_folder, staging_folder
 
 __all__ = ["ORIGINAL_SIZE_FOLDER", "original_size_reference", "restore_original_size", "stage_original_size"]
 
@@ -47,13 +48,10 @@ def restore_original_size(predictions: Path, reference: Path, file_ending: str =
     ``labelsTs``/``labelsTr`` folder; returns the new folder. Written whole or not at all."""
     predictions = Path(predictions)
     out = predictions / ORIGINAL_SIZE_FOLDER
-    partial = predictions / f".{ORIGINAL_SIZE_FOLDER}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    partial = staging_folder(out)
     try:
         stage_original_size(predictions, reference, partial, file_ending)
-        shutil.rmtree(out, ignore_errors=True)
-        partial.rename(out)
+        publish_folder(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out
