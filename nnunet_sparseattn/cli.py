@@ -51,6 +51,8 @@ def _make_demo_dataset(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.num_heldout < 1:  # here too: importing the demo takes torch and nnU-Net, seconds before a refusal
+        raise UserError(f"--num-heldout {args.num_heldout}: predict and evaluate at least 1 held-out case")
     from nnunet_sparseattn.demo.run import run_demo
 
     run_demo(args.work, msd=args.msd, trainer=args.trainer, num_heldout=args.num_heldout, compare=args.compare)

@@ -228,3 +228,21 @@ def test_no_warning_before_the_output_and_plain_help(tmp_path):
                             "or mps\n", result.stderr
     top = cli("--help").stdout
     assert "`" not in top and "usage: nnunet-sparseattn" in top
+
+
+# ------------------------------------------------------------------------ found beyond the examples
+def test_more_inputs_that_used_to_mislead_or_run(tmp_path, raw, scored):
+    reference, predictions = scored
+    images, masks = tmp_path / "src" / "images", tmp_path / "src" / "masks"  # what the dataset was converted from
+    binary = tmp_path / "list.txt"
+    binary.write_bytes(bytes(range(128, 256)))
+    refused(cli("convert-2d", images, masks, "-d", 9, "--test-list", tmp_path), f"test list {tmp_path} is a folder")
+    refused(cli("convert-2d", images, masks, "-d", 9, "--test-list", binary), f"cannot read test list {binary}")
+    refused(cli("convert-2d", binary, masks, "-d", 9), f"images folder {binary} is a file, not a folder")
+    refused(cli("evaluate", reference, predictions, "--dataset-json", tmp_path / "nope.json"),
+            "--dataset-json", "is no file")
+    # these used to write a dataset with numTraining -1, and to start the demo's training
+    refused(cli("make-demo-dataset", "--raw", raw, "--num-training", "-1"), "--num-training -1")
+    refused(cli("make-demo-dataset", "--raw", binary), f"the nnUNet_raw folder {binary} is a file")
+    refused(cli("demo", "--num-heldout", "0", "--work", tmp_path / "w"), "--num-heldout 0")
+    assert sorted(p.name for p in raw.iterdir()) == ["Dataset001_T"] and not (tmp_path / "w").exists()

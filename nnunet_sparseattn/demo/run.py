@@ -39,8 +39,6 @@ def run_demo(
     the attention on the held-out cases; with ``compare``, stock nnU-Net under the same schedule beside it."""
     from nnunet_sparseattn.trainers import DEMO_TRAINER, STOCK_TRAINER
 
-    if num_heldout < 1:
-        raise UserError(f"--num-heldout {num_heldout}: predict and evaluate at least 1 held-out case")
     started = time.monotonic()
     trainer = trainer or f"{DEMO_TRAINER.__name__}_demo"
     trainers = [trainer] + ([f"{STOCK_TRAINER.__name__}_demo"] if compare else [])

@@ -89,8 +89,6 @@ def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Pat
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-    if dataset_json is not None and not Path(dataset_json).is_file():
-        raise UserError(f"--dataset-json {dataset_json} is no file: pass the dataset.json of the predicted dataset")
     candidates = (
         [dataset_json]
         if dataset_json is not None
@@ -397,6 +395,8 @@ def evaluate_folders(
         if str(folder.resolve()) in seen:
             raise UserError(f"prediction folder {folder} is given twice: name each folder once")
         seen[str(folder.resolve())] = folder
+    if dataset_json is not None and not Path(dataset_json).expanduser().is_file():
+        raise UserError(f"--dataset-json {dataset_json} is no file: pass the dataset.json of the predicted dataset")
     if table is not None:
         check_output_path(table, "--table", kind="file")
         refuse_inside(table, {"reference folder": reference}, "--table")
