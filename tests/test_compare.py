@@ -109,6 +109,15 @@ def test_refusals_are_one_line_and_write_nothing(planned, capsys, change, messag
     assert not out.exists()
 
 
+def test_an_output_that_is_a_file_or_inside_the_raw_dataset_is_refused_before_any_work(planned, capsys):
+    a_file = planned / "a_file"
+    a_file.write_text("")
+    assert f"-o {a_file} is a file" in _refused(capsys, *BASE, "-o", str(a_file))
+    raw = planned / "raw" / "Dataset999_Contracts"
+    assert "lies inside the raw dataset folder" in _refused(capsys, *BASE, "-o", str(raw / "out"))
+    assert not (raw / "out").exists()
+
+
 def test_refuses_nnunet_folders_that_are_not_set(planned, monkeypatch, capsys):
     monkeypatch.delenv("nnUNet_raw")
     err = _refused(capsys, *BASE, "-o", str(planned / "out"))
