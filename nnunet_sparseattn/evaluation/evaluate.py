@@ -442,7 +442,12 @@ def evaluate_folders(
 def _write_text(path: Path, text: str) -> None:
     """Write through a temporary file in the same folder and a rename: the file is whole or absent."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
+        try:
+            handle.write(text)
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C) or the disk is full: leave no temporary file
+            handle.close()
+            os.unlink(handle.name)
+            raise
     os.replace(handle.name, path)
 
 
