@@ -246,3 +246,7 @@ def test_more_inputs_that_used_to_mislead_or_run(tmp_path, raw, scored):
     refused(cli("make-demo-dataset", "--raw", binary), f"the nnUNet_raw folder {binary} is a file")
     refused(cli("demo", "--num-heldout", "0", "--work", tmp_path / "w"), "--num-heldout 0")
     assert sorted(p.name for p in raw.iterdir()) == ["Dataset001_T"] and not (tmp_path / "w").exists()
+    # predictions of another dataset: their dataset.json's labels differ from the reference dataset's
+    meta = json.loads((predictions / "dataset.json").read_text())
+    (predictions / "dataset.json").write_text(json.dumps(dict(meta, labels={"background": 0, "liver": 1, "tumour": 2})))
+    refused(run_main("evaluate", reference, predictions), "define different labels", "pass --dataset-json")

@@ -104,6 +104,15 @@ def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Pat
         meta = json.loads(found.read_text())
     if not isinstance(meta, dict) or "labels" not in meta or "file_ending" not in meta:
         raise UserError(f"{found} has no labels or file_ending: pass nnU-Net's dataset.json of the predicted dataset")
+    beside = reference.parent / "dataset.json"
+    if dataset_json is None and found != beside and beside.is_file():
+        with reading(beside, "dataset.json"):
+            other = json.loads(beside.read_text())
+        if isinstance(other, dict) and other.get("labels") != meta["labels"]:
+            raise UserError(
+                f"{found} and {beside} define different labels ({meta['labels']} vs {other.get('labels')}): "
+                "were the predictions made for another dataset? pass --dataset-json FILE to choose"
+            )
     manager = LabelManager(meta["labels"], meta.get("regions_class_order"))
     unscored = unscored_labels(meta)
     if unscored is not None:
