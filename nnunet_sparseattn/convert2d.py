@@ -20,7 +20,8 @@ other punctuation) is mapped to one (``"polyp 1.v2"`` -> ``polyp_1_v2``) and the
 
 Masks as public datasets distribute them:
 
-- 0/255 masks become 0/1; integer labels 0..254 are kept (palette PNGs: the palette index is the label);
+- 0/255 masks (16-bit: 0/65535) become 0/1; integer labels 0..254 are kept (palette PNGs: the palette index is
+  the label);
 - RGB(A) masks whose colour channels are equal are read as grey (alpha ignored);
 - ``threshold=T`` binarises every mask: foreground where the grey value > T. A colour mask's grey value is the
   brightest of its R, G and B (:data:`GREY_RULE`), so a white, red or green outline on black is foreground
@@ -35,7 +36,10 @@ masks by nearest neighbour after thresholding.
 Every problem (missing folder, an unpaired image or mask, an unreadable or ambiguous mask, images with different
 channel counts, an image and its mask of different sizes, names in a split list that match no image) stops the
 conversion with a one-line :class:`UserError` before anything is left in ``nnUNet_raw``: the dataset is written
-into a hidden folder and renamed when complete.
+into a hidden folder and renamed when complete (:mod:`..outputs`). So do inputs that cannot be meant (the images
+folder given twice, masks that are copies of their images, ``--resize`` below 8 px). What converts but is unlikely
+to be meant gets one warning line each: every mask empty, masks that look like photographs under ``threshold``,
+labels above 20, images smaller than 32 px.
 """
 
 from __future__ import annotations
