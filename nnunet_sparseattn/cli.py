@@ -86,7 +86,7 @@ def _overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise UserError(f"--set {pair!r}: expected KEY=VALUE with a JSON value, e.g. --set topk=8")
         try:
             out[key] = json.loads(value)
@@ -96,12 +96,14 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    overrides = _overrides(args.set)  # malformed settings: refused before the (slow) imports below
     from nnunet_sparseattn.harness import datasets
     from nnunet_sparseattn.plans import get_variant, write_variant_plans
 
     root = datasets.nnunet_folder("nnUNet_preprocessed")
     source = datasets.plans_file(root, datasets.parse_dataset(args.dataset), args.plans)
-    path = write_variant_plans(source, args.variant, args.configurations, _overrides(args.set))
+    datasets.read_json(source)  # a broken plans file: one line naming it, before the variant is built
+    path = write_variant_plans(source, args.variant, args.configurations, overrides)
     plans_name = path.stem
     print(path)
     print(f"train it with nnU-Net's stock trainer: nnUNetv2_train {args.dataset} CONFIG FOLD -p {plans_name}")

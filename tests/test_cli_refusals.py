@@ -250,3 +250,12 @@ def test_more_inputs_that_used_to_mislead_or_run(tmp_path, raw, scored):
     meta = json.loads((predictions / "dataset.json").read_text())
     (predictions / "dataset.json").write_text(json.dumps(dict(meta, labels={"background": 0, "liver": 1, "tumour": 2})))
     refused(run_main("evaluate", reference, predictions), "define different labels", "pass --dataset-json")
+
+
+def test_plan_refuses_a_broken_plans_file_and_an_empty_setting(tmp_path, monkeypatch):
+    pre = tmp_path / "pre" / "Dataset999_X"
+    pre.mkdir(parents=True)
+    (pre / "broken.json").write_text("{broken")
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    refused(cli("plan", "-d", 999, "--variant", "bsa", "--plans", "broken"), f"cannot read JSON file {pre}/broken.json")
+    refused(cli("plan", "-d", 999, "--variant", "bsa", "--set", "=3"), "--set '=3': expected KEY=VALUE")
