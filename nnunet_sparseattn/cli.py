@@ -12,10 +12,9 @@ import shlex
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 
-from nnunet_sparseattn.discovery import ext_trainer_path
+from nnunet_sparseattn.discovery import ext_trainer_path, silence_torch_jit_warning
 from nnunet_sparseattn.errors import UserError, install_user_error_hook
 
 
@@ -446,9 +445,7 @@ def _os_error_line(error: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     install_user_error_hook()  # refusals raised where this function does not catch them (e.g. at exit)
-    # timm (imported by nnU-Net's dynamic_network_architectures) decorates with torch.jit.interface, which torch
-    # deprecates with a FutureWarning on import; it is no concern of our users and used to precede every output
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
+    silence_torch_jit_warning()  # it used to precede doctor's, explain's and compare's output
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["nnunet-sparseattn", *(sys.argv[1:] if argv is None else argv)])
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only

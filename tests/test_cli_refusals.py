@@ -228,6 +228,13 @@ def test_no_warning_before_the_output_and_plain_help(tmp_path):
                             "or mps\n", result.stderr
     top = cli("--help").stdout
     assert "`" not in top and "usage: nnunet-sparseattn" in top
+    # the nnU-Net commands we start (the demo shows their output) ignore it too, keeping the user's own filters
+    from nnunet_sparseattn.harness.commands import nnunet_environment
+
+    env = nnunet_environment(tmp_path / "r", tmp_path / "p", tmp_path / "s", base=dict(os.environ, PYTHONWARNINGS="default"))
+    assert env["PYTHONWARNINGS"].startswith("default,ignore:")
+    warn = "import warnings; warnings.warn('`torch.jit.interface` is deprecated. Please use `torch.compile`', FutureWarning)"
+    assert subprocess.run([sys.executable, "-c", warn], env=env, capture_output=True, text=True).stderr == ""
 
 
 # ------------------------------------------------------------------------ found beyond the examples
