@@ -1,16 +1,20 @@
-"""The ``nnunet-sparseattn`` command: ext-path, doctor, plan, info, compare, convert-2d, evaluate, export, explain,
-make-demo-dataset, demo."""
+"""nnU-Net's companion for sparse-attention segmentation: check the setup (doctor), write variant plans (plan),
+count networks (info), convert 2D datasets (convert-2d), score predictions (evaluate), compare trainers (compare),
+explain a prediction (explain), export a model (export) and run the demo (demo)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from nnunet_sparseattn.discovery import ext_trainer_path
+from nnunet_sparseattn.discovery import ext_trainer_path, silence_torch_jit_warning
 from nnunet_sparseattn.errors import UserError, install_user_error_hook
 
 
@@ -36,12 +40,18 @@ def _make_demo_dataset(args: argparse.Namespace) -> int:
     raw = args.raw or os.environ.get("nnUNet_raw")
     if not raw:
         raise UserError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw, or pass --raw FOLDER")
+    if args.num_training < 5:  # the function writes fewer (tests do); nnUNetv2_train would fail on them
+        raise UserError(
+            f"--num-training {args.num_training}: nnU-Net's 5-fold cross-validation needs at least 5 training cases"
+        )
     folder = make_demo_dataset(raw, args.id, num_training=args.num_training, num_test=args.num_test, seed=args.seed)
     print(folder)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.num_heldout < 1:  # here too: importing the demo takes torch and nnU-Net, seconds before a refusal
+        raise UserError(f"--num-heldout {args.num_heldout}: predict and evaluate at least 1 held-out case")
     from nnunet_sparseattn.demo.run import run_demo
 
     run_demo(args.work, msd=args.msd, trainer=args.trainer, num_heldout=args.num_heldout, compare=args.compare)
@@ -75,7 +85,7 @@ def _overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise UserError(f"--set {pair!r}: expected KEY=VALUE with a JSON value, e.g. --set topk=8")
         try:
             out[key] = json.loads(value)
@@ -85,12 +95,14 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    overrides = _overrides(args.set)  # malformed settings: refused before the (slow) imports below
     from nnunet_sparseattn.harness import datasets
     from nnunet_sparseattn.plans import get_variant, write_variant_plans
 
     root = datasets.nnunet_folder("nnUNet_preprocessed")
     source = datasets.plans_file(root, datasets.parse_dataset(args.dataset), args.plans)
-    path = write_variant_plans(source, args.variant, args.configurations, _overrides(args.set))
+    datasets.read_json(source)  # a broken plans file: one line naming it, before the variant is built
+    path = write_variant_plans(source, args.variant, args.configurations, overrides)
     plans_name = path.stem
     print(path)
     print(f"train it with nnU-Net's stock trainer: nnUNetv2_train {args.dataset} CONFIG FOLD -p {plans_name}")
@@ -100,15 +112,19 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     if args.dataset is not None:
-        from nnunet_sparseattn.harness.networks import dataset_networks_table
-
-        if args.variant is not None or args.configuration is None:
+        if args.variant is not None:
             raise UserError(
                 "info takes --variant NAME (a paper-scale network) or -d ID -c CONFIGURATION (the "
                 "networks for a dataset's plans), not both"
             )
+        if args.configuration is None:
+            raise UserError(f"info -d {args.dataset} needs -c CONFIGURATION too, e.g. -c 2d or -c 3d_fullres")
+        from nnunet_sparseattn.harness.networks import dataset_networks_table
+
         print(dataset_networks_table(args.dataset, args.configuration, args.plans))
         return 0
+    if args.configuration is not None:
+        raise UserError(f"-c {args.configuration} goes with -d ID (a dataset's plans): add -d, or drop -c")
     if args.variant is None:
         raise UserError("info needs --variant NAME (mdsa-paper, bilateral-paper) or -d ID -c CONFIGURATION")
     from nnunet_sparseattn.complexity import count_flops, count_parameters
@@ -138,6 +154,11 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if args.trainers is not None and not _names(args.trainers):  # before importing torch: a refusal is instant
+        raise UserError(
+            f"--trainers {args.trainers!r} names no trainer: give comma-separated trainer names, or leave "
+            "--trainers out for stock nnU-Net and our main trainers"
+        )
     import torch
 
     from nnunet_sparseattn.compare.run import CompareRequest, default_trainers, run_compare
@@ -292,7 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-suffix", help="mask name = image stem + suffix, e.g. _segmentation (default: detected)")
     p.add_argument("--num-test", type=int, default=0, help="cases to hold out into imagesTs/labelsTs")
     p.add_argument("--limit", type=int, help="convert only the first N pairs (by name)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the existing dataset of this id and name (DatasetXXX_NAME; never one of another name)",
+    )
     p.add_argument(
         "--threshold",
         type=float,
@@ -398,17 +423,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C: every ``finally`` runs, so staged outputs (``.NAME.partial``) are removed
+    raise SystemExit(128 + signum)
+
+
+def _os_error_line(error: OSError) -> str:
+    """A file-system failure (permission, disk full, a file where a folder must be) as one line naming the path."""
+    where = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 else "")
+    fix = {
+        errno.EACCES: "choose a path you may write, or fix its permissions",
+        errno.EPERM: "choose a path you may write, or fix its permissions",
+        errno.ENOSPC: "free some space or write elsewhere",
+        errno.EROFS: "the file system is read-only: write elsewhere",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder; give a file",
+        errno.EEXIST: "it exists already; give a new path",
+    }.get(error.errno or 0, "check the path")
+    return f"{where}: {error.strerror or error}: {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     install_user_error_hook()  # refusals raised where this function does not catch them (e.g. at exit)
+    silence_torch_jit_warning()  # it used to precede doctor's, explain's and compare's output
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["nnunet-sparseattn", *(sys.argv[1:] if argv is None else argv)])
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         return args.func(args)
     except UserError as error:
         print(f"nnunet-sparseattn: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.filename is None:  # no path to name: not a user's file-system mistake, keep the traceback
+            raise
+        print(f"nnunet-sparseattn: error: {_os_error_line(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

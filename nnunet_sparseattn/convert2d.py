@@ -20,7 +20,8 @@ other punctuation) is mapped to one (``"polyp 1.v2"`` -> ``polyp_1_v2``) and the
 
 Masks as public datasets distribute them:
 
-- 0/255 masks become 0/1; integer labels 0..254 are kept (palette PNGs: the palette index is the label);
+- 0/255 masks (16-bit: 0/65535) become 0/1; integer labels 0..254 are kept (palette PNGs: the palette index is
+  the label);
 - RGB(A) masks whose colour channels are equal are read as grey (alpha ignored);
 - ``threshold=T`` binarises every mask: foreground where the grey value > T. A colour mask's grey value is the
   brightest of its R, G and B (:data:`GREY_RULE`), so a white, red or green outline on black is foreground
@@ -35,15 +36,20 @@ masks by nearest neighbour after thresholding.
 Every problem (missing folder, an unpaired image or mask, an unreadable or ambiguous mask, images with different
 channel counts, an image and its mask of different sizes, names in a split list that match no image) stops the
 conversion with a one-line :class:`UserError` before anything is left in ``nnUNet_raw``: the dataset is written
-into a hidden folder and renamed when complete.
+into a hidden folder and renamed when complete (:mod:`..outputs`). So do inputs that cannot be meant (the images
+folder given twice, masks that are copies of their images, ``--resize`` below 8 px). What converts but is unlikely
+to be meant gets one warning line each: every mask empty, masks that look like photographs under ``threshold``,
+labels above 20, images smaller than 32 px.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -51,7 +57,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.errors import UserError, check_output_path, reading, refuse_inside
+from nnunet_sparseattn.outputs import publish_folder, staging_folder
 
 __all__ = [
     "CONVERSION_RECORD",
@@ -79,6 +86,17 @@ _MIN_TRAINING = 5  # nnU-Net's 5-fold cross-validation split
 _NEAR_BINARY = 32
 _LOSSY_SHARE = 0.9
 _CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# nnU-Net's planner stops pooling at feature maps of 4 px (ExperimentPlanner.UNet_featuremap_min_edge_length): below
+# 8 px no pooling is left (refused); below 32 px fewer than three poolings (a warning)
+_MIN_SIDE, _SMALL_SIDE = 8, 32
+# labels beyond this many classes are more likely a photograph or a smoothed mask than a label map (a warning)
+_MANY_LABELS = 20
+# with --threshold, a mask with fewer than this share of its pixels near 0 or the maximum looks like a photograph
+_PHOTO_SHARE = 0.5
+
+
+def _warn(text: str) -> None:
+    print(f"nnunet-sparseattn: warning: {text}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -146,7 +164,8 @@ def pair_images_and_masks(images: Path, masks: Path, mask_suffix: Optional[str] 
     images, masks = Path(images).expanduser(), Path(masks).expanduser()
     for what, folder in (("images", images), ("masks", masks)):
         if not folder.is_dir():
-            raise UserError(f"{what} folder {folder} does not exist: pass the folder that holds the {what}")
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise UserError(f"{what} folder {folder} {state}: pass the folder that holds the {what}")
     image_files, mask_files = _files(images), _files(masks)
     kinds = "/".join(IMAGE_SUFFIXES)
     if not image_files:
@@ -191,31 +210,37 @@ def pair_images_and_masks(images: Path, masks: Path, mask_suffix: Optional[str] 
 def parse_size(text: str) -> tuple[int, int]:
     """``"256x256"`` -> ``(256, 256)`` (height, width)."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    if match is None or min(int(match.group(1)), int(match.group(2))) < 1:
+    if match is None:
         raise UserError(f"--resize {text!r}: expected HEIGHTxWIDTH in pixels, e.g. --resize 256x256")
-    return int(match.group(1)), int(match.group(2))
+    size = int(match.group(1)), int(match.group(2))
+    if min(size) < _MIN_SIDE:
+        raise UserError(
+            f"--resize {text!r}: sides below {_MIN_SIDE} px leave nnU-Net's U-Net no pooling (it stops at 4 px); "
+            "give at least 8x8, e.g. --resize 256x256"
+        )
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size[0] * size[1] > limit:
+        raise UserError(
+            f"--resize {text!r}: {size[0] * size[1]:,} pixels per image is above Pillow's limit of {limit:,} "
+            "(its guard against decompression bombs); give a smaller size"
+        )
+    return size
 
 
 def _read_image(path: Path) -> np.ndarray:
     """``(H, W)`` greyscale or ``(H, W, 3)`` RGB array, as it will be written (uint8, or uint16 for deep greys)."""
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode in _COLOUR_MODES:
-                return np.asarray(img.convert("RGB"))
-            if mode in {"L", "LA", "La", "1"}:
-                return np.asarray(img.convert("L"))
-            if mode in _GREY_MODES:
-                arr = np.asarray(img)
-            else:
-                raise UserError(
-                    f"image {path} has PIL mode {mode!r}, neither colour nor greyscale: convert it to "
-                    "RGB or greyscale PNG"
-                )
-    except UserError:
-        raise
-    except Exception as error:  # PIL raises many kinds for unreadable files
-        raise UserError(f"cannot read image {path}: {error}") from error
+    with reading(path, "image"), Image.open(path) as img:
+        mode = img.mode
+        if mode in _COLOUR_MODES:
+            return np.asarray(img.convert("RGB"))
+        if mode in {"L", "LA", "La", "1"}:
+            return np.asarray(img.convert("L"))
+        if mode in _GREY_MODES:
+            arr = np.asarray(img)
+        else:
+            raise UserError(
+                f"image {path} has PIL mode {mode!r}, neither colour nor greyscale: convert it to RGB or greyscale PNG"
+            )
     if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
         raise UserError(f"image {path} holds non-integer values: PNG stores integers; rescale it to 8 or 16 bits")
     if arr.min() < 0 or arr.max() > 65535:
@@ -249,18 +274,30 @@ def _refuse_lossy(path: Path, why: str, grey: np.ndarray) -> UserError:
     )
 
 
+def _photo_like(grey: np.ndarray) -> bool:
+    """Most pixels neither near 0 nor near the type's maximum: a photograph rather than a (lossy) mask."""
+    top = 65535 if grey.dtype.itemsize > 1 and grey.max() > 255 else 255
+    margin = _NEAR_BINARY * (top // 255)
+    return bool(np.mean((grey <= margin) | (grey >= top - margin)) < _PHOTO_SHARE)
+
+
+def _read_thresholded(path: Path, threshold: float) -> tuple[np.ndarray, bool]:
+    """A mask binarised at ``threshold`` and whether it looked like a photograph before."""
+    with reading(path, "mask"), Image.open(path) as img:
+        img.load()
+        grey = _grey(img)
+    return (grey > threshold).astype(np.uint8), _photo_like(grey)
+
+
 def read_mask(path: Path, threshold: Optional[float] = None) -> np.ndarray:
     """A mask file -> ``(H, W)`` uint8 labels, by the rules in this module's docstring."""
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if threshold is not None:
-                return (_grey(img) > threshold).astype(np.uint8)
-            arr = np.asarray(img)
-            grey = _grey(img)
-    except Exception as error:
-        raise UserError(f"cannot read mask {path}: {error}") from error
+    if threshold is not None:
+        return _read_thresholded(path, threshold)[0]
+    with reading(path, "mask"), Image.open(path) as img:
+        img.load()
+        arr = np.asarray(img)
+        grey = _grey(img)
     if arr.ndim == 3:  # a colour-saved mask is usable when its colour channels agree (alpha ignored)
         colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
         if not np.all(colour == colour[..., :1]):
@@ -281,14 +318,22 @@ def read_mask(path: Path, threshold: Optional[float] = None) -> np.ndarray:
     values = np.unique(arr)
     if np.all(np.isin(values, (0, 255))):
         return (arr == 255).astype(np.uint8)
+    deep = arr.dtype.itemsize > 1 and values.max() > 255  # a 16/32-bit mask (PIL modes I;16, I)
+    if deep and np.all(np.isin(values, (0, 65535))):  # a binary mask saved at 16 bits: 0/65535
+        return (arr == 65535).astype(np.uint8)
     if path.suffix.lower() in LOSSY_SUFFIXES:
         raise _refuse_lossy(path, "is a JPEG, whose values are lossy", grey)
-    if _looks_lossy_binary(grey):
+    if not deep and _looks_lossy_binary(grey):
         raise _refuse_lossy(path, "looks like a lossily saved 0/255 mask (values smeared around 0 and 255)", grey)
     integral = arr.dtype.kind in "iu" or bool(np.all(values == np.round(values)))
     if integral and values.min() >= 0 and values.max() < 255:
         return arr.astype(np.uint8)
-    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    if deep:
+        raise UserError(
+            f"mask {path} is a {8 * arr.dtype.itemsize}-bit image with values {{{shown}}}, neither 0/65535 nor "
+            "integer labels 0..254: save one value per class (0, 1, 2, ...), or pass --threshold T to binarise it"
+        )
     raise UserError(
         f"mask {path} has values {{{shown}}} that are neither 0/255 nor integer labels 0..254 (a lossy "
         "save or a smoothed resize?): save masks losslessly with one value per class, or pass "
@@ -312,9 +357,12 @@ def _read_name_list(path: Path, what: str) -> list[str]:
     """Image names, one per line (blank lines and ``#`` comments skipped; folders and image extensions dropped)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"{what} {path} does not exist: pass a text file with one image file name per line")
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"{what} {path} {state}: pass a text file with one image file name per line")
+    with reading(path, what):
+        text = path.read_text()
     names = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -389,7 +437,8 @@ def read_conversion_record(dataset: Path) -> dict[str, Any]:
             f"{Path(dataset)} has no {CONVERSION_RECORD}: it was not written by nnunet-sparseattn "
             "convert-2d (or by a version before original sizes were recorded); convert it again"
         )
-    return json.loads(path.read_text())
+    with reading(path, CONVERSION_RECORD):
+        return json.loads(path.read_text())
 
 
 def convert_2d(
@@ -420,7 +469,8 @@ def convert_2d(
         num_test: the last ``num_test`` cases (sorted by name) go to imagesTs/labelsTs instead of training.
         limit: convert only the first ``limit`` cases (sorted by name): quick experiments, tests.
         label_names: names of labels 1..K (default ``foreground`` for one label, else ``label_1`` ...).
-        overwrite: replace an existing dataset folder of the same id AND name (never one of another name).
+        overwrite: replace an existing dataset folder of the same id AND name (never one of another name, nor
+            one that holds the images or masks).
         threshold: binarise masks: foreground where the grey value (:data:`GREY_RULE`) > ``threshold``.
         resize: (height, width): images bilinear, masks nearest after thresholding; the original sizes and labels
             are kept (``conversion.json``, ``original_size/``).
@@ -437,12 +487,34 @@ def convert_2d(
             raise UserError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (or pass the raw folder)")
         raw_root = Path(os.environ["nnUNet_raw"])
     raw_root = Path(raw_root).expanduser()
+    check_output_path(raw_root, "nnUNet_raw")
+    for what, folder in (("images", images), ("masks", masks)):
+        if not folder.is_dir():
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise UserError(f"{what} folder {folder} {state}: pass the folder that holds the {what}")
+    if images.resolve() == masks.resolve():
+        raise UserError(
+            f"the images folder and the masks folder are the same ({images}): pass the folder of masks second"
+        )
     name = _dataset_name(images, name)
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
+    refuse_inside(target, {"images folder": images, "masks folder": masks}, "the dataset")
     clash = [p for p in sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*")) if p.is_dir()] if raw_root.is_dir() else []
     if clash and not (overwrite and clash == [target]):
-        hint = " (pass overwrite to replace it)" if clash == [target] else ""
-        raise UserError(f"dataset id {dataset_id} is taken by {clash[0]}{hint}: choose another id or remove it")
+        if clash == [target]:
+            raise UserError(f"dataset id {dataset_id} is taken by {target}: pass --overwrite to replace it")
+        other = ", ".join(p.name for p in clash if p != target)
+        raise UserError(
+            f"dataset id {dataset_id} is taken by {other}, of another name than {target.name}: --overwrite "
+            "replaces only a dataset of the same id and name; choose another id, or remove it yourself"
+        )
+    if overwrite and target.is_dir():
+        for what, folder in (("images", images), ("masks", masks)):
+            if folder.resolve().is_relative_to(target.resolve()):
+                raise UserError(
+                    f"--overwrite would delete the {what} folder {folder}: it lies inside {target}; convert from "
+                    "a copy outside it"
+                )
 
     pairs, suffix = pair_images_and_masks(images, masks, mask_suffix)
     if limit is not None:
@@ -459,8 +531,7 @@ def convert_2d(
         )
 
     raw_root.mkdir(parents=True, exist_ok=True)
-    partial = raw_root / f".{target.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = staging_folder(target)
     try:
         written = _write_cases(training, test, partial, threshold, resize)
         max_label, channels = written["max_label"], written["channels"]
@@ -494,12 +565,38 @@ def convert_2d(
             "left_out": [p.image.name for p in left_out],
         }
         (partial / CONVERSION_RECORD).write_text(json.dumps(record, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        partial.rename(target)
+        _warn_if_suspicious(written)
+        publish_folder(partial, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def _warn_if_suspicious(written: dict[str, Any]) -> None:
+    """One warning line per kind of input that converts but is unlikely to be what the user meant."""
+    cases = written["cases"]
+    if not written["any_foreground"]:
+        _warn(
+            f"all {len(cases)} masks are empty (no pixel above 0): nnU-Net will learn to predict background only; "
+            "check the masks folder (or --threshold)"
+        )
+    photos = written["photo_like"]
+    if photos:
+        _warn(
+            f"{len(photos)} of {len(cases)} masks look like photographs, not masks (most pixels neither near 0 nor "
+            f"near the maximum; e.g. {', '.join(photos[:3])}): check that the second folder holds the masks"
+        )
+    if written["max_label"] > _MANY_LABELS:
+        _warn(
+            f"the masks hold labels up to {written['max_label']}: if they are not label maps (photographs, "
+            "smoothed masks), pass --threshold T to binarise them"
+        )
+    smallest = written["smallest"]
+    if min(smallest) < _SMALL_SIDE:
+        _warn(
+            f"images as small as {smallest[0]}x{smallest[1]} px: nnU-Net's U-Net pools down to 4 px, so below "
+            f"{_SMALL_SIDE} px it gets fewer than three poolings (--resize to a larger size?)"
+        )
 
 
 def _write_cases(
@@ -516,12 +613,23 @@ def _write_cases(
         (out / f"labels{split}").mkdir(parents=True)
         if resize is not None:
             (out / ORIGINAL_SIZE_FOLDER / f"labels{split}").mkdir(parents=True)
-    max_label, any_above_threshold = 0, False
+    max_label, any_above_threshold, photo_like = 0, False, []
+    smallest: Optional[tuple[int, int]] = None
     first: Optional[tuple[int, Path]] = None
     cases: dict[str, dict[str, Any]] = {}
     for split, pairs in splits:
         for pair in pairs:
-            image, mask = _read_image(pair.image), read_mask(pair.mask, threshold)
+            if filecmp.cmp(pair.image, pair.mask, shallow=False):
+                raise UserError(
+                    f"the mask {pair.mask} is a copy of its image {pair.image}: pass the folder of masks second"
+                )
+            image = _read_image(pair.image)
+            if threshold is None:
+                mask = read_mask(pair.mask)
+            else:
+                mask, photo = _read_thresholded(pair.mask, threshold)
+                if photo:
+                    photo_like.append(pair.mask.name)
             n_channels = 3 if image.ndim == 3 else 1
             if first is None:
                 first = (n_channels, pair.image)
@@ -541,6 +649,8 @@ def _write_cases(
             if resize is not None:
                 Image.fromarray(mask).save(out / ORIGINAL_SIZE_FOLDER / f"labels{split}" / f"{pair.case}.png")
                 image, mask = _resize(image, resize, nearest=False), _resize(mask, resize, nearest=True)
+            size = (int(mask.shape[0]), int(mask.shape[1]))
+            smallest = size if smallest is None or min(size) < min(smallest) else smallest
             Image.fromarray(image).save(out / f"images{split}" / f"{pair.case}_0000.png")
             Image.fromarray(mask).save(out / f"labels{split}" / f"{pair.case}.png")
             cases[pair.case] = {
@@ -555,4 +665,11 @@ def _write_cases(
             "of labels 0/1 need no threshold); drop --threshold or lower it"
         )
     assert first is not None
-    return {"max_label": max_label, "channels": first[0], "cases": cases}
+    return {
+        "max_label": max_label,
+        "channels": first[0],
+        "cases": cases,
+        "any_foreground": any_above_threshold,
+        "photo_like": photo_like,
+        "smallest": smallest,
+    }

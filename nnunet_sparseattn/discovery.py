@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,21 @@ from nnunet_sparseattn.errors import UserError
 
 DISTRIBUTION = "nnunet-sparseattn"
 _UNSET = object()
+# timm (imported by nnU-Net's dynamic_network_architectures) decorates with torch.jit.interface, which torch deprecates
+# with a FutureWarning on import: two lines of no concern to our users before every command's output
+TORCH_JIT_WARNING = "`torch.jit.interface` is deprecated"
+
+
+def silence_torch_jit_warning() -> None:
+    """Ignore that one warning in this process (our command line calls this; importing never does)."""
+    warnings.filterwarnings("ignore", message=re.escape(TORCH_JIT_WARNING), category=FutureWarning)
+
+
+def quiet_warnings_variable(current: str | None) -> str:
+    """``PYTHONWARNINGS`` for the nnU-Net commands we start: the user's filters and that one warning ignored (the
+    variable's message field matches the start of a warning's text)."""
+    ours = f"ignore:{TORCH_JIT_WARNING}:FutureWarning"
+    return ",".join(e for e in (current, ours) if e) if ours not in (current or "") else str(current)
 
 
 def ext_trainer_path() -> Path:

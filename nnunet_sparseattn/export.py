@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.errors import UserError, check_output_path
 from nnunet_sparseattn.model_stamp import stamp
 from nnunet_sparseattn.version import __version__
 
@@ -99,6 +99,7 @@ def export_model(
     from nnunetv2.model_sharing.model_export import export_pretrained_model
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+    check_output_path(output, "-o", kind="file")  # before nnU-Net's export builds the zip
     results = os.environ.get("nnUNet_results")
     if not results or not Path(results).is_dir():
         raise UserError(

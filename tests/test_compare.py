@@ -94,7 +94,9 @@ BASE = ["compare", "-d", "999", "-c", "3d_fullres", "--budget", "tiny", "--devic
     (["--budget", "10x"], "budget '10x' is neither a named budget"),
     (["--baselines", "resenc-xl"], "unknown baseline resenc-xl"),
     (["--folds", "7"], "give fold numbers 0-4"),
-    (["--device", "tpu"], "device 'tpu': choose cpu, cuda or mps"),
+    (["--device", "tpu"], "--device 'tpu' is no device here: choose cpu, cuda or mps"),
+    (["--trainers", ""], "--trainers '' names no trainer"),
+    (["--trainers", " , "], "--trainers ' , ' names no trainer"),
     (["--plans", "nnUNetPlans_BSA"], "there are no plans nnUNetPlans_BSA for Dataset999_Contracts"),
 ])
 def test_refusals_are_one_line_and_write_nothing(planned, capsys, change, message):
@@ -104,6 +106,15 @@ def test_refusals_are_one_line_and_write_nothing(planned, capsys, change, messag
     err = _refused(capsys, "compare", *[x for kv in args.items() for x in kv], "-o", str(out))
     assert __import__("re").search(message, err), err
     assert not out.exists()
+
+
+def test_an_output_that_is_a_file_or_inside_the_raw_dataset_is_refused_before_any_work(planned, capsys):
+    a_file = planned / "a_file"
+    a_file.write_text("")
+    assert f"-o {a_file} is a file" in _refused(capsys, *BASE, "-o", str(a_file))
+    raw = planned / "raw" / "Dataset999_Contracts"
+    assert "lies inside the raw dataset folder" in _refused(capsys, *BASE, "-o", str(raw / "out"))
+    assert not (raw / "out").exists()
 
 
 def test_refuses_nnunet_folders_that_are_not_set(planned, monkeypatch, capsys):
@@ -280,7 +291,7 @@ def test_info_lists_every_network_of_a_dataset_with_its_attention_layout(planned
     assert "grid" in rows["nnUNetTrainerMDSA"] and "Swin windows" in rows["nnUNetTrainerBilateral"]
     assert "(nnUNetTrainerNB: stock nnU-Net's network, another loss)" in out
     assert "no configuration 2d: choose one of 3d_fullres" in _refused(capsys, "info", "-d", "999", "-c", "2d")
-    assert "info takes --variant NAME" in _refused(capsys, "info", "-d", "999")
+    assert "info -d 999 needs -c CONFIGURATION too" in _refused(capsys, "info", "-d", "999")
     assert "info needs --variant NAME" in _refused(capsys, "info")
     assert "no Dataset005_*" in _refused(capsys, "info", "-d", "5", "-c", "3d_fullres")
 

@@ -159,7 +159,7 @@ def test_missing_folders_taken_ids_too_few_cases_and_no_raw_folder(tmp_path, mon
     convert_2d(images, masks, 9, name="First", raw_root=raw)
     with pytest.raises(UserError, match="taken by"):
         convert_2d(images, masks, 9, name="Second", raw_root=raw)
-    with pytest.raises(UserError, match="pass overwrite"):
+    with pytest.raises(UserError, match="pass --overwrite"):
         convert_2d(images, masks, 9, name="First", raw_root=raw)
     convert_2d(images, masks, 9, name="First", raw_root=raw, overwrite=True)
     with pytest.raises(UserError, match="at least 5"):

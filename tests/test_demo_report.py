@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnunet_sparseattn.demo.report import dice_table, routing_table, save_comparison_png
+from nnunet_sparseattn.demo.report import budget_line, dice_table, routing_table, save_comparison_png
 
 LABELS = {"background": 0, "organ": 1, "vessel": 2, "nodule": 3}
 
@@ -51,6 +51,17 @@ def test_demo_png_has_a_column_per_prediction_and_a_legend_naming_the_classes(tm
     titles = [ax.get_title() for ax in fig.axes]
     assert [t.split("\n")[0] for t in titles] == ["image", "ground truth", "prediction, A", "prediction, B"]
     assert all(t.endswith("axial slice 2") for t in titles)  # the slice with the most structures
+
+
+def test_the_demo_says_when_the_time_budget_cut_training():
+    record = {"time_budget_s": 480.0, "step_s": 18.4, "planned_epochs": 10, "epochs": 1, "iterations_per_epoch": 20}
+    line = budget_line("nnUNetTrainerBSA_demo", record)
+    assert line == (
+        "note: the time budget of 480 s allowed nnUNetTrainerBSA_demo 1 epoch(s) of 20 iterations, 10% of the "
+        "planned 10 (a training step took 18.4 s; a busy or slow machine?): its Dice is below what the full "
+        "schedule reaches"
+    )
+    assert budget_line("t", dict(record, epochs=10)) == "" and budget_line("t", None) == ""
 
 
 def test_the_routing_table_gives_explains_shares_for_the_nodule():

@@ -212,7 +212,7 @@ def test_refusals(converted, tmp_path):
                                                       "labels": {"background": 0, "whole": [1, 2], "core": 2},
                                                       "regions_class_order": [1, 2]}))
     with pytest.raises(UserError, match="defines regions"):
-        evaluate_folders(ref, [regions])
+        evaluate_folders(ref, [regions], dataset_json=regions / "dataset.json")
     assert not (preds / "original_size").exists() and not (preds / PAPER_METRICS_FILE).exists()
 
 

@@ -2,19 +2,28 @@
 from __future__ import annotations
 
 import itertools
+import json
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
-from nnunet_sparseattn.trainers.short_schedule import SHORT_SCHEDULES, ShortSchedule, with_short_schedule
+from nnunet_sparseattn.trainers.short_schedule import (
+    SHORT_SCHEDULES,
+    TIME_BUDGET_RECORD,
+    ShortSchedule,
+    with_short_schedule,
+)
 
 
 class StandInTrainer:
     """Just the parts of nnUNetTrainer the mechanism touches."""
 
     step_s = 0.2
+    local_rank = 0
 
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1000, 250, 50
@@ -23,6 +32,7 @@ class StandInTrainer:
         self.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
         self.lr_scheduler = PolyLRScheduler(self.optimizer, 0.01, self.num_epochs)
         self.log = []
+        self.output_folder = tempfile.mkdtemp(prefix="stand_in_fold_")
 
     def on_train_start(self):
         self.dataloader_train = itertools.repeat({"data": None})
@@ -55,6 +65,10 @@ def test_time_budget_cuts_epochs_and_the_lr_schedule(monkeypatch):
     assert 1 <= trainer.num_epochs <= 4
     assert trainer.lr_scheduler.max_steps == trainer.num_epochs
     assert "time budget 4 s" in trainer.log[-1]
+    # what the demo's summary reports: the planned schedule beside what the budget allowed
+    record = json.loads((Path(trainer.output_folder) / TIME_BUDGET_RECORD).read_text())
+    assert record["planned_epochs"] == 10 and record["epochs"] == trainer.num_epochs
+    assert record["iterations_per_epoch"] == 4 and record["step_s"] >= 0.2 and record["time_budget_s"] == 4.0
 
 
 def test_time_budget_never_raises_epochs_nor_cuts_a_continued_run(monkeypatch):

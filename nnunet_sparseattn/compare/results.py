@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.errors import UserError, reading
 from nnunet_sparseattn.harness.budgets import write_json_atomic
 
 RESULTS_FILE = "compare.json"
@@ -49,7 +49,8 @@ class ResultsStore:
                     "comparison (its models, predictions and reports go there)"
                 )
             return False
-        old = json.loads(path.read_text())
+        with reading(path, "the comparison's record"):
+            old = json.loads(path.read_text())
         for key in IDENTITY + SAME_MACHINE:
             if old.get(key) != header[key]:
                 what = {

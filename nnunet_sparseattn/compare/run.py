@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from nnunet_sparseattn.compare.baselines import BASELINES
 from nnunet_sparseattn.compare.results import SCHEMA, ResultsStore, now, paired_test
-from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.errors import UserError, check_output_path, refuse_inside
 from nnunet_sparseattn.harness import commands, datasets
 from nnunet_sparseattn.harness.budgets import (
     TIMING_FILE,
@@ -40,7 +40,7 @@ from nnunet_sparseattn.harness.budgets import (
     summarize_iterations,
     training_state,
 )
-from nnunet_sparseattn.harness.machine import describe_machine, load_average
+from nnunet_sparseattn.harness.machine import check_device, describe_machine, load_average
 from nnunet_sparseattn.harness.trainers import find_trainer_class
 
 DEFAULT_PLANS = "nnUNetPlans"
@@ -124,16 +124,6 @@ def plan_runs(trainers: Sequence[str], baselines: Sequence[str], plans: str) -> 
     return list(runs.values())
 
 
-def _check_device(device: str) -> str:
-    import torch
-
-    if device not in ("cpu", "cuda", "mps"):
-        raise UserError(f"device {device!r}: choose cpu, cuda or mps (nnUNetv2_train's -device)")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, and no CUDA device is visible: use --device cpu")
-    return device
-
-
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds < 60:
@@ -176,9 +166,11 @@ class Comparison:
         self.configuration = request.configuration
         self.budget: Budget = parse_budget(request.budget)
         self.folds = parse_folds(request.folds)
-        self.device = _check_device(request.device)
+        self.device = check_device(request.device)
         self.plans = request.plans
         self.runs = plan_runs(list(request.trainers), list(request.baselines), self.plans)
+        check_output_path(request.output, "-o")
+        refuse_inside(request.output, {"raw dataset folder": self.raw}, "-o")
         self.output = Path(request.output).resolve()
         self.header = {
             "schema": SCHEMA,

@@ -9,12 +9,14 @@ training matters.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.outputs import publish_folder, staging_folder
 
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SparseAttnDemo"
@@ -100,6 +102,8 @@ def make_demo_dataset(
     Training cases go to imagesTr/labelsTr; held-out cases to imagesTs/labelsTs (nnU-Net ignores labelsTs).
     """
     raw_root = Path(raw_root)
+    if raw_root.exists() and not raw_root.is_dir():
+        raise UserError(f"the nnUNet_raw folder {raw_root} is a file: pass a folder")
     if not raw_root.is_dir():
         raise UserError(
             f"the nnUNet_raw folder {raw_root} does not exist: create it (mkdir -p {raw_root}) "
@@ -107,7 +111,23 @@ def make_demo_dataset(
         )
     if not 1 <= dataset_id <= 999:
         raise UserError(f"dataset id {dataset_id} is not in 1..999, as nnU-Net requires")
-    folder = raw_root / f"Dataset{dataset_id:03d}_{DEMO_DATASET_NAME}"
+    if num_training < 1 or num_test < 0:
+        raise UserError(
+            f"--num-training {num_training} --num-test {num_test}: give 1 or more training cases (5 or more "
+            "for nnU-Net's 5-fold cross-validation) and 0 or more held-out cases"
+        )
+    target = raw_root / f"Dataset{dataset_id:03d}_{DEMO_DATASET_NAME}"
+    folder = staging_folder(target)  # written whole, then swapped in: no mix with an earlier dataset's cases
+    try:
+        _write_demo_cases(folder, num_training, num_test, seed, shape, spacing)
+        return publish_folder(folder, target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_demo_cases(
+    folder: Path, num_training: int, num_test: int, seed: int, shape: tuple[int, ...], spacing: tuple[float, ...]
+) -> None:
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for case in range(num_training + num_test):
@@ -127,4 +147,3 @@ def make_demo_dataset(
         "licence": "CC0 (generated)",
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    return folder

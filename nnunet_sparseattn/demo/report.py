@@ -26,6 +26,19 @@ def dice_table(summaries: Sequence[tuple[str, dict]], labels: dict[str, int]) ->
     )
 
 
+def budget_line(trainer: str, record: Optional[dict]) -> str:
+    """What the time budget did to a ``_demo`` training (the fold folder's ``time_budget.json``): empty when it
+    trained the whole planned schedule, else one line saying how much of it the budget allowed and why."""
+    if not record or record["epochs"] >= record["planned_epochs"]:
+        return ""
+    epochs, planned, iterations = record["epochs"], record["planned_epochs"], record["iterations_per_epoch"]
+    return (
+        f"note: the time budget of {record['time_budget_s']:.0f} s allowed {trainer} {epochs} epoch(s) of "
+        f"{iterations} iterations, {epochs / planned:.0%} of the planned {planned} (a training step took "
+        f"{record['step_s']:.1f} s; a busy or slow machine?): its Dice is below what the full schedule reaches"
+    )
+
+
 def _read(path: Path) -> np.ndarray:
     import SimpleITK as sitk
 

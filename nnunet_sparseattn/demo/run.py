@@ -9,9 +9,17 @@ import time
 from pathlib import Path
 
 from nnunet_sparseattn.demo.dataset import DEMO_DATASET_ID, make_demo_dataset
-from nnunet_sparseattn.demo.report import dice_table, routing_table, save_comparison_png
+from nnunet_sparseattn.demo.report import budget_line, dice_table, routing_table, save_comparison_png
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.harness import commands, datasets
+
+
+def _time_budget(env: dict, dataset_id: int, trainer: str, configuration: str, fold: int) -> dict | None:
+    """The fold's record of what the short schedule's time budget allowed (None without a budget)."""
+    from nnunet_sparseattn.trainers.short_schedule import TIME_BUDGET_RECORD
+
+    path = datasets.model_folder(env, dataset_id, trainer, configuration) / f"fold_{fold}" / TIME_BUDGET_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _stage(message: str, started: float) -> None:
@@ -104,6 +112,9 @@ def run_demo(
     ]
     print(f"\nDice on {len(cases)} held-out cases ({configuration}, fold {fold}; each trainer's _demo schedule):")
     print(dice_table(summaries, labels))
+    cut = [budget_line(name, _time_budget(env, dataset_id, name, configuration, fold)) for name in trainers]
+    for line in filter(None, cut):
+        print(line)
 
     figure = save_comparison_png(
         [
@@ -151,6 +162,8 @@ def run_demo(
     if table:
         print(f"\nrouting at work, {trainer}:")
         print(table)
+    for line in filter(None, cut):  # again at the end, where the summary is read
+        print(line)
     _stage(
         f"done: Dice tables in {', '.join(str(p / 'summary.json') for p in predictions.values())}; pictures "
         f"{figure} and {picture}; every explanation in {explained}",

@@ -20,20 +20,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.errors import UserError, check_output_path, reading, refuse_inside
 from nnunet_sparseattn.evaluation.metrics import (
     FOREGROUND_MAP_METRICS,
     ForegroundMapMetrics,
     hd95,
     normalized_surface_dice,
 )
-from nnunet_sparseattn.evaluation.original_size import original_size_reference, restore_original_size
+from nnunet_sparseattn.evaluation.original_size import (
+    ORIGINAL_SIZE_FOLDER,
+    original_size_reference,
+    stage_original_size,
+)
+from nnunet_sparseattn.outputs import publish_folder, staging_folder
 
 __all__ = ["PAPER_METRICS_FILE", "TABLE_FILE", "evaluate_folders", "markdown_table"]
 
@@ -92,7 +100,19 @@ def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Pat
             f"no dataset.json in {predictions} (nnUNetv2_predict writes one) or beside {reference}: "
             "pass --dataset-json FILE"
         )
-    meta = json.loads(found.read_text())
+    with reading(found, "dataset.json"):
+        meta = json.loads(found.read_text())
+    if not isinstance(meta, dict) or "labels" not in meta or "file_ending" not in meta:
+        raise UserError(f"{found} has no labels or file_ending: pass nnU-Net's dataset.json of the predicted dataset")
+    beside = reference.parent / "dataset.json"
+    if dataset_json is None and found != beside and beside.is_file():
+        with reading(beside, "dataset.json"):
+            other = json.loads(beside.read_text())
+        if isinstance(other, dict) and other.get("labels") != meta["labels"]:
+            raise UserError(
+                f"{found} and {beside} define different labels ({meta['labels']} vs {other.get('labels')}): "
+                "were the predictions made for another dataset? pass --dataset-json FILE to choose"
+            )
     manager = LabelManager(meta["labels"], meta.get("regions_class_order"))
     unscored = unscored_labels(meta)
     if unscored is not None:
@@ -104,7 +124,8 @@ def _load_dataset(reference: Path, predictions: Path, dataset_json: Optional[Pat
     example = next(iter(sorted(reference.glob(f"*{meta['file_ending']}"))), None)
     if example is None:
         raise UserError(f"no references (*{meta['file_ending']}) in {reference}")
-    reader = determine_reader_writer_from_dataset_json(meta, str(example), verbose=False)()
+    with reading(example, "reference", "nnU-Net's reader look-up"):
+        reader = determine_reader_writer_from_dataset_json(meta, str(example), verbose=False)()
     foreground = {int(label): names[int(label)] for label in manager.foreground_labels}
     return _Dataset(meta, foreground, reader, meta["file_ending"])
 
@@ -150,22 +171,46 @@ def _json_number(value: Any) -> Any:
 
 def _score_folder(
     reference: Path, predictions: Path, dataset: _Dataset, nsd_tolerance: float, num_processes: int, chill: bool
-) -> dict[str, Any]:
+) -> Generator[None, None, dict[str, Any]]:
+    """Score one folder: read and check every case and compute our metrics, pause (``yield``) so that the caller
+    checks every other folder before the slow part, then nnU-Net's evaluation; returns the folder's result."""
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
     ending = dataset.file_ending
     cases = _cases(reference, predictions, ending, chill)
 
+    defined = np.array(sorted({0, *dataset.labels}))
+    how = f"nnU-Net's {type(dataset.reader).__name__}"
+
     def read(case: str) -> tuple[np.ndarray, np.ndarray, Sequence[float]]:
-        ref, props = dataset.reader.read_seg(str(reference / f"{case}{ending}"))
-        pred, _ = dataset.reader.read_seg(str(predictions / f"{case}{ending}"))
+        ref_file, pred_file = reference / f"{case}{ending}", predictions / f"{case}{ending}"
+        with reading(ref_file, "reference", how):
+            ref, props = dataset.reader.read_seg(str(ref_file))
+        with reading(pred_file, "prediction", how):
+            pred, _ = dataset.reader.read_seg(str(pred_file))
+        for what, file, seg in (("prediction", pred_file, pred), ("reference", ref_file, ref)):
+            if seg.shape[0] != 1:  # nnU-Net's readers give labels one channel; RGB(A) files come back with 3 or 4
+                raise UserError(
+                    f"{what} {file} has {seg.shape[0]} channels (a colour image?): save one label value per "
+                    "pixel, as nnUNetv2_predict does"
+                )
         if ref.shape != pred.shape:
             raise UserError(
-                f"prediction {case}{ending} is {pred.shape[1:]} but its reference is {ref.shape[1:]}: "
-                "predictions of a --resize dataset are scored against the original labels only with "
-                "--original-size"
+                f"prediction {case}{ending} is {'x'.join(map(str, pred.shape[1:]))} but its reference is "
+                f"{'x'.join(map(str, ref.shape[1:]))}: predictions of a --resize dataset are scored against the "
+                "original labels only with --original-size"
             )
+        for what, file, seg in (("prediction", pred_file, pred), ("reference", ref_file, ref)):
+            undefined = np.setdiff1d(np.unique(seg), defined)
+            if undefined.size:
+                shown = ", ".join(f"{v:g}" for v in undefined[:5]) + (", ..." if undefined.size > 5 else "")
+                hint = "; a 0/255 mask? labels are 0, 1, ..." if 255 in undefined else ""
+                raise UserError(
+                    f"{what} {file} holds label(s) {shown} that dataset.json does not define (it defines "
+                    f"{', '.join(map(str, defined))}{hint}): they would be scored as background; fix the file "
+                    "or pass the matching --dataset-json"
+                )
         return ref, pred, props["spacing"]
 
     # 2D data: nnU-Net reads every case as (1, 1, H, W)
@@ -197,7 +242,8 @@ def _score_folder(
             entry["classes"][name] = {"HD95": _json_number(d), "NSD": _json_number(n)}
         if maps is not None:
             if source == "probabilities":
-                probabilities = np.load(predictions / f"{case}.npz")["probabilities"]
+                with reading(predictions / f"{case}.npz", "probabilities"):
+                    probabilities = np.load(predictions / f"{case}.npz")["probabilities"]
                 foreground = 1.0 - probabilities[0, 0].astype(np.float64)
                 if foreground.shape != ref.shape:
                     raise UserError(
@@ -210,11 +256,13 @@ def _score_folder(
             entry.update(maps.add(foreground, ref > 0))
         per_case[case] = entry
 
-    # nnU-Net's own Dice and IoU (and its summary.json), once every case has passed the checks above
+    # every case has passed the checks above: pause here until every other folder has too (all folders or none)
+    yield
+    # nnU-Net's own Dice and IoU (its summary.json is written with our files, at the end)
     nnunet = compute_metrics_on_folder(
         str(reference),
         str(predictions),
-        str(predictions / "summary.json"),
+        None,  # written with the other files once every folder has been scored (all or none)
         dataset.reader,
         ending,
         list(dataset.labels),
@@ -263,7 +311,17 @@ def _score_folder(
         "empty_reference_rules": EMPTY_RULES,
         "mean": mean,
         "per_case": per_case,
+        "nnunet_summary": nnunet,
     }
+
+
+def _finish(scoring: Generator[None, None, dict[str, Any]]) -> dict[str, Any]:
+    """Run a paused :func:`_score_folder` to its end; return its result."""
+    try:
+        next(scoring)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("_score_folder pauses once")
 
 
 def _fmt(value: Optional[float], digits: int = 3) -> str:
@@ -325,32 +383,93 @@ def evaluate_folders(
 
     reference = Path(reference).expanduser()
     if not reference.is_dir():
-        raise UserError(f"reference folder {reference} does not exist: pass the folder of reference labels")
+        what = "is a file, not a folder" if reference.exists() else "does not exist"
+        raise UserError(f"reference folder {reference} {what}: pass the folder of reference labels")
     if nsd_tolerance < 0 or not math.isfinite(nsd_tolerance):
         raise UserError(f"--nsd-tolerance {nsd_tolerance}: give a distance >= 0 in the data's spacing unit")
     folders = [Path(p).expanduser() for p in predictions]
     for folder in folders:
         if not folder.is_dir():
-            raise UserError(f"prediction folder {folder} does not exist: pass nnUNetv2_predict's output folder")
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise UserError(f"prediction folder {folder} {what}: pass nnUNetv2_predict's output folder")
+        # evaluate writes its summaries into each prediction folder: never into the reference labels
+        refuse_inside(
+            folder,
+            {"reference folder": reference},
+            "prediction folder",
+            "evaluate writes its summaries into each prediction folder; pass nnUNetv2_predict's output folder",
+        )
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        if str(folder.resolve()) in seen:
+            raise UserError(f"prediction folder {folder} is given twice: name each folder once")
+        seen[str(folder.resolve())] = folder
+    if dataset_json is not None and not Path(dataset_json).expanduser().is_file():
+        raise UserError(f"--dataset-json {dataset_json} is no file: pass the dataset.json of the predicted dataset")
+    if table is not None:
+        check_output_path(table, "--table", kind="file")
+        refuse_inside(table, {"reference folder": reference}, "--table")
     num_processes = default_num_processes if num_processes is None else num_processes
     scored_reference = original_size_reference(reference) if original_size else reference
-    rows, results, written = [], [], []
-    for given, folder in zip(predictions, folders):
-        dataset = _load_dataset(reference, folder, Path(dataset_json) if dataset_json else None)
-        scored = restore_original_size(folder, reference, dataset.file_ending) if original_size else folder
-        result = _score_folder(scored_reference, scored, dataset, nsd_tolerance, num_processes, chill)
-        result["original_size"] = original_size
-        (scored / PAPER_METRICS_FILE).write_text(json.dumps(result, indent=2))
-        results.append(result)
-        written.append(scored)
-        rows.append((f"{given}" + (" (original size)" if original_size else ""), result))
-    if len({json.dumps([r["dimensionality"], list(r["mean"]["classes"])]) for r in results}) > 1:
-        raise UserError(
-            "the prediction folders hold different datasets (classes or dimensionality differ): "
-            "evaluate one dataset per table"
-        )
-    text = markdown_table(rows)
-    path = Path(table).expanduser() if table is not None else Path(os.path.commonpath(written)) / TABLE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return results, text, path
+    rows, results, staged, pending = [], [], [], []
+    try:
+        # every folder is scored before anything is written: all folders get their files and the table, or none
+        for given, folder in zip(predictions, folders):
+            dataset = _load_dataset(reference, folder, Path(dataset_json) if dataset_json else None)
+            scored = folder
+            if original_size:
+                staging = staging_folder(folder / ORIGINAL_SIZE_FOLDER)
+                staged.append(staging)
+                stage_original_size(folder, reference, staging, dataset.file_ending)
+                scored = staging
+            scoring = _score_folder(scored_reference, scored, dataset, nsd_tolerance, num_processes, chill)
+            next(scoring)  # read and checked every case, our metrics computed
+            pending.append((given, folder / ORIGINAL_SIZE_FOLDER if original_size else folder, scored, scoring))
+        for given, out, scored, scoring in pending:  # nnU-Net's evaluation, the slow part, once all have passed
+            result = _finish(scoring)
+            result["original_size"] = original_size
+            results.append((out, scored, result))
+            rows.append((f"{given}" + (" (original size)" if original_size else ""), result))
+        if len({json.dumps([r["dimensionality"], list(r["mean"]["classes"])]) for _, _, r in results}) > 1:
+            raise UserError(
+                "the prediction folders hold different datasets (classes or dimensionality differ): "
+                "evaluate one dataset per table"
+            )
+        text = markdown_table(rows)
+        final = [out for out, _, _ in results]
+        path = Path(table).expanduser() if table is not None else Path(os.path.commonpath(final)) / TABLE_FILE
+        for out, scored, result in results:
+            _write_folder_files(out, scored, result)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_text(path, text)
+    finally:
+        for staging in staged:
+            shutil.rmtree(staging, ignore_errors=True)
+    return [r for _, _, r in results], text, path
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and a rename: the file is whole or absent."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        try:
+            handle.write(text)
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C) or the disk is full: leave no temporary file
+            handle.close()
+            os.unlink(handle.name)
+            raise
+    os.replace(handle.name, path)
+
+
+def _write_folder_files(out: Path, scored: Path, result: dict[str, Any]) -> None:
+    """nnU-Net's ``summary.json`` and ours into ``out``; a staged original-size folder ``scored`` becomes ``out``."""
+    from nnunetv2.evaluation.evaluate_predictions import save_summary_json
+
+    nnunet = result.pop("nnunet_summary")
+    if scored != out:  # the staged folder's paths, as they will be once it is renamed
+        result["predictions"] = str(out)
+        for entry in nnunet["metric_per_case"]:
+            entry["prediction_file"] = str(out / Path(entry["prediction_file"]).name)
+    save_summary_json(nnunet, str(scored / "summary.json"))
+    _write_text(scored / PAPER_METRICS_FILE, json.dumps(result, indent=2))
+    if scored != out:
+        publish_folder(scored, out)

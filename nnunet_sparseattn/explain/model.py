@@ -16,7 +16,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.errors import UserError, reading
 from nnunet_sparseattn.explain.geometry import Geometry, Patch, patches_from_slicers
 from nnunet_sparseattn.explain.recorder import Recorder
 
@@ -102,12 +102,8 @@ def read_case(file: str | Path, reader: Any, file_ending: str, channels: int) ->
     if not path.is_file():
         raise UserError(f"the image {path} does not exist")
     files = _channel_files(path, file_ending, channels)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            image, properties = reader.read_images([str(f) for f in files])
-    except Exception as error:  # the readers raise anything (SimpleITK's RuntimeError, skimage's ValueError, ...)
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot read the image {path} with nnU-Net's {type(reader).__name__}: {first}") from None
+    with reading(path, "the image", f"nnU-Net's {type(reader).__name__}"), contextlib.redirect_stdout(io.StringIO()):
+        image, properties = reader.read_images([str(f) for f in files])
     if image.shape[0] != channels:
         raise UserError(
             f"the image {path} has {image.shape[0]} channel(s), the model takes {channels}: give its "
@@ -144,8 +140,10 @@ class Model:
 
         self.checkpoint = checkpoint_file(folder, fold, checkpoint)
         self.folder, self.fold, self.device = folder, fold, device
-        self.plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
-        self.dataset_json = json.loads((folder / "dataset.json").read_text())
+        with reading(folder / "plans.json", "the model's plans"):
+            self.plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
+        with reading(folder / "dataset.json", "the model's dataset.json"):
+            self.dataset_json = json.loads((folder / "dataset.json").read_text())
         self.predictor: Any = None
 
     def load(self) -> None:

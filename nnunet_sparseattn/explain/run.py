@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.errors import UserError, check_output_path, reading, refuse_inside
 from nnunet_sparseattn.explain import analysis, figures
 from nnunet_sparseattn.explain.model import Case, Model, model_folder
 from nnunet_sparseattn.explain.recorder import Recorder, attention_modules
@@ -69,9 +69,15 @@ def run_explain(request: ExplainRequest) -> dict[str, Any]:
     """Run the explanation (see the module docstring) of one image, or of every case of a folder (each in a subfolder
     of the output; with references, the routing statistics pooled over the cases too). Returns what ``explain.json``
     holds."""
+    from nnunet_sparseattn.harness.machine import check_device
+
+    check_device(request.device, "-device", indexed=True)
+    check_output_path(request.output, "-o")
     folder = model_folder(request.model, request.dataset, request.configuration, request.trainer, request.plans)
     model = Model(folder, request.fold, request.checkpoint, request.device)
     image = Path(request.image).expanduser()
+    inputs = {"model folder": folder, **({"image folder": image} if image.is_dir() else {})}
+    refuse_inside(request.output, inputs, "-o", "give a folder of its own for the explanation")
     if image.is_dir():
         if request.points:
             raise UserError("--point applies to one image: give -i FILE (a folder's cases get the default points)")
@@ -177,10 +183,8 @@ def _read_reference(model: Model, path: Path, case: Case) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"the reference {path} does not exist")
     reader = model.plans_manager.image_reader_writer_class()
-    try:
+    with reading(path, "the reference", f"nnU-Net's {type(reader).__name__}"):
         seg, _ = reader.read_seg(str(path))
-    except Exception as error:
-        raise UserError(f"cannot read the reference {path} with nnU-Net's {type(reader).__name__}: {error}") from None
     if tuple(seg.shape[1:]) != case.spatial:
         raise UserError(
             f"the reference {path} has shape {tuple(seg.shape[1:])}, the image {case.spatial}: give the "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 from unittest import mock
 
-from nnunet_sparseattn.discovery import environment_for_nnunet_commands
+from nnunet_sparseattn.discovery import environment_for_nnunet_commands, quiet_warnings_variable
 from nnunet_sparseattn.errors import UserError
 
 # nnU-Net imports the modules of this folder (named in nnUNet_extTrainer) to find the budgeted trainers
@@ -59,6 +59,7 @@ def nnunet_environment(
     # nnU-Net's default of 8 worker processes (spawned, each importing torch) costs minutes on a 2-core machine
     env.setdefault("nnUNet_def_n_proc", str(min(os.cpu_count() or 1, 4)))
     env.setdefault("PYTHONUNBUFFERED", "1")  # the output is streamed line by line
+    env["PYTHONWARNINGS"] = quiet_warnings_variable(env.get("PYTHONWARNINGS"))  # the demo shows their output
     return env
 
 

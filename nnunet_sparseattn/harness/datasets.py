@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.errors import UserError, reading
 
 
 def dataset_folder(root: str | Path, dataset_id: int) -> Path | None:
@@ -69,7 +69,8 @@ def plans_file(preprocessed_root: str | Path, dataset_id: int, plans: str) -> Pa
 
 
 def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    with reading(path, "JSON file"):
+        return json.loads(Path(path).read_text())
 
 
 def read_plans(path: str | Path, configuration: str | None = None) -> dict:

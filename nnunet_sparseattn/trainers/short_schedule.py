@@ -6,12 +6,17 @@ set them after the base ``__init__``; its signature stays the base's, as nnU-Net
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from nnunet_sparseattn.trainers.mixin_base import TrainerMixinBase
+
+# written into the fold folder when a time budget fitted the epochs: what was planned, what the budget allowed
+TIME_BUDGET_RECORD = "time_budget.json"
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,15 @@ class ShortScheduleMixin(TrainerMixinBase):
             f"{self.num_epochs} epochs of {self.num_iterations_per_epoch} iterations",
             also_print_to_console=True,
         )
+        if self.local_rank == 0:  # for what reports the run (the demo's summary says when the budget cut training)
+            record = {
+                "time_budget_s": budget_s,
+                "step_s": step_s,
+                "planned_epochs": self.short_schedule.num_epochs,
+                "epochs": self.num_epochs,
+                "iterations_per_epoch": self.num_iterations_per_epoch,
+            }
+            (Path(self.output_folder) / TIME_BUDGET_RECORD).write_text(json.dumps(record, indent=2))
 
 
 def with_short_schedule(trainer: type, suffix: str, module: str) -> type:
