@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import json
 import platform
@@ -126,7 +127,8 @@ def fake_mode() -> Any:
 def count_saved(network: nn.Module, plan: Plan, batch: int, precision: str) -> SavedTensorCounter:
     """Bytes a training forward + loss keeps for backward, on fake CUDA tensors (see the module docstring)."""
     loss = build_loss(plan, compile_dice=False)
-    network.train()
+    # a copy: functional_call inside FakeTensorMode leaves the fake tensors in the module it ran (torch 2.14)
+    network = copy.deepcopy(network).train()
     mode = fake_mode()
     with mode:
         state = {name: mode.from_tensor(t).to("cuda") for name, t in (*network.named_parameters(),

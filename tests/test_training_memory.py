@@ -157,3 +157,20 @@ def test_plans_setting_switches_checkpointing_in_the_trainers_network(setting):
     network = build(manager, configuration, 1, 3, True)
     blocks = sum(type(m).__name__ == "MDSABlock" for m in network.modules())
     assert blocks > 0 and checkpointed_blocks(network) == (blocks if setting else 0)
+
+
+def test_benchmark_counts_fake_cuda_as_the_cpu_counts_real_tensors():
+    """``benchmarks/training_memory.py`` counts on fake CUDA tensors: in float32 the count equals the one on real CPU
+    tensors (stock nnU-Net at dry-run size), and CUDA's fp16 autocast (switched on without a GPU) really casts."""
+    from benchmarks import training_memory as tm
+
+    plan = ns.tiny_plan(ns.load_plan("hippocampus_3d_fullres"))
+    network = tm.build(ns.STOCK, plan, checkpointing=False)
+    fake = tm.count_saved(network, plan, 2, "float32")
+    data, targets = tm.batch_tensors(plan, 2, "cpu")
+    with SavedTensorCounter(exclude=network.parameters()) as real:
+        ns.build_loss(plan, compile_dice=False)(network(data), targets)
+    assert fake.bytes == real.bytes > 0
+    half = tm.count_saved(network, plan, 2, "float16")
+    assert half.by_dtype.get("float16", 0) > half.bytes / 2 and half.bytes < fake.bytes
+    assert not torch.is_autocast_enabled("cuda")  # switched off again
