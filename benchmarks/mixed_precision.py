@@ -47,10 +47,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from network_speed import NETWORKS, build_loss, build_network, load_plan, tiny_plan  # noqa: E402
-from training_memory import optimizer_for  # noqa: E402
+from training_memory import optimizer_for, publish  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "mixed-precision-cpu.json"
-DOCS = ROOT / "BENCHMARKS.md"
 MARKERS = ("<!-- mixed-precision:begin -->", "<!-- mixed-precision:end -->")
 DATA = Path("/work/shared/data/ISIC2017_256")
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
@@ -223,12 +222,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         results = run(args)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
-    section = render(results)
-    print(section)
-    if args.update_docs:
-        from accuracy import splice_section
-
-        DOCS.write_text(splice_section(DOCS.read_text(), section, MARKERS))
+    publish(render(results), MARKERS, args.update_docs)
     return 0
 
 

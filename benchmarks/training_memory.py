@@ -355,11 +355,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                       [p for p in args.measure.split(",") if p])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
-    section = render(results)
-    print(section)
-    if args.update_docs:
-        DOCS.write_text(splice_section(DOCS.read_text(), section, MARKERS))
+    publish(render(results), MARKERS, args.update_docs)
     return 0
+
+
+def publish(section: str, markers: tuple[str, str], update_docs: bool) -> None:
+    """Print a results section; with ``update_docs``, also write it between its markers in BENCHMARKS.md."""
+    print(section)
+    if update_docs:
+        DOCS.write_text(splice_section(DOCS.read_text(), section, markers))
 
 
 if __name__ == "__main__":
