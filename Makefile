@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnunet-sparseattn-installed
 MSD    ?=
 
-.PHONY: install lint test test-fast test-py312 demo bench-attention bench-speed bench-accuracy clean-demo
+.PHONY: install lint test test-fast test-py312 demo bench-attention bench-speed bench-accuracy bench-memory clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ bench-speed: $(STAMP)
 # BUDGET=cpu (default, ~1 h on 2 cores) or gpu (a CUDA machine); run again to resume a killed benchmark
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/accuracy.py --budget $(or $(BUDGET),cpu) --update-docs
+
+# Training memory predicted for the GPU (fake CUDA tensors, fp16 autocast) per network and plan, with and without
+# activation checkpointing, held against CPU measurements; writes benchmarks/results/training-memory.json and
+# BENCHMARKS.md (~15 min on 2 busy cores, most of it the CPU measurements)
+bench-memory: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/training_memory.py --update-docs
 
 clean-demo:
 	rm -rf demo_work

@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect
 import pydoc
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional, Protocol, Sequence, cast
+from typing import Any, ClassVar, Mapping, Optional, Protocol, Sequence, cast
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from dynamic_network_architectures.architectures.abstract_arch import AbstractDy
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 
 from nnunet_sparseattn.errors import UserError, install_user_error_hook
+from nnunet_sparseattn.layers.checkpointing import checkpoint_blocks
 from nnunet_sparseattn.layers.conv import conv_dims, conv_norm_act_options
 from nnunet_sparseattn.layers.shapes import ceil_div, per_axis
 from nnunet_sparseattn.layers.transformer import TransformerBlock, num_heads_for
@@ -384,9 +385,17 @@ class PlansNetwork(AbstractDynamicNetworkArchitectures):
 
     encoder: nn.Module
     decoder: nn.Module
+    # The attention blocks activation checkpointing wraps (:meth:`enable_activation_checkpointing`)
+    checkpoint_block_types: ClassVar[tuple[type[nn.Module], ...]] = ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.decoder(self.encoder(x))
+
+    def enable_activation_checkpointing(self) -> int:
+        """Run every attention block (``checkpoint_block_types``) under activation checkpointing: a training step
+        keeps only each block's input for backward and recomputes the block in backward (same outputs and gradients,
+        one more forward of the blocks; ``benchmarks/training_memory.py`` measures both). Returns how many blocks."""
+        return checkpoint_blocks(self, self.checkpoint_block_types)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         parts = (cast(_FeatureMapSized, part) for part in (self.encoder, self.decoder))

@@ -51,7 +51,7 @@ from nnunet_sparseattn.layers.conv import ConvNormAct
 from nnunet_sparseattn.layers.fsam import FSAM, FSAM_WEIGHTINGS
 from nnunet_sparseattn.layers.isam import ISAM
 from nnunet_sparseattn.layers.point_rendering import AttentionRendering, RenderedPoints
-from nnunet_sparseattn.layers.resnext import ResNeXtStage
+from nnunet_sparseattn.layers.resnext import ResNeXtBlock, ResNeXtStage
 from nnunet_sparseattn.layers.window_attention import fit_window
 
 __all__ = [
@@ -232,6 +232,7 @@ class BilateralUNet(PlansNetwork):
     """The bilateral spatial attention network on nnU-Net plans (2D or 3D by ``conv_op``)."""
 
     encoder: BilateralEncoder
+    checkpoint_block_types = (BilateralAttention, ResNeXtBlock)
     decoder: BilateralDecoder
 
     def __init__(

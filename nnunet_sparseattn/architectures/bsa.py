@@ -163,6 +163,7 @@ class BSAUNet(PlansNetwork):
     """BSA-Seg on nnU-Net plans (2D or 3D by ``conv_op``); see the module docstring."""
 
     encoder: BSAEncoder
+    checkpoint_block_types = (BSABlock,)
     decoder: UNetDecoder
 
     def __init__(

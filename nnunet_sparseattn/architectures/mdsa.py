@@ -283,6 +283,8 @@ class MDSAUNet(PlansNetwork):
     - ``edm_local_branch="conv"`` | ``"maxpool"``: EDM's second branch.
     """
 
+    checkpoint_block_types = (MDSABlock,)
+
     encoder: MDSAEncoder
     decoder: MDSADecoder
 

@@ -52,10 +52,13 @@ def coarse_region_attention(
     """Patch-level attention between region means, in fp32 (see :class:`CoarseAttention`)."""
     b, c = q.shape[:2]
     d = c // num_heads
+    # region means are float32 (region_pool); autocast off so that the logits and softmax stay so (they choose the
+    # routing and weight whole regions)
     q_r, k_r, v_r = (region_pool(t, layout).view(b, -1, num_heads, d).transpose(1, 2) for t in (q, k, v))
-    logits = torch.matmul(q_r, k_r.transpose(-1, -2)) * d**-0.5  # (B, h, Nr, Nr)
-    weights = torch.softmax(logits, dim=-1)
-    coarse = torch.matmul(weights, v_r)  # (B, h, Nr, d)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        logits = torch.matmul(q_r, k_r.transpose(-1, -2)) * d**-0.5  # (B, h, Nr, Nr)
+        weights = torch.softmax(logits, dim=-1)
+        coarse = torch.matmul(weights, v_r)  # (B, h, Nr, d)
     return CoarseAttention(coarse.transpose(1, 2).reshape(b, -1, c), logits.sum(dim=1), weights)
 
 

@@ -51,6 +51,17 @@ class ChannelLayerNorm(nn.Module):
         return f"{self.channels}, eps={self.eps}"
 
 
+class LayerNorm32(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last axis with float32 statistics under any autocast (CUDA's autocast runs layer_norm
+    in float32, the CPU's does not), output in the input's dtype; parameters and state-dict keys as ``nn.LayerNorm``'s
+    (Swin checkpoints load unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
 def num_heads_for(channels: int, head_dim: int = 32) -> int:
     """Heads of about ``head_dim`` channels: the largest divisor of ``channels`` not above ``channels // head_dim``
     (at least one). The one rule for every attention of the package (routed, MDSA, Swin). ValueError when the heads

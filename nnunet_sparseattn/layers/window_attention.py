@@ -30,6 +30,7 @@ from dynamic_network_architectures.building_blocks.regularization import DropPat
 
 from .mlp import Mlp
 from .shapes import ceil_div, pad_end, partition, per_axis, shape_constant, unpartition
+from .transformer import LayerNorm32
 
 __all__ = [
     "SwinBlock",
@@ -261,10 +262,10 @@ class SwinBlock(nn.Module):
         super().__init__()
         self.window = tuple(int(w) for w in window)
         self.shift = bool(shift)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm32(dim)  # float32 statistics under autocast
         self.attn = WindowAttention(dim, num_heads, self.window, qkv_bias)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm32(dim)
         self.mlp = Mlp(dim, Mlp.hidden_for(dim, mlp_ratio))
 
     def shifts(self, spatial: Sequence[int]) -> tuple[int, ...]:

@@ -1,0 +1,370 @@
+"""Training memory predicted for the GPU: what one nnU-Net training step holds, counted without a GPU.
+
+    make bench-memory        # = python benchmarks/training_memory.py --update-docs (a few minutes on 2 cores)
+
+Per plan (``benchmarks/plans/``, at the plans' own patch and batch size) and network (stock nnU-Net's
+``PlainConvUNet`` and ours, built as ``benchmarks/network_speed.py`` builds them, i.e. as the trainers do):
+
+- saved for backward: the bytes autograd keeps between forward and backward over the network's forward with deep
+  supervision and nnU-Net's loss (Dice + CE with its deep-supervision weights), counted by
+  :class:`nnunet_sparseattn.layers.checkpointing.SavedTensorCounter` (``saved_tensors_hooks``, one entry per storage,
+  parameters left out). It runs on fake CUDA tensors (``FakeTensorMode``: shapes and dtypes, no memory, no GPU) so
+  that nnU-Net's GPU precision is counted: fp16 autocast with CUDA's autocast op lists (switched on through torch's
+  autocast state functions, as ``torch.autocast("cuda")`` refuses without a GPU), and float32 beside it.
+  Routed attention is counted on its ``gather`` path (the one the CPU trains with); on a GPU it runs flex attention,
+  which keeps only q, k, v, its output and the log-sum-exp: the figures are an upper bound for BSA and MDSA there.
+- parameters, their gradients (float32, also under autocast) and the optimizer's state: SGD momentum (one copy of
+  the parameters) for stock nnU-Net, BSA and MDSA; AdamW (two copies) for the bilateral network's default trainer.
+- total = saved + parameters + gradients + optimizer state: an upper bound of the step's peak without workspace (at
+  the end of the forward pass the gradients do not exist yet; during backward the saved tensors are freed as the
+  gradients appear), without cuDNN/flex workspace and the allocator's caching.
+- with activation checkpointing of the attention blocks (``PlansNetwork.enable_activation_checkpointing``, the
+  plans setting ``"activation_checkpointing": true``; the bilateral network's ResNeXt encoder blocks too, which hold
+  more than its attention): the same count.
+- measured (CPU, float32, the plans' patch at batch 2): the same count on real tensors, against torch.profiler's
+  replayed allocation events: the bytes still allocated after forward and loss (what the count should equal), and
+  the peak of a whole training step (forward, backward, clip, optimizer step) plus the parameters and optimizer state
+  allocated before it.
+
+Budget: 1.3x stock nnU-Net's total under fp16 autocast, and the 8 GB nnU-Net's planner sizes patches and batches
+for (``ExperimentPlanner``'s ``gpu_memory_target_in_gb``). A network over budget is one for which checkpointing is
+recommended (column "checkpointing needed").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from accuracy import splice_section  # noqa: E402
+from network_speed import (  # noqa: E402
+    NETWORKS,
+    PLANNER_VRAM_BYTES,
+    PLANS,
+    STOCK,
+    Plan,
+    build_loss,
+    build_network,
+    countable_attention,
+    cpu_peak_bytes,
+    load_plan,
+)
+
+from nnunet_sparseattn.layers.checkpointing import SavedTensorCounter  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "training-memory.json"
+DOCS = ROOT / "BENCHMARKS.md"
+MARKERS = ("<!-- training-memory:begin -->", "<!-- training-memory:end -->")
+SCHEMA = 1
+BUDGET_RATIO = 1.3
+# optimizer state per parameter byte, as each network's default trainer configures it
+OPTIMIZER = {STOCK: ("SGD momentum", 1), "bsa": ("SGD momentum", 1), "mdsa": ("SGD momentum", 1),
+             "bilateral": ("AdamW", 2)}
+PRECISIONS = ("float32", "float16")
+MEASURE_BATCH = 2
+TIMED_STEPS = 2
+
+
+# ------------------------------------------------------------------------------------------------- the count
+@contextlib.contextmanager
+def cuda_autocast(dtype: Optional[torch.dtype]) -> Iterator[None]:
+    """CUDA autocast's dispatch on (fake) CUDA tensors without a GPU: ``torch.autocast("cuda")`` checks for a
+    device and disables itself, the state functions underneath it do not. ``None``: float32, nothing switched."""
+    if dtype is None:
+        yield
+        return
+    torch.set_autocast_enabled("cuda", True)
+    torch.set_autocast_dtype("cuda", dtype)
+    torch.autocast_increment_nesting()
+    try:
+        yield
+    finally:
+        if torch.autocast_decrement_nesting() == 0:
+            torch.clear_autocast_cache()
+        torch.set_autocast_enabled("cuda", False)
+
+
+def batch_tensors(plan: Plan, batch: int, device: str, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A batch of the plans' shapes and its deep-supervision targets (as nnU-Net's data loader downsamples them)."""
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(batch, plan.input_channels, *plan.patch_size, generator=g).to(device)
+    targets = []
+    for scale in plan.deep_supervision_scales():
+        shape = [int(round(p * s)) for p, s in zip(plan.patch_size, scale)]
+        targets.append(torch.randint(0, plan.num_classes, (batch, 1, *shape), generator=g).float().to(device))
+    return data, targets
+
+
+_FAKE_MODE: Any = None
+
+
+def fake_mode() -> Any:
+    """One FakeTensorMode for the process: the layers cache small index tensors per shape and device (routing
+    layouts, window masks), and a cached fake tensor must belong to the mode of every later count."""
+    global _FAKE_MODE
+    if _FAKE_MODE is None:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        _FAKE_MODE = FakeTensorMode()
+    return _FAKE_MODE
+
+
+def count_saved(network: nn.Module, plan: Plan, batch: int, precision: str) -> SavedTensorCounter:
+    """Bytes a training forward + loss keeps for backward, on fake CUDA tensors (see the module docstring)."""
+    loss = build_loss(plan, compile_dice=False)
+    # a copy: functional_call inside FakeTensorMode leaves the fake tensors in the module it ran (torch 2.14)
+    network = copy.deepcopy(network).train()
+    mode = fake_mode()
+    with mode:
+        state = {name: mode.from_tensor(t).to("cuda") for name, t in (*network.named_parameters(),
+                                                                       *network.named_buffers())}
+        params = [state[name].requires_grad_(True) for name, _ in network.named_parameters()]
+        data, targets = batch_tensors(plan, batch, "cuda")
+        counter = SavedTensorCounter(exclude=params)
+        dtype = None if precision == "float32" else getattr(torch, precision)
+        with counter, countable_attention(network), cuda_autocast(dtype):
+            loss(torch.func.functional_call(network, state, (data,)), targets)
+    return counter
+
+
+def state_bytes(key: str, network: nn.Module) -> dict[str, int]:
+    params = sum(p.numel() * p.element_size() for p in network.parameters())
+    return {"params_bytes": params, "grads_bytes": params, "optimizer_bytes": OPTIMIZER[key][1] * params}
+
+
+def build(key: str, plan: Plan, checkpointing: bool) -> nn.Module:
+    torch.manual_seed(0)
+    network = build_network(key, plan, deep_supervision=True)
+    if checkpointing and key != STOCK:
+        network.enable_activation_checkpointing()
+    return network
+
+
+def predict(key: str, plan: Plan, precision: str, checkpointing: bool) -> dict[str, Any]:
+    network = build(key, plan, checkpointing)
+    t0 = time.perf_counter()
+    counter = count_saved(network, plan, plan.batch_size, precision)
+    record: dict[str, Any] = {"saved_bytes": counter.bytes, "saved_by_dtype": counter.by_dtype,
+                              **state_bytes(key, network), "count_s": round(time.perf_counter() - t0, 2)}
+    record["total_bytes"] = (record["saved_bytes"] + record["params_bytes"] + record["grads_bytes"]
+                             + record["optimizer_bytes"])
+    return record
+
+
+# ----------------------------------------------------------------------------------------- the CPU measurement
+def optimizer_for(key: str, network: nn.Module) -> torch.optim.Optimizer:
+    if OPTIMIZER[key][0] == "AdamW":  # AdamWWarmupMixin's (fused as the trainer asks for it)
+        return torch.optim.AdamW(network.parameters(), 1e-3, weight_decay=5e-2, betas=(0.9, 0.98), fused=True)
+    return torch.optim.SGD(network.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
+
+
+def _memory_events(prof: Any) -> list[tuple[int, int]]:
+    return [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+
+
+def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_BATCH) -> dict[str, Any]:
+    """Real float32 tensors on the CPU (see the module docstring): the count, the bytes left allocated by forward
+    + loss, and the peak of a whole step plus the state held before it."""
+    from torch.profiler import profile
+
+    network = build(key, plan, checkpointing)
+    loss = build_loss(plan, compile_dice=False)
+    optimizer = optimizer_for(key, network)
+    data, targets = batch_tensors(plan, batch, "cpu")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        value = loss(network(data), targets)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        optimizer.step()
+
+    network.train()
+    step()  # the optimizer's state exists from here on, as in training
+    gc.collect()
+    optimizer.zero_grad(set_to_none=True)
+    counter = SavedTensorCounter(exclude=list(network.parameters()))
+    with profile(profile_memory=True) as prof, counter:
+        value = loss(network(data), targets)
+    forward_live = sum(n for _, n in _memory_events(prof))
+    del value
+    gc.collect()
+    # timed without the profiler (checkpointing's recomputation costs time): wall and this process's CPU seconds,
+    # the latter steadier on a shared machine
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(TIMED_STEPS):
+        step()
+    seconds, cpu_seconds = (time.perf_counter() - t0) / TIMED_STEPS, (time.process_time() - c0) / TIMED_STEPS
+    gc.collect()
+    with profile(profile_memory=True) as prof:
+        step()
+    held = sum(p.numel() * p.element_size() for p in network.parameters())
+    held += sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor))
+    return {"batch": batch, "precision": "float32", "counted_saved_bytes": counter.bytes,
+            "forward_live_bytes": int(forward_live), "step_peak_bytes": int(cpu_peak_bytes(_memory_events(prof))),
+            "state_bytes": int(held), "step_s": round(seconds, 3),
+            "step_cpu_s": round(cpu_seconds, 3),
+            "predicted_total_bytes": counter.bytes + sum(state_bytes(key, network).values())}
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def run(plans: list[str], networks: list[str], measure: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "schema": SCHEMA, "command": " ".join(["python", "benchmarks/training_memory.py", *sys.argv[1:]]),
+        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "budget": {"ratio_to_stock": BUDGET_RATIO, "planner_bytes": PLANNER_VRAM_BYTES}, "plans": {},
+    }
+    t0 = time.perf_counter()
+    for plan_name in plans:
+        plan = load_plan(plan_name)
+        entry: dict[str, Any] = {"patch_size": list(plan.patch_size), "batch_size": plan.batch_size, "networks": {}}
+        for key in networks:
+            record: dict[str, Any] = {"label": NETWORKS[key].label, "optimizer": OPTIMIZER[key][0]}
+            for precision in PRECISIONS:
+                record[precision] = predict(key, plan, precision, checkpointing=False)
+                if key != STOCK:
+                    record[f"{precision}_checkpointed"] = predict(key, plan, precision, checkpointing=True)
+                print(f"{plan_name} {key} {precision}: saved {record[precision]['saved_bytes'] / 1e9:.2f} GB, "
+                      f"total {record[precision]['total_bytes'] / 1e9:.2f} GB", flush=True)
+            if plan_name in measure:
+                record["measured_cpu"] = measure_cpu(key, plan, checkpointing=False)
+                if key != STOCK:
+                    record["measured_cpu_checkpointed"] = measure_cpu(key, plan, checkpointing=True)
+                print(f"{plan_name} {key} measured: {record['measured_cpu']}", flush=True)
+                gc.collect()
+            entry["networks"][key] = record
+        judge(entry)
+        results["plans"][plan_name] = entry
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    return results
+
+
+def judge(entry: dict[str, Any]) -> None:
+    """Ratios to stock and the budget verdict, for GPU training's precision (fp16 autocast)."""
+    networks = entry["networks"]
+    if STOCK not in networks:
+        return
+    stock = networks[STOCK]["float16"]["total_bytes"]
+    budget = min(BUDGET_RATIO * stock, PLANNER_VRAM_BYTES) if stock <= PLANNER_VRAM_BYTES else BUDGET_RATIO * stock
+    for key, record in networks.items():
+        for variant in ("float16", "float16_checkpointed"):
+            if variant in record:
+                record[variant]["ratio_to_stock"] = round(record[variant]["total_bytes"] / stock, 3)
+                record[variant]["within_budget"] = bool(record[variant]["total_bytes"] <= budget)
+        record["checkpointing_needed"] = key != STOCK and not record["float16"]["within_budget"]
+    entry["budget_bytes"] = int(budget)
+
+
+def _gb(n: Optional[float]) -> str:
+    return "" if n is None else f"{n / 1e9:.2f}"
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        "<!-- written by benchmarks/training_memory.py from benchmarks/results/training-memory.json: do not edit -->",
+        "",
+        "One training step's memory at the plans' own patch and batch size, counted on fake CUDA tensors (no GPU; "
+        "GB = 1e9 bytes). saved: bytes autograd keeps for backward (forward with deep supervision + nnU-Net's "
+        "loss); state: parameters + gradients + optimizer state (SGD momentum; AdamW for the bilateral network); "
+        "total = saved + state. fp16: CUDA's fp16 autocast, as nnU-Net trains on a GPU. ckpt: activation "
+        "checkpointing of the attention blocks on (the bilateral network: also its ResNeXt encoder blocks; plans "
+        "setting `\"activation_checkpointing\": true`). Budget: "
+        f"{BUDGET_RATIO}x stock nnU-Net's fp16 total, at most the planner's 8 GB. Routed attention counted on its "
+        "gather path (an upper bound for BSA/MDSA on a GPU, where flex attention keeps less).",
+        "",
+        "| plan (patch, batch) | network | saved fp32 | saved fp16 | state | total fp16 | x stock | "
+        "saved fp16 ckpt | total fp16 ckpt | x stock ckpt | within budget (ckpt) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for plan_name, entry in results["plans"].items():
+        where = f"{plan_name} ({'x'.join(map(str, entry['patch_size']))}, {entry['batch_size']})"
+        for r in entry["networks"].values():
+            f16, ck = r["float16"], r.get("float16_checkpointed")
+            state = f16["params_bytes"] + f16["grads_bytes"] + f16["optimizer_bytes"]
+            verdict = "yes" if f16.get("within_budget") else "no"
+            if ck is not None:
+                verdict += f" ({'yes' if ck.get('within_budget') else 'no'})"
+            lines.append(
+                f"| {where} | {r['label']} | {_gb(r['float32']['saved_bytes'])} | {_gb(f16['saved_bytes'])} | "
+                f"{_gb(state)} | {_gb(f16['total_bytes'])} | {f16.get('ratio_to_stock', '')} | "
+                f"{_gb(ck['saved_bytes']) if ck else ''} | {_gb(ck['total_bytes']) if ck else ''} | "
+                f"{ck.get('ratio_to_stock', '') if ck else ''} | {verdict} |")
+    measured = [(p, r) for p, e in results["plans"].items() for r in e["networks"].values() if "measured_cpu" in r]
+    if measured:
+        lines += [
+            "",
+            f"The count held against the CPU (real float32 tensors, batch {MEASURE_BATCH}; torch.profiler's "
+            "allocation events): bytes left allocated after forward + loss (the count should equal them) and the "
+            "peak of a whole step plus the parameters and optimizer state held before it (predicted: count + "
+            "state; the measured peak adds the transient workspace), and one step's CPU time (this process's, "
+            "mean of 2 steps; steadier than wall time on 2 cores shared with other jobs): checkpointing's "
+            "recomputation cost on the CPU.",
+            "",
+            "| plan | network | counted saved | allocated after forward | predicted total | measured step peak + "
+            "state | CPU s/step | ckpt: counted | ckpt: after forward | ckpt: measured peak + state | "
+            "ckpt: CPU s/step |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for plan_name, r in measured:
+            m, c = r["measured_cpu"], r.get("measured_cpu_checkpointed")
+            lines.append(
+                f"| {plan_name} | {r['label']} | {_gb(m['counted_saved_bytes'])} | {_gb(m['forward_live_bytes'])} | "
+                f"{_gb(m['predicted_total_bytes'])} | {_gb(m['step_peak_bytes'] + m['state_bytes'])} | "
+                f"{m.get('step_cpu_s', m['step_s'])} | "
+                f"{_gb(c['counted_saved_bytes']) if c else ''} | {_gb(c['forward_live_bytes']) if c else ''} | "
+                f"{_gb(c['step_peak_bytes'] + c['state_bytes']) if c else ''} | "
+                f"{c.get('step_cpu_s', c['step_s']) if c else ''} |")
+    lines += ["", f"torch {results['torch']}; `{results['command']}` ({results['wall_s']} s)."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plans", default=",".join(PLANS))
+    parser.add_argument("--networks", default=",".join(NETWORKS))
+    # ISIC's bilateral network at batch 2 under the memory profiler was OOM-killed on this 23 GB machine (12.7 GB RSS)
+    parser.add_argument("--measure", default="hippocampus_3d_fullres",
+                        help="plans also measured on the CPU at batch 2 ('' for none)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--update-docs", action="store_true", help="write the BENCHMARKS.md section")
+    parser.add_argument("--table", type=Path,
+                        help="the section of an existing results JSON (with --update-docs: written to BENCHMARKS.md)")
+    args = parser.parse_args(argv)
+    if args.table:
+        results = json.loads(args.table.read_text())
+    else:
+        results = run([p for p in args.plans.split(",") if p], [n for n in args.networks.split(",") if n],
+                      [p for p in args.measure.split(",") if p])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    publish(render(results), MARKERS, args.update_docs)
+    return 0
+
+
+def publish(section: str, markers: tuple[str, str], update_docs: bool) -> None:
+    """Print a results section; with ``update_docs``, also write it between its markers in BENCHMARKS.md."""
+    print(section)
+    if update_docs:
+        DOCS.write_text(splice_section(DOCS.read_text(), section, markers))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
