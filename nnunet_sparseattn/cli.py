@@ -131,7 +131,8 @@ def _info(args: argparse.Namespace) -> int:
     from nnunet_sparseattn.plans.variants import PAPER_CONFIGURATIONS
 
     if args.variant not in PAPER_CONFIGURATIONS:
-        raise UserError(f"unknown configuration {args.variant!r}; choose one of {', '.join(PAPER_CONFIGURATIONS)}")
+        names = ", ".join(PAPER_CONFIGURATIONS)
+        raise UserError(f"info --variant {args.variant!r}: no such paper-scale network; choose one of {names}")
     build, paper = PAPER_CONFIGURATIONS[args.variant].load()
     net = build()
     shape = tuple(paper.get("PAPER_INPUT", ()))

@@ -266,3 +266,25 @@ def test_plan_refuses_a_broken_plans_file_and_an_empty_setting(tmp_path, monkeyp
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
     refused(cli("plan", "-d", 999, "--variant", "bsa", "--plans", "broken"), f"cannot read JSON file {pre}/broken.json")
     refused(cli("plan", "-d", 999, "--variant", "bsa", "--set", "=3"), "--set '=3': expected KEY=VALUE")
+
+
+def test_info_names_the_option_of_an_unknown_paper_network():
+    refused(run_main("info", "--variant", "nope"), "info --variant 'nope': no such paper-scale network; choose one of")
+
+
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """``plan`` writes its plans file through ``outputs.write_text_whole``: a failure before the rename leaves the
+    old file as it was and no hidden leftover."""
+    from nnunet_sparseattn import outputs
+
+    target = tmp_path / "nnUNetPlans_BSA.json"
+    target.write_text("old")
+    assert outputs.write_text_whole(target, "new") == target and target.read_text() == "new"
+
+    def interrupted(source, destination):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write_text_whole(target, "half")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]

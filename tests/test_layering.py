@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nnunet_sparseattn"
 RANKS = {
     "nnunet_sparseattn.errors": 0,
     "nnunet_sparseattn.version": 0,
+    "nnunet_sparseattn.outputs": 0,
     "nnunet_sparseattn.layers": 1,
     "nnunet_sparseattn.losses": 1,
     "nnunet_sparseattn.complexity": 1,

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from nnunet_sparseattn.architectures.base import PlansError, serialize_arch_kwargs
 from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.outputs import write_text_whole
 from nnunet_sparseattn.plans.variants import get_variant, network_class
 
 
@@ -70,5 +71,4 @@ def write_variant_plans(
     plans = json.loads(source.read_text())
     out = variant_plans(plans, variant, configurations, overrides)
     target = source.parent / f"{out['plans_name']}.json"
-    target.write_text(json.dumps(out, indent=4, sort_keys=False))
-    return target
+    return write_text_whole(target, json.dumps(out, indent=4, sort_keys=False))
