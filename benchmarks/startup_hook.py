@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import shutil
-import platform
 import statistics
 import subprocess
 import sys

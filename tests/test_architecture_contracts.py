@@ -12,14 +12,13 @@ import pydoc
 
 import pytest
 import torch
-from dynamic_network_architectures.architectures.abstract_arch import test_submodules_loadable as check_submodules_loadable
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from plans_cases import PLANS_CASES, plans_for
 
 from nnunet_sparseattn.architectures.base import stage_shapes
 from nnunet_sparseattn.layers.window_attention import fit_window
 from nnunet_sparseattn.plans import VARIANTS, variant_plans
-from plans_cases import PLANS_CASES, plans_for
 
 NETWORKS = {name: v.network_class for name, v in VARIANTS.items()}
 FAST_CASES = ("hippocampus_3d", "hippocampus_2d", "hippocampus_resenc_3d")

@@ -194,7 +194,9 @@ def test_fsam_dilated_conv_reaches_two_voxels_and_weights_the_input():
     with torch.no_grad():
         u = fsam.conv(x)
         z = fsam.dconv(u)
-        mlp = lambda v: fsam.gate.mlp(v[..., None, None, None])
+        def mlp(v):
+            return fsam.gate.mlp(v[..., None, None, None])
+
         alpha = torch.sigmoid(mlp(F.adaptive_avg_pool3d(z, 1).flatten(1)) + mlp(F.adaptive_max_pool3d(z, 1).flatten(1)))
         assert torch.allclose(fsam(x), alpha * x + u, atol=1e-6)
         fsam.weighted = "dilated"

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from plans_cases import PLANS_CASES, plans_for
 
 from nnunet_sparseattn.architectures.base import PlansError, stage_shapes
 from nnunet_sparseattn.architectures.bsa import BSAUNet, choose_region_size
@@ -19,7 +20,6 @@ from nnunet_sparseattn.layers.bilevel_attention import (
 )
 from nnunet_sparseattn.layers.routing import grid_for_region_size
 from nnunet_sparseattn.plans import variant_plans
-from plans_cases import PLANS_CASES, plans_for
 
 SHAPES = [((7, 9), (3, 4), 2), ((5, 6, 7), (2, 3, 3), 3), ((8, 8, 8), (4, 4, 4), 2)]
 

@@ -176,7 +176,9 @@ def test_per_image_and_dataset_values_are_the_libraries_own():
     assert results["mae"] == pytest.approx(together[3].get_results()["mae"])
 
     ref, pred = refs[1], maps[0] > 0.5
-    t = lambda m: torch.from_numpy(m[None, None].astype(np.float32))
+    def t(m):
+        return torch.from_numpy(m[None, None].astype(np.float32))
+
     assert hd95(pred, ref, (0.5, 2.0)) == pytest.approx(float(compute_hausdorff_distance(
         t(pred), t(ref), include_background=True, percentile=95, spacing=[0.5, 2.0])))
     assert normalized_surface_dice(pred, ref, (0.5, 2.0), 2.0) == pytest.approx(float(compute_surface_dice(

@@ -2,7 +2,6 @@
 nothing is computed for an explanation when nobody explains."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -123,8 +123,8 @@ def test_peak_memory_is_the_largest_over_sessions():
 
 
 def test_summarize_iterations():
-    iterations = [{"step_s": s, "loss": l, "grad_norm": n}
-                  for s, l, n in [(9.0, 2.0, 12.0), (1.0, 1.8, 3.0), (3.0, 1.0, 0.5), (2.0, 0.8, 12.0)]]
+    iterations = [{"step_s": s, "loss": loss, "grad_norm": n}
+                  for s, loss, n in [(9.0, 2.0, 12.0), (1.0, 1.8, 3.0), (3.0, 1.0, 0.5), (2.0, 0.8, 12.0)]]
     summary = budgets.summarize_iterations(iterations)
     assert summary["step_s_mean"] == 2.0  # the first step (warm-up) is left out
     assert (summary["loss_first_quarter"], summary["loss_last_quarter"]) == (2.0, 0.8)
@@ -154,7 +154,7 @@ def test_progress_lines_round_trip():
 def test_budget_mixin_records_every_iteration_and_epoch(trainer_without_data):
     """The mixin on nnU-Net's real trainer (a tiny network, no data): seeded, one record per training step with the
     gradient norm the optimizer stepped with, one timing record per epoch with the process's peak memory."""
-    budget_class = getattr(budgets, "nnUNetTrainer_bench2x3")
+    budget_class = budgets.nnUNetTrainer_bench2x3
     arch, _ = HIPPOCAMPUS_3D
     arch = dict(arch, features_per_stage=[4, 8, 16, 32])
     plans = plans_for((arch, (16, 16, 16)), batch_size=2)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from plans_cases import PLANS_CASES, dataset_json, plans_for
 
 from nnunet_sparseattn.architectures.base import PlansError, stage_shapes
 from nnunet_sparseattn.architectures.mdsa import (
@@ -29,7 +30,6 @@ from nnunet_sparseattn.layers.multiscale_attention import (
 )
 from nnunet_sparseattn.layers.resampling import EnhancedDownsampling, EnhancedUpsampling, space_to_depth
 from nnunet_sparseattn.plans import variant_plans
-from plans_cases import PLANS_CASES, dataset_json, plans_for
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from plans_cases import PLANS_CASES, plans_for
 
 from nnunet_sparseattn.architectures.base import PlansError, UNetSettings
 from nnunet_sparseattn.architectures.bilateral import BilateralUNet
@@ -16,7 +17,6 @@ from nnunet_sparseattn.architectures.bsa import BSASettings, BSAUNet
 from nnunet_sparseattn.architectures.mdsa import MDSASettings, MDSAUNet
 from nnunet_sparseattn.layers.routing import Router, clamp_topk, is_dense
 from nnunet_sparseattn.plans import variant_plans
-from plans_cases import PLANS_CASES, plans_for
 
 KW, PATCH = PLANS_CASES["hippocampus_3d"]  # stages 40x56x40, 20x28x20, 10x14x10, 5x7x5
 

@@ -260,9 +260,8 @@ def test_trainers_are_shipped_pickle_and_are_found_by_nnunet():
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     import nnunet_sparseattn
-    from nnunet_sparseattn.discovery import ext_trainer_path
-
     from nnunet_sparseattn import trainers
+    from nnunet_sparseattn.discovery import ext_trainer_path
 
     assert nnUNetTrainerBSA_AdamW in SHIPPED_TRAINERS
     assert issubclass(nnUNetTrainerBSA_AdamW, AdamWWarmupMixin) and issubclass(nnUNetTrainerBSA_AdamW,

@@ -18,6 +18,7 @@ import pytest
 import torch
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+from plans_cases import HIPPOCAMPUS_3D, PLANS_CASES, plans_for
 
 from nnunet_sparseattn.architectures.base import (
     PlansNetwork,
@@ -32,7 +33,6 @@ from nnunet_sparseattn.layers.routing import is_dense
 from nnunet_sparseattn.layers.sparse_attention import RoutedAttention
 from nnunet_sparseattn.plans.variants import VARIANTS, Variant, register, unregister
 from nnunet_sparseattn.trainers.architecture import ArchitectureTrainer
-from plans_cases import HIPPOCAMPUS_3D, PLANS_CASES, plans_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
