@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnunet-sparseattn-installed
 MSD    ?=
 
-.PHONY: install lint test test-fast test-py312 demo bench-attention bench-speed bench-accuracy clean-demo
+.PHONY: install lint test test-fast test-py312 demo bench-attention bench-speed bench-accuracy bench-curves clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench-speed: $(STAMP)
 # BUDGET=cpu (default, ~1 h on 2 cores) or gpu (a CUDA machine); run again to resume a killed benchmark
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/accuracy.py --budget $(or $(BUDGET),cpu) --update-docs
+
+# Learning curves (issue 21): five trainers x two budgets x three datasets on the CPU, in pieces of at most ~1.5 h,
+# ~12 h in all on 2 cores; run again to resume (finished pieces are skipped). --dry-run lists pieces and hours.
+bench-curves: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/curves.py --all --update-docs
 
 clean-demo:
 	rm -rf demo_work
