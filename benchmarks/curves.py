@@ -15,14 +15,18 @@ The protocol (issue 21):
   MDSA-UNet's second kind; 1700 / 300), MSD Hippocampus in nnU-Net's ``2d`` configuration (two structures,
   BSA-Seg's kind; 208 / 52 patients). The 2D sets are converted by ``convert_2d`` (``convert-2d``; CVC's lossy
   JPEG masks with ``threshold`` 127) and resized to 160 x 160; Hippocampus is converted by nnU-Net's
-  ``nnUNetv2_convert_MSD_dataset`` and planned by nnU-Net's planner with its in-plane target spacing at 0.25 mm
-  (``-overwrite_target_spacing 1 0.25 0.25``, plans ``nnUNetPlans_inplane0p25``): 4x its 1 mm voxels in-plane.
+  ``nnUNetv2_convert_MSD_dataset`` and planned by nnU-Net's planner with its in-plane target spacing at 0.28 mm
+  (``-overwrite_target_spacing 1 0.28 0.28``, plans ``nnUNetPlans_inplane0p28``: 3.6x its 1 mm voxels in-plane,
+  slices of about 179 x 125, patch 192 x 128); nnU-Net's default 2d plans (patch 56 x 40) are planned as well,
+  unused.
 - Why these sizes: the first attention stage of BSA and MDSA (stage 2, 1/4 of the patch) must be routed, with
-  several times more regions than top-k. At 160 x 160 that stage is 40 x 40 tokens: BSA cuts it into 25 regions of
-  8 x 8 and keeps the top 4 (6x), MDSA into a 5 x 5 grid and keeps the top 8 (3x) (``nnunet-sparseattn info``). At
-  128 x 128 MDSA would keep 8 of 16 (2x); at Hippocampus's own 1 mm (2d patch 56 x 40, stage 2 14 x 10 = 140
+  several times more regions than top-k (``nnunet-sparseattn info``, ``harness.networks.attention_layout``). At
+  160 x 160 that stage is 40 x 40 tokens: BSA cuts it into 25 regions of 8 x 8 and keeps the top 4 (6x), MDSA into
+  a 5 x 5 grid and keeps the top 8 (3x); their next stage (20 x 20) is dense (BSA) or 9 regions (MDSA). At
+  128 x 128 MDSA would keep 8 of 16 (2x). At Hippocampus's own 1 mm (2d patch 56 x 40, stage 2 14 x 10 = 140
   tokens) BSA's stage is dense (at most 512 tokens: one region) and MDSA has 4 regions for a top-8: both dense,
-  measuring no routing at all. Larger sizes cost more than the 12 hours allow.
+  no routing measured at all; at 0.28 mm (patch 192 x 128, stage 2 48 x 32) BSA has 24 regions for a top-4 (6x),
+  MDSA 24 for a top-8 (3x), as on the 2D sets (0.25 mm: 35 regions, but 1.4x the cost, over the ~12 hours).
 - Trainers: ``nnUNetTrainer`` (stock), ``nnUNetTrainerNB``, ``nnUNetTrainerBSA``, ``nnUNetTrainerMDSA``,
   ``nnUNetTrainerBilateral``, their shipped defaults; nnU-Net's plans for all (one plans file per dataset); batch
   capped at 2 for all (``b2``: nnU-Net plans 24 at 160 x 160); fold 0 of nnU-Net's 5-fold split of the training
@@ -33,9 +37,11 @@ The protocol (issue 21):
   short budgets one piece per dataset and seed (five trainers); at the long budget one per dataset and trainer
   (stock nnU-Net first: every other piece's paired test needs it). Order: the three short seed-0 pieces, then the
   long pieces dataset by dataset, then seeds 1 and 2.
-- Hours: :data:`S_PER_ITER` (measured at these sizes on this 2-core machine, with other work beside it: see the
-  report) times the iterations, plus prediction; ``--dry-run`` prints each piece's estimate. About 0.5-1.3 h per
-  piece, ~12 h in all (``--dry-run`` gives the current sum).
+- Hours on a quiet 2-core machine (``--dry-run`` prints each piece's): :data:`S_PER_ITER` x iterations x 1.1
+  (validation, checkpoints) + a minute's start per run + :data:`PREDICT_S_PER_CASE` x test cases. Per piece:
+  short 0.5 (CVC), 0.6 (ISIC), 1.0 h (Hippocampus: 52 volumes to predict per run); long 0.3 (stock, NB),
+  0.4 (BSA, MDSA), 0.65 h (Bilateral). 24 pieces, ~13 h in all; under the load of other work, proportionally more
+  (measured: 3-7x at a load average of 8-10).
 
 Each finished piece is merged into ``benchmarks/results/curves-cpu.json`` (one record per dataset and budget:
 per-run mean test Dice with a 95 % bootstrap interval over test cases, the paired Wilcoxon test against stock
@@ -68,8 +74,8 @@ WORK = ROOT.parent / "bench_work_curves"
 STOCK = "nnUNetTrainer"
 BATCH = 2
 SIZE = 160  # the 2D sets' side after convert-2d's resize (see the docstring: why)
-HIPPOCAMPUS_SPACING = (1.0, 0.25, 0.25)
-HIPPOCAMPUS_PLANS = "nnUNetPlans_inplane0p25"
+HIPPOCAMPUS_SPACING = (1.0, 0.28, 0.28)
+HIPPOCAMPUS_PLANS = "nnUNetPlans_inplane0p28"
 SHORT, LONG = "6x50b2", "30x50b2"
 SEEDS = (0, 1, 2)  # at the short budget
 BOOTSTRAP_RESAMPLES = 10000
@@ -104,10 +110,11 @@ S_PER_ITER: dict[str, dict[str, float]] = {
             "nnUNetTrainerBilateral": 1.36},
 }
 S_PER_ITER["isic2017"] = S_PER_ITER["cvc"]
-S_PER_ITER["hippocampus"] = {k: 1.15 * v for k, v in S_PER_ITER["cvc"].items()}  # ~1.15x the pixels per patch
+# Hippocampus at 0.28 mm: patch 192 x 128, 0.96x the pixels (and the FLOPs: 10.7 vs 11.1 G for stock's network)
+S_PER_ITER["hippocampus"] = {k: 0.96 * v for k, v in S_PER_ITER["cvc"].items()}
 # nnUNetv2_predict per test case (s), quiet machine: the accuracy benchmark's 0.36-0.87 s per 256 x 256 image scaled;
-# a Hippocampus case is ~36 slices at ~1.15x the pixels
-PREDICT_S_PER_CASE = {"cvc": 0.3, "isic2017": 0.3, "hippocampus": 6.0}
+# a Hippocampus case is ~36 slices of about a 2D image's pixels each
+PREDICT_S_PER_CASE = {"cvc": 0.3, "isic2017": 0.3, "hippocampus": 8.0}
 TINY = {"budgets": ("2x2b2", "2x2b2s1", "4x2b2"), "train": 6, "test": 3}
 
 
@@ -164,22 +171,24 @@ def prepare(key: str, data_root: Path, env: dict[str, str], tiny: bool = False) 
         raise UserError(f"{spec.spec.title} is not at {source}: pass --data with the folder that holds "
                         f"{spec.spec.source}")
     test = splits.read_list(key)
-    if datasets.dataset_folder(raw, spec.dataset_id) is None:
-        if key == "hippocampus":
-            folder = datasets.dataset_folder(raw, datasets.convert_msd(source, env))
-            assert folder is not None
-            splits.hold_out_cases(folder, test)
-        else:
-            from nnunet_sparseattn.convert2d import convert_2d
-
-            folder = convert_2d(source / spec.images, source / spec.masks, spec.dataset_id,
-                                name=spec.spec.source.replace("-", ""), raw_root=raw, threshold=spec.threshold,
-                                resize=(SIZE, SIZE), test_list=splits.SPLITS / splits.LIST_FILES[key],
-                                label_names=list(spec.label_names))
+    folder = datasets.dataset_folder(raw, spec.dataset_id)
+    held = len(list((folder / "labelsTs").iterdir())) if folder is not None and (folder / "labelsTs").is_dir() else 0
+    if key == "hippocampus" and held < (TINY["test"] if tiny else len(test)):
+        # nnU-Net's converter, then the test cases out of imagesTr (again after a kill between the two)
+        folder = datasets.dataset_folder(raw, datasets.convert_msd(source, env))
+        assert folder is not None
+        splits.hold_out_cases(folder, test)
         if tiny:
-            datasets.keep_training_cases(folder, TINY["train"])
-            for label in sorted((folder / "labelsTs").iterdir())[TINY["test"]:]:
-                label.unlink()
+            _shrink(folder)
+    elif folder is None:
+        from nnunet_sparseattn.convert2d import convert_2d
+
+        folder = convert_2d(source / spec.images, source / spec.masks, spec.dataset_id,
+                            name=spec.spec.source.replace("-", ""), raw_root=raw, threshold=spec.threshold,
+                            resize=(SIZE, SIZE), test_list=splits.SPLITS / splits.LIST_FILES[key],
+                            label_names=list(spec.label_names))
+        if tiny:
+            _shrink(folder)
     if key == "hippocampus":
         plans = datasets.dataset_folder(Path(env["nnUNet_preprocessed"]), spec.dataset_id)
         if plans is None or not (plans / f"{spec.plans}.json").is_file():
@@ -188,6 +197,15 @@ def prepare(key: str, data_root: Path, env: dict[str, str], tiny: bool = False) 
             commands.run_command(["nnUNetv2_plan_experiment", "-d", spec.dataset_id, "-overwrite_target_spacing",
                                   *HIPPOCAMPUS_SPACING, "-overwrite_plans_name", spec.plans], env, log, echo=False)
     return spec.dataset_id
+
+
+def _shrink(folder: Path) -> None:
+    """``--tiny``: the first few training and test cases only."""
+    from nnunet_sparseattn.harness import datasets
+
+    datasets.keep_training_cases(folder, TINY["train"])
+    for label in sorted((folder / "labelsTs").iterdir())[TINY["test"]:]:
+        label.unlink()
 
 
 def run_piece(piece: Piece, work: Path, data_root: Path, command: str, tiny: bool = False) -> dict[str, Any]:

@@ -112,12 +112,14 @@ def write_lists(lists: dict[str, list[str]], folder: Path = SPLITS) -> None:
 def hold_out_cases(dataset: Path, cases: list[str]) -> None:
     """Move ``cases`` of an nnU-Net raw dataset from imagesTr/labelsTr to imagesTs/labelsTs (what compare predicts
     and scores as a test set). An existing imagesTs without labels (MSD's unlabelled test images) is removed first:
-    only labelled cases can be scored. Refused in one line where a case is missing."""
+    only labelled cases can be scored. Cases already moved are left (a run killed half-way is finished); a case on
+    neither side is refused in one line, before anything moves."""
     from nnunet_sparseattn.errors import UserError
 
     meta = json.loads((dataset / "dataset.json").read_text())
     ending = meta["file_ending"]
-    missing = [c for c in cases if not (dataset / "labelsTr" / f"{c}{ending}").is_file()]
+    moved = {c for c in cases if (dataset / "labelsTs" / f"{c}{ending}").is_file()}
+    missing = [c for c in cases if c not in moved and not (dataset / "labelsTr" / f"{c}{ending}").is_file()]
     if missing:
         raise UserError(f"{len(missing)} test case(s) are not training cases of {dataset} (e.g. {missing[0]})")
     if not (dataset / "labelsTs").is_dir():
@@ -127,7 +129,8 @@ def hold_out_cases(dataset: Path, cases: list[str]) -> None:
     for case in cases:
         for image in sorted((dataset / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}")):
             image.rename(dataset / "imagesTs" / image.name)
-        (dataset / "labelsTr" / f"{case}{ending}").rename(dataset / "labelsTs" / f"{case}{ending}")
+        if case not in moved:  # the label last: a case counts as moved once its label is
+            (dataset / "labelsTr" / f"{case}{ending}").rename(dataset / "labelsTs" / f"{case}{ending}")
     meta["numTraining"] = len(list((dataset / "labelsTr").glob(f"*{ending}")))
     (dataset / "dataset.json").write_text(json.dumps(meta, indent=2))
 

@@ -61,6 +61,11 @@ def test_hold_out_cases_moves_the_cases_and_drops_unlabelled_test_images(tmp_pat
     assert sorted(p.name for p in (dataset / "labelsTs").iterdir()) == ["h_2.nii.gz"]
     assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == ["h_1.nii.gz", "h_3.nii.gz"]
     assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 2
+    (dataset / "imagesTr" / "h_3_0000.nii.gz").rename(dataset / "imagesTs" / "h_3_0000.nii.gz")  # killed mid-move
+    splits.hold_out_cases(dataset, ["h_2", "h_3"])  # again, one more: what is moved stays, the rest follows
+    assert sorted(p.name for p in (dataset / "labelsTs").iterdir()) == ["h_2.nii.gz", "h_3.nii.gz"]
+    assert sorted(p.name for p in (dataset / "imagesTs").iterdir()) == ["h_2_0000.nii.gz", "h_3_0000.nii.gz"]
+    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 1
     with pytest.raises(curves_user_error(), match="1 test case"):
         splits.hold_out_cases(dataset, ["h_7"])
 
