@@ -39,9 +39,9 @@ The protocol (issue 21):
   long pieces dataset by dataset, then seeds 1 and 2.
 - Hours on a quiet 2-core machine (``--dry-run`` prints each piece's): :data:`S_PER_ITER` x iterations x 1.1
   (validation, checkpoints) + a minute's start per run + :data:`PREDICT_S_PER_CASE` x test cases. Per piece:
-  short 0.5 (CVC), 0.6 (ISIC), 1.0 h (Hippocampus: 52 volumes to predict per run); long 0.3 (stock, NB),
-  0.4 (BSA, MDSA), 0.65 h (Bilateral). 24 pieces, ~13 h in all; under the load of other work, proportionally more
-  (measured: 3-7x at a load average of 8-10).
+  short 0.5 (CVC), 0.6 (ISIC), 1.0 h (Hippocampus: 52 volumes to predict per run); long 0.3-0.4 (stock, NB),
+  0.4-0.5 (BSA, MDSA), 0.65-0.75 h (Bilateral). 24 pieces, ~13 h in all; under the load of other work,
+  proportionally more (measured: 3-7x at a load average of 8-10).
 
 Each finished piece is merged into ``benchmarks/results/curves-cpu.json`` (one record per dataset and budget:
 per-run mean test Dice with a 95 % bootstrap interval over test cases, the paired Wilcoxon test against stock
