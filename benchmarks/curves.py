@@ -41,7 +41,7 @@ The protocol (issue 21):
   (validation, checkpoints) + a minute's start per run + :data:`PREDICT_S_PER_CASE` x test cases. Per piece:
   short 0.5 (CVC), 0.6 (ISIC), 1.0 h (Hippocampus: 52 volumes to predict per run); long 0.3-0.4 (stock, NB),
   0.4-0.5 (BSA, MDSA), 0.65-0.75 h (Bilateral). 24 pieces, ~13 h in all; under the load of other work,
-  proportionally more (measured: 3-7x at a load average of 8-10).
+  proportionally more (measured: 3-9x at a load average of 8-10).
 
 Each finished piece is merged into ``benchmarks/results/curves-cpu.json`` (one record per dataset and budget:
 per-run mean test Dice with a 95 % bootstrap interval over test cases, the paired Wilcoxon test against stock
@@ -103,8 +103,8 @@ DATASETS: dict[str, CurveDataset] = {
 # s/iter per trainer at this protocol's sizes on this 2-core machine when quiet, for the hours estimates only: the
 # accuracy benchmark's ISIC 2017 runs (256 x 256, batch 2, load 1.5-3.6; benchmarks/results/accuracy-cpu-cpu.json:
 # 1.53, 1.50, 2.10, 2.07, 3.48 s/iter) scaled by the pixels per patch, (160 / 256)^2 = 0.39. Measured at 160 x 160
-# in the session that wrote this (batch 4, niced, load average 8-10 from other work): 3.5 (stock), 5.2 (NB),
-# 14.2 (BSA) s/iter, i.e. 3-7x these: on a loaded machine every piece takes that much longer.
+# in the session that wrote this (CVC-ClinicDB, batch 4, niced, load average 8-10 from other work): 3.5 (stock),
+# 5.2 (NB), 14.2 (BSA) s/iter, 2.9x, 4.4x and 8.7x these at twice the batch: a loaded machine takes that much longer.
 S_PER_ITER: dict[str, dict[str, float]] = {
     "cvc": {"nnUNetTrainer": 0.60, "nnUNetTrainerNB": 0.59, "nnUNetTrainerBSA": 0.82, "nnUNetTrainerMDSA": 0.81,
             "nnUNetTrainerBilateral": 1.36},
