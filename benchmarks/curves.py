@@ -5,7 +5,7 @@ Usage (``make bench-curves`` = ``--all --update-docs``: every piece not yet fini
     .venv/bin/python benchmarks/curves.py --all [--update-docs]            # the whole protocol, resumable
     .venv/bin/python benchmarks/curves.py --dataset cvc --budget 6x50b2 [--seed 1] [--trainer nnUNetTrainerBSA]
     .venv/bin/python benchmarks/curves.py --dry-run                        # the pieces, their state and hours
-    .venv/bin/python benchmarks/curves.py --report-only --update-docs      # JSON -> plots and BENCHMARKS.md
+    .venv/bin/python benchmarks/curves.py --report-only --update-docs      # finished runs -> JSON, plots, docs
     .venv/bin/python benchmarks/curves.py --tiny --all --work /tmp/tiny    # the whole pipeline at toy sizes
 
 The protocol (issue 21):
@@ -540,6 +540,17 @@ def _merged(piece: Piece, results_file: Path) -> bool:
     return all(t in record.get("runs", {}) for t in piece.trainers)
 
 
+def gather_started(options: Options) -> None:
+    """Merge the finished runs of every piece begun under ``options.work`` (a piece still running, or killed,
+    included: its finished runs count; its record is replaced when the piece ends)."""
+    folders = {}
+    for piece in plan_pieces(list(DATASETS), list(TRAINERS), SHORT, LONG, SEEDS) + options.pieces:
+        folders.setdefault(piece.folder(options.work), piece)
+    for folder, piece in folders.items():
+        if (folder / "compare.json").is_file():
+            gather_piece(piece, options.work, options.results_file, options.command)
+
+
 def dry_run(options: Options) -> None:
     tests = {k: len(splits.read_list(k)) for k in DATASETS}
     total = 0.0
@@ -566,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-docs", action="store_true", help=f"rewrite the curves section of {DOCS.name}")
     ap.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
     ap.add_argument("--dry-run", action="store_true", help="list the pieces, their state and estimated hours")
-    ap.add_argument("--report-only", action="store_true", help="only rewrite the plots and section from the JSON")
+    ap.add_argument("--report-only", action="store_true", help="no training: merge the finished runs of every "
+                    "piece begun in --work (finished pieces and unfinished ones) into the JSON, rewrite plots, section")
     ap.add_argument("--tiny", action="store_true", help=f"toy sizes ({TINY['train']} training, {TINY['test']} test "
                                                         f"cases, budgets {', '.join(TINY['budgets'])}): a check")
     args = ap.parse_args(argv)
@@ -595,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         failed = [] if args.report_only else run_pieces(options)
         if args.report_only:  # run_pieces rewrote them after every piece it ran
+            gather_started(options)
             write_reports(args.results, docs)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -213,3 +213,10 @@ def test_pieces_merge_into_one_json_plot_and_section_and_finished_ones_are_skipp
     assert curves.main(["--all", *common]) == 0
     assert calls == ["cvc/2x5b2s2/all"]
     assert "piece cvc/2x5b2/all: done, skipped" in capsys.readouterr().out
+    # --report-only merges the finished runs of every begun piece, one still running too, and trains nothing
+    calls.clear()
+    _fake_compare(curves.Piece("cvc", "20x5b2", ("nnUNetTrainer",)), tmp_path / "work", tmp_path, "")
+    monkeypatch.setattr(curves, "LONG", "20x5b2")
+    assert curves.main(["--report-only", *common]) == 0
+    assert not calls and set(json.loads(results.read_text())["datasets"]["cvc"]["budgets"]["20x5b2"]["runs"]) == {
+        "nnUNetTrainer"}
