@@ -6,7 +6,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnunet-sparseattn-installed
 MSD    ?=
 
-.PHONY: install lint test test-fast test-py312 demo bench-attention bench-speed bench-accuracy bench-memory clean-demo
+.PHONY: install lint test test-fast test-py312 demo bench-attention bench-speed bench-accuracy bench-memory bench-curves \
+	clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +68,11 @@ bench-accuracy: $(STAMP)
 # BENCHMARKS.md (~15 min on 2 busy cores, most of it the CPU measurements)
 bench-memory: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/training_memory.py --update-docs
+
+# Learning curves (issue 21): five trainers x two budgets x three datasets on the CPU, in pieces of at most ~1.5 h,
+# ~13 h in all on 2 quiet cores; run again to resume (finished pieces are skipped). --dry-run lists pieces and hours.
+bench-curves: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/curves.py --all --update-docs
 
 clean-demo:
 	rm -rf demo_work

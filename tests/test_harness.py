@@ -29,7 +29,10 @@ def test_named_and_parsed_budgets_and_refusals():
             b.max_batch_size) == ("20x50", 20, 50, 10, 0, None)
     assert budgets.parse_budget("10x20b4").max_batch_size == 4
     assert budgets.parse_budget("3x2").num_val_iterations_per_epoch == 1  # at least one
-    for bad in ("huge", "20x", "0x50", "20x0", "20 x 50", "20x50b0"):
+    seeded = budgets.parse_budget("10x20b4s3")
+    assert (seeded.name, seeded.seed, seeded.max_batch_size, seeded.iterations) == ("10x20b4s3", 3, 4, 200)
+    assert (budgets.parse_budget("10x20s2").seed, budgets.parse_budget("10x20s2").max_batch_size) == (2, None)
+    for bad in ("huge", "20x", "0x50", "20x0", "20 x 50", "20x50b0", "20x50s0", "20x50s", "20x50s1b4"):
         with pytest.raises(UserError, match="neither a named budget"):
             budgets.parse_budget(bad)
     for budget in budgets.BUDGETS.values():
@@ -181,6 +184,7 @@ def test_budget_mixin_records_every_iteration_and_epoch(trainer_without_data):
     timing = json.loads((Path(trainer.output_folder) / budgets.TIMING_FILE).read_text())
     assert timing["epochs"]["0"]["iterations"] == 3 and timing["epochs"]["0"]["first_in_session"]
     assert timing["epochs"]["0"]["train_s"] > 0 and timing["sessions"][0]["peak_bytes"] > 50 * 2**20
+    assert timing["epochs"]["0"]["train_cpu_s"] > 0
     records = timing["iterations"]
     assert [r["epoch"] for r in records] == [0, 0, 0]
     assert all(r["grad_norm"] is not None and 0 < r["grad_norm"] <= 12.0 + 1e-4 for r in records)

@@ -7,7 +7,8 @@ trainer ``T`` and budget ``B`` the class ``T_benchB`` is ``T`` with :class:`Budg
 ``nnUNetTrainer`` gets exactly the same mixin).
 
 Those classes are made on demand from their name, by this module's ``__getattr__`` (PEP 562): ``B`` is a named
-budget (``tiny``, ``cpu``, ``gpu``) or ``EPOCHSxITERATIONS`` (``20x50``; ``20x50b4`` also caps batches at 4). So a
+budget (``tiny``, ``cpu``, ``gpu``) or ``EPOCHSxITERATIONS`` (``20x50``; ``20x50b4`` also caps batches at 4;
+``20x50s1`` or ``20x50b4s1`` seeds with 1 instead of 0: the same budget, another draw). So a
 class exists, as the same object, in every process that asks this module for it, and pickles. nnU-Net asks through
 ``budget_shim/``, a folder that ``harness.commands`` appends to ``nnUNet_extTrainer``: its one module re-exports this
 ``__getattr__``, and nnU-Net's lookup (``hasattr`` on the modules of that folder) finds every budgeted name.
@@ -23,7 +24,8 @@ The mixin:
 - saves ``checkpoint_latest.pth`` after every epoch, so that a killed run continues (``--c``) where it stopped;
 - times the training iterations of every epoch (from after ``on_train_epoch_start`` to the start of
   ``on_train_epoch_end``: data loading, forward, backward and optimiser step; nnU-Net's validation iterations
-  excluded) and records the training process's peak memory into ``benchmark_timing.json`` in the fold folder,
+  excluded), wall and CPU time (``time.process_time``: all threads of the training process), and records the
+  training process's peak memory into ``benchmark_timing.json`` in the fold folder,
   with one record per training iteration: learning rate, loss, the gradient norm the optimiser stepped with (after
   nnU-Net's clip at 12 and any clip of the trainer's own), step time and a checksum of the batch (equal seeds give
   equal batches: two trainers' checksums show whether they saw the same data);
@@ -100,12 +102,13 @@ BUDGETS: dict[str, Budget] = {
         "gpu", num_epochs=50, num_iterations_per_epoch=250, num_val_iterations_per_epoch=50, tta=True, compile=True
     ),
 }
-_PARSED = re.compile(r"(\d+)x(\d+)(?:b(\d+))?")
+_PARSED = re.compile(r"(\d+)x(\d+)(?:b(\d+))?(?:s(\d+))?")
 
 
 def parse_budget(text: str) -> Budget:
     """A named budget, or ``EPOCHSxITERATIONS`` (validation iterations: a fifth, as nnU-Net's 250 + 50; seed 0),
-    optionally ``bN`` to cap batches at N. Refused in one line otherwise."""
+    optionally ``bN`` to cap batches at N, then optionally ``sN`` for seed N (``s0`` is refused: leave it out, so
+    that one budget has one name). Refused in one line otherwise."""
     text = str(text).strip()
     if text in BUDGETS:
         return BUDGETS[text]
@@ -114,7 +117,8 @@ def parse_budget(text: str) -> Budget:
     if match is None or 0 in numbers:
         raise UserError(
             f"budget {text!r} is neither a named budget ({', '.join(BUDGETS)}) nor EPOCHSxITERATIONS "
-            "with positive numbers, e.g. 20x50 (20 epochs of 50 iterations)"
+            "with positive numbers, e.g. 20x50 (20 epochs of 50 iterations), 20x50b4 (batches of at most 4), "
+            "20x50b4s1 (seed 1)"
         )
     epochs, iterations = numbers[:2]
     return Budget(
@@ -122,6 +126,7 @@ def parse_budget(text: str) -> Budget:
         epochs,
         iterations,
         max(1, iterations // 5),
+        seed=int(match.group(4)) if match.group(4) else 0,
         max_batch_size=int(match.group(3)) if match.group(3) else None,
     )
 
@@ -232,6 +237,7 @@ class BudgetMixin(ShortScheduleMixin):
         self._timing: dict | None = None
         self._first_epoch_of_session = 0
         self._epoch_started = 0.0
+        self._epoch_cpu_started = 0.0
         self._grad_norm = math.nan
 
     @property
@@ -296,13 +302,16 @@ class BudgetMixin(ShortScheduleMixin):
         super().on_train_epoch_start()
         self._sync()
         self._epoch_started = time.perf_counter()
+        self._epoch_cpu_started = time.process_time()
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         self._sync()
         elapsed = time.perf_counter() - self._epoch_started
+        cpu = time.process_time() - self._epoch_cpu_started
         if self.local_rank == 0:
             self._timing_record()["epochs"][str(self.current_epoch)] = {
                 "train_s": elapsed,
+                "train_cpu_s": cpu,  # every thread of the training process (augmentation runs in it on the CPU)
                 "iterations": self.num_iterations_per_epoch,
                 "first_in_session": self.current_epoch == self._first_epoch_of_session,
             }
