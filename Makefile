@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# ruff (lint rules and the formatter's check) and mypy on the package, as configured in pyproject.toml
+# ruff (lint rules and the formatter's check) on the package, its tests and benchmarks; mypy on the package, as
+# configured in pyproject.toml (tests and benchmarks are not type-checked yet)
+LINTED := nnunet_sparseattn nnunet_sparseattn_autodiscovery.py tests benchmarks
 lint: $(STAMP)
-	$(VENV)/bin/ruff check nnunet_sparseattn nnunet_sparseattn_autodiscovery.py
-	$(VENV)/bin/ruff format --check nnunet_sparseattn nnunet_sparseattn_autodiscovery.py
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
 # OpenMP threads that spin while waiting cost up to 10x on 2 shared cores when the tests' nnU-Net subprocesses and

@@ -14,6 +14,7 @@ then gathers them into ``benchmarks/results/accuracy-<device>-<budget>.json``, a
 BENCHMARKS.md (``--update-docs``), and lists every mean Dice that moved by more than 2 points against the results
 file it replaces.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,13 @@ MARKERS = ("<!-- accuracy:begin -->", "<!-- accuracy:end -->")
 SCHEMA = 2
 
 # The trainers compared, in table order: nnU-Net's own first, then one per method.
-TRAINERS: tuple[str, ...] = ("nnUNetTrainer", "nnUNetTrainerNB", "nnUNetTrainerBSA", "nnUNetTrainerMDSA",
-                             "nnUNetTrainerBilateral")
+TRAINERS: tuple[str, ...] = (
+    "nnUNetTrainer",
+    "nnUNetTrainerNB",
+    "nnUNetTrainerBSA",
+    "nnUNetTrainerMDSA",
+    "nnUNetTrainerBilateral",
+)
 SPARSE_ATTENTION = ("nnUNetTrainerBSA", "nnUNetTrainerMDSA", "nnUNetTrainerBilateral")
 
 
@@ -84,24 +90,41 @@ def prepare_dataset(spec: DatasetSpec, data_root: Path, env: dict[str, str], kee
         from nnunet_sparseattn.convert2d import convert_2d
 
         if datasets.dataset_folder(raw, ISIC_DATASET_ID) is None:
-            convert_2d(source / "images", source / "masks", ISIC_DATASET_ID, name="ISIC2017", raw_root=raw,
-                       limit=keep, label_names=["lesion"])
+            convert_2d(
+                source / "images",
+                source / "masks",
+                ISIC_DATASET_ID,
+                name="ISIC2017",
+                raw_root=raw,
+                limit=keep,
+                label_names=["lesion"],
+            )
         return ISIC_DATASET_ID
     raise UserError(f"no converter for dataset {spec.key}")
 
 
-def compare_dataset(spec: DatasetSpec, budget: str, device: str, trainers: list[str], work: Path,
-                    data_root: Path, command: str) -> dict[str, Any]:
+def compare_dataset(
+    spec: DatasetSpec, budget: str, device: str, trainers: list[str], work: Path, data_root: Path, command: str
+) -> dict[str, Any]:
     """Prepare ``spec`` and run (or resume) its comparison; returns compare's results."""
     from nnunet_sparseattn.compare.run import CompareRequest, run_compare
     from nnunet_sparseattn.harness.commands import work_environment
 
     env = work_environment(work)
     dataset_id = prepare_dataset(spec, data_root, env, TRAINING_CASES.get(budget, {}).get(spec.key))
-    request = CompareRequest(dataset_id, spec.configuration, work / f"compare-{spec.key}", trainers=trainers,
-                             baselines=["stock"], budget=budget, folds=[0], device=device,
-                             raw=Path(env["nnUNet_raw"]), preprocessed=Path(env["nnUNet_preprocessed"]),
-                             command=command)
+    request = CompareRequest(
+        dataset_id,
+        spec.configuration,
+        work / f"compare-{spec.key}",
+        trainers=trainers,
+        baselines=["stock"],
+        budget=budget,
+        folds=[0],
+        device=device,
+        raw=Path(env["nnUNet_raw"]),
+        preprocessed=Path(env["nnUNet_preprocessed"]),
+        command=command,
+    )
     print(f"\n== {spec.title} ({spec.configuration}): compare in {request.output}", flush=True)
     return run_compare(request)
 
@@ -111,18 +134,26 @@ def gather(comparisons: dict[str, dict[str, Any]], trainers: list[str], command:
     """One results record from the comparisons, their runs restricted to ``trainers`` (a comparison folder may hold
     more: the optimizer benchmark adds its runs to the ISIC one)."""
     first = next(iter(comparisons.values()))
-    out = {"benchmark": "accuracy", "schema": SCHEMA, "command": command, "trainers": trainers,
-           **{k: first[k] for k in ("budget", "budget_text", "device", "machine", "torch", "nnunetv2", "python")},
-           "datasets": {}}
+    out = {
+        "benchmark": "accuracy",
+        "schema": SCHEMA,
+        "command": command,
+        "trainers": trainers,
+        **{k: first[k] for k in ("budget", "budget_text", "device", "machine", "torch", "nnunetv2", "python")},
+        "datasets": {},
+    }
     for key, results in comparisons.items():
         spec = DATASETS[key]
         keys = [f"{t}__nnUNetPlans" for t in trainers]
         runs = {k: results["runs"][k] for k in keys if k in results["runs"]}
         tests = [t for t in results.get("tests", []) if t["run"] in runs and t["baseline"] in runs]
-        out["datasets"][key] = {"title": spec.title, "distance_unit": spec.distance_unit,
-                                **{k: results[k] for k in ("dataset", "configuration", "heldout", "started",
-                                                           "updated")},
-                                "runs": runs, "tests": tests}
+        out["datasets"][key] = {
+            "title": spec.title,
+            "distance_unit": spec.distance_unit,
+            **{k: results[k] for k in ("dataset", "configuration", "heldout", "started", "updated")},
+            "runs": runs,
+            "tests": tests,
+        }
     return out
 
 
@@ -142,15 +173,22 @@ def moved(old: dict[str, Any] | None, new: dict[str, Any], points: float = 2.0) 
             pairs += [(c, was.get("dice", {}).get(c), v) for c, v in run.get("dice", {}).items()]
             for what, a, b in pairs:
                 if a is not None and b is not None and abs(b - a) * 100 > points:
-                    lines.append(f"{dataset['title']} {run.get('label', trainer)} {what} Dice: {a:.3f} -> {b:.3f} "
-                                 f"({100 * (b - a):+.1f} points)")
+                    lines.append(
+                        f"{dataset['title']} {run.get('label', trainer)} {what} Dice: {a:.3f} -> {b:.3f} "
+                        f"({100 * (b - a):+.1f} points)"
+                    )
     return lines
 
 
 def load_range(dataset: dict[str, Any]) -> tuple[float, float] | None:
     """The lowest and highest 1-minute load average seen before and after the trainings of one dataset's runs."""
-    loads = [fold[key][0] for run in dataset.get("runs", {}).values() for fold in run.get("folds", {}).values()
-             for key in ("load_average_before", "load_average_after") if fold.get(key)]
+    loads = [
+        fold[key][0]
+        for run in dataset.get("runs", {}).values()
+        for fold in run.get("folds", {}).values()
+        for key in ("load_average_before", "load_average_after")
+        if fold.get(key)
+    ]
     return (min(loads), max(loads)) if loads else None
 
 
@@ -179,8 +217,10 @@ def target_lines(results: dict[str, Any]) -> list[str]:
         delta = 100 * (r["mean_dice"] - stock["mean_dice"])
         ratio = r["s_per_iter"] / stock["s_per_iter"]
         timing = f"{'met' if ratio <= 1.5 else 'missed'}" if comparable else "not comparable: see the load below"
-        lines.append(f"- {short_label(trainer)}: Dice {delta:+.2f} points ({'met' if delta >= -0.5 else 'missed'}), "
-                     f"time per iteration {ratio:.2f}x ({timing})")
+        lines.append(
+            f"- {short_label(trainer)}: Dice {delta:+.2f} points ({'met' if delta >= -0.5 else 'missed'}), "
+            f"time per iteration {ratio:.2f}x ({timing})"
+        )
     return lines
 
 
@@ -191,11 +231,16 @@ def load_lines(results: dict[str, Any]) -> list[str]:
         spread = load_range(dataset)
         if spread is None:
             continue
-        verdict = ("comparable" if timings_comparable(dataset) else
-                   "NOT comparable between trainers (the load changed between their trainings); the network speed "
-                   "benchmark measures the ratios side by side")
-        lines.append(f"- {dataset['title']}: 1-minute load average {spread[0]:.1f} to {spread[1]:.1f} during the "
-                     f"trainings; s/iter ratios {verdict}.")
+        verdict = (
+            "comparable"
+            if timings_comparable(dataset)
+            else "NOT comparable between trainers (the load changed between their trainings); the network speed "
+            "benchmark measures the ratios side by side"
+        )
+        lines.append(
+            f"- {dataset['title']}: 1-minute load average {spread[0]:.1f} to {spread[1]:.1f} during the "
+            f"trainings; s/iter ratios {verdict}."
+        )
     return lines
 
 
@@ -208,18 +253,25 @@ def render_results(results: dict[str, Any], png: str | None) -> str:
 
     budget = results["budget"]
     dates = [d.get("updated", "") for d in results["datasets"].values()]
-    parts = [f"### `{budget['name']}` budget on {results['machine']} ({max(dates)[:10]})", "",
-             f"Command: `{results['command']}`  ",
-             f"Budget: {results['budget_text']}; fold 0.  ",
-             f"Versions: torch {results['torch']}, nnU-Net {results['nnunetv2']}, Python {results['python']}.", ""]
+    parts = [
+        f"### `{budget['name']}` budget on {results['machine']} ({max(dates)[:10]})",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Budget: {results['budget_text']}; fold 0.  ",
+        f"Versions: torch {results['torch']}, nnU-Net {results['nnunetv2']}, Python {results['python']}.",
+        "",
+    ]
     for dataset in results["datasets"].values():
         cases = sum(len(c) for c in dataset["heldout"]["cases"].values())
-        parts.append(f"- {dataset['title']}: {dataset['dataset']['name']} `{dataset['configuration']}`, {cases} "
-                     f"{'validation cases of fold 0' if dataset['heldout']['kind'] == 'validation' else 'test cases'}"
-                     f" predicted and scored; HD95 in {dataset['distance_unit']}; ran from {dataset['started']} to "
-                     f"{dataset['updated']}.")
-    tables = [results_table(_as_comparison(d, results), dataset=d["title"]).split("\n")
-              for d in results["datasets"].values()]
+        parts.append(
+            f"- {dataset['title']}: {dataset['dataset']['name']} `{dataset['configuration']}`, {cases} "
+            f"{'validation cases of fold 0' if dataset['heldout']['kind'] == 'validation' else 'test cases'}"
+            f" predicted and scored; HD95 in {dataset['distance_unit']}; ran from {dataset['started']} to "
+            f"{dataset['updated']}."
+        )
+    tables = [
+        results_table(_as_comparison(d, results), dataset=d["title"]).split("\n") for d in results["datasets"].values()
+    ]
     table = "\n".join(tables[0] + [row for t in tables[1:] for row in t[2:]]) if tables else ""
     note = paired_test_note({"tests": [t for d in results["datasets"].values() for t in d["tests"]]})
     where = "measured on this GPU" if results["device"] == "cuda" else "stated for a GPU budget; this is a CPU run"
@@ -227,8 +279,10 @@ def render_results(results: dict[str, Any], png: str | None) -> str:
     if load := load_lines(results):
         parts += ["", "Machine load (timings of a shared CPU):", *load]
     if png:
-        parts += ["", f"![mean Dice against training time per iteration; per-case Dice, {budget['name']} budget]"
-                      f"({png})"]
+        parts += [
+            "",
+            f"![mean Dice against training time per iteration; per-case Dice, {budget['name']} budget]({png})",
+        ]
     return "\n".join(parts)
 
 
@@ -265,12 +319,17 @@ checkpoint every epoch; finished runs are kept)."""
 
 
 def render_section(results_files: list[Path], docs_root: Path = ROOT) -> str:
-    parts = ["<!-- written by benchmarks/accuracy.py from benchmarks/results/accuracy-*.json: do not edit -->",
-             "## Accuracy and cost on real data", "",
-             "```",
-             "make bench-accuracy              # CPU budget: .venv/bin/python benchmarks/accuracy.py --budget cpu",
-             "make bench-accuracy BUDGET=gpu   # on a CUDA machine",
-             "```", "", METHODS]
+    parts = [
+        "<!-- written by benchmarks/accuracy.py from benchmarks/results/accuracy-*.json: do not edit -->",
+        "## Accuracy and cost on real data",
+        "",
+        "```",
+        "make bench-accuracy              # CPU budget: .venv/bin/python benchmarks/accuracy.py --budget cpu",
+        "make bench-accuracy BUDGET=gpu   # on a CUDA machine",
+        "```",
+        "",
+        METHODS,
+    ]
     if not results_files:
         parts += ["", "No results yet."]
     for path in results_files:
@@ -295,8 +354,10 @@ def splice_section(document: str, section: str, markers: tuple[str, str] = MARKE
 
     begin, end = markers
     if document.count(begin) != 1 or document.count(end) != 1 or document.index(begin) > document.index(end):
-        raise UserError(f"BENCHMARKS.md needs exactly one {begin} followed by one {end} where the section goes: add "
-                        "them, then run with --update-docs again")
+        raise UserError(
+            f"BENCHMARKS.md needs exactly one {begin} followed by one {end} where the section goes: add "
+            "them, then run with --update-docs again"
+        )
     head, rest = document.split(begin, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{begin}\n{section.rstrip()}\n{end}{tail}"
@@ -308,8 +369,12 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
 
     budget = results["budget"]
     rows = [(_as_comparison(d, results), None) for d in results["datasets"].values()]
-    return plot_rows(rows, path, f"{budget['name']} budget: {budget['num_epochs']} x "
-                                 f"{budget['num_iterations_per_epoch']} iterations, {results['machine']}")
+    return plot_rows(
+        rows,
+        path,
+        f"{budget['name']} budget: {budget['num_epochs']} x "
+        f"{budget['num_iterations_per_epoch']} iterations, {results['machine']}",
+    )
 
 
 def write_reports(out_dir: Path, section_path: Path, docs: Path | None) -> None:
@@ -351,8 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated subset of {', '.join(DATASETS)}")
     ap.add_argument("--trainers", default=",".join(TRAINERS), help=f"comma-separated subset of {', '.join(TRAINERS)}")
-    ap.add_argument("--work", type=Path, default=None, help="nnU-Net's folders and the comparisons (default "
-                                                           "bench_work/accuracy-DEVICE-BUDGET)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="nnU-Net's folders and the comparisons (default bench_work/accuracy-DEVICE-BUDGET)",
+    )
     ap.add_argument("--data", type=Path, default=DATA, help=f"the shared data folder (default {DATA})")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help=f"results folder (default {RESULTS})")
     ap.add_argument("--section", type=Path, default=SECTION, help=f"section text output (default {SECTION})")
@@ -371,24 +440,36 @@ def main(argv: list[str] | None = None) -> int:
             trainers = names(args.trainers, TRAINERS, "trainer")
             work = (args.work or work_folder(args.budget, args.device)).resolve()
             command = shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
-            comparisons = {key: compare_dataset(DATASETS[key], args.budget, args.device, trainers, work, args.data,
-                                                command) for key in keys}
+            comparisons = {
+                key: compare_dataset(DATASETS[key], args.budget, args.device, trainers, work, args.data, command)
+                for key in keys
+            }
             results = gather(comparisons, trainers, command)
             path = args.out_dir / f"accuracy-{args.device}-{args.budget}.json"
             old = json.loads(path.read_text()) if path.is_file() else None
             args.out_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, results)
             shifts = moved(old, results)
-            print("\n" + ("\n".join(["moved by more than 2 Dice points against the previous results:", *shifts])
-                          if shifts else "no mean Dice moved by more than 2 points against the previous results"))
+            print(
+                "\n"
+                + (
+                    "\n".join(["moved by more than 2 Dice points against the previous results:", *shifts])
+                    if shifts
+                    else "no mean Dice moved by more than 2 points against the previous results"
+                )
+            )
         write_reports(args.out_dir, args.section, args.docs if args.update_docs else None)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.report_only:
         return 0
-    failed = [(d, r.get("label")) for d, rec in results["datasets"].items() for r in rec["runs"].values()
-              if r.get("status") == "failed"]
+    failed = [
+        (d, r.get("label"))
+        for d, rec in results["datasets"].items()
+        for r in rec["runs"].values()
+        if r.get("status") == "failed"
+    ]
     if failed:
         print(f"\n{len(failed)} run(s) failed: {', '.join(f'{d}/{t}' for d, t in failed)} (see their logs)")
     return 1 if failed else 0

@@ -200,14 +200,23 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--quick", action="store_true", help="16^3 and 24^3 anchor only, 1 repeat")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--region", type=int, default=4, help="region edge in tokens (default 4 -> 64 tokens)")
-    ap.add_argument("--max-seconds", type=float, default=150.0,
-                    help="skip a dense/biformer case whose predicted time exceeds this (default 150)")
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=150.0,
+        help="skip a dense/biformer case whose predicted time exceeds this (default 150)",
+    )
     ap.add_argument("--backends", default="dense,biformer,gather,flex")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     ap.add_argument("--table", default=None, metavar="JSON", help="only print the markdown table of a results file")
     ap.add_argument("--out", default=None, help="output JSON (default benchmarks/results/attention-<device>.json)")
-    ap.add_argument("--density-case", type=int, default=None, metavar="SIDE",
-                    help="only the 12.5 %%-density case (an eighth of the regions routed) at SIDE^3 tokens (GPU: 32)")
+    ap.add_argument(
+        "--density-case",
+        type=int,
+        default=None,
+        metavar="SIDE",
+        help="only the 12.5 %%-density case (an eighth of the regions routed) at SIDE^3 tokens (GPU: 32)",
+    )
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
@@ -234,8 +243,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         r = args.region**3
         nr = grid**3
         for be in backends:
-            rec = dict(backend=be, tokens=n, channels=c, heads=h, topk=topk, region_tokens=r, fwd_s=None,
-                       fwdbwd_s=None, peak_bytes=None, peak_fwdbwd_bytes=None, device=device.type)
+            rec = dict(
+                backend=be,
+                tokens=n,
+                channels=c,
+                heads=h,
+                topk=topk,
+                region_tokens=r,
+                fwd_s=None,
+                fwdbwd_s=None,
+                peak_bytes=None,
+                peak_fwdbwd_bytes=None,
+                device=device.type,
+            )
             label = f"{be} N={side}^3 C={c} h={h} k={topk}"
             skip_fwd = skip_bwd = None
             prev = history.get((be, c, topk))
@@ -296,8 +316,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         dtype=str(dtype),
         batch=1,
         region=f"{args.region}^3",
-        memory_method=("torch.cuda.max_memory_allocated minus memory_allocated before the call" if device.type == "cuda"
-                       else "torch.profiler profile_memory: peak of the running sum of tensor alloc/free events"),
+        memory_method=(
+            "torch.cuda.max_memory_allocated minus memory_allocated before the call"
+            if device.type == "cuda"
+            else "torch.profiler profile_memory: peak of the running sum of tensor alloc/free events"
+        ),
         flex_first_call_s=compile_s,
         load_average_start=load_start,
         load_average_end=load_average(),
@@ -315,12 +338,16 @@ def markdown_table(records: list[dict]) -> str:
     """The records as the markdown table used in BENCHMARKS.md (times in s, memory in MiB)."""
     mib = lambda x: "null" if x is None else f"{x / 2**20:.1f}"  # noqa: E731
     sec = lambda x: "null" if x is None else f"{x:.4g}"  # noqa: E731
-    rows = ["| tokens | C | heads | top-k | backend | fwd s | fwd+bwd s | fwd peak MiB | fwd+bwd peak MiB |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| tokens | C | heads | top-k | backend | fwd s | fwd+bwd s | fwd peak MiB | fwd+bwd peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         side = round(r["tokens"] ** (1 / 3))
-        rows.append(f"| {side}^3 | {r['channels']} | {r['heads']} | {r['topk']} | {r['backend']} | {sec(r['fwd_s'])} "
-                    f"| {sec(r['fwdbwd_s'])} | {mib(r['peak_bytes'])} | {mib(r['peak_fwdbwd_bytes'])} |")
+        rows.append(
+            f"| {side}^3 | {r['channels']} | {r['heads']} | {r['topk']} | {r['backend']} | {sec(r['fwd_s'])} "
+            f"| {sec(r['fwdbwd_s'])} | {mib(r['peak_bytes'])} | {mib(r['peak_fwdbwd_bytes'])} |"
+        )
     return "\n".join(rows)
 
 
@@ -346,9 +373,11 @@ def _fmt(x, unit=""):
 
 
 def _row(r: dict) -> str:
-    return (f"{r['backend']:8s} N={r['tokens']:6d} C={r['channels']:3d} h={r['heads']} k={r['topk']:2d} "
-            f"fwd={_fmt(r['fwd_s']):>8s} fwdbwd={_fmt(r['fwdbwd_s']):>8s} "
-            f"mem={_fmt(r['peak_bytes'], 'B'):>8s} mem_fb={_fmt(r['peak_fwdbwd_bytes'], 'B'):>8s}")
+    return (
+        f"{r['backend']:8s} N={r['tokens']:6d} C={r['channels']:3d} h={r['heads']} k={r['topk']:2d} "
+        f"fwd={_fmt(r['fwd_s']):>8s} fwdbwd={_fmt(r['fwdbwd_s']):>8s} "
+        f"mem={_fmt(r['peak_bytes'], 'B'):>8s} mem_fb={_fmt(r['peak_fwdbwd_bytes'], 'B'):>8s}"
+    )
 
 
 def _print_ratios(records: list[dict]) -> None:
@@ -383,8 +412,10 @@ def _print_ratios(records: list[dict]) -> None:
             rr = ratio(dd, s, field)
             if rr is not None:
                 # useful FLOPs are 12.5 % of dense: throughput per useful FLOP = speed-up * density
-                print(f"  12.5% density {field} dense / {be}: {rr:.2f} (target >= 4); "
-                      f"throughput per useful FLOP vs dense: {rr * 64 / 512:.0%} (target >= 40%)")
+                print(
+                    f"  12.5% density {field} dense / {be}: {rr:.2f} (target >= 4); "
+                    f"throughput per useful FLOP vs dense: {rr * 64 / 512:.0%} (target >= 40%)"
+                )
     print("flex forward peak bytes per token:")
     for s in (16, 24, 32, 48):
         r = get("flex", s**3)

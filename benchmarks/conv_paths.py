@@ -78,6 +78,7 @@ def measure(case: tuple, repeats: int) -> dict:
     paths = {"plain": plain, "channels-last": channels_last}
     depthwise = groups == c and stride == 1
     if depthwise:
+
         def fast_backward(t: torch.Tensor) -> torch.Tensor:  # as _CPUConvolution runs it: 3D in channels-last
             t = t.contiguous(memory_format=layout) if ndim == 3 else t
             return conv._DepthwiseConv.apply(t, weight, bias, [k // 2] * ndim).contiguous()
@@ -98,8 +99,18 @@ def measure(case: tuple, repeats: int) -> dict:
 
         return run
 
-    record: dict = {"case": {"ndim": ndim, "channels": c, "groups": groups, "spatial": list(spatial), "stride": stride,
-                             "kernel": k}, "train_ms": {}, "infer_ms": {}}
+    record: dict = {
+        "case": {
+            "ndim": ndim,
+            "channels": c,
+            "groups": groups,
+            "spatial": list(spatial),
+            "stride": stride,
+            "kernel": k,
+        },
+        "train_ms": {},
+        "infer_ms": {},
+    }
     for _ in range(2):  # interleaved twice: the best of both
         for name, path in paths.items():
             for kind, make in (("train_ms", train), ("infer_ms", infer)):
@@ -121,20 +132,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "conv-paths-cpu.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = {"command": " ".join(["python", "benchmarks/conv_paths.py", *(argv or sys.argv[1:])]),
-              "machine": describe_machine("cpu"), "torch": torch.__version__, "threads": args.threads,
-              "load_average_start": load_average(), "records": []}
+    result = {
+        "command": " ".join(["python", "benchmarks/conv_paths.py", *(argv or sys.argv[1:])]),
+        "machine": describe_machine("cpu"),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "load_average_start": load_average(),
+        "records": [],
+    }
     print("| conv | train: plain | channels-last | depthwise backward | taken | infer: plain | channels-last | taken |")
     print("|---|---|---|---|---|---|---|---|")
     for case in CASES:
         r = measure(case, args.repeats)
         result["records"].append(r)
         c = r["case"]
-        name = (f"{c['ndim']}D {c['channels']} ch / {c['groups']} groups, {'x'.join(map(str, c['spatial']))}, "
-                f"k{c['kernel']} s{c['stride']}")
+        name = (
+            f"{c['ndim']}D {c['channels']} ch / {c['groups']} groups, {'x'.join(map(str, c['spatial']))}, "
+            f"k{c['kernel']} s{c['stride']}"
+        )
         t, i = r["train_ms"], r["infer_ms"]
-        print(f"| {name} | {t['plain']} | {t['channels-last']} | {t.get('depthwise backward', '–')} | "
-              f"{r['taken_training']} | {i['plain']} | {i['channels-last']} | {r['taken_inference']} |", flush=True)
+        print(
+            f"| {name} | {t['plain']} | {t['channels-last']} | {t.get('depthwise backward', '–')} | "
+            f"{r['taken_training']} | {i['plain']} | {i['channels-last']} | {r['taken_inference']} |",
+            flush=True,
+        )
     result["load_average_end"] = load_average()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

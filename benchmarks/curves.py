@@ -49,6 +49,7 @@ nnU-Net from ``compare``, ``evaluate``'s polyp metrics on CVC-ClinicDB, s/iter, 
 (``curves-cpu.png``: test Dice against iterations and against training CPU hours, a line per method) and the
 curves section of BENCHMARKS.md (``--update-docs``, between its ``curves`` markers) are written from that JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,12 +94,15 @@ class CurveDataset:
 
 
 DATASETS: dict[str, CurveDataset] = {
-    "cvc": CurveDataset(DatasetSpec("cvc", "CVC-ClinicDB", "2d", "CVC-ClinicDB", "px"), 961, threshold=127,
-                        label_names=("polyp",)),
-    "isic2017": CurveDataset(DatasetSpec("isic2017", "ISIC 2017", "2d", "ISIC2017_256", "px"), 962,
-                             label_names=("lesion",)),
-    "hippocampus": CurveDataset(DatasetSpec("hippocampus", "MSD Hippocampus", "2d", "Task04_Hippocampus", "mm"), 4,
-                                plans=HIPPOCAMPUS_PLANS),
+    "cvc": CurveDataset(
+        DatasetSpec("cvc", "CVC-ClinicDB", "2d", "CVC-ClinicDB", "px"), 961, threshold=127, label_names=("polyp",)
+    ),
+    "isic2017": CurveDataset(
+        DatasetSpec("isic2017", "ISIC 2017", "2d", "ISIC2017_256", "px"), 962, label_names=("lesion",)
+    ),
+    "hippocampus": CurveDataset(
+        DatasetSpec("hippocampus", "MSD Hippocampus", "2d", "Task04_Hippocampus", "mm"), 4, plans=HIPPOCAMPUS_PLANS
+    ),
 }
 # s/iter per trainer at this protocol's sizes on this 2-core machine when quiet, for the hours estimates only: the
 # accuracy benchmark's ISIC 2017 runs (256 x 256, batch 2, load 1.5-3.6; benchmarks/results/accuracy-cpu-cpu.json:
@@ -106,8 +110,13 @@ DATASETS: dict[str, CurveDataset] = {
 # in the session that wrote this (CVC-ClinicDB, batch 4, niced, load average 8-10 from other work): 3.5 (stock),
 # 5.2 (NB), 14.2 (BSA) s/iter, 2.9x, 4.4x and 8.7x these at twice the batch: a loaded machine takes that much longer.
 S_PER_ITER: dict[str, dict[str, float]] = {
-    "cvc": {"nnUNetTrainer": 0.60, "nnUNetTrainerNB": 0.59, "nnUNetTrainerBSA": 0.82, "nnUNetTrainerMDSA": 0.81,
-            "nnUNetTrainerBilateral": 1.36},
+    "cvc": {
+        "nnUNetTrainer": 0.60,
+        "nnUNetTrainerNB": 0.59,
+        "nnUNetTrainerBSA": 0.82,
+        "nnUNetTrainerMDSA": 0.81,
+        "nnUNetTrainerBilateral": 1.36,
+    },
 }
 S_PER_ITER["isic2017"] = S_PER_ITER["cvc"]
 # Hippocampus at 0.28 mm: patch 192 x 128, 0.96x the pixels (and the FLOPs: 10.7 vs 11.1 G for stock's network)
@@ -138,8 +147,9 @@ class Piece:
         return work / f"{self.dataset}-{self.budget}"
 
 
-def plan_pieces(datasets: list[str], trainers: list[str], short: str = SHORT, long: str = LONG,
-                seeds: tuple[int, ...] = SEEDS) -> list[Piece]:
+def plan_pieces(
+    datasets: list[str], trainers: list[str], short: str = SHORT, long: str = LONG, seeds: tuple[int, ...] = SEEDS
+) -> list[Piece]:
     """The protocol's pieces in the order they run (see the module's docstring)."""
     pieces = [Piece(d, budget_name(short, seeds[0]), tuple(trainers)) for d in datasets]
     pieces += [Piece(d, long, (t,)) for d in datasets for t in trainers]
@@ -168,8 +178,9 @@ def prepare(key: str, data_root: Path, env: dict[str, str], tiny: bool = False) 
     raw = Path(env["nnUNet_raw"])
     source = data_root / spec.spec.source
     if not source.is_dir():
-        raise UserError(f"{spec.spec.title} is not at {source}: pass --data with the folder that holds "
-                        f"{spec.spec.source}")
+        raise UserError(
+            f"{spec.spec.title} is not at {source}: pass --data with the folder that holds {spec.spec.source}"
+        )
     test = splits.read_list(key)
     folder = datasets.dataset_folder(raw, spec.dataset_id)
     held = len(list((folder / "labelsTs").iterdir())) if folder is not None and (folder / "labelsTs").is_dir() else 0
@@ -183,10 +194,17 @@ def prepare(key: str, data_root: Path, env: dict[str, str], tiny: bool = False) 
     elif folder is None:
         from nnunet_sparseattn.convert2d import convert_2d
 
-        folder = convert_2d(source / spec.images, source / spec.masks, spec.dataset_id,
-                            name=spec.spec.source.replace("-", ""), raw_root=raw, threshold=spec.threshold,
-                            resize=(SIZE, SIZE), test_list=splits.SPLITS / splits.LIST_FILES[key],
-                            label_names=list(spec.label_names))
+        folder = convert_2d(
+            source / spec.images,
+            source / spec.masks,
+            spec.dataset_id,
+            name=spec.spec.source.replace("-", ""),
+            raw_root=raw,
+            threshold=spec.threshold,
+            resize=(SIZE, SIZE),
+            test_list=splits.SPLITS / splits.LIST_FILES[key],
+            label_names=list(spec.label_names),
+        )
         if tiny:
             _shrink(folder)
     if key == "hippocampus":
@@ -194,8 +212,20 @@ def prepare(key: str, data_root: Path, env: dict[str, str], tiny: bool = False) 
         if plans is None or not (plans / f"{spec.plans}.json").is_file():
             log = Path(env["nnUNet_raw"]).parent / f"plan-{key}.log"
             commands.plan_and_preprocess(spec.dataset_id, "2d", env, log, echo=False)  # fingerprint, default plans
-            commands.run_command(["nnUNetv2_plan_experiment", "-d", spec.dataset_id, "-overwrite_target_spacing",
-                                  *HIPPOCAMPUS_SPACING, "-overwrite_plans_name", spec.plans], env, log, echo=False)
+            commands.run_command(
+                [
+                    "nnUNetv2_plan_experiment",
+                    "-d",
+                    spec.dataset_id,
+                    "-overwrite_target_spacing",
+                    *HIPPOCAMPUS_SPACING,
+                    "-overwrite_plans_name",
+                    spec.plans,
+                ],
+                env,
+                log,
+                echo=False,
+            )
     return spec.dataset_id
 
 
@@ -204,7 +234,7 @@ def _shrink(folder: Path) -> None:
     from nnunet_sparseattn.harness import datasets
 
     datasets.keep_training_cases(folder, TINY["train"])
-    for label in sorted((folder / "labelsTs").iterdir())[TINY["test"]:]:
+    for label in sorted((folder / "labelsTs").iterdir())[TINY["test"] :]:
         label.unlink()
 
 
@@ -217,10 +247,20 @@ def run_piece(piece: Piece, work: Path, data_root: Path, command: str, tiny: boo
     spec = DATASETS[piece.dataset]
     dataset_id = prepare(piece.dataset, data_root, env, tiny)
     trainers = [t for t in piece.trainers if t != STOCK]
-    request = CompareRequest(dataset_id, spec.spec.configuration, piece.folder(work), trainers=trainers,
-                             baselines=["stock"], budget=piece.budget, folds=[0], device="cpu",
-                             plans=spec.plans, raw=Path(env["nnUNet_raw"]),
-                             preprocessed=Path(env["nnUNet_preprocessed"]), command=command)
+    request = CompareRequest(
+        dataset_id,
+        spec.spec.configuration,
+        piece.folder(work),
+        trainers=trainers,
+        baselines=["stock"],
+        budget=piece.budget,
+        folds=[0],
+        device="cpu",
+        plans=spec.plans,
+        raw=Path(env["nnUNet_raw"]),
+        preprocessed=Path(env["nnUNet_preprocessed"]),
+        command=command,
+    )
     print(f"\n== piece {piece.name}: compare in {request.output}", flush=True)
     return run_compare(request)
 
@@ -247,8 +287,14 @@ def bootstrap_interval(values: list[float], resamples: int = BOOTSTRAP_RESAMPLES
         return None
     if np.all(data == data[0]):
         return [float(data[0]), float(data[0])]
-    result = bootstrap((data,), np.mean, confidence_level=0.95, n_resamples=resamples, method="percentile",
-                       random_state=np.random.default_rng(0))
+    result = bootstrap(
+        (data,),
+        np.mean,
+        confidence_level=0.95,
+        n_resamples=resamples,
+        method="percentile",
+        random_state=np.random.default_rng(0),
+    )
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
@@ -269,12 +315,30 @@ def compact_run(run: dict[str, Any], fold_dir: Path | None) -> dict[str, Any]:
     """What the curves keep of one compare run: scores, the bootstrap interval, cost."""
     per_case = {c: v["mean_dice"] for c, v in run.get("per_case", {}).items()}
     fold = run.get("folds", {}).get("0", {})
-    out = {k: run.get(k) for k in ("label", "trainer", "status", "mean_dice", "dice", "hd95", "s_per_iter",
-                                   "s_per_case", "peak_memory_bytes", "params", "flops", "batches_digest")}
-    out.update(per_case_mean_dice=per_case, ci95=bootstrap_interval(list(per_case.values())) if per_case else None,
-               train_wall_s=fold.get("train_wall_s"),
-               train_cpu_s=training_cpu_seconds(fold_dir) if fold_dir is not None else run.get("train_cpu_s"),
-               load_average=[fold.get("load_average_before"), fold.get("load_average_after")])
+    out = {
+        k: run.get(k)
+        for k in (
+            "label",
+            "trainer",
+            "status",
+            "mean_dice",
+            "dice",
+            "hd95",
+            "s_per_iter",
+            "s_per_case",
+            "peak_memory_bytes",
+            "params",
+            "flops",
+            "batches_digest",
+        )
+    }
+    out.update(
+        per_case_mean_dice=per_case,
+        ci95=bootstrap_interval(list(per_case.values())) if per_case else None,
+        train_wall_s=fold.get("train_wall_s"),
+        train_cpu_s=training_cpu_seconds(fold_dir) if fold_dir is not None else run.get("train_cpu_s"),
+        load_average=[fold.get("load_average_before"), fold.get("load_average_after")],
+    )
     if run.get("evaluate"):
         out["evaluate"] = run["evaluate"]
     return out
@@ -289,23 +353,39 @@ def record_from_compare(results: dict[str, Any], model_root: Path | None = None)
             continue
         fold_dir = None
         if model_root is not None and run.get("trainer_class"):
-            fold_dir = model_root / f"{run['trainer_class']}__{key.split('__', 1)[1]}__{results['configuration']}" \
-                / "fold_0"
+            fold_dir = (
+                model_root / f"{run['trainer_class']}__{key.split('__', 1)[1]}__{results['configuration']}" / "fold_0"
+            )
         runs[run["trainer"]] = compact_run(run, fold_dir)
-    tests = {t["run"].split("__")[0]: {k: v for k, v in t.items() if k != "run"} for t in results.get("tests", [])
-             if t["run"].split("__")[0] in runs}
+    tests = {
+        t["run"].split("__")[0]: {k: v for k, v in t.items() if k != "run"}
+        for t in results.get("tests", [])
+        if t["run"].split("__")[0] in runs
+    }
     cases = sum(len(c) for c in results["heldout"]["cases"].values()) if results.get("heldout") else 0
-    return {"dataset": results["dataset"], "configuration": results["configuration"], "plans": results["plans"],
-            "budget": results["budget"], "budget_text": results["budget_text"], "test_cases": cases,
-            "machine": results["machine"], "torch": results["torch"], "nnunetv2": results["nnunetv2"],
-            "started": results["started"], "updated": results["updated"], "runs": runs, "tests_vs_stock": tests}
+    return {
+        "dataset": results["dataset"],
+        "configuration": results["configuration"],
+        "plans": results["plans"],
+        "budget": results["budget"],
+        "budget_text": results["budget_text"],
+        "test_cases": cases,
+        "machine": results["machine"],
+        "torch": results["torch"],
+        "nnunetv2": results["nnunetv2"],
+        "started": results["started"],
+        "updated": results["updated"],
+        "runs": runs,
+        "tests_vs_stock": tests,
+    }
 
 
 def merge(old: dict[str, Any] | None, key: str, record: dict[str, Any], command: str) -> dict[str, Any]:
     """The curves JSON with ``record`` (one dataset at one budget) put in, the other records kept."""
     out = old if old and old.get("schema") == SCHEMA else {"benchmark": "curves", "schema": SCHEMA, "datasets": {}}
-    dataset = out["datasets"].setdefault(key, {"title": DATASETS[key].spec.title,
-                                               "distance_unit": DATASETS[key].spec.distance_unit, "budgets": {}})
+    dataset = out["datasets"].setdefault(
+        key, {"title": DATASETS[key].spec.title, "distance_unit": DATASETS[key].spec.distance_unit, "budgets": {}}
+    )
     dataset["budgets"][record["budget"]["name"]] = record
     out["commands"] = sorted(set(out.get("commands", [])) | {command})
     return out
@@ -353,11 +433,19 @@ def curve_points(dataset: dict[str, Any], trainer: str) -> list[dict[str, Any]]:
         cpu = [run["train_cpu_s"] for run in by_seed.values() if run.get("train_cpu_s") is not None]
         first = by_seed[min(by_seed)]
         budget = records[0]["budget"]
-        points.append({"budget": base, "iterations": budget["num_epochs"] * budget["num_iterations_per_epoch"],
-                       "seeds": sorted(by_seed), "seed_dice": [by_seed[s]["mean_dice"] for s in sorted(by_seed)],
-                       "dice": first["mean_dice"], "ci95": first.get("ci95"), "mean_dice": float(np.mean(dice)),
-                       "seed_sd": float(np.std(dice, ddof=1)) if len(dice) > 1 else None,
-                       "cpu_hours": float(np.mean(cpu)) / 3600 if cpu else None})
+        points.append(
+            {
+                "budget": base,
+                "iterations": budget["num_epochs"] * budget["num_iterations_per_epoch"],
+                "seeds": sorted(by_seed),
+                "seed_dice": [by_seed[s]["mean_dice"] for s in sorted(by_seed)],
+                "dice": first["mean_dice"],
+                "ci95": first.get("ci95"),
+                "mean_dice": float(np.mean(dice)),
+                "seed_sd": float(np.std(dice, ddof=1)) if len(dice) > 1 else None,
+                "cpu_hours": float(np.mean(cpu)) / 3600 if cpu else None,
+            }
+        )
     return sorted(points, key=lambda p: p["iterations"])
 
 
@@ -384,8 +472,10 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
             x, y = [p["iterations"] for p in points], [p["dice"] for p in points]
             err = None
             if all(p["ci95"] for p in points):
-                err = [[max(0.0, p["dice"] - p["ci95"][0]) for p in points],
-                       [max(0.0, p["ci95"][1] - p["dice"]) for p in points]]
+                err = [
+                    [max(0.0, p["dice"] - p["ci95"][0]) for p in points],
+                    [max(0.0, p["ci95"][1] - p["dice"]) for p in points],
+                ]
             line = left.errorbar(x, y, yerr=err, marker="o", capsize=3, label=short_label(trainer))
             colour = line.lines[0].get_color()
             extra = [(p["iterations"], d) for p in points for d in p["seed_dice"][1:]]
@@ -393,8 +483,13 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
                 left.scatter(*zip(*extra), s=12, color=colour, alpha=0.6)
             timed = [p for p in points if p["cpu_hours"] is not None]
             if timed:
-                right.plot([p["cpu_hours"] for p in timed], [p["dice"] for p in timed], marker="o", color=colour,
-                           label=short_label(trainer))
+                right.plot(
+                    [p["cpu_hours"] for p in timed],
+                    [p["dice"] for p in timed],
+                    marker="o",
+                    color=colour,
+                    label=short_label(trainer),
+                )
         left.set_xscale("log")
         left.set_xlabel("training iterations (batch 2); dots: other seeds")
         right.set_xlabel("training CPU hours (all threads of the training process)")
@@ -420,20 +515,26 @@ def _hours(seconds: float | None) -> str:
 def dataset_table(dataset: dict[str, Any]) -> list[str]:
     from nnunet_sparseattn.compare.report import num, versus
 
-    lines = ["| budget | iterations | seed | trainer | mean test Dice | 95 % CI | vs stock: Dice points (p, better) | "
-             "s/iter | training CPU h | wall h |", "|" + "---|" * 10]
-    for name, record in sorted(dataset["budgets"].items(), key=lambda kv: (kv[1]["budget"]["num_epochs"],
-                                                                          _seed_of(kv[1]))):
+    lines = [
+        "| budget | iterations | seed | trainer | mean test Dice | 95 % CI | vs stock: Dice points (p, better) | "
+        "s/iter | training CPU h | wall h |",
+        "|" + "---|" * 10,
+    ]
+    for name, record in sorted(
+        dataset["budgets"].items(), key=lambda kv: (kv[1]["budget"]["num_epochs"], _seed_of(kv[1]))
+    ):
         budget = record["budget"]
         for trainer in TRAINERS:
             run = record["runs"].get(trainer)
             if run is None:
                 continue
             test = record["tests_vs_stock"].get(trainer)
-            lines.append(f"| `{name}` | {budget['num_epochs'] * budget['num_iterations_per_epoch']} | {budget['seed']} "
-                         f"| {run['label']} | {num(run['mean_dice'])} | {_interval(run.get('ci95'))} | "
-                         f"{'–' if trainer == STOCK else versus(test)} | {num(run.get('s_per_iter'), 2)} | "
-                         f"{_hours(run.get('train_cpu_s'))} | {_hours(run.get('train_wall_s'))} |")
+            lines.append(
+                f"| `{name}` | {budget['num_epochs'] * budget['num_iterations_per_epoch']} | {budget['seed']} "
+                f"| {run['label']} | {num(run['mean_dice'])} | {_interval(run.get('ci95'))} | "
+                f"{'–' if trainer == STOCK else versus(test)} | {num(run.get('s_per_iter'), 2)} | "
+                f"{_hours(run.get('train_cpu_s'))} | {_hours(run.get('train_wall_s'))} |"
+            )
     return lines
 
 
@@ -444,40 +545,59 @@ def seed_lines(dataset: dict[str, Any]) -> list[str]:
     for trainer in TRAINERS:
         for p in curve_points(dataset, trainer):
             if p["seed_sd"] is not None:
-                lines.append(f"- {short_label(trainer)} at `{p['budget']}`: mean {p['mean_dice']:.3f} over seeds "
-                             f"{', '.join(map(str, p['seeds']))}, standard deviation {p['seed_sd']:.3f}")
+                lines.append(
+                    f"- {short_label(trainer)} at `{p['budget']}`: mean {p['mean_dice']:.3f} over seeds "
+                    f"{', '.join(map(str, p['seeds']))}, standard deviation {p['seed_sd']:.3f}"
+                )
     return lines
 
 
 def render_section(results: dict[str, Any] | None, png: str | None) -> str:
     from nnunet_sparseattn.evaluation.evaluate import markdown_table
 
-    parts = ["<!-- written by benchmarks/curves.py from benchmarks/results/curves-cpu.json: do not edit -->",
-             "## Learning curves on the CPU (issue 21)", "",
-             "```", "make bench-curves   # .venv/bin/python benchmarks/curves.py --all --update-docs (resumable)",
-             "```",
-             "", "Protocol: the docstring of `benchmarks/curves.py` (datasets, sizes and why their first attention "
-             "stage is routed, splits, budgets, seeds, batch, pieces, hours)."]
+    parts = [
+        "<!-- written by benchmarks/curves.py from benchmarks/results/curves-cpu.json: do not edit -->",
+        "## Learning curves on the CPU (issue 21)",
+        "",
+        "```",
+        "make bench-curves   # .venv/bin/python benchmarks/curves.py --all --update-docs (resumable)",
+        "```",
+        "",
+        "Protocol: the docstring of `benchmarks/curves.py` (datasets, sizes and why their first attention "
+        "stage is routed, splits, budgets, seeds, batch, pieces, hours).",
+    ]
     if not results or not results.get("datasets"):
         return "\n".join(parts + ["", "No piece has finished yet."]) + "\n"
     for key, dataset in results["datasets"].items():
         records = list(dataset["budgets"].values())
         first = records[0]
-        parts += ["", f"### {dataset['title']} (`{first['configuration']}`, plans `{first['plans']}`, "
-                      f"{first['test_cases']} test cases; {first['machine']}, torch {first['torch']}, "
-                      f"nnU-Net {first['nnunetv2']})", "", *dataset_table(dataset)]
+        parts += [
+            "",
+            f"### {dataset['title']} (`{first['configuration']}`, plans `{first['plans']}`, "
+            f"{first['test_cases']} test cases; {first['machine']}, torch {first['torch']}, "
+            f"nnU-Net {first['nnunetv2']})",
+            "",
+            *dataset_table(dataset),
+        ]
         if seeds := seed_lines(dataset):
             parts += ["", "Seed spread at the short budget:", *seeds]
         for name, record in dataset["budgets"].items():
             evaluated = [(r["label"], r["evaluate"]) for r in record["runs"].values() if r.get("evaluate")]
             if evaluated and evaluated[0][1].get("dimensionality") == "2d" and key == "cvc":
-                parts += ["", f"Polyp papers' metrics (`nnunet-sparseattn evaluate`), `{name}`:", "",
-                          markdown_table(evaluated).rstrip()]
-    parts += ["", "Mean test Dice: per test case the mean over foreground classes (nnU-Net's evaluation), averaged; "
-                  "95 % CI: percentile bootstrap over test cases (scipy.stats.bootstrap, 10000 resamples); vs stock: "
-                  "the two-sided Wilcoxon signed-rank test on the per-case differences (compare's paired test); "
-                  "training CPU h: `time.process_time` of the training process over its epochs (all threads); "
-                  "wall h: nnUNetv2_train's wall time (a shared machine: load in the JSON)."]
+                parts += [
+                    "",
+                    f"Polyp papers' metrics (`nnunet-sparseattn evaluate`), `{name}`:",
+                    "",
+                    markdown_table(evaluated).rstrip(),
+                ]
+    parts += [
+        "",
+        "Mean test Dice: per test case the mean over foreground classes (nnU-Net's evaluation), averaged; "
+        "95 % CI: percentile bootstrap over test cases (scipy.stats.bootstrap, 10000 resamples); vs stock: "
+        "the two-sided Wilcoxon signed-rank test on the per-case differences (compare's paired test); "
+        "training CPU h: `time.process_time` of the training process over its epochs (all threads); "
+        "wall h: nnUNetv2_train's wall time (a shared machine: load in the JSON).",
+    ]
     if png:
         parts += ["", f"![test Dice against iterations and against training CPU hours]({png})"]
     return "\n".join(parts) + "\n"
@@ -535,8 +655,13 @@ def run_pieces(options: Options) -> list[str]:
 def _merged(piece: Piece, results_file: Path) -> bool:
     if not results_file.is_file():
         return False
-    record = json.loads(results_file.read_text()).get("datasets", {}).get(piece.dataset, {}).get("budgets", {}).get(
-        piece.budget, {})
+    record = (
+        json.loads(results_file.read_text())
+        .get("datasets", {})
+        .get(piece.dataset, {})
+        .get("budgets", {})
+        .get(piece.budget, {})
+    )
     return all(t in record.get("runs", {}) for t in piece.trainers)
 
 
@@ -577,10 +702,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-docs", action="store_true", help=f"rewrite the curves section of {DOCS.name}")
     ap.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
     ap.add_argument("--dry-run", action="store_true", help="list the pieces, their state and estimated hours")
-    ap.add_argument("--report-only", action="store_true", help="no training: merge the finished runs of every "
-                    "piece begun in --work (finished pieces and unfinished ones) into the JSON, rewrite plots, section")
-    ap.add_argument("--tiny", action="store_true", help=f"toy sizes ({TINY['train']} training, {TINY['test']} test "
-                                                        f"cases, budgets {', '.join(TINY['budgets'])}): a check")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no training: merge the finished runs of every "
+        "piece begun in --work (finished pieces and unfinished ones) into the JSON, rewrite plots, section",
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help=f"toy sizes ({TINY['train']} training, {TINY['test']} test "
+        f"cases, budgets {', '.join(TINY['budgets'])}): a check",
+    )
     args = ap.parse_args(argv)
     command = shlex.join(["python", "benchmarks/curves.py", *(sys.argv[1:] if argv is None else argv)])
     try:

@@ -107,8 +107,17 @@ def predict(data: Path, trainer: str, budget: str, device: str) -> dict[str, Any
     output = data / "predictions"
     shutil.rmtree(output, ignore_errors=True)
     t0 = time.perf_counter()
-    commands.predict(data / "predict_input", output, _dataset_id(data), CONFIGURATION, 0, name, env,
-                     data / "predict.log", device=device)
+    commands.predict(
+        data / "predict_input",
+        output,
+        _dataset_id(data),
+        CONFIGURATION,
+        0,
+        name,
+        env,
+        data / "predict.log",
+        device=device,
+    )
     wall = time.perf_counter() - t0
     cases: dict[str, Any] = {}
     for label in sorted((data / "predict_labels").glob("*.nii.gz")):
@@ -118,10 +127,18 @@ def predict(data: Path, trainer: str, budget: str, device: str) -> dict[str, Any
             continue
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(predicted)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(label)))
-        cases[label.name] = {"status": "done", "shape_matches": a.shape == b.shape,
-                             "labels": sorted(int(v) for v in np.unique(a))}
-    return {"trainer": name, "device": device, "wall_s": round(wall, 1), "cases": cases,
-            "all_predicted": bool(cases) and all(c["status"] == "done" and c["shape_matches"] for c in cases.values())}
+        cases[label.name] = {
+            "status": "done",
+            "shape_matches": a.shape == b.shape,
+            "labels": sorted(int(v) for v in np.unique(a)),
+        }
+    return {
+        "trainer": name,
+        "device": device,
+        "wall_s": round(wall, 1),
+        "cases": cases,
+        "all_predicted": bool(cases) and all(c["status"] == "done" and c["shape_matches"] for c in cases.values()),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

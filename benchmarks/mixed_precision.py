@@ -77,8 +77,10 @@ def load_isic(root: Path, count: int, size: tuple[int, int]) -> tuple[torch.Tens
 
 def ds_targets(mask: torch.Tensor, scales: list[list[float]]) -> list[torch.Tensor]:
     """The deep-supervision targets: the mask at each output's size (nearest, as nnU-Net downsamples labels)."""
-    return [F.interpolate(mask, size=[int(round(s * f)) for s, f in zip(mask.shape[2:], scale)], mode="nearest")
-            for scale in scales]
+    return [
+        F.interpolate(mask, size=[int(round(s * f)) for s, f in zip(mask.shape[2:], scale)], mode="nearest")
+        for scale in scales
+    ]
 
 
 class ActivationMax:
@@ -86,17 +88,24 @@ class ActivationMax:
 
     def __init__(self, network: nn.Module) -> None:
         self.max: dict[str, float] = {}
-        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in network.named_modules()
-                        if name and not list(m.children())]
+        self.handles = [
+            m.register_forward_hook(self._hook(name))
+            for name, m in network.named_modules()
+            if name and not list(m.children())
+        ]
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            tensors = [output] if isinstance(output, torch.Tensor) else [
-                t for t in (output if isinstance(output, (list, tuple)) else []) if isinstance(t, torch.Tensor)]
+            tensors = (
+                [output]
+                if isinstance(output, torch.Tensor)
+                else [t for t in (output if isinstance(output, (list, tuple)) else []) if isinstance(t, torch.Tensor)]
+            )
             for t in tensors:
                 if t.is_floating_point() and t.numel():
                     value = float(t.detach().abs().float().max())
                     self.max[name] = max(self.max.get(name, 0.0), value)
+
         return hook
 
     def remove(self) -> None:
@@ -104,8 +113,9 @@ class ActivationMax:
             handle.remove()
 
 
-def train(key: str, precision: str, data: torch.Tensor, masks: torch.Tensor, steps: int, batch: int,
-          plan: Any) -> dict[str, Any]:
+def train(
+    key: str, precision: str, data: torch.Tensor, masks: torch.Tensor, steps: int, batch: int, plan: Any
+) -> dict[str, Any]:
     torch.manual_seed(0)
     network = build_network(key, plan, deep_supervision=True).train()
     loss_fn = build_loss(plan, compile_dice=False)
@@ -136,8 +146,7 @@ def train(key: str, precision: str, data: torch.Tensor, masks: torch.Tensor, ste
             bad_grads += int(not finite and scaler.get_scale() >= scale)  # non-finite and not skipped: a failure
         else:
             loss.backward()
-            bad_grads += int(not all(torch.isfinite(p.grad).all() for p in network.parameters()
-                                     if p.grad is not None))
+            bad_grads += int(not all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None))
             torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
             optimizer.step()
     recorder.remove()
@@ -195,9 +204,12 @@ def render(results: dict[str, Any]) -> str:
                 f"{'' if r['scaler_skipped_steps'] is None else r['scaler_skipped_steps']} | "
                 f"{r['last_quarter_mean_loss']} | {r['difference_over_float32_drop']:+.1%} | "
                 f"{'yes' if r['within_band'] else 'no'} | {r['max_abs_step_difference']} | "
-                f"{r['max_activation']} ({r['max_activation_module']}) | {r['s_per_step']} |")
-    lines += ["", f"torch {results['torch']}, {results['threads']} threads; `{results['command']}` "
-              f"({results['wall_s']} s)."]
+                f"{r['max_activation']} ({r['max_activation_module']}) | {r['s_per_step']} |"
+            )
+    lines += [
+        "",
+        f"torch {results['torch']}, {results['threads']} threads; `{results['command']}` ({results['wall_s']} s).",
+    ]
     return "\n".join(lines)
 
 
@@ -211,8 +223,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-docs", action="store_true", help="write the BENCHMARKS.md section")
-    parser.add_argument("--table", type=Path, help="the section of an existing results JSON (with --update-docs: "
-                        "written to BENCHMARKS.md), then exit")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        help="the section of an existing results JSON (with --update-docs: written to BENCHMARKS.md), then exit",
+    )
     args = parser.parse_args(argv)
     if args.table:
         results = json.loads(args.table.read_text())
@@ -230,18 +245,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = tiny_plan(load_plan("isic2017_2d"))
     data, masks = load_isic(args.data, args.images, tuple(plan.patch_size))
     results: dict[str, Any] = {
-        "schema": SCHEMA, "command": " ".join(["python", "benchmarks/mixed_precision.py", *sys.argv[1:]]),
-        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-        "threads": torch.get_num_threads(), "plan": plan.source, "patch": "x".join(map(str, plan.patch_size)),
-        "images": args.images, "steps": args.steps, "batch": args.batch, "band": args.band, "networks": {},
+        "schema": SCHEMA,
+        "command": " ".join(["python", "benchmarks/mixed_precision.py", *sys.argv[1:]]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "plan": plan.source,
+        "patch": "x".join(map(str, plan.patch_size)),
+        "images": args.images,
+        "steps": args.steps,
+        "batch": args.batch,
+        "band": args.band,
+        "networks": {},
     }
     t0 = time.perf_counter()
     for key in [k for k in args.networks.split(",") if k]:
         runs = {}
         for precision in PRECISIONS:
             runs[precision] = train(key, precision, data, masks, args.steps, args.batch, plan)
-            print(f"{key} {precision}: loss {runs[precision]['losses'][0]} -> {runs[precision]['losses'][-1]}, "
-                  f"max act {runs[precision]['max_activation']}", flush=True)
+            print(
+                f"{key} {precision}: loss {runs[precision]['losses'][0]} -> {runs[precision]['losses'][-1]}, "
+                f"max act {runs[precision]['max_activation']}",
+                flush=True,
+            )
         judge(runs, args.band)
         results["networks"][key] = runs
     results["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -170,12 +170,23 @@ def build_network(key: str, plan: Plan, deep_supervision: bool) -> nn.Module:
 
         arch = plan.configuration["architecture"]
         return get_network_from_plans(
-            arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], plan.input_channels,
-            plan.num_classes, allow_init=True, deep_supervision=deep_supervision,
+            arch["network_class_name"],
+            arch["arch_kwargs"],
+            arch["_kw_requires_import"],
+            plan.input_channels,
+            plan.num_classes,
+            allow_init=True,
+            deep_supervision=deep_supervision,
         )
     cls = pydoc.locate(spec.network_class)
-    return cls.from_plans(plan.arch_kwargs, plan.patch_size, plan.input_channels, plan.num_classes,
-                          deep_supervision, overrides=spec.network_kwargs)
+    return cls.from_plans(
+        plan.arch_kwargs,
+        plan.patch_size,
+        plan.input_channels,
+        plan.num_classes,
+        deep_supervision,
+        overrides=spec.network_kwargs,
+    )
 
 
 def build_loss(plan: Plan, compile_dice: bool, backend: str = "inductor") -> nn.Module:
@@ -185,9 +196,14 @@ def build_loss(plan: Plan, compile_dice: bool, backend: str = "inductor") -> nn.
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-    loss = DC_and_CE_loss({"batch_dice": plan.configuration["batch_dice"], "smooth": 1e-5, "do_bg": False,
-                           "ddp": False}, {}, weight_ce=1, weight_dice=1, ignore_label=None,
-                          dice_class=MemoryEfficientSoftDiceLoss)
+    loss = DC_and_CE_loss(
+        {"batch_dice": plan.configuration["batch_dice"], "smooth": 1e-5, "do_bg": False, "ddp": False},
+        {},
+        weight_ce=1,
+        weight_dice=1,
+        ignore_label=None,
+        dice_class=MemoryEfficientSoftDiceLoss,
+    )
     if compile_dice:
         loss.dc = torch.compile(loss.dc, backend=backend)
     weights = np.array([1 / (2**i) for i in range(len(plan.deep_supervision_scales()))])
@@ -204,8 +220,16 @@ def build_optimizer(network: nn.Module) -> torch.optim.Optimizer:
 class TrainingStep:
     """nnU-Net's ``train_step`` for one network on one fixed batch (random data and labels of the plans' shapes)."""
 
-    def __init__(self, key: str, plan: Plan, batch: int, device: torch.device, compiled: bool,
-                 compile_backend: str = "inductor", seed: int = 0) -> None:
+    def __init__(
+        self,
+        key: str,
+        plan: Plan,
+        batch: int,
+        device: torch.device,
+        compiled: bool,
+        compile_backend: str = "inductor",
+        seed: int = 0,
+    ) -> None:
         torch.manual_seed(seed)
         self.key, self.device, self.compiled = key, device, compiled
         self.network = build_network(key, plan, deep_supervision=True).to(device)
@@ -246,8 +270,12 @@ class TrainingStep:
     def state_bytes(self) -> int:
         """Parameters and optimizer state (SGD momentum) held between steps."""
         params = sum(p.numel() * p.element_size() for p in self.network.parameters())
-        state = sum(t.numel() * t.element_size() for s in self.optimizer.state.values() for t in s.values()
-                    if isinstance(t, torch.Tensor))
+        state = sum(
+            t.numel() * t.element_size()
+            for s in self.optimizer.state.values()
+            for t in s.values()
+            if isinstance(t, torch.Tensor)
+        )
         return int(params + state)
 
     @torch.no_grad()
@@ -318,20 +346,36 @@ def profile_step(step: TrainingStep, rows: int = 10) -> tuple[list[dict], Option
         key = "self_cuda_time_total"
     total = sum(getattr(e, key) for e in averages) or 1
     top = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:rows]
-    table = [{"op": e.key, "self_ms": round(getattr(e, key) / 1e3, 2), "share": round(getattr(e, key) / total, 4),
-              "calls": int(e.count)} for e in top]
+    table = [
+        {
+            "op": e.key,
+            "self_ms": round(getattr(e, key) / 1e3, 2),
+            "share": round(getattr(e, key) / total, 4),
+            "calls": int(e.count),
+        }
+        for e in top
+    ]
     peak = None
     if not cuda:
-        events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                  if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+        events = [
+            (e.start_ns(), e.nbytes())
+            for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+        ]
         peak = cpu_peak_bytes(events)
     return table, peak
 
 
 # ------------------------------------------------------------------------------------------------ sliding window
 @torch.inference_mode()
-def sliding_window_logits(network: nn.Module, image: torch.Tensor, patch_size: Sequence[int], num_heads: int,
-                          device: torch.device, tile_step_size: float = 0.5) -> torch.Tensor:
+def sliding_window_logits(
+    network: nn.Module,
+    image: torch.Tensor,
+    patch_size: Sequence[int],
+    num_heads: int,
+    device: torch.device,
+    tile_step_size: float = 0.5,
+) -> torch.Tensor:
     """``nnUNetPredictor.predict_sliding_window_return_logits`` without mirroring, for an image ``(C, *S)`` with
     ``len(S) == len(patch_size)`` (2D: nnU-Net's ``(C, 1, H, W)`` without the 1): pad to the patch, Gaussian-weighted
     tiles at nnU-Net's steps, fp16 accumulators on ``device``, fp16 autocast on CUDA. The predictor's own module
@@ -378,8 +422,12 @@ def measure_inference(key: str, plan: Plan, device: torch.device) -> dict[str, A
     logits = sliding_window_logits(network, image, plan.patch_size, plan.num_classes, device)
     _sync(device)
     seconds = time.perf_counter() - t0
-    record: dict[str, Any] = {"case_shape": list(shape), "tiles": tiles, "s_per_case": round(seconds, 4),
-                              "finite": bool(torch.isfinite(logits).all())}
+    record: dict[str, Any] = {
+        "case_shape": list(shape),
+        "tiles": tiles,
+        "s_per_case": round(seconds, 4),
+        "finite": bool(torch.isfinite(logits).all()),
+    }
     if device.type == "cuda":
         record["peak_bytes"] = int(torch.cuda.max_memory_allocated(device))
     del network, logits
@@ -388,8 +436,11 @@ def measure_inference(key: str, plan: Plan, device: torch.device) -> dict[str, A
 
 # ------------------------------------------------------------------------------------------------------- driver
 def _ratio_stats(values: Sequence[float]) -> dict[str, float]:
-    return {"median": round(float(np.median(values)), 4), "min": round(float(min(values)), 4),
-            "max": round(float(max(values)), 4)}
+    return {
+        "median": round(float(np.median(values)), 4),
+        "min": round(float(min(values)), 4),
+        "max": round(float(max(values)), 4),
+    }
 
 
 def compile_counters() -> dict[str, Any]:
@@ -397,8 +448,11 @@ def compile_counters() -> dict[str, Any]:
     from torch._dynamo.utils import counters
 
     breaks = counters.get("graph_break", {})
-    return {"graph_breaks": int(sum(breaks.values())), "graph_break_reasons": sorted(str(r)[:200] for r in breaks),
-            "unique_graphs": int(counters.get("stats", {}).get("unique_graphs", 0))}
+    return {
+        "graph_breaks": int(sum(breaks.values())),
+        "graph_break_reasons": sorted(str(r)[:200] for r in breaks),
+        "unique_graphs": int(counters.get("stats", {}).get("unique_graphs", 0)),
+    }
 
 
 def _failure(error: BaseException) -> str:
@@ -473,16 +527,23 @@ class BeforeTree:
         import tempfile
 
         self.ref = ref
-        self.commit = subprocess.run(["git", "rev-parse", ref], cwd=ROOT, check=True, capture_output=True,
-                                     text=True).stdout.strip()
+        self.commit = subprocess.run(
+            ["git", "rev-parse", ref], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.strip()
         self.folder = Path(tempfile.mkdtemp(prefix="network-speed-before-"))
-        archive = subprocess.run(["git", "archive", "--format=tar", self.commit], cwd=ROOT, check=True,
-                                 capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", self.commit], cwd=ROOT, check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(self.folder)], input=archive, check=True)
         env = dict(os.environ, PYTHONPATH=str(self.folder), **{TREE_VARIABLE: str(self.folder)})
-        self.process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", "--threads",
-                                         str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                        text=True, bufsize=1)
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
 
     def call(self, **request: Any) -> Any:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -508,11 +569,27 @@ class BeforeTree:
 class RemoteRunner:
     """A :class:`Runner` in the ``--before`` worker."""
 
-    def __init__(self, tree: BeforeTree, key: str, plan: Plan, tiny: bool, batch: int, device: torch.device,
-                 mode: str, compile_backend: str):
+    def __init__(
+        self,
+        tree: BeforeTree,
+        key: str,
+        plan: Plan,
+        tiny: bool,
+        batch: int,
+        device: torch.device,
+        mode: str,
+        compile_backend: str,
+    ):
         self.tree, self.key = tree, key
-        self.spec = {"key": key, "plan": plan.name, "tiny": tiny, "batch": batch, "device": str(device), "mode": mode,
-                     "compile_backend": compile_backend}
+        self.spec = {
+            "key": key,
+            "plan": plan.name,
+            "tiny": tiny,
+            "batch": batch,
+            "device": str(device),
+            "mode": mode,
+            "compile_backend": compile_backend,
+        }
 
     def setup(self) -> dict[str, Any]:
         # FLOPs are counted in this tree (the worker's package may predate the counter): see measure_plan
@@ -544,8 +621,14 @@ def worker() -> None:
             if op == "setup":
                 plan = load_plan(request["plan"])
                 plan = tiny_plan(plan) if request["tiny"] else plan
-                runner = Runner(request["key"], plan, request["batch"], torch.device(request["device"]),
-                                request["mode"], request["compile_backend"])
+                runner = Runner(
+                    request["key"],
+                    plan,
+                    request["batch"],
+                    torch.device(request["device"]),
+                    request["mode"],
+                    request["compile_backend"],
+                )
                 result: Any = runner.setup(count_flops=False)
                 runners[request["key"]] = runner
             elif op == "time":
@@ -563,16 +646,32 @@ def worker() -> None:
         protocol.flush()
 
 
-def measure_plan(plan: Plan, keys: Sequence[str], device: torch.device, mode: str, batch: int, repeats: int,
-                 steps: int, profile: bool, inference: bool, compile_backend: str,
-                 save: Callable[[dict], None], before: Optional[BeforeTree] = None,
-                 tiny: bool = False) -> dict[str, Any]:
+def measure_plan(
+    plan: Plan,
+    keys: Sequence[str],
+    device: torch.device,
+    mode: str,
+    batch: int,
+    repeats: int,
+    steps: int,
+    profile: bool,
+    inference: bool,
+    compile_backend: str,
+    save: Callable[[dict], None],
+    before: Optional[BeforeTree] = None,
+    tiny: bool = False,
+) -> dict[str, Any]:
     """Every network of ``keys`` on ``plan`` (and, with ``before``, each of ours as that commit builds it): built,
     warmed up (compiled), timed in rotating rounds, profiled."""
-    record: dict[str, Any] = {"source": plan.source, "patch_size": list(plan.patch_size),
-                              "plans_batch_size": plan.batch_size, "batch_size": batch,
-                              "input_channels": plan.input_channels, "num_classes": plan.num_classes,
-                              "networks": {}}
+    record: dict[str, Any] = {
+        "source": plan.source,
+        "patch_size": list(plan.patch_size),
+        "plans_batch_size": plan.batch_size,
+        "batch_size": batch,
+        "input_channels": plan.input_channels,
+        "num_classes": plan.num_classes,
+        "networks": {},
+    }
     slots: list[tuple[dict, Any]] = []  # (entry, runner), in timing order
     for key in keys:
         entry: dict[str, Any] = {"label": NETWORKS[key].label, "trainer": NETWORKS[key].trainer}
@@ -602,8 +701,11 @@ def measure_plan(plan: Plan, keys: Sequence[str], device: torch.device, mode: st
             entry.setdefault("s_per_step_runs", []).append(round(wall, 4))
             entry.setdefault("cpu_s_per_step_runs", []).append(round(cpu, 4))
             entry.setdefault("losses", []).extend(losses)
-        print(f"  {plan.name} round {r + 1}/{repeats}: "
-              + ", ".join(f"{e['label']} {e['s_per_step_runs'][-1]:.3f} s" for e, _ in ready), flush=True)
+        print(
+            f"  {plan.name} round {r + 1}/{repeats}: "
+            + ", ".join(f"{e['label']} {e['s_per_step_runs'][-1]:.3f} s" for e, _ in ready),
+            flush=True,
+        )
     for entry, runner in ready:
         entry["s_per_step"] = round(float(np.median(entry["s_per_step_runs"])), 4)
         entry["cpu_s_per_step"] = round(float(np.median(entry["cpu_s_per_step_runs"])), 4)
@@ -665,8 +767,13 @@ def _commit() -> Optional[str]:
 
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                               text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
@@ -720,6 +827,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["wall_s"] = round(time.perf_counter() - started, 1)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=1) + "\n")  # after every measurement: a killed run keeps it
+
         return write
 
     try:
@@ -730,11 +838,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cap = args.batch_cap if args.batch_cap is not None else (2 if device.type == "cpu" else None)
             caps = dict(c.split("=") for c in args.plan_batch.split(",") if "=" in c) if args.plan_batch else {}
             batch = int(caps.get(name, min(plan.batch_size, cap) if cap else plan.batch_size))
-            print(f"{name}: patch {'x'.join(map(str, plan.patch_size))}, batch {batch} (plans: {plan.batch_size}), "
-                  f"{device.type} {args.mode}", flush=True)
+            print(
+                f"{name}: patch {'x'.join(map(str, plan.patch_size))}, batch {batch} (plans: {plan.batch_size}), "
+                f"{device.type} {args.mode}",
+                flush=True,
+            )
             inference = args.inference and (not args.inference_plans or name in args.inference_plans.split(","))
-            measure_plan(plan, keys, device, args.mode, batch, args.repeats, args.steps, not args.no_profile,
-                         inference, args.compile_backend, save(name), before, args.tiny)
+            measure_plan(
+                plan,
+                keys,
+                device,
+                args.mode,
+                batch,
+                args.repeats,
+                args.steps,
+                not args.no_profile,
+                inference,
+                args.compile_backend,
+                save(name),
+                before,
+                args.tiny,
+            )
             print(plan_table(result, name), flush=True)
     finally:
         if before is not None:
@@ -762,19 +886,30 @@ def plan_table(result: dict, plan_name: str) -> str:
     plan = result["plans"][plan_name]
     cuda = result["device"] == "cuda"
     cpu = not cuda
-    head = ("| network | params | GFLOPs fwd | s/step | vs stock: s/step | FLOPs | time per FLOP | "
-            + ("CPU time per FLOP | " if cpu else "") + "peak memory "
-            "| vs stock | " + ("of the planner's 8 GB | " if cuda else "")
-            + ("compile s | graph breaks | " if result["mode"] == "compiled" else "")
-            + "inference s/case (tiles) | " + ("inference peak | " if cuda else "") + "status |")
+    head = (
+        "| network | params | GFLOPs fwd | s/step | vs stock: s/step | FLOPs | time per FLOP | "
+        + ("CPU time per FLOP | " if cpu else "")
+        + "peak memory "
+        "| vs stock | "
+        + ("of the planner's 8 GB | " if cuda else "")
+        + ("compile s | graph breaks | " if result["mode"] == "compiled" else "")
+        + "inference s/case (tiles) | "
+        + ("inference peak | " if cuda else "")
+        + "status |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for entry in plan["networks"].values():
         vs = entry.get("vs_stock", {})
         inf = entry.get("inference", {})
-        cells = [entry["label"], f"{entry['params'] / 1e6:.2f} M" if "params" in entry else "–",
-                 f"{entry['flops'] / 1e9:.1f}" if "flops" in entry else "–", _s(entry.get("s_per_step")),
-                 _range(vs.get("s_per_step")), f"{vs['flops']:.2f}" if "flops" in vs else "–",
-                 _range(vs.get("time_per_flop"))]
+        cells = [
+            entry["label"],
+            f"{entry['params'] / 1e6:.2f} M" if "params" in entry else "–",
+            f"{entry['flops'] / 1e9:.1f}" if "flops" in entry else "–",
+            _s(entry.get("s_per_step")),
+            _range(vs.get("s_per_step")),
+            f"{vs['flops']:.2f}" if "flops" in vs else "–",
+            _range(vs.get("time_per_flop")),
+        ]
         if cpu:
             cells.append(_range(vs.get("cpu_time_per_flop")))
         cells += [_gib(entry.get("peak_bytes")), f"{vs['peak_bytes']:.2f}" if "peak_bytes" in vs else "–"]
@@ -799,16 +934,21 @@ def before_table(result: dict, plan_name: str) -> str:
     plan = result["plans"][plan_name]
     if "before" not in plan:
         return ""
-    rows = ["| network | time per FLOP vs stock: before | after | CPU time per FLOP: before | after | s/step: before "
-            "| after | first loss: before - after |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| network | time per FLOP vs stock: before | after | CPU time per FLOP: before | after | s/step: before "
+        "| after | first loss: before - after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key, old in plan["before"]["networks"].items():
         new = plan["networks"][key]
         ov, nv = old.get("vs_stock", {}), new.get("vs_stock", {})
         diff = old.get("first_loss_difference")
-        rows.append(f"| {new['label']} | {_range(ov.get('time_per_flop'))} | {_range(nv.get('time_per_flop'))} | "
-                    f"{_range(ov.get('cpu_time_per_flop'))} | {_range(nv.get('cpu_time_per_flop'))} | "
-                    f"{_s(old.get('s_per_step'))} | {_s(new.get('s_per_step'))} | "
-                    f"{'–' if diff is None else f'{diff:.1e}'} |")
+        rows.append(
+            f"| {new['label']} | {_range(ov.get('time_per_flop'))} | {_range(nv.get('time_per_flop'))} | "
+            f"{_range(ov.get('cpu_time_per_flop'))} | {_range(nv.get('cpu_time_per_flop'))} | "
+            f"{_s(old.get('s_per_step'))} | {_s(new.get('s_per_step'))} | "
+            f"{'–' if diff is None else f'{diff:.1e}'} |"
+        )
     return "\n".join(rows)
 
 
@@ -854,33 +994,54 @@ def split_table(result: dict, plan_name: str) -> str:
 
 
 def render(result: dict) -> str:
-    lines = [f"### {result['device'].upper()}, {result['mode']} ({result['precision']}) on {result['machine']} "
-             f"({result['date']})", "",
-             f"Command: `{result['command']}` at commit {str(result.get('commit'))[:10]}  ",
-             f"torch {result['torch']}, {result['threads']} threads, {result['repeats']} rounds x "
-             f"{result['steps_per_round']} step(s), load average {result.get('load_average_start')} at the start, "
-             f"{result.get('load_average_end')} at the end, {result.get('wall_s', 0) / 60:.0f} min. Ratios are "
-             "medians (min-max) of per-round ratios; FLOPs: the training forward, attention counted as its "
-             "arithmetic (`countable_attention`; before: the same count where the network has the same parameters); "
-             "CPU time: the process's own CPU seconds (steadier under load).", ""]
+    lines = [
+        f"### {result['device'].upper()}, {result['mode']} ({result['precision']}) on {result['machine']} "
+        f"({result['date']})",
+        "",
+        f"Command: `{result['command']}` at commit {str(result.get('commit'))[:10]}  ",
+        f"torch {result['torch']}, {result['threads']} threads, {result['repeats']} rounds x "
+        f"{result['steps_per_round']} step(s), load average {result.get('load_average_start')} at the start, "
+        f"{result.get('load_average_end')} at the end, {result.get('wall_s', 0) / 60:.0f} min. Ratios are "
+        "medians (min-max) of per-round ratios; FLOPs: the training forward, attention counted as its "
+        "arithmetic (`countable_attention`; before: the same count where the network has the same parameters); "
+        "CPU time: the process's own CPU seconds (steadier under load).",
+        "",
+    ]
     for name, plan in result["plans"].items():
-        lines += [f"**{name}**: patch {'x'.join(map(str, plan['patch_size']))}, batch {plan['batch_size']} (plans: "
-                  f"{plan['plans_batch_size']}), {plan['input_channels']} input channel(s), {plan['num_classes']} "
-                  f"classes. Plans: {plan['source']}.", "", plan_table(result, name), ""]
+        lines += [
+            f"**{name}**: patch {'x'.join(map(str, plan['patch_size']))}, batch {plan['batch_size']} (plans: "
+            f"{plan['plans_batch_size']}), {plan['input_channels']} input channel(s), {plan['num_classes']} "
+            f"classes. Plans: {plan['source']}.",
+            "",
+            plan_table(result, name),
+            "",
+        ]
         if "before" in plan:
-            lines += [f"Before (`{plan['before']['ref']}`, {plan['before']['commit'][:10]}) and after, in the same "
-                      "rounds:", "", before_table(result, name), ""]
+            lines += [
+                f"Before (`{plan['before']['ref']}`, {plan['before']['commit'][:10]}) and after, in the same rounds:",
+                "",
+                before_table(result, name),
+                "",
+            ]
         ops = ops_table(result, name)
         if ops:
-            lines += ["Ten most expensive operators of one step (self time, share of the step):", "", ops, "",
-                      "Where that step's time goes, ms (the ten operators grouped; everything else: the step minus "
-                      "them):", "", split_table(result, name), ""]
+            lines += [
+                "Ten most expensive operators of one step (self time, share of the step):",
+                "",
+                ops,
+                "",
+                "Where that step's time goes, ms (the ten operators grouped; everything else: the step minus them):",
+                "",
+                split_table(result, name),
+                "",
+            ]
     return "\n".join(lines)
 
 
 def render_section(files: Sequence[Path]) -> str:
-    parts = ["<!-- written by benchmarks/network_speed.py from benchmarks/results/network-speed-*.json: do not "
-             "edit -->"]
+    parts = [
+        "<!-- written by benchmarks/network_speed.py from benchmarks/results/network-speed-*.json: do not edit -->"
+    ]
     for path in files:
         result = json.loads(path.read_text())
         if result.get("schema") == SCHEMA:
@@ -900,8 +1061,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--mode", choices=("eager", "compiled"), default="eager",
-                    help="compiled: torch.compile of the network and the Dice term, as nnU-Net's trainer on CUDA")
+    ap.add_argument(
+        "--mode",
+        choices=("eager", "compiled"),
+        default="eager",
+        help="compiled: torch.compile of the network and the Dice term, as nnU-Net's trainer on CUDA",
+    )
     ap.add_argument("--plans", default=",".join(PLANS), help=f"comma-separated, from {', '.join(PLANS)}")
     ap.add_argument("--networks", default=",".join(NETWORKS))
     ap.add_argument("--repeats", type=int, default=3, help="rounds; each times every network (default 3)")
@@ -918,8 +1083,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--update-docs", action="store_true", help="rewrite BENCHMARKS.md's network-speed section")
     ap.add_argument("--table", default=None, metavar="JSON", help="only print the tables of a results file")
     ap.add_argument("--docs-only", action="store_true", help="only rewrite BENCHMARKS.md from the results files")
-    ap.add_argument("--before", default=None, metavar="GIT_REF",
-                    help="also time our networks as this commit builds them, interleaved (before/after ratios)")
+    ap.add_argument(
+        "--before",
+        default=None,
+        metavar="GIT_REF",
+        help="also time our networks as this commit builds them, interleaved (before/after ratios)",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # --before's worker process
     args = ap.parse_args(argv)
     args.argv = argv

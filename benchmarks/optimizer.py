@@ -14,6 +14,7 @@ with the Wilcoxon test, the loss over the first and last quarter of the iteratio
 optimiser stepped with, s/iter, and whether both saw the same batches; and a verdict: AdamW or SGD is "clearly
 better" when its mean Dice is at least 2 points higher and p < 0.05, otherwise "no clear difference".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,35 +48,52 @@ def pair(results: dict[str, Any], sgd: str, adamw: str) -> dict[str, Any]:
     runs = {name: results["runs"].get(f"{name}__nnUNetPlans", {}) for name in (sgd, adamw)}
     if any(r.get("status") != "done" for r in runs.values()):
         return {"status": "incomplete", **{n: r.get("status", "absent") for n, r in runs.items()}}
-    fields = ("mean_dice", "dice", "s_per_iter", "loss_first_quarter", "loss_last_quarter", "grad_norm_median",
-              "grad_norm_max", "iterations_clipped_at_12")
+    fields = (
+        "mean_dice",
+        "dice",
+        "s_per_iter",
+        "loss_first_quarter",
+        "loss_last_quarter",
+        "grad_norm_median",
+        "grad_norm_max",
+        "iterations_clipped_at_12",
+    )
     out: dict[str, Any] = {"status": "done"}
     for label, name in (("sgd", sgd), ("adamw", adamw)):
         fold = runs[name]["folds"]["0"]
-        out[label] = {"trainer": name, **{k: runs[name].get(k, fold.get(k)) for k in fields},
-                      "curve": fold.get("curve")}
-    test = paired_test({c: v["mean_dice"] for c, v in runs[adamw]["per_case"].items()},
-                       {c: v["mean_dice"] for c, v in runs[sgd]["per_case"].items()})
+        out[label] = {
+            "trainer": name,
+            **{k: runs[name].get(k, fold.get(k)) for k in fields},
+            "curve": fold.get("curve"),
+        }
+    test = paired_test(
+        {c: v["mean_dice"] for c, v in runs[adamw]["per_case"].items()},
+        {c: v["mean_dice"] for c, v in runs[sgd]["per_case"].items()},
+    )
     out["adamw_minus_sgd"] = test
     out["same_batches"] = runs[sgd]["folds"]["0"].get("batches_digest") == runs[adamw]["folds"]["0"].get(
-        "batches_digest")
+        "batches_digest"
+    )
     points = 100 * test["mean_difference"]
     clear = abs(points) >= CLEAR_POINTS and test["p_value"] is not None and test["p_value"] < CLEAR_P
-    out["verdict"] = (f"{'AdamW' if points > 0 else 'SGD'} clearly better" if clear else "no clear difference")
+    out["verdict"] = f"{'AdamW' if points > 0 else 'SGD'} clearly better" if clear else "no clear difference"
     return out
 
 
 def render(record: dict[str, Any]) -> str:
     from nnunet_sparseattn.compare.report import num, p_value
 
-    lines = ["<!-- written by benchmarks/optimizer.py from benchmarks/results/optimizer-*.json: do not edit -->",
-             f"Command: `{record['command']}`  ",
-             f"Data: ISIC 2017 `2d`, the accuracy benchmark's {record['training_cases']} training cases, "
-             f"{record['cases']} validation cases of fold 0. Budget `{record['budget']['name']}`: "
-             f"{record['budget_text']}. Machine: {record['machine']}.", "",
-             "| network | optimizer | mean Dice | AdamW - SGD: Dice points (p, AdamW better) | loss, first -> last "
-             "quarter | gradient norm: median, max (clipped at 12) | s/iter | same batches | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "<!-- written by benchmarks/optimizer.py from benchmarks/results/optimizer-*.json: do not edit -->",
+        f"Command: `{record['command']}`  ",
+        f"Data: ISIC 2017 `2d`, the accuracy benchmark's {record['training_cases']} training cases, "
+        f"{record['cases']} validation cases of fold 0. Budget `{record['budget']['name']}`: "
+        f"{record['budget_text']}. Machine: {record['machine']}.",
+        "",
+        "| network | optimizer | mean Dice | AdamW - SGD: Dice points (p, AdamW better) | loss, first -> last "
+        "quarter | gradient norm: median, max (clipped at 12) | s/iter | same batches | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for network, r in record["networks"].items():
         if r["status"] != "done":
             lines.append(f"| {network} | – | – | – | – | – | – | – | {r['status']} |")
@@ -83,14 +101,18 @@ def render(record: dict[str, Any]) -> str:
         test = r["adamw_minus_sgd"]
         for label in ("sgd", "adamw"):
             x = r[label]
-            versus = (f"{100 * test['mean_difference']:+.1f} (p {p_value(test['p_value'])}, "
-                      f"{test['wins']}/{test['cases']})") if label == "adamw" else "–"
+            versus = (
+                (f"{100 * test['mean_difference']:+.1f} (p {p_value(test['p_value'])}, {test['wins']}/{test['cases']})")
+                if label == "adamw"
+                else "–"
+            )
             lines.append(
                 f"| {network} | {'SGD (nnU-Net)' if label == 'sgd' else 'AdamW + warm-up'} | {num(x['mean_dice'])} "
                 f"| {versus} | {num(x['loss_first_quarter'])} -> {num(x['loss_last_quarter'])} "
                 f"| {num(x['grad_norm_median'], 2)}, {num(x['grad_norm_max'], 2)} ({x['iterations_clipped_at_12']}) "
                 f"| {num(x['s_per_iter'])} | {'yes' if r['same_batches'] else 'no'} "
-                f"| {r['verdict'] if label == 'adamw' else ''} |")
+                f"| {r['verdict'] if label == 'adamw' else ''} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -114,12 +136,17 @@ def main(argv: list[str] | None = None) -> int:
         trainers = ["nnUNetTrainer"] + [t for pair_ in NETWORKS.values() for t in pair_]
         work = (args.work or work_folder(args.budget, args.device)).resolve()
         results = compare_dataset(DATASETS["isic2017"], args.budget, args.device, trainers, work, args.data, command)
-        record = {"benchmark": "optimizer", "command": command, "dataset": results["dataset"],
-                  "training_cases": json.loads((work / "nnUNet_raw" / results["dataset"]["name"] /
-                                                "dataset.json").read_text())["numTraining"],
-                  "cases": sum(len(c) for c in results["heldout"]["cases"].values()),
-                  **{k: results[k] for k in ("budget", "budget_text", "device", "machine", "torch", "nnunetv2")},
-                  "networks": {n: pair(results, sgd, adamw) for n, (sgd, adamw) in NETWORKS.items()}}
+        record = {
+            "benchmark": "optimizer",
+            "command": command,
+            "dataset": results["dataset"],
+            "training_cases": json.loads(
+                (work / "nnUNet_raw" / results["dataset"]["name"] / "dataset.json").read_text()
+            )["numTraining"],
+            "cases": sum(len(c) for c in results["heldout"]["cases"].values()),
+            **{k: results[k] for k in ("budget", "budget_text", "device", "machine", "torch", "nnunetv2")},
+            "networks": {n: pair(results, sgd, adamw) for n, (sgd, adamw) in NETWORKS.items()},
+        }
         args.out_dir.mkdir(parents=True, exist_ok=True)
         path = args.out_dir / f"optimizer-{args.device}-{args.budget}.json"
         write_json_atomic(path, record)

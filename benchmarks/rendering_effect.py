@@ -19,6 +19,7 @@ Metrics per validation case, averaged (foreground = lesion), from compare's pred
 - boundary F1 (Csurka et al., BMVC 2013): F1 of contour pixels matched within ``d`` pixels.
 Boundary IoU and F1 are written here: no maintained library the project uses computes them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,12 +63,19 @@ def boundary_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 def score_run(run: dict, predictions: Path, labels: Path, cases: list[str]) -> dict:
     """compare's Dice and HD95 of one run (its record ``run``), and the boundary metrics of its predictions."""
-    per_case = [boundary_metrics(np.asarray(Image.open(predictions / f"{c}.png")) == 1,
-                                 np.asarray(Image.open(labels / f"{c}.png")) == 1) for c in cases]
-    return {"cases": len(per_case), "dice": round(run["mean_dice"], 4),
-            "hd95": None if run["mean_hd95"] is None else round(run["mean_hd95"], 4),
-            "hd95_undefined_cases": sum(run["hd95_undefined_cases"].values()),
-            **{k: round(float(np.mean([c[k] for c in per_case])), 4) for k in per_case[0]}}
+    per_case = [
+        boundary_metrics(
+            np.asarray(Image.open(predictions / f"{c}.png")) == 1, np.asarray(Image.open(labels / f"{c}.png")) == 1
+        )
+        for c in cases
+    ]
+    return {
+        "cases": len(per_case),
+        "dice": round(run["mean_dice"], 4),
+        "hd95": None if run["mean_hd95"] is None else round(run["mean_hd95"], 4),
+        "hd95_undefined_cases": sum(run["hd95_undefined_cases"].values()),
+        **{k: round(float(np.mean([c[k] for c in per_case])), 4) for k in per_case[0]},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,29 +105,42 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if datasets.dataset_folder(env["nnUNet_raw"], DATASET_ID) is None:
             small = datasets.downsize_2d_pairs(ISIC / "images", ISIC / "masks", work / "small", args.cases, args.size)
-            convert_2d(small / "images", small / "masks", DATASET_ID, name="ISICsmall",
-                       raw_root=Path(env["nnUNet_raw"]))
+            convert_2d(
+                small / "images", small / "masks", DATASET_ID, name="ISICsmall", raw_root=Path(env["nnUNet_raw"])
+            )
         command = shlex.join(["python", "benchmarks/rendering_effect.py", *(sys.argv[1:] if argv is None else argv)])
-        results = run_compare(CompareRequest(
-            DATASET_ID, "2d", work / f"compare-{args.cases}x{args.size}", trainers=list(RUNS.values()), baselines=[],
-            budget=f"{args.epochs}x{args.iterations}b{args.batch}", folds=[0], device=args.device,
-            raw=Path(env["nnUNet_raw"]), preprocessed=Path(env["nnUNet_preprocessed"]), command=command))
+        results = run_compare(
+            CompareRequest(
+                DATASET_ID,
+                "2d",
+                work / f"compare-{args.cases}x{args.size}",
+                trainers=list(RUNS.values()),
+                baselines=[],
+                budget=f"{args.epochs}x{args.iterations}b{args.batch}",
+                folds=[0],
+                device=args.device,
+                raw=Path(env["nnUNet_raw"]),
+                preprocessed=Path(env["nnUNet_preprocessed"]),
+                command=command,
+            )
+        )
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     output = work / f"compare-{args.cases}x{args.size}"
     cases = sorted(c for group in results["heldout"]["cases"].values() for c in group)
-    out = {"setting": setting, "command": command, "budget_text": results["budget_text"],
-           "machine": results["machine"]}
+    out = {"setting": setting, "command": command, "budget_text": results["budget_text"], "machine": results["machine"]}
     for key, trainer in RUNS.items():
         run = results["runs"][f"{trainer}__nnUNetPlans"]
-        out[key] = {**score_run(run, output / "predictions" / f"{trainer}__nnUNetPlans", output / "heldout" / "labels",
-                                cases),
-                    "s_per_iter": round(run["s_per_iter"], 4), "final_train_loss": round(run["folds"]["0"]["curve"]
-                                                                                          ["train_loss"][-1], 4)}
+        out[key] = {
+            **score_run(run, output / "predictions" / f"{trainer}__nnUNetPlans", output / "heldout" / "labels", cases),
+            "s_per_iter": round(run["s_per_iter"], 4),
+            "final_train_loss": round(run["folds"]["0"]["curve"]["train_loss"][-1], 4),
+        }
     with_, without = (results["runs"][f"{t}__nnUNetPlans"]["per_case"] for t in RUNS.values())
-    out["dice_with_minus_without"] = paired_test({c: v["mean_dice"] for c, v in with_.items()},
-                                                 {c: v["mean_dice"] for c, v in without.items()})
+    out["dice_with_minus_without"] = paired_test(
+        {c: v["mean_dice"] for c, v in with_.items()}, {c: v["mean_dice"] for c, v in without.items()}
+    )
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in (*RUNS, "dice_with_minus_without")}, indent=1))
     print(f"written {args.out}")

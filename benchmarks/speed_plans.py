@@ -52,12 +52,21 @@ def _synthetic_ct(env: dict[str, str]) -> None:
     (raw / "imagesTr").mkdir(parents=True, exist_ok=True)
     (raw / "labelsTr").mkdir(parents=True, exist_ok=True)
     for folder, suffix in (("imagesTr", "_0000"), ("labelsTr", "")):
-        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.int16)), str(raw / folder / f"ct_000{suffix}.nii.gz"))
+        sitk.WriteImage(
+            sitk.GetImageFromArray(np.zeros((4, 4, 4), np.int16)), str(raw / folder / f"ct_000{suffix}.nii.gz")
+        )
     labels = {"background": 0, **{f"organ_{i}": i for i in range(1, CT_LABELS + 1)}}
     dataset_json = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": CT_CASES, "file_ending": ".nii.gz"}
     (raw / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
-    intensity = {"max": 3000.0, "mean": 100.0, "median": 90.0, "min": -1000.0, "percentile_00_5": -980.0,
-                 "percentile_99_5": 1500.0, "std": 150.0}
+    intensity = {
+        "max": 3000.0,
+        "mean": 100.0,
+        "median": 90.0,
+        "min": -1000.0,
+        "percentile_00_5": -980.0,
+        "percentile_99_5": 1500.0,
+        "std": 150.0,
+    }
     fingerprint = {
         "foreground_intensity_properties_per_channel": {"0": intensity},
         "median_relative_size_after_cropping": 1.0,
@@ -95,9 +104,14 @@ def main(argv: list[str] | None = None) -> None:
 
     hippocampus = datasets.convert_msd(SHARED_DATA / "Task04_Hippocampus", env, log)
     _fingerprint_and_plan(hippocampus, env, log)
-    _keep(env, hippocampus, "3d_fullres", "hippocampus_3d_fullres",
-          "MSD Task04_Hippocampus, 260 training cases: nnUNetv2_convert_MSD_dataset, nnUNetv2_extract_fingerprint, "
-          "nnUNetv2_plan_experiment (nnU-Net 2.8.1 default planner)")
+    _keep(
+        env,
+        hippocampus,
+        "3d_fullres",
+        "hippocampus_3d_fullres",
+        "MSD Task04_Hippocampus, 260 training cases: nnUNetv2_convert_MSD_dataset, nnUNetv2_extract_fingerprint, "
+        "nnUNetv2_plan_experiment (nnU-Net 2.8.1 default planner)",
+    )
 
     from nnunet_sparseattn.convert2d import convert_2d
 
@@ -105,16 +119,26 @@ def main(argv: list[str] | None = None) -> None:
         isic = SHARED_DATA / "ISIC2017_256"
         convert_2d(isic / "images", isic / "masks", ISIC_ID, raw_root=Path(env["nnUNet_raw"]))
     _fingerprint_and_plan(ISIC_ID, env, log)
-    _keep(env, ISIC_ID, "2d", "isic2017_2d",
-          "ISIC 2017 task 1, 2000 training images at 256 x 256: nnunet-sparseattn convert-2d, "
-          "nnUNetv2_extract_fingerprint, nnUNetv2_plan_experiment (nnU-Net 2.8.1 default planner)")
+    _keep(
+        env,
+        ISIC_ID,
+        "2d",
+        "isic2017_2d",
+        "ISIC 2017 task 1, 2000 training images at 256 x 256: nnunet-sparseattn convert-2d, "
+        "nnUNetv2_extract_fingerprint, nnUNetv2_plan_experiment (nnU-Net 2.8.1 default planner)",
+    )
 
     _synthetic_ct(env)
     commands.run_command(["nnUNetv2_plan_experiment", "-d", CT_ID], env, log)
-    _keep(env, CT_ID, "3d_fullres", "six_stage_128_3d",
-          f"nnUNetv2_plan_experiment (nnU-Net 2.8.1 default planner) on a fingerprint written by "
-          f"benchmarks/speed_plans.py: {CT_CASES} CT cases of {'x'.join(map(str, CT_SHAPE))} voxels at 1 mm, "
-          f"{CT_LABELS} labels")
+    _keep(
+        env,
+        CT_ID,
+        "3d_fullres",
+        "six_stage_128_3d",
+        f"nnUNetv2_plan_experiment (nnU-Net 2.8.1 default planner) on a fingerprint written by "
+        f"benchmarks/speed_plans.py: {CT_CASES} CT cases of {'x'.join(map(str, CT_SHAPE))} voxels at 1 mm, "
+        f"{CT_LABELS} labels",
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ that this command reproduces them from the data):
 Every list is sorted; the seed is :data:`SEED`. The rest of each dataset is the training side (nnU-Net's fold 0
 of its own 5-fold split of it trains; the test cases are never seen in training or validation).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,38 @@ SPLITS = ROOT / "benchmarks" / "splits"
 SEED = 2026
 MIN_TEST = {"cvc": 120, "isic2017": 300, "hippocampus": 52}
 # CVC-ClinicDB's README.txt: the first frame of each of its 29 sequences (sequence i: FIRST[i-1] .. FIRST[i] - 1).
-_CVC_FIRST = (1, 26, 51, 68, 79, 104, 127, 152, 178, 200, 206, 228, 253, 278, 298, 318, 343, 364, 384, 409, 429, 448,
-              467, 479, 504, 529, 547, 572, 592, 613)
+_CVC_FIRST = (
+    1,
+    26,
+    51,
+    68,
+    79,
+    104,
+    127,
+    152,
+    178,
+    200,
+    206,
+    228,
+    253,
+    278,
+    298,
+    318,
+    343,
+    364,
+    384,
+    409,
+    429,
+    448,
+    467,
+    479,
+    504,
+    529,
+    547,
+    572,
+    592,
+    613,
+)
 CVC_SEQUENCES: dict[int, range] = {i + 1: range(a, b) for i, (a, b) in enumerate(zip(_CVC_FIRST, _CVC_FIRST[1:]))}
 LIST_FILES = {"cvc": "cvc_clinicdb_test.txt", "isic2017": "isic2017_test.txt", "hippocampus": "hippocampus_test.txt"}
 
@@ -88,9 +119,11 @@ def hippocampus_test_cases(task: Path, count: int = MIN_TEST["hippocampus"], see
 
 def make_lists(data: Path = DATA) -> dict[str, list[str]]:
     """Every dataset's test list, from the data (see the module's docstring)."""
-    return {"cvc": cvc_test_frames(data / "CVC-ClinicDB" / "images"),
-            "isic2017": isic_test_images(data / "ISIC2017_256" / "images"),
-            "hippocampus": hippocampus_test_cases(data / "Task04_Hippocampus")}
+    return {
+        "cvc": cvc_test_frames(data / "CVC-ClinicDB" / "images"),
+        "isic2017": isic_test_images(data / "ISIC2017_256" / "images"),
+        "hippocampus": hippocampus_test_cases(data / "Task04_Hippocampus"),
+    }
 
 
 def read_list(key: str, folder: Path = SPLITS) -> list[str]:

@@ -8,6 +8,7 @@ interpreter, files and page cache), and counts the instructions of one start eac
 (deterministic: the number to read on a shared, noisy machine; wall-clock medians are reported beside it). Also
 reports ``python -X importtime``'s line for the hook's module.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,16 +45,22 @@ def _instructions(python: Path, env: dict) -> int | None:
     if shutil.which("valgrind") is None:
         return None
     subprocess.run([str(python), "-c", "pass"], env=env, check=True)  # .pyc files written, caches warm
-    report = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(python), "-c",
-                             "pass"], env=env, capture_output=True, text=True, check=True).stderr
+    report = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(python), "-c", "pass"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
     return int(re.search(r"Collected : (\d+)", report).group(1))
 
 
 def measure(rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(ROOT)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(ROOT)], check=True
+        )
         venv.create(tmp / "env", with_pip=True)
         python = tmp / "env" / "bin" / "python"
         wheels = map(str, (tmp / "dist").glob("*.whl"))
@@ -71,18 +78,22 @@ def measure(rounds: int) -> dict:
         pth.rename(off)
         instructions["without"] = _instructions(python, env)
         off.rename(pth)
-        importtime = subprocess.run([str(python), "-X", "importtime", "-c", "pass"], env=env, capture_output=True,
-                                    text=True, check=True).stderr
+        importtime = subprocess.run(
+            [str(python), "-X", "importtime", "-c", "pass"], env=env, capture_output=True, text=True, check=True
+        ).stderr
         ours = [line.strip() for line in importtime.splitlines() if "nnunet_sparseattn" in line]
     differences = [a - b for a, b in zip(with_hook, without)]
     return {
-        "date": str(date.today()), "python": platform.python_version(), "machine": platform.machine(),
+        "date": str(date.today()),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
         "rounds": rounds,
         "python_c_pass_median_s": {"with_hook": statistics.median(with_hook), "without": statistics.median(without)},
         "added_median_ms": 1e3 * statistics.median(differences),
         "callgrind_instructions": instructions,
-        "added_instructions_fraction": (instructions["with_hook"] / instructions["without"] - 1
-                                        if instructions["without"] else None),
+        "added_instructions_fraction": (
+            instructions["with_hook"] / instructions["without"] - 1 if instructions["without"] else None
+        ),
         "importtime_us (self | cumulative | module)": ours,
     }
 

@@ -74,8 +74,12 @@ MARKERS = ("<!-- training-memory:begin -->", "<!-- training-memory:end -->")
 SCHEMA = 1
 BUDGET_RATIO = 1.3
 # optimizer state per parameter byte, as each network's default trainer configures it
-OPTIMIZER = {STOCK: ("SGD momentum", 1), "bsa": ("SGD momentum", 1), "mdsa": ("SGD momentum", 1),
-             "bilateral": ("AdamW", 2)}
+OPTIMIZER = {
+    STOCK: ("SGD momentum", 1),
+    "bsa": ("SGD momentum", 1),
+    "mdsa": ("SGD momentum", 1),
+    "bilateral": ("AdamW", 2),
+}
 PRECISIONS = ("float32", "float16")
 MEASURE_BATCH = 2
 TIMED_STEPS = 2
@@ -132,8 +136,9 @@ def count_saved(network: nn.Module, plan: Plan, batch: int, precision: str) -> S
     network = copy.deepcopy(network).train()
     mode = fake_mode()
     with mode:
-        state = {name: mode.from_tensor(t).to("cuda") for name, t in (*network.named_parameters(),
-                                                                       *network.named_buffers())}
+        state = {
+            name: mode.from_tensor(t).to("cuda") for name, t in (*network.named_parameters(), *network.named_buffers())
+        }
         params = [state[name].requires_grad_(True) for name, _ in network.named_parameters()]
         data, targets = batch_tensors(plan, batch, "cuda")
         counter = SavedTensorCounter(exclude=params)
@@ -160,10 +165,15 @@ def predict(key: str, plan: Plan, precision: str, checkpointing: bool) -> dict[s
     network = build(key, plan, checkpointing)
     t0 = time.perf_counter()
     counter = count_saved(network, plan, plan.batch_size, precision)
-    record: dict[str, Any] = {"saved_bytes": counter.bytes, "saved_by_dtype": counter.by_dtype,
-                              **state_bytes(key, network), "count_s": round(time.perf_counter() - t0, 2)}
-    record["total_bytes"] = (record["saved_bytes"] + record["params_bytes"] + record["grads_bytes"]
-                             + record["optimizer_bytes"])
+    record: dict[str, Any] = {
+        "saved_bytes": counter.bytes,
+        "saved_by_dtype": counter.by_dtype,
+        **state_bytes(key, network),
+        "count_s": round(time.perf_counter() - t0, 2),
+    }
+    record["total_bytes"] = (
+        record["saved_bytes"] + record["params_bytes"] + record["grads_bytes"] + record["optimizer_bytes"]
+    )
     return record
 
 
@@ -175,8 +185,11 @@ def optimizer_for(key: str, network: nn.Module) -> torch.optim.Optimizer:
 
 
 def _memory_events(prof: Any) -> list[tuple[int, int]]:
-    return [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    return [
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
 
 
 def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_BATCH) -> dict[str, Any]:
@@ -216,21 +229,35 @@ def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_
     with profile(profile_memory=True) as prof:
         step()
     held = sum(p.numel() * p.element_size() for p in network.parameters())
-    held += sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                if isinstance(t, torch.Tensor))
-    return {"batch": batch, "precision": "float32", "counted_saved_bytes": counter.bytes,
-            "forward_live_bytes": int(forward_live), "step_peak_bytes": int(cpu_peak_bytes(_memory_events(prof))),
-            "state_bytes": int(held), "step_s": round(seconds, 3),
-            "step_cpu_s": round(cpu_seconds, 3),
-            "predicted_total_bytes": counter.bytes + sum(state_bytes(key, network).values())}
+    held += sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
+    return {
+        "batch": batch,
+        "precision": "float32",
+        "counted_saved_bytes": counter.bytes,
+        "forward_live_bytes": int(forward_live),
+        "step_peak_bytes": int(cpu_peak_bytes(_memory_events(prof))),
+        "state_bytes": int(held),
+        "step_s": round(seconds, 3),
+        "step_cpu_s": round(cpu_seconds, 3),
+        "predicted_total_bytes": counter.bytes + sum(state_bytes(key, network).values()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- driver
 def run(plans: list[str], networks: list[str], measure: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {
-        "schema": SCHEMA, "command": " ".join(["python", "benchmarks/training_memory.py", *sys.argv[1:]]),
-        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-        "budget": {"ratio_to_stock": BUDGET_RATIO, "planner_bytes": PLANNER_VRAM_BYTES}, "plans": {},
+        "schema": SCHEMA,
+        "command": " ".join(["python", "benchmarks/training_memory.py", *sys.argv[1:]]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "budget": {"ratio_to_stock": BUDGET_RATIO, "planner_bytes": PLANNER_VRAM_BYTES},
+        "plans": {},
     }
     t0 = time.perf_counter()
     for plan_name in plans:
@@ -242,8 +269,11 @@ def run(plans: list[str], networks: list[str], measure: list[str]) -> dict[str, 
                 record[precision] = predict(key, plan, precision, checkpointing=False)
                 if key != STOCK:
                     record[f"{precision}_checkpointed"] = predict(key, plan, precision, checkpointing=True)
-                print(f"{plan_name} {key} {precision}: saved {record[precision]['saved_bytes'] / 1e9:.2f} GB, "
-                      f"total {record[precision]['total_bytes'] / 1e9:.2f} GB", flush=True)
+                print(
+                    f"{plan_name} {key} {precision}: saved {record[precision]['saved_bytes'] / 1e9:.2f} GB, "
+                    f"total {record[precision]['total_bytes'] / 1e9:.2f} GB",
+                    flush=True,
+                )
             if plan_name in measure:
                 record["measured_cpu"] = measure_cpu(key, plan, checkpointing=False)
                 if key != STOCK:
@@ -286,7 +316,7 @@ def render(results: dict[str, Any]) -> str:
         "loss); state: parameters + gradients + optimizer state (SGD momentum; AdamW for the bilateral network); "
         "total = saved + state. fp16: CUDA's fp16 autocast, as nnU-Net trains on a GPU. ckpt: activation "
         "checkpointing of the attention blocks on (the bilateral network: also its ResNeXt encoder blocks; plans "
-        "setting `\"activation_checkpointing\": true`). Budget: "
+        'setting `"activation_checkpointing": true`). Budget: '
         f"{BUDGET_RATIO}x stock nnU-Net's fp16 total, at most the planner's 8 GB. Routed attention counted on its "
         "gather path (an upper bound for BSA/MDSA on a GPU, where flex attention keeps less).",
         "",
@@ -306,7 +336,8 @@ def render(results: dict[str, Any]) -> str:
                 f"| {where} | {r['label']} | {_gb(r['float32']['saved_bytes'])} | {_gb(f16['saved_bytes'])} | "
                 f"{_gb(state)} | {_gb(f16['total_bytes'])} | {f16.get('ratio_to_stock', '')} | "
                 f"{_gb(ck['saved_bytes']) if ck else ''} | {_gb(ck['total_bytes']) if ck else ''} | "
-                f"{ck.get('ratio_to_stock', '') if ck else ''} | {verdict} |")
+                f"{ck.get('ratio_to_stock', '') if ck else ''} | {verdict} |"
+            )
     measured = [(p, r) for p, e in results["plans"].items() for r in e["networks"].values() if "measured_cpu" in r]
     if measured:
         lines += [
@@ -331,7 +362,8 @@ def render(results: dict[str, Any]) -> str:
                 f"{m.get('step_cpu_s', m['step_s'])} | "
                 f"{_gb(c['counted_saved_bytes']) if c else ''} | {_gb(c['forward_live_bytes']) if c else ''} | "
                 f"{_gb(c['step_peak_bytes'] + c['state_bytes']) if c else ''} | "
-                f"{c.get('step_cpu_s', c['step_s']) if c else ''} |")
+                f"{c.get('step_cpu_s', c['step_s']) if c else ''} |"
+            )
     lines += ["", f"torch {results['torch']}; `{results['command']}` ({results['wall_s']} s)."]
     return "\n".join(lines)
 
@@ -341,18 +373,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--plans", default=",".join(PLANS))
     parser.add_argument("--networks", default=",".join(NETWORKS))
     # ISIC's bilateral network at batch 2 under the memory profiler was OOM-killed on this 23 GB machine (12.7 GB RSS)
-    parser.add_argument("--measure", default="hippocampus_3d_fullres",
-                        help="plans also measured on the CPU at batch 2 ('' for none)")
+    parser.add_argument(
+        "--measure", default="hippocampus_3d_fullres", help="plans also measured on the CPU at batch 2 ('' for none)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-docs", action="store_true", help="write the BENCHMARKS.md section")
-    parser.add_argument("--table", type=Path,
-                        help="the section of an existing results JSON (with --update-docs: written to BENCHMARKS.md)")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        help="the section of an existing results JSON (with --update-docs: written to BENCHMARKS.md)",
+    )
     args = parser.parse_args(argv)
     if args.table:
         results = json.loads(args.table.read_text())
     else:
-        results = run([p for p in args.plans.split(",") if p], [n for n in args.networks.split(",") if n],
-                      [p for p in args.measure.split(",") if p])
+        results = run(
+            [p for p in args.plans.split(",") if p],
+            [n for n in args.networks.split(",") if n],
+            [p for p in args.measure.split(",") if p],
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     publish(render(results), MARKERS, args.update_docs)

@@ -95,7 +95,7 @@ def hippocampus_nnunet(shared_data, tmp_path_factory) -> dict:
         dataset_id = datasets.convert_msd(shared_data / "Task04_Hippocampus", env, work / "nnunet.log")
         dataset = datasets.dataset_folder(Path(env["nnUNet_raw"]), dataset_id)
         cases = datasets.labelled_cases(dataset / "labelsTr", ".nii.gz")
-        heldout = cases[HIPPOCAMPUS_TRAINING_CASES:HIPPOCAMPUS_TRAINING_CASES + HIPPOCAMPUS_HELDOUT_CASES]
+        heldout = cases[HIPPOCAMPUS_TRAINING_CASES : HIPPOCAMPUS_TRAINING_CASES + HIPPOCAMPUS_HELDOUT_CASES]
         training = datasets.HeldOut("training", dataset / "imagesTr", dataset / "labelsTr")
         datasets.copy_cases(heldout, training, work / "heldout_images", work / "heldout_labels", ".nii.gz")
         datasets.keep_training_cases(dataset, HIPPOCAMPUS_TRAINING_CASES)
@@ -106,10 +106,17 @@ def hippocampus_nnunet(shared_data, tmp_path_factory) -> dict:
     work = run_folder(tmp_path_factory) / "hippocampus"
     prepared = prepared_once(tmp_path_factory, work.name, prepare)
     env = commands.work_environment(work)
-    return {"work": work, "env": env, "log": work / "nnunet.log", "id": prepared["id"],
-            "dataset": datasets.dataset_folder(Path(env["nnUNet_raw"]), prepared["id"]),
-            "images": work / "heldout_images", "labels": work / "heldout_labels", "heldout": prepared["heldout"],
-            "configuration": "3d_fullres"}
+    return {
+        "work": work,
+        "env": env,
+        "log": work / "nnunet.log",
+        "id": prepared["id"],
+        "dataset": datasets.dataset_folder(Path(env["nnUNet_raw"]), prepared["id"]),
+        "images": work / "heldout_images",
+        "labels": work / "heldout_labels",
+        "heldout": prepared["heldout"],
+        "configuration": "3d_fullres",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -122,16 +129,30 @@ def isic_nnunet(shared_data, tmp_path_factory) -> dict:
 
         env = commands.work_environment(work)
         isic = shared_data / "ISIC2017_256"
-        dataset = convert_2d(isic / "images", isic / "masks", ISIC_ID, raw_root=Path(env["nnUNet_raw"]),
-                             limit=ISIC_TRAINING_CASES + ISIC_HELDOUT_CASES, num_test=ISIC_HELDOUT_CASES)
+        dataset = convert_2d(
+            isic / "images",
+            isic / "masks",
+            ISIC_ID,
+            raw_root=Path(env["nnUNet_raw"]),
+            limit=ISIC_TRAINING_CASES + ISIC_HELDOUT_CASES,
+            num_test=ISIC_HELDOUT_CASES,
+        )
         commands.plan_and_preprocess(ISIC_ID, "2d", env, work / "nnunet.log")
         write_nnunet_split(env, ISIC_ID, "2d")
         return {"dataset": str(dataset)}
 
     work = run_folder(tmp_path_factory) / "isic2017"
     dataset = Path(prepared_once(tmp_path_factory, work.name, prepare)["dataset"])
-    return {"work": work, "env": commands.work_environment(work), "log": work / "nnunet.log", "id": ISIC_ID,
-            "dataset": dataset, "images": dataset / "imagesTs", "labels": dataset / "labelsTs", "configuration": "2d"}
+    return {
+        "work": work,
+        "env": commands.work_environment(work),
+        "log": work / "nnunet.log",
+        "id": ISIC_ID,
+        "dataset": dataset,
+        "images": dataset / "imagesTs",
+        "labels": dataset / "labelsTs",
+        "configuration": "2d",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -143,8 +164,9 @@ def trained_debug_model(tmp_path_factory) -> Callable[..., Path]:
 
     def train(run: dict, trainer: str, plans: str = "nnUNetPlans", extra: Sequence[str] = ()) -> Path:
         def fit(_: Path) -> dict:
-            commands.train(run["id"], run["configuration"], 0, trainer, run["env"], run["log"], plans=plans,
-                           extra=list(extra))
+            commands.train(
+                run["id"], run["configuration"], 0, trainer, run["env"], run["log"], plans=plans, extra=list(extra)
+            )
             return {}
 
         prepared_once(tmp_path_factory, f"trained-{run['id']}-{trainer}-{plans}-{run['configuration']}", fit)
@@ -165,10 +187,15 @@ def trainer_without_data(tmp_path, monkeypatch):
     for name in NNUNET_FOLDERS:
         monkeypatch.setenv(name, str(tmp_path / name))
 
-    def make(trainer_class: type, plans: dict, configuration: str, dataset_json: dict, initialize: bool = True,
-             device: str = "cpu"):
-        return build(trainer_class, plans, configuration, dataset_json, tmp_path, device=device,
-                     initialize=initialize)
+    def make(
+        trainer_class: type,
+        plans: dict,
+        configuration: str,
+        dataset_json: dict,
+        initialize: bool = True,
+        device: str = "cpu",
+    ):
+        return build(trainer_class, plans, configuration, dataset_json, tmp_path, device=device, initialize=initialize)
 
     return make
 

@@ -1,4 +1,5 @@
 """Checks and steps the end-to-end tests share (asserts rewritten by pytest: registered in conftest.py)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,9 +12,19 @@ def plan_variant(run: dict, variant: str, configuration: str) -> Path:
     """``nnunet-sparseattn plan -d ID --variant VARIANT -c CONFIGURATION`` as a user types it, in the prepared
     dataset's environment; returns the variant plans file it wrote."""
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "plan", "-d", str(run["id"]), "--variant", variant,
-         "-c", configuration],
-        env=run["env"], capture_output=True, text=True,
+        [
+            str(Path(sys.executable).parent / "nnunet-sparseattn"),
+            "plan",
+            "-d",
+            str(run["id"]),
+            "--variant",
+            variant,
+            "-c",
+            configuration,
+        ],
+        env=run["env"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.splitlines()[0])
@@ -31,15 +42,33 @@ def assert_dice(summary: dict, labels: list[str], cases: int | None = None) -> N
         assert len(summary["metric_per_case"]) == cases
 
 
-def explain(run: dict, trainer: str, configuration: str, image: Path, output: Path, *extra: str,
-            plans: str = "nnUNetPlans") -> str:
+def explain(
+    run: dict, trainer: str, configuration: str, image: Path, output: Path, *extra: str, plans: str = "nnUNetPlans"
+) -> str:
     """``nnunet-sparseattn explain -d ID -c CONFIGURATION -tr TRAINER -p PLANS -i IMAGE -o OUTPUT`` as a user types
     it, in the prepared dataset's environment; returns what it printed."""
     started = time.monotonic()
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "nnunet-sparseattn"), "explain", "-d", str(run["id"]), "-c", configuration,
-         "-tr", trainer, "-p", plans, "-i", str(image), "-o", str(output), *extra],
-        env=run["env"], capture_output=True, text=True,
+        [
+            str(Path(sys.executable).parent / "nnunet-sparseattn"),
+            "explain",
+            "-d",
+            str(run["id"]),
+            "-c",
+            configuration,
+            "-tr",
+            trainer,
+            "-p",
+            plans,
+            "-i",
+            str(image),
+            "-o",
+            str(output),
+            *extra,
+        ],
+        env=run["env"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     print(f"nnunet-sparseattn explain ({trainer}, {configuration}) took {time.monotonic() - started:.1f} s")  # -rP
@@ -72,9 +101,11 @@ def assert_explained(output: Path, image: Path, kinds: set[str]) -> dict:
         if not is_3d:
             maps = np.load(folder / "maps.npz")
             keys = set(maps.files)
-            assert ("routed" not in kinds or any(k.endswith("_regions") for k in keys)) and \
-                ("coarse" not in kinds or any(k.endswith("_coarse") for k in keys)) and \
-                ("window" not in kinds or any(k.endswith("_window") for k in keys)), keys
+            assert (
+                ("routed" not in kinds or any(k.endswith("_regions") for k in keys))
+                and ("coarse" not in kinds or any(k.endswith("_coarse") for k in keys))
+                and ("window" not in kinds or any(k.endswith("_window") for k in keys))
+            ), keys
             assert all(maps[k].shape == (source.GetSize()[1], source.GetSize()[0]) for k in keys)
             continue
         wanted = {"routed": "_regions.nii.gz", "coarse": "_coarse.nii.gz", "window": "_window.nii.gz"}

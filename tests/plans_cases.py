@@ -5,6 +5,7 @@ HIPPOCAMPUS_* are what nnUNetv2_plan_and_preprocess 2.8.1 wrote for MSD Task04 o
 harder shapes: five stages on a non-power-of-two patch, seven 2D stages, anisotropic [1, 2, 2] strides.
 Shared by every network's tests: import ``PLANS_CASES`` (name -> (arch_kwargs, patch_size)).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

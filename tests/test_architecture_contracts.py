@@ -5,6 +5,7 @@ plans through ``pydoc.locate``; the trainer toggles ``decoder.deep_supervision``
 with deep supervision off and loads the checkpoint strictly; ``DeepSupervisionWrapper`` zips n_stages - 1 outputs
 with targets, highest resolution first; DDP needs a gradient for every parameter.
 """
+
 from __future__ import annotations
 
 import math
@@ -149,8 +150,9 @@ def test_moving_attention_to_an_earlier_stage_configures_that_stage(variant):
     its shape, not the defaults for the stages attention used to start at (BSA ran dense attention there)."""
     kw, patch = PLANS_CASES["hippocampus_3d"]
     shapes = stage_shapes(patch, kw["strides"])
-    plans = variant_plans(plans_for(PLANS_CASES["hippocampus_3d"]), variant,
-                          overrides=VARIANTS[variant].earlier_attention)
+    plans = variant_plans(
+        plans_for(PLANS_CASES["hippocampus_3d"]), variant, overrides=VARIANTS[variant].earlier_attention
+    )
     arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
     cls = _cls(variant)
     net = cls.from_plans(arch, patch, 1, NUM_CLASSES, True)

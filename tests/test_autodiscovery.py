@@ -1,5 +1,6 @@
 """The startup hook (``nnunet_sparseattn_autodiscovery``), the installed file it comes in, and what ``doctor`` and
 the one-line errors say about it. The hook in a real installed environment: ``tests/test_fresh_install.py``."""
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,15 @@ def test_the_shim_folder_is_the_one_discovery_names():
     assert (ext_trainer_path() / "nnunet_sparseattn_shim.py").is_file()
 
 
-@pytest.mark.parametrize("before, after", [
-    ({}, OURS),
-    ({"nnUNet_extTrainer": ""}, OURS),
-    ({"nnUNet_extTrainer": "/mine"}, os.pathsep.join(["/mine", OURS])),  # the user's folders stay first
-    ({"nnUNet_extTrainer": os.pathsep.join(["/a", "/b"])}, os.pathsep.join(["/a", "/b", OURS])),
-])
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        ({}, OURS),
+        ({"nnUNet_extTrainer": ""}, OURS),
+        ({"nnUNet_extTrainer": "/mine"}, os.pathsep.join(["/mine", OURS])),  # the user's folders stay first
+        ({"nnUNet_extTrainer": os.pathsep.join(["/a", "/b"])}, os.pathsep.join(["/a", "/b", OURS])),
+    ],
+)
 def test_the_hook_appends_our_folder_and_keeps_the_users(before, after):
     environ = dict(before)
     assert autodiscovery.add_shim_folder(environ) == autodiscovery.ADDED
@@ -52,8 +56,9 @@ def test_the_hook_recognises_our_folder_spelled_otherwise(tmp_path):
         assert environ["nnUNet_extTrainer"] == value
 
 
-@pytest.mark.parametrize("value, off", [("1", True), ("true", True), ("T", True), ("yes", True), ("0", False),
-                                        ("", False), ("false", False)])
+@pytest.mark.parametrize(
+    "value, off", [("1", True), ("true", True), ("T", True), ("yes", True), ("0", False), ("", False), ("false", False)]
+)
 def test_the_opt_out(value, off):
     environ = {"nnUNet_sparseattn_no_autodiscovery": value, "nnUNet_extTrainer": "/mine"}
     outcome = autodiscovery.add_shim_folder(environ)
@@ -74,8 +79,10 @@ def test_the_build_ships_the_pth_and_the_hook_module_beside_the_package():
 
 def test_the_hook_imports_nothing_but_os():
     # it runs in every Python process of the environment: no torch, no nnU-Net, not even our package
-    code = ("import os, sys; before = set(sys.modules); import nnunet_sparseattn_autodiscovery; "
-            "print(sorted(set(sys.modules) - before))")
+    code = (
+        "import os, sys; before = set(sys.modules); import nnunet_sparseattn_autodiscovery; "
+        "print(sorted(set(sys.modules) - before))"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['nnunet_sparseattn_autodiscovery']"
@@ -95,20 +102,41 @@ def test_at_startup_keeps_the_first_outcome(monkeypatch):
 PTH = Path("/venv/lib/python3.12/site-packages") / autodiscovery.PTH_NAME
 
 
-@pytest.mark.parametrize("environ, outcome, startup_file, active, words", [
-    ({"nnUNet_extTrainer": OURS}, autodiscovery.ADDED, PTH, True, [f"the startup hook {PTH} added", "opt out"]),
-    ({"nnUNet_extTrainer": OURS}, autodiscovery.ALREADY_LISTED, PTH, True, ["already listed", "set by hand"]),
-    ({"nnUNet_extTrainer": OURS, "nnUNet_sparseattn_no_autodiscovery": "1"}, autodiscovery.OPTED_OUT, PTH, True,
-     ["set by hand", "autodiscovery is off: nnUNet_sparseattn_no_autodiscovery=1"]),
-    ({"nnUNet_sparseattn_no_autodiscovery": "1"}, autodiscovery.OPTED_OUT, PTH, False,
-     ["nnUNet_extTrainer is not set and autodiscovery is off", "export nnUNet_extTrainer=",
-      "or unset nnUNet_sparseattn_no_autodiscovery"]),
-    ({"nnUNet_extTrainer": OURS}, None, None, True, ["set by hand (no startup hook ran"]),
-    ({}, None, PTH, False, [f"the startup hook {PTH} did not run", "export nnUNet_extTrainer="]),
-    ({"nnUNet_extTrainer": "/mine"}, None, None, False,
-     ["nnUNet_extTrainer=/mine does not list our trainers", "no startup hook is installed", "pip install it"]),
-    ({}, autodiscovery.ADDED, PTH, False, ["changed after Python started", "export nnUNet_extTrainer="]),
-])
+@pytest.mark.parametrize(
+    "environ, outcome, startup_file, active, words",
+    [
+        ({"nnUNet_extTrainer": OURS}, autodiscovery.ADDED, PTH, True, [f"the startup hook {PTH} added", "opt out"]),
+        ({"nnUNet_extTrainer": OURS}, autodiscovery.ALREADY_LISTED, PTH, True, ["already listed", "set by hand"]),
+        (
+            {"nnUNet_extTrainer": OURS, "nnUNet_sparseattn_no_autodiscovery": "1"},
+            autodiscovery.OPTED_OUT,
+            PTH,
+            True,
+            ["set by hand", "autodiscovery is off: nnUNet_sparseattn_no_autodiscovery=1"],
+        ),
+        (
+            {"nnUNet_sparseattn_no_autodiscovery": "1"},
+            autodiscovery.OPTED_OUT,
+            PTH,
+            False,
+            [
+                "nnUNet_extTrainer is not set and autodiscovery is off",
+                "export nnUNet_extTrainer=",
+                "or unset nnUNet_sparseattn_no_autodiscovery",
+            ],
+        ),
+        ({"nnUNet_extTrainer": OURS}, None, None, True, ["set by hand (no startup hook ran"]),
+        ({}, None, PTH, False, [f"the startup hook {PTH} did not run", "export nnUNet_extTrainer="]),
+        (
+            {"nnUNet_extTrainer": "/mine"},
+            None,
+            None,
+            False,
+            ["nnUNet_extTrainer=/mine does not list our trainers", "no startup hook is installed", "pip install it"],
+        ),
+        ({}, autodiscovery.ADDED, PTH, False, ["changed after Python started", "export nnUNet_extTrainer="]),
+    ],
+)
 def test_doctor_names_the_mechanism_and_its_file(environ, outcome, startup_file, active, words):
     mechanism = describe_mechanism(environ, outcome, startup_file)
     assert mechanism.active is active
@@ -131,8 +159,9 @@ def test_a_trainer_lookup_without_any_mechanism_is_one_line(monkeypatch):
     monkeypatch.setattr(autodiscovery, "startup_outcome", autodiscovery.OPTED_OUT)
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)
     monkeypatch.setenv("nnUNet_sparseattn_no_autodiscovery", "1")
-    with pytest.raises(UserError, match="nnU-Net cannot find nnUNetTrainerBSA: nnUNet_extTrainer is not set and "
-                                        "autodiscovery is off") as error:
+    with pytest.raises(
+        UserError, match="nnU-Net cannot find nnUNetTrainerBSA: nnUNet_extTrainer is not set and autodiscovery is off"
+    ) as error:
         require_trainer("nnUNetTrainerBSA")
     assert "\n" not in str(error.value)
 
@@ -150,4 +179,5 @@ def test_nnunet_commands_we_start_get_the_variable_as_the_user_had_it_where_the_
     monkeypatch.setattr(autodiscovery, "startup_outcome", None)
     assert environment_for_nnunet_commands({}) == {"nnUNet_extTrainer": OURS}
     assert environment_for_nnunet_commands({"nnUNet_extTrainer": "/mine"}) == {
-        "nnUNet_extTrainer": os.pathsep.join(["/mine", OURS])}
+        "nnUNet_extTrainer": os.pathsep.join(["/mine", OURS])
+    }

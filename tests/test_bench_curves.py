@@ -5,6 +5,7 @@ splits against the data and the README's sequence table, the protocol's pieces, 
 ``compare.json`` to the merged results, the plots and the BENCHMARKS section, with ``run_piece`` writing what
 ``compare`` writes (no training: seconds).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ from nnunet_sparseattn.harness.budgets import TIMING_FILE, parse_budget  # noqa:
 def test_cvc_sequences_follow_the_readme_table():
     assert [len(r) for r in splits.CVC_SEQUENCES.values()][:4] == [25, 25, 17, 11]  # 1-25, 26-50, 51-67, 68-78
     assert sum(len(r) for r in splits.CVC_SEQUENCES.values()) == 612 and len(splits.CVC_SEQUENCES) == 29
-    assert (splits.cvc_sequence(1), splits.cvc_sequence(25), splits.cvc_sequence(26), splits.cvc_sequence(200),
-            splits.cvc_sequence(205), splits.cvc_sequence(206), splits.cvc_sequence(612)) == (1, 1, 2, 10, 10, 11, 29)
+    assert (
+        splits.cvc_sequence(1),
+        splits.cvc_sequence(25),
+        splits.cvc_sequence(26),
+        splits.cvc_sequence(200),
+        splits.cvc_sequence(205),
+        splits.cvc_sequence(206),
+        splits.cvc_sequence(612),
+    ) == (1, 1, 2, 10, 10, 11, 29)
     with pytest.raises(ValueError, match="no frame 613"):
         splits.cvc_sequence(613)
 
@@ -90,8 +98,10 @@ def test_the_protocol_has_the_issues_budgets_seeds_and_one_batch_size():
         assert {t for p in mine if p.budget == curves.LONG for t in p.trainers} == set(curves.TRAINERS)
         assert next(p for p in mine if p.budget == curves.LONG).trainers == (curves.STOCK,)
         for seed in curves.SEEDS:
-            assert any(p.budget == curves.budget_name(curves.SHORT, seed) and set(p.trainers) == set(curves.TRAINERS)
-                       for p in mine)
+            assert any(
+                p.budget == curves.budget_name(curves.SHORT, seed) and set(p.trainers) == set(curves.TRAINERS)
+                for p in mine
+            )
     assert curves.budget_name("6x50b2", 0) == "6x50b2" and curves.budget_name("6x50b2", 2) == "6x50b2s2"
 
 
@@ -105,12 +115,15 @@ def test_dry_run_lists_every_piece_with_its_state_and_hours(tmp_path, capsys):
     assert out[-1].startswith(f"{len(pieces)} pieces, ~")
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "nothing to do"),
-    (["--dataset", "kvasir", "--budget", "2x2b2"], "unknown dataset kvasir"),
-    (["--dataset", "cvc", "--budget", "2x2b2", "--trainer", "nnUNetTrainerX"], "unknown trainer nnUNetTrainerX"),
-    (["--dataset", "cvc", "--budget", "lots"], "budget 'lots' is neither"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "nothing to do"),
+        (["--dataset", "kvasir", "--budget", "2x2b2"], "unknown dataset kvasir"),
+        (["--dataset", "cvc", "--budget", "2x2b2", "--trainer", "nnUNetTrainerX"], "unknown trainer nnUNetTrainerX"),
+        (["--dataset", "cvc", "--budget", "lots"], "budget 'lots' is neither"),
+    ],
+)
 def test_refusals_are_one_line(tmp_path, capsys, args, message):
     assert curves.main([*args, "--work", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
@@ -129,8 +142,13 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_cases():
     assert curves.bootstrap_interval([0.7, 0.7, 0.7]) == [0.7, 0.7] and curves.bootstrap_interval([0.5]) is None
 
 
-DICE = {"nnUNetTrainer": 0.70, "nnUNetTrainerNB": 0.72, "nnUNetTrainerBSA": 0.74, "nnUNetTrainerMDSA": 0.69,
-        "nnUNetTrainerBilateral": 0.66}
+DICE = {
+    "nnUNetTrainer": 0.70,
+    "nnUNetTrainerNB": 0.72,
+    "nnUNetTrainerBSA": 0.74,
+    "nnUNetTrainerMDSA": 0.69,
+    "nnUNetTrainerBilateral": 0.66,
+}
 
 
 def _fake_compare(piece: curves.Piece, work: Path, data_root: Path, command: str, tiny: bool = False) -> dict:
@@ -140,36 +158,88 @@ def _fake_compare(piece: curves.Piece, work: Path, data_root: Path, command: str
     rng = np.random.default_rng(budget.seed + budget.iterations)
     cases = [f"c{i:02d}" for i in range(12)]
     path = folder / "compare.json"
-    results = json.loads(path.read_text()) if path.is_file() else {
-        "dataset": {"id": 961, "name": "Dataset961_CVCClinicDB"}, "configuration": "2d", "plans": "nnUNetPlans",
-        "budget": budget.to_json(), "budget_text": budget.describe(), "machine": "2 CPU cores", "torch": "t",
-        "nnunetv2": "n", "started": "2026-12-07T18:00:00+00:00", "updated": "2026-12-07T19:00:00+00:00",
-        "heldout": {"kind": "test", "cases": {"test": cases}}, "runs": {}, "tests": []}
+    results = (
+        json.loads(path.read_text())
+        if path.is_file()
+        else {
+            "dataset": {"id": 961, "name": "Dataset961_CVCClinicDB"},
+            "configuration": "2d",
+            "plans": "nnUNetPlans",
+            "budget": budget.to_json(),
+            "budget_text": budget.describe(),
+            "machine": "2 CPU cores",
+            "torch": "t",
+            "nnunetv2": "n",
+            "started": "2026-12-07T18:00:00+00:00",
+            "updated": "2026-12-07T19:00:00+00:00",
+            "heldout": {"kind": "test", "cases": {"test": cases}},
+            "runs": {},
+            "tests": [],
+        }
+    )
     for trainer in dict.fromkeys(("nnUNetTrainer", *piece.trainers)):
         base = DICE[trainer] + budget.iterations / 10000 + budget.seed / 1000
         per_case = {c: {"mean_dice": float(base + rng.normal(0, 0.02))} for c in cases}
         klass = f"{trainer}_bench{budget.name}"
         fold = folder / "nnUNet_results" / "Dataset961_CVCClinicDB" / f"{klass}__nnUNetPlans__2d" / "fold_0"
         fold.mkdir(parents=True, exist_ok=True)
-        epochs = {str(e): {"train_s": 10.0, "train_cpu_s": 18.0, "iterations": budget.num_iterations_per_epoch,
-                           "first_in_session": e == 0} for e in range(budget.num_epochs)}
+        epochs = {
+            str(e): {
+                "train_s": 10.0,
+                "train_cpu_s": 18.0,
+                "iterations": budget.num_iterations_per_epoch,
+                "first_in_session": e == 0,
+            }
+            for e in range(budget.num_epochs)
+        }
         (fold / TIMING_FILE).write_text(json.dumps({"epochs": epochs, "sessions": [], "iterations": []}))
-        evaluate = {"dimensionality": "2d", "distance_unit": "px", "nsd_tolerance": 2.0, "num_cases": 12,
-                    "sources": {"S_α, F^w_β, E^max_φ, MAE": "masks"},
-                    "mean": {"dice": base, "iou": base - 0.1, "s_alpha": 0.8, "weighted_f": 0.7, "max_e": 0.9,
-                             "mae": 0.05,
-                             "classes": {"polyp": {"Dice": base, "IoU": base - 0.1, "HD95": 9.0, "NSD": 0.6}}}}
+        evaluate = {
+            "dimensionality": "2d",
+            "distance_unit": "px",
+            "nsd_tolerance": 2.0,
+            "num_cases": 12,
+            "sources": {"S_α, F^w_β, E^max_φ, MAE": "masks"},
+            "mean": {
+                "dice": base,
+                "iou": base - 0.1,
+                "s_alpha": 0.8,
+                "weighted_f": 0.7,
+                "max_e": 0.9,
+                "mae": 0.05,
+                "classes": {"polyp": {"Dice": base, "IoU": base - 0.1, "HD95": 9.0, "NSD": 0.6}},
+            },
+        }
         results["runs"][f"{trainer}__nnUNetPlans"] = {
-            "label": short_label(trainer), "trainer": trainer, "trainer_class": klass,
+            "label": short_label(trainer),
+            "trainer": trainer,
+            "trainer_class": klass,
             "baseline": trainer == "nnUNetTrainer",
-            "status": "done", "mean_dice": float(np.mean([v["mean_dice"] for v in per_case.values()])),
-            "dice": {"polyp": base}, "hd95": {"polyp": 9.0}, "s_per_iter": 0.5, "s_per_case": 0.1,
-            "folds": {"0": {"train_wall_s": 20.0 * budget.num_epochs, "load_average_before": [2.0],
-                            "load_average_after": [2.1]}}, "per_case": per_case, "evaluate": evaluate}
+            "status": "done",
+            "mean_dice": float(np.mean([v["mean_dice"] for v in per_case.values()])),
+            "dice": {"polyp": base},
+            "hd95": {"polyp": 9.0},
+            "s_per_iter": 0.5,
+            "s_per_case": 0.1,
+            "folds": {
+                "0": {
+                    "train_wall_s": 20.0 * budget.num_epochs,
+                    "load_average_before": [2.0],
+                    "load_average_after": [2.1],
+                }
+            },
+            "per_case": per_case,
+            "evaluate": evaluate,
+        }
     stock = {c: v["mean_dice"] for c, v in results["runs"]["nnUNetTrainer__nnUNetPlans"]["per_case"].items()}
-    results["tests"] = [{"run": k, "baseline": "nnUNetTrainer__nnUNetPlans",
-                         **paired_test({c: v["mean_dice"] for c, v in r["per_case"].items()}, stock)}
-                        for k, r in results["runs"].items() if not r["baseline"]]
+    results["tests"] = [
+        {
+            "run": k,
+            "baseline": "nnUNetTrainer__nnUNetPlans",
+            **paired_test({c: v["mean_dice"] for c, v in r["per_case"].items()}, stock),
+        }
+        for k, r in results["runs"].items()
+        if not r["baseline"]
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results))
     return results
@@ -177,8 +247,9 @@ def _fake_compare(piece: curves.Piece, work: Path, data_root: Path, command: str
 
 def test_pieces_merge_into_one_json_plot_and_section_and_finished_ones_are_skipped(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(curves, "run_piece", lambda piece, *a, **k: calls.append(piece.name) or _fake_compare(
-        piece, *a, **k))
+    monkeypatch.setattr(
+        curves, "run_piece", lambda piece, *a, **k: calls.append(piece.name) or _fake_compare(piece, *a, **k)
+    )
     monkeypatch.setattr(curves, "DATASETS", {"cvc": curves.DATASETS["cvc"]})
     docs = tmp_path / "BENCHMARKS.md"
     docs.write_text(f"# head\n{curves.MARKERS[0]}\nold\n{curves.MARKERS[1]}\nhand-written note\n")
@@ -219,4 +290,5 @@ def test_pieces_merge_into_one_json_plot_and_section_and_finished_ones_are_skipp
     monkeypatch.setattr(curves, "LONG", "20x5b2")
     assert curves.main(["--report-only", *common]) == 0
     assert not calls and set(json.loads(results.read_text())["datasets"]["cvc"]["budgets"]["20x5b2"]["runs"]) == {
-        "nnUNetTrainer"}
+        "nnUNetTrainer"
+    }

@@ -1,5 +1,6 @@
 """benchmarks/rendering_effect.py's scoring: Dice and HD95 are compare's (one HD95 in the project, MONAI's); only
 the boundary metrics, which no library the project uses computes, are its own. Fast (a few PNGs)."""
+
 from __future__ import annotations
 
 import sys
@@ -18,7 +19,7 @@ from benchmarks import rendering_effect  # noqa: E402
 
 def _square(shift: int = 0, size: int = 64) -> np.ndarray:
     mask = np.zeros((size, size), np.uint8)
-    mask[16 + shift: 40 + shift, 16:40] = 1
+    mask[16 + shift : 40 + shift, 16:40] = 1
     return mask
 
 
@@ -44,7 +45,14 @@ def test_score_run_takes_dice_and_hd95_from_compares_record(tmp_path):
     run = {"mean_dice": 0.81234567, "mean_hd95": 4.56789, "hd95_undefined_cases": {"foreground": 1}}
     scores = rendering_effect.score_run(run, predictions, labels, ["a", "b"])
     far = rendering_effect.boundary_metrics(_square(8).astype(bool), _square().astype(bool))
-    assert scores == pytest.approx({"cases": 2, "dice": 0.8123, "hd95": 4.5679, "hd95_undefined_cases": 1,
-                                    "boundary_iou": round((1.0 + far["boundary_iou"]) / 2, 4),
-                                    "boundary_f1": round((1.0 + far["boundary_f1"]) / 2, 4)})
+    assert scores == pytest.approx(
+        {
+            "cases": 2,
+            "dice": 0.8123,
+            "hd95": 4.5679,
+            "hd95_undefined_cases": 1,
+            "boundary_iou": round((1.0 + far["boundary_iou"]) / 2, 4),
+            "boundary_f1": round((1.0 + far["boundary_f1"]) / 2, 4),
+        }
+    )
     assert rendering_effect.score_run(dict(run, mean_hd95=None), predictions, labels, ["a"])["hd95"] is None

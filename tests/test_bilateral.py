@@ -4,6 +4,7 @@ nnU-Net's generic network contracts (deep-supervision outputs on real and harder
 gradients for every parameter) are checked for every variant in ``test_architecture_contracts.py``; here: what is
 particular to this network.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -162,8 +163,9 @@ def test_swin_block_keeps_float32_attention_under_autocast():
 
 def test_isam_is_a_residual_around_six_shifted_swin_blocks():
     torch.manual_seed(0)
-    isam = ISAM(16, (3, 3), nn.Conv2d, dim=32, norm_op=nn.InstanceNorm2d, norm_op_kwargs={"affine": True},
-                nonlin=nn.ReLU)
+    isam = ISAM(
+        16, (3, 3), nn.Conv2d, dim=32, norm_op=nn.InstanceNorm2d, norm_op_kwargs={"affine": True}, nonlin=nn.ReLU
+    )
     assert len(isam.blocks) == 6 and [b.shift for b in isam.blocks] == [False, True] * 3
     assert isam.num_heads == 1 and isinstance(isam.proj_in, nn.Conv2d)
     x = torch.randn(2, 16, 7, 5)
@@ -194,6 +196,7 @@ def test_fsam_dilated_conv_reaches_two_voxels_and_weights_the_input():
     with torch.no_grad():
         u = fsam.conv(x)
         z = fsam.dconv(u)
+
         def mlp(v):
             return fsam.gate.mlp(v[..., None, None, None])
 
@@ -315,11 +318,20 @@ def _tiny_plans(ndim: int) -> tuple[dict, tuple[int, ...]]:
     conv = f"torch.nn.modules.conv.Conv{ndim}d"
     patch = (20, 24) if ndim == 2 else (8, 12, 16)
     return {
-        "n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": conv, "kernel_sizes": [[3] * ndim] * 3,
-        "strides": [[1] * ndim] + [[2] * ndim] * 2, "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1],
-        "conv_bias": True, "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{ndim}d",
-        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+        "n_stages": 3,
+        "features_per_stage": [8, 16, 32],
+        "conv_op": conv,
+        "kernel_sizes": [[3] * ndim] * 3,
+        "strides": [[1] * ndim] + [[2] * ndim] * 2,
+        "n_conv_per_stage": [1, 1, 1],
+        "n_conv_per_stage_decoder": [1, 1],
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{ndim}d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
     }, patch
 
 
@@ -419,11 +431,21 @@ def test_a_few_training_steps_lower_the_loss_on_a_fixed_batch():
     ring = ((yy - 10) ** 2 + (xx - 12) ** 2 < 81).float() - disc
     label = (disc + 2 * ring)[None, None].expand(2, 1, *patch).clone()
     x[:, 0] += 2 * label[:, 0]  # learnable: the label is visible in the image
-    targets = [label, F.interpolate(label, scale_factor=0.5, mode="nearest-exact"),
-               F.interpolate(label, scale_factor=0.25, mode="nearest-exact")]
-    base = DeepSupervisionWrapper(DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False},
-                                                 {}, weight_ce=1, weight_dice=1,
-                                                 dice_class=MemoryEfficientSoftDiceLoss), [4 / 7, 2 / 7, 1 / 7])
+    targets = [
+        label,
+        F.interpolate(label, scale_factor=0.5, mode="nearest-exact"),
+        F.interpolate(label, scale_factor=0.25, mode="nearest-exact"),
+    ]
+    base = DeepSupervisionWrapper(
+        DC_and_CE_loss(
+            {"batch_dice": False, "smooth": 1e-5, "do_bg": False},
+            {},
+            weight_ce=1,
+            weight_dice=1,
+            dice_class=MemoryEfficientSoftDiceLoss,
+        ),
+        [4 / 7, 2 / 7, 1 / 7],
+    )
     loss_fn = PointRenderingLoss(base, lambda: net, 1.0, regions=False, ignore_label=None)
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
     losses, point_terms = [], []
@@ -476,15 +498,18 @@ def _batch(patch, channels_target, regions: bool, ignore: bool):
     shapes = stage_shapes(patch, [[1, 1], [2, 2], [2, 2]])
     labels = [torch.randint(0, 4 if ignore else 3, (2, 1, *s)).float() for s in shapes]
     if regions:  # nnU-Net's region conversion: one channel per region (+ the ignore mask)
-        targets = [torch.cat([(m == 1).float(), (m >= 1).float() * (m != 3)] + ([(m == 3).float()] if ignore else []), 1)
-                   for m in labels]
+        targets = [
+            torch.cat([(m == 1).float(), (m >= 1).float() * (m != 3)] + ([(m == 3).float()] if ignore else []), 1)
+            for m in labels
+        ]
     else:
         targets = labels
     return {"data": torch.randn(2, 2, *patch), "target": targets}
 
 
-@pytest.mark.parametrize("regions,ignore", [(False, False), (False, True), (True, True)],
-                         ids=["labels", "labels+ignore", "regions+ignore"])
+@pytest.mark.parametrize(
+    "regions,ignore", [(False, False), (False, True), (True, True)], ids=["labels", "labels+ignore", "regions+ignore"]
+)
 def test_trainer_steps_add_the_point_loss(trainer_without_data, regions, ignore):
     from nnunet_sparseattn.trainers import nnUNetTrainerBilateral
     from nnunet_sparseattn.trainers.bilateral import PointRenderingLoss
@@ -504,7 +529,8 @@ def test_trainer_steps_add_the_point_loss(trainer_without_data, regions, ignore)
     with torch.no_grad():
         output = trainer.network(batch["data"])
         expected = trainer.loss.base(output, batch["target"]) + point_loss(
-            trainer.network.rendered, batch["target"][0], regions, trainer.label_manager.ignore_label)
+            trainer.network.rendered, batch["target"][0], regions, trainer.label_manager.ignore_label
+        )
         base_only = trainer.loss.base(output, batch["target"])
     step = trainer.validation_step({"data": batch["data"], "target": [t.clone() for t in batch["target"]]})
     assert np.isclose(step["loss"], float(expected), rtol=1e-5) and not np.isclose(step["loss"], float(base_only))
@@ -512,8 +538,9 @@ def test_trainer_steps_add_the_point_loss(trainer_without_data, regions, ignore)
     trainer.network.train()
     result = trainer.train_step(batch)
     assert np.isfinite(result["loss"])
-    no_grad = [n for n, p in trainer.network.named_parameters() if p.grad is None
-               and not n.startswith("decoder.seg_layers.0")]  # nnU-Net weights its lowest output 0
+    no_grad = [
+        n for n, p in trainer.network.named_parameters() if p.grad is None and not n.startswith("decoder.seg_layers.0")
+    ]  # nnU-Net weights its lowest output 0
     assert not no_grad, no_grad[:5]
 
 

@@ -6,6 +6,7 @@ Slow (minutes): CI runs them. They check the plumbing, not accuracy, on 2 CPU co
 batch size cut to 2, and the ISIC images downsized to 64 x 64 (at 256 x 256 one CPU training step of the 7-stage
 2D network takes over 10 s; the paper-scale figures are ``info --variant bilateral-paper``'s).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def test_isic2017_2d_through_the_cli(shared_data, tmp_path):
     if not isic.is_dir():
         pytest.skip(f"{isic} is absent")
     small = datasets.downsize_2d_pairs(isic / "images", isic / "masks", tmp_path / "isic64", cases=14, size=64)
-    dataset = convert_2d(small / "images", small / "masks", ISIC_ID, name="ISIC2017", raw_root=Path(env["nnUNet_raw"]),
-                         num_test=2)
+    dataset = convert_2d(
+        small / "images", small / "masks", ISIC_ID, name="ISIC2017", raw_root=Path(env["nnUNet_raw"]), num_test=2
+    )
     commands.plan_and_preprocess(ISIC_ID, "2d", env, log)
     commands.train(ISIC_ID, "2d", 0, TRAINER, env, log)
     saved = _check_run(env, ISIC_ID, "2d", "nnUNetPlans")
@@ -57,8 +59,9 @@ def test_isic2017_2d_through_the_cli(shared_data, tmp_path):
     predictions = tmp_path / "predictions"
     commands.predict(dataset / "imagesTs", predictions, ISIC_ID, "2d", 0, TRAINER, env, log)
     assert len(list(predictions.glob("*.png"))) == 2
-    summary = commands.evaluate(dataset / "labelsTs", predictions, datasets.model_folder(env, ISIC_ID, TRAINER, "2d"),
-                                env, log)
+    summary = commands.evaluate(
+        dataset / "labelsTs", predictions, datasets.model_folder(env, ISIC_ID, TRAINER, "2d"), env, log
+    )
     assert_dice(summary, ["1"], 2)
     image = sorted((dataset / "imagesTs").glob("*.png"))[0]
     explain({"id": ISIC_ID, "env": env}, TRAINER, "2d", image, tmp_path / "explained")
@@ -73,19 +76,26 @@ def test_hippocampus_3d_variant_plans_through_the_cli(hippocampus_nnunet):
     variant = json.loads(written.read_text())
     arch = variant["configurations"]["3d_fullres"]["architecture"]
     assert arch["network_class_name"] == "nnunet_sparseattn.architectures.bilateral.BilateralUNet"
-    assert arch["arch_kwargs"]["isam_stages"] and len(arch["arch_kwargs"]["isam_windows"]) == \
-        arch["arch_kwargs"]["n_stages"]
+    assert (
+        arch["arch_kwargs"]["isam_stages"]
+        and len(arch["arch_kwargs"]["isam_windows"]) == arch["arch_kwargs"]["n_stages"]
+    )
 
     commands.train(dataset_id, "3d_fullres", 0, TRAINER, env, log, plans="nnUNetPlans_Bilateral")
     saved = _check_run(env, dataset_id, "3d_fullres", "nnUNetPlans_Bilateral")
     assert saved["configurations"]["3d_fullres"]["architecture"] == arch
 
     predictions = run["work"] / "predictions_bilateral"
-    commands.predict(run["images"], predictions, dataset_id, "3d_fullres", 0, TRAINER, env, log,
-                     plans="nnUNetPlans_Bilateral")
-    summary = commands.evaluate(run["labels"], predictions,
-                                datasets.model_folder(env, dataset_id, TRAINER, "3d_fullres", "nnUNetPlans_Bilateral"),
-                                env, log)
+    commands.predict(
+        run["images"], predictions, dataset_id, "3d_fullres", 0, TRAINER, env, log, plans="nnUNetPlans_Bilateral"
+    )
+    summary = commands.evaluate(
+        run["labels"],
+        predictions,
+        datasets.model_folder(env, dataset_id, TRAINER, "3d_fullres", "nnUNetPlans_Bilateral"),
+        env,
+        log,
+    )
     assert_dice(summary, ["1", "2"], len(run["heldout"]))
     image = run["images"] / f"{run['heldout'][0]}_0000.nii.gz"
     explain(run, TRAINER, "3d_fullres", image, run["work"] / "explain_bilateral", plans="nnUNetPlans_Bilateral")

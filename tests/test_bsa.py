@@ -1,4 +1,5 @@
 """BSA-Seg: BSAM against references, region choice and refusal, training on a fixed batch, trainers, plans."""
+
 from __future__ import annotations
 
 import json
@@ -170,7 +171,9 @@ def test_trainers_pair_the_network_with_and_without_the_narrow_band_loss():
     assert nnUNetTrainerBSA.network_class is BSAUNet and nnUNetTrainerBSA_noNB.network_class is BSAUNet
     assert issubclass(nnUNetTrainerBSA, nnUNetTrainerNB) and not issubclass(nnUNetTrainerBSA_noNB, nnUNetTrainerNB)
     # the network comes from the architecture trainer, the loss from the narrow-band trainer
-    assert nnUNetTrainerBSA.build_network_architecture.__func__ is ArchitectureTrainer.build_network_architecture.__func__
+    assert (
+        nnUNetTrainerBSA.build_network_architecture.__func__ is ArchitectureTrainer.build_network_architecture.__func__
+    )
     assert nnUNetTrainerBSA._build_loss is nnUNetTrainerNB._build_loss
 
 
@@ -179,7 +182,9 @@ def test_variant_plans_keep_everything_but_the_architecture():
     out = variant_plans(source, "bsa")
     assert out["plans_name"] == "nnUNetPlans_BSA"
     conf, src = out["configurations"]["3d_fullres"], source["configurations"]["3d_fullres"]
-    assert {k: v for k, v in conf.items() if k != "architecture"} == {k: v for k, v in src.items() if k != "architecture"}
+    assert {k: v for k, v in conf.items() if k != "architecture"} == {
+        k: v for k, v in src.items() if k != "architecture"
+    }
     arch = conf["architecture"]
     assert arch["network_class_name"] == "nnunet_sparseattn.architectures.bsa.BSAUNet"
     assert arch["arch_kwargs"]["region_sizes"] == [None, None, [2, 7, 5], [5, 7, 5]]

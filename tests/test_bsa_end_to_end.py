@@ -3,6 +3,7 @@ and ours on the variant plans, prediction, evaluation, find_best_configuration a
 
 Slow (minutes): CI runs it. Every nnU-Net command is a subprocess, as a user types it.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,18 @@ def test_predict_and_evaluate_with_a_bsa_model(hippocampus, plans):
     training_log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
     assert "narrow-band loss" in training_log and "Epoch 1" in training_log and "Epoch 2" not in training_log
     out = run["work"] / f"pred_bsa_{plans}"
-    commands.predict(run["images"], out, run["id"], CONFIGURATION, 0, TRAINER, run["env"], run["log"], plans=plans,
-                     extra=["--save_probabilities"])
+    commands.predict(
+        run["images"],
+        out,
+        run["id"],
+        CONFIGURATION,
+        0,
+        TRAINER,
+        run["env"],
+        run["log"],
+        plans=plans,
+        extra=["--save_probabilities"],
+    )
     summary = commands.evaluate(run["labels"], out, model, run["env"], run["log"])
     assert_dice(summary, ["1", "2"], len(run["heldout"]))
 
@@ -54,17 +65,55 @@ def test_find_best_configuration_and_ensemble_accept_bsa_models(hippocampus):
     run = hippocampus
     for plans in ("nnUNetPlans", VARIANT_PLANS):  # the predictions the ensemble reads
         if not (run["work"] / f"pred_bsa_{plans}").is_dir():
-            commands.predict(run["images"], run["work"] / f"pred_bsa_{plans}", run["id"], CONFIGURATION, 0, TRAINER,
-                             run["env"], run["log"], plans=plans, extra=["--save_probabilities"])
-    commands.run_command(["nnUNetv2_find_best_configuration", run["id"], "-p", "nnUNetPlans", VARIANT_PLANS,
-                          "-c", CONFIGURATION, "-tr", TRAINER, "-f", "0", "-np", "1"], run["env"], run["log"])
+            commands.predict(
+                run["images"],
+                run["work"] / f"pred_bsa_{plans}",
+                run["id"],
+                CONFIGURATION,
+                0,
+                TRAINER,
+                run["env"],
+                run["log"],
+                plans=plans,
+                extra=["--save_probabilities"],
+            )
+    commands.run_command(
+        [
+            "nnUNetv2_find_best_configuration",
+            run["id"],
+            "-p",
+            "nnUNetPlans",
+            VARIANT_PLANS,
+            "-c",
+            CONFIGURATION,
+            "-tr",
+            TRAINER,
+            "-f",
+            "0",
+            "-np",
+            "1",
+        ],
+        run["env"],
+        run["log"],
+    )
     results = _model(run, "nnUNetPlans").parent
     instructions = (results / "inference_instructions.txt").read_text()
     assert TRAINER in instructions
     ensembled = run["work"] / "ensemble_bsa"
-    commands.run_command(["nnUNetv2_ensemble", "-i", run["work"] / "pred_bsa_nnUNetPlans",
-                          run["work"] / f"pred_bsa_{VARIANT_PLANS}", "-o", ensembled, "-np", "1"],
-                         run["env"], run["log"])
+    commands.run_command(
+        [
+            "nnUNetv2_ensemble",
+            "-i",
+            run["work"] / "pred_bsa_nnUNetPlans",
+            run["work"] / f"pred_bsa_{VARIANT_PLANS}",
+            "-o",
+            ensembled,
+            "-np",
+            "1",
+        ],
+        run["env"],
+        run["log"],
+    )
     assert sorted(p.name for p in ensembled.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in run["heldout"])
 
 
@@ -85,19 +134,30 @@ def test_explain_a_bsa_model_in_3d(hippocampus, tmp_path):
     run = hippocampus
     case = run["heldout"][0]
     image = run["images"] / f"{case}_0000.nii.gz"
-    printed = explain(run, TRAINER, CONFIGURATION, image, tmp_path / "explained", "--point", "10,20,15",
-                      "--reference", str(run["labels"] / f"{case}.nii.gz"))
+    printed = explain(
+        run,
+        TRAINER,
+        CONFIGURATION,
+        image,
+        tmp_path / "explained",
+        "--point",
+        "10,20,15",
+        "--reference",
+        str(run["labels"] / f"{case}.nii.gz"),
+    )
     summary = assert_explained(tmp_path / "explained", image, {"routed", "coarse"})
     assert summary["points"][0]["voxel"] == [10, 20, 15]
     routed = {m: e["points"]["point 0"] for m, e in summary["modules"].items() if e.get("points")}
     assert any(p["routed"] is not None for p in routed.values())  # BSA blocks at 1/4 resolution route
     assert all(len(p["routed"]) < p["regions"] for p in routed.values() if p["routed"] is not None)
     module, entry = next((m, e) for m, e in routed.items() if e["routed"] is not None)
-    regions = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "explained" / "points" / "point_0" /
-                                                        f"{module}_regions.nii.gz")))
+    regions = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(tmp_path / "explained" / "points" / "point_0" / f"{module}_regions.nii.gz"))
+    )
     assert regions[10, 20, 15] == 2 and set(np.unique(regions)) <= {0, 1, 2}  # the query's region holds the point
-    weights = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "explained" / "points" / "point_0" /
-                                                        f"{module}_routing.nii.gz")))
+    weights = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(tmp_path / "explained" / "points" / "point_0" / f"{module}_routing.nii.gz"))
+    )
     assert ((weights > 0) == ((regions == 1) | ((regions == 2) & (weights > 0)))).all()
     # the routed regions carry the routing weights explain.json lists for them (rounded there to 4 decimals)
     np.testing.assert_allclose(np.unique(weights[weights > 0]), sorted(entry["routing_weights"]), atol=6e-5)

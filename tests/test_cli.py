@@ -1,4 +1,5 @@
 """The command-line tool: doctor's findings and one-line errors for bad input."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,9 @@ from nnunet_sparseattn.doctor import run_doctor
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnunet_sparseattn.cli", *args], capture_output=True, text=True,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "nnunet_sparseattn.cli", *args], capture_output=True, text=True, env=env
+    )
 
 
 def test_doctor_names_each_missing_variable_and_its_fix():
@@ -46,10 +48,13 @@ def test_doctor_flags_a_missing_folder_and_a_wrong_ext_path(tmp_path):
     assert any(m.startswith(f"nnUNet_extTrainer={tmp_path} does not list our trainers") for m in messages)
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["make-demo-dataset", "--raw", "/nonexistent/raw"], "the nnUNet_raw folder /nonexistent/raw does not exist"),
-    (["demo", "--msd", "/nonexistent/Task04_Hippocampus"], "MSD folder /nonexistent/Task04_Hippocampus does not"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["make-demo-dataset", "--raw", "/nonexistent/raw"], "the nnUNet_raw folder /nonexistent/raw does not exist"),
+        (["demo", "--msd", "/nonexistent/Task04_Hippocampus"], "MSD folder /nonexistent/Task04_Hippocampus does not"),
+    ],
+)
 def test_bad_paths_give_one_line_errors(args, expected):
     result = _cli(*args)
     assert result.returncode == 2

@@ -2,6 +2,7 @@
 label values, unreadable files and folder layouts. Whatever the input, the command converts it whole, or refuses it
 in one line with exit 2 and leaves nothing behind; it never raises. Runs ``main`` in this process (the CLI's parser
 and error handling; a subprocess per example would import everything again). Deterministic: derandomized."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,12 @@ from PIL import Image
 
 from nnunet_sparseattn.cli import main
 
-SETTINGS = dict(derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _run(*args: object) -> tuple[int, str]:
@@ -61,11 +66,27 @@ IMAGE_MODES = ["L", "RGB", "RGBA", "P", "I;16", "1", "LA"]
 MASK_MODES = ["L", "I;16", "RGB", "P", "1"]
 MASK_VALUES = [(0, 1), (0, 255), (0, 65535), (0, 1, 2), (0,), (0, 2), (0, 128, 255), (0, 300), "noise"]
 FILE_DEFECTS = ["empty file", "text file", "other size", "jpeg mask", "no mask", "orphan mask"]
-BAD_OPTIONS = [("--threshold", "-1"), ("--threshold", "255"), ("--threshold", "nan"), ("--resize", "1x1"),
-               ("--resize", "0x5"), ("--resize", "abc"), ("--resize", "99999x99999"), ("--num-test", "-1"),
-               ("--num-test", "3"), ("-d", "0"), ("-d", "1000"), ("same folder", "")]
-GOOD_OPTIONS = [("--threshold", "127"), ("--threshold", "0"), ("--resize", "8x8"), ("--resize", "32x24"),
-                ("--num-test", "1")]
+BAD_OPTIONS = [
+    ("--threshold", "-1"),
+    ("--threshold", "255"),
+    ("--threshold", "nan"),
+    ("--resize", "1x1"),
+    ("--resize", "0x5"),
+    ("--resize", "abc"),
+    ("--resize", "99999x99999"),
+    ("--num-test", "-1"),
+    ("--num-test", "3"),
+    ("-d", "0"),
+    ("-d", "1000"),
+    ("same folder", ""),
+]
+GOOD_OPTIONS = [
+    ("--threshold", "127"),
+    ("--threshold", "0"),
+    ("--resize", "8x8"),
+    ("--resize", "32x24"),
+    ("--num-test", "1"),
+]
 
 
 def _mostly(first: list, rest: list, share: int = 4) -> st.SearchStrategy:
@@ -82,13 +103,15 @@ def conversions(draw):
     side = draw(_mostly(SIDES[:5], SIDES[5:]))
     cases = []
     for _ in range(draw(_mostly([5, 6], [1, 7]))):
-        cases.append(dict(
-            size=(side, draw(_mostly(SIDES[:5], SIDES[5:]))),
-            image_mode=draw(_mostly([image_mode], IMAGE_MODES, 12)),
-            mask_mode=draw(_mostly([mask_mode], MASK_MODES, 12)),
-            values=draw(_mostly([values], MASK_VALUES, 12)),
-            defect=draw(_mostly(["none"], FILE_DEFECTS, 24)),
-        ))
+        cases.append(
+            dict(
+                size=(side, draw(_mostly(SIDES[:5], SIDES[5:]))),
+                image_mode=draw(_mostly([image_mode], IMAGE_MODES, 12)),
+                mask_mode=draw(_mostly([mask_mode], MASK_MODES, 12)),
+                values=draw(_mostly([values], MASK_VALUES, 12)),
+                defect=draw(_mostly(["none"], FILE_DEFECTS, 24)),
+            )
+        )
     options = draw(st.lists(_mostly([None], GOOD_OPTIONS + BAD_OPTIONS, 6), max_size=2))
     return cases, [o for o in options if o is not None], draw(st.integers(0, 2**16))
 
@@ -157,10 +180,11 @@ ACCEPTED = ["none", "16-bit", "no dataset.json"]
 
 @st.composite
 def prediction_folders(draw):
-    folders = [dict(defect=draw(st.sampled_from(REFUSING + ACCEPTED)), case=draw(st.integers(0, REFERENCE_CASES - 1)))
-               for _ in range(draw(st.integers(1, 3)))]
-    layout = draw(st.sampled_from(["plain", "plain", "reference itself", "inside the reference", "a file",
-                                   "twice"]))
+    folders = [
+        dict(defect=draw(st.sampled_from(REFUSING + ACCEPTED)), case=draw(st.integers(0, REFERENCE_CASES - 1)))
+        for _ in range(draw(st.integers(1, 3)))
+    ]
+    layout = draw(st.sampled_from(["plain", "plain", "reference itself", "inside the reference", "a file", "twice"]))
     if layout == "plain" and all(f["defect"] in ACCEPTED for f in folders):
         folders[draw(st.integers(0, len(folders) - 1))]["defect"] = draw(st.sampled_from(REFUSING))
     return folders, layout, draw(st.sampled_from([(16, 20), (9, 9)]))
@@ -169,12 +193,20 @@ def prediction_folders(draw):
 def _reference(root: Path, size: tuple[int, int]) -> Path:
     labels = root / "Dataset001_T" / "labelsTs"
     labels.mkdir(parents=True)
-    (labels.parent / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "grey"}, "labels": {"background": 0, "foreground": 1}, "numTraining": 5,
-        "file_ending": ".png", "overwrite_image_reader_writer": "NaturalImage2DIO"}))
+    (labels.parent / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "grey"},
+                "labels": {"background": 0, "foreground": 1},
+                "numTraining": 5,
+                "file_ending": ".png",
+                "overwrite_image_reader_writer": "NaturalImage2DIO",
+            }
+        )
+    )
     for i in range(REFERENCE_CASES):
         mask = np.zeros(size, np.uint8)
-        mask[2: 2 + i + 2, 3: 3 + i + 2] = 1
+        mask[2 : 2 + i + 2, 3 : 3 + i + 2] = 1
         Image.fromarray(mask).save(labels / f"c{i}.png")
     return labels
 
@@ -205,8 +237,11 @@ def _prediction(reference: Path, folder: Path, defect: str, case: int) -> None:
 
 
 def _outputs(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.name.startswith(("summary", "paper_table", ".original_size", ".paper_table")))
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.name.startswith(("summary", "paper_table", ".original_size", ".paper_table"))
+    )
 
 
 @settings(max_examples=30, **SETTINGS)

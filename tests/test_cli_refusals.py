@@ -3,6 +3,7 @@ silently wrong; nothing half-written; messages that say what is true; no noise. 
 generated inputs are in ``test_cli_properties.py``. Commands that need no torch run as the console script in a
 subprocess (under a second each); those that import torch or nnU-Net run through ``main`` in this process (the
 same parser and error handling, without a torch import per call). Nothing trains or loads a model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,14 @@ COMMAND = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "nnune
 
 
 def cli(*args: object, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*COMMAND, *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})), timeout=300, **kwargs)
+    return subprocess.run(
+        [*COMMAND, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+        timeout=300,
+        **kwargs,
+    )
 
 
 def run_main(*args: object) -> subprocess.CompletedProcess:
@@ -57,7 +64,7 @@ def _pairs(root: Path, n: int = 6, size=(40, 48), mask_value: int = 255, dtype=n
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / f"c{i}.png")
         mask = np.zeros(size, dtype)
-        mask[size[0] // 4: size[0] // 2, size[1] // 4: size[1] // 2] = mask_value
+        mask[size[0] // 4 : size[0] // 2, size[1] // 4 : size[1] // 2] = mask_value
         Image.fromarray(mask).save(masks / f"c{i}.png")
     return images, masks
 
@@ -92,8 +99,11 @@ def test_library_and_file_system_failures_are_one_line(tmp_path, scored):
     broken = tmp_path / "broken"
     shutil.copytree(predictions, broken)
     (broken / "c3.png").write_bytes(b"")  # a 0-byte PNG: SimpleITK's 65-line traceback before
-    err = refused(run_main("evaluate", reference, predictions, broken, "-np", 1),
-                  f"cannot read prediction {broken}/c3.png", "it is empty: 0 bytes")
+    err = refused(
+        run_main("evaluate", reference, predictions, broken, "-np", 1),
+        f"cannot read prediction {broken}/c3.png",
+        "it is empty: 0 bytes",
+    )
     assert "sitk::ERROR" in err  # the reader's last word, in the same line
     # the folder scored before the broken one keeps nothing of this run: all folders or none
     assert _written(predictions) == [] and _written(broken) == [] and not (tmp_path / "paper_table.md").exists()
@@ -104,15 +114,19 @@ def test_library_and_file_system_failures_are_one_line(tmp_path, scored):
     a_file.write_text("")
     refused(cli("export", "-d", 1, "-c", "2d", "-o", tmp_path), f"-o {tmp_path} is a folder")
     refused(run_main("explain", "-m", tmp_path, "-i", "x.png", "-o", a_file), f"-o {a_file} is a file")
-    refused(run_main("explain", "-m", tmp_path, "-i", "x.png", "-o", tmp_path / "o", "-device", "tpu"),
-            "-device 'tpu' is no device here")
+    refused(
+        run_main("explain", "-m", tmp_path, "-i", "x.png", "-o", tmp_path / "o", "-device", "tpu"),
+        "-device 'tpu' is no device here",
+    )
     refused(cli("convert-2d", "a", "b", "-d", 2, env={"nnUNet_raw": str(a_file)}), f"nnUNet_raw {a_file} is a file")
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_cuda_without_a_gpu_is_refused_before_any_work(tmp_path):
-    refused(run_main("explain", "-m", tmp_path, "-i", "x.png", "-o", tmp_path / "o", "-device", "cuda"),
-            "-device cuda, and no CUDA GPU is visible")
+    refused(
+        run_main("explain", "-m", tmp_path, "-i", "x.png", "-o", tmp_path / "o", "-device", "cuda"),
+        "-device cuda, and no CUDA GPU is visible",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -131,8 +145,10 @@ def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, raw):
 def test_inputs_that_cannot_be_meant_are_refused(tmp_path, raw, scored):
     reference, predictions = scored
     images = reference.parent / "imagesTr"
-    refused(cli("convert-2d", images, images, "-d", 4, "--threshold", 127), "the images folder and the masks folder "
-                                                                                 "are the same")
+    refused(
+        cli("convert-2d", images, images, "-d", 4, "--threshold", 127),
+        "the images folder and the masks folder are the same",
+    )
     copies = tmp_path / "copies"
     shutil.copytree(images, copies)
     refused(cli("convert-2d", images, copies, "-d", 4, "--threshold", 127), "is a copy of its image")
@@ -151,8 +167,11 @@ def test_inputs_that_cannot_be_meant_are_refused(tmp_path, raw, scored):
     for value, hint in ((255, "a 0/255 mask?"), (2, "")):
         label = np.asarray(Image.open(predictions / "c0.png"))
         Image.fromarray((label * value).astype(np.uint8)).save(predictions / "c0.png")
-        refused(run_main("evaluate", reference, predictions),
-                f"holds label(s) {value} that dataset.json does not define", hint)
+        refused(
+            run_main("evaluate", reference, predictions),
+            f"holds label(s) {value} that dataset.json does not define",
+            hint,
+        )
         Image.fromarray(label).save(predictions / "c0.png")
     assert _written(predictions) == []
 
@@ -167,15 +186,20 @@ def test_suspicious_input_converts_with_one_warning_line(tmp_path, raw):
 
 
 def test_compare_refuses_an_empty_trainer_list(tmp_path):
-    refused(cli("compare", "-d", 1, "-c", "2d", "-o", tmp_path / "o", "--trainers", ""),
-            "--trainers '' names no trainer")
+    refused(
+        cli("compare", "-d", 1, "-c", "2d", "-o", tmp_path / "o", "--trainers", ""), "--trainers '' names no trainer"
+    )
 
 
 # ------------------------------------------------------------------------------------ nothing half-written
 def test_sigterm_leaves_no_partial_dataset(tmp_path, raw):
     images, masks = _pairs(tmp_path, n=400, size=(64, 64))
-    process = subprocess.Popen([*COMMAND, "convert-2d", str(images), str(masks), "-d", "6"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*COMMAND, "convert-2d", str(images), str(masks), "-d", "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     partial = raw / ".Dataset006_src.partial"
     deadline = time.monotonic() + 60
     while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -192,8 +216,10 @@ def test_overwrite_replaces_the_dataset_whole_and_never_its_own_inputs(tmp_path,
     assert cli("convert-2d", images, masks, "-d", 7, "--name", "A").returncode == 0
     dataset = raw / "Dataset007_A"
     # --overwrite with the dataset's own imagesTr as input would delete the input before reading it
-    refused(cli("convert-2d", dataset / "imagesTr", masks, "-d", 7, "--name", "A", "--overwrite"),
-            "--overwrite would delete the images folder")
+    refused(
+        cli("convert-2d", dataset / "imagesTr", masks, "-d", 7, "--name", "A", "--overwrite"),
+        "--overwrite would delete the images folder",
+    )
     assert cli("convert-2d", images, masks, "-d", 7, "--name", "A", "--overwrite", "--resize", "32x32").returncode == 0
     assert sorted(p.name for p in raw.iterdir()) == ["Dataset007_A"]
     assert json.loads((dataset / "conversion.json").read_text())["resize"] == [32, 32]
@@ -207,9 +233,11 @@ def test_messages_say_what_is_true(tmp_path, raw, scored):
     assert cli("convert-2d", images, masks, "-d", 8, "--name", "Deep").returncode == 0
     assert np.unique(np.asarray(Image.open(raw / "Dataset008_Deep" / "labelsTr" / "c0.png"))).tolist() == [0, 1]
     # --overwrite's refusal and its --help agree: it replaces a dataset of the same id AND name
-    refused(cli("convert-2d", images, masks, "-d", 8, "--name", "Other", "--overwrite"),
-            "taken by Dataset008_Deep, of another name than Dataset008_Other: --overwrite replaces only a dataset "
-            "of the same id and name")
+    refused(
+        cli("convert-2d", images, masks, "-d", 8, "--name", "Other", "--overwrite"),
+        "taken by Dataset008_Deep, of another name than Dataset008_Other: --overwrite replaces only a dataset "
+        "of the same id and name",
+    )
     assert "replace the existing dataset of this id and name" in " ".join(cli("convert-2d", "--help").stdout.split())
     # an RGB prediction: the channels differ, not the shapes it used to show as equal
     Image.fromarray(np.stack([np.asarray(Image.open(predictions / "c1.png"))] * 3, -1)).save(predictions / "c1.png")
@@ -224,16 +252,23 @@ def test_no_warning_before_the_output_and_plain_help(tmp_path):
     # timm's torch.jit.interface FutureWarning (through nnU-Net's networks) preceded doctor's, explain's and
     # compare's output; explain imports them first of all
     result = cli("explain", "-m", tmp_path, "-i", "x.png", "-o", tmp_path, "-device", "tpu")
-    assert result.stderr == "nnunet-sparseattn: error: -device 'tpu' is no device here: choose cpu, cuda (or cuda:N) " \
-                            "or mps\n", result.stderr
+    assert (
+        result.stderr == "nnunet-sparseattn: error: -device 'tpu' is no device here: choose cpu, cuda (or cuda:N) "
+        "or mps\n"
+    ), result.stderr
     top = cli("--help").stdout
     assert "`" not in top and "usage: nnunet-sparseattn" in top
     # the nnU-Net commands we start (the demo shows their output) ignore it too, keeping the user's own filters
     from nnunet_sparseattn.harness.commands import nnunet_environment
 
-    env = nnunet_environment(tmp_path / "r", tmp_path / "p", tmp_path / "s", base=dict(os.environ, PYTHONWARNINGS="default"))
+    env = nnunet_environment(
+        tmp_path / "r", tmp_path / "p", tmp_path / "s", base=dict(os.environ, PYTHONWARNINGS="default")
+    )
     assert env["PYTHONWARNINGS"].startswith("default,ignore:")
-    warn = "import warnings; warnings.warn('`torch.jit.interface` is deprecated. Please use `torch.compile`', FutureWarning)"
+    warn = (
+        "import warnings; "
+        "warnings.warn('`torch.jit.interface` is deprecated. Please use `torch.compile`', FutureWarning)"
+    )
     assert subprocess.run([sys.executable, "-c", warn], env=env, capture_output=True, text=True).stderr == ""
 
 
@@ -246,8 +281,11 @@ def test_more_inputs_that_used_to_mislead_or_run(tmp_path, raw, scored):
     refused(cli("convert-2d", images, masks, "-d", 9, "--test-list", tmp_path), f"test list {tmp_path} is a folder")
     refused(cli("convert-2d", images, masks, "-d", 9, "--test-list", binary), f"cannot read test list {binary}")
     refused(cli("convert-2d", binary, masks, "-d", 9), f"images folder {binary} is a file, not a folder")
-    refused(cli("evaluate", reference, predictions, "--dataset-json", tmp_path / "nope.json"),
-            "--dataset-json", "is no file")
+    refused(
+        cli("evaluate", reference, predictions, "--dataset-json", tmp_path / "nope.json"),
+        "--dataset-json",
+        "is no file",
+    )
     # these used to write a dataset with numTraining -1, and to start the demo's training
     refused(cli("make-demo-dataset", "--raw", raw, "--num-training", "-1"), "--num-training -1")
     refused(cli("make-demo-dataset", "--raw", binary), f"the nnUNet_raw folder {binary} is a file")

@@ -5,6 +5,7 @@ hand-made cases, the reports, ``info`` on a planned dataset. Slow: compare end t
 shared Hippocampus data at the smallest budget (two trainers and the stock baseline), killed after the first epoch
 and run again: it resumes with nnU-Net's ``--c``, then a third run redoes nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,12 @@ def test_runs_put_baselines_first_and_run_stock_once():
         ("nnUNetTrainer__nnUNetPlans", "stock nnU-Net", True),
         ("nnUNetTrainer__nnUNetResEncUNetMPlans", "ResEnc M", True),
         ("nnUNetTrainerNB__nnUNetPlans", "NB", False),
-        ("nnUNetTrainerBSA__nnUNetPlans", "BSA", False)]
+        ("nnUNetTrainerBSA__nnUNetPlans", "BSA", False),
+    ]
     other = plan_runs(["nnUNetTrainerMDSA_AdamW"], [], "nnUNetPlans_MDSA")
     assert [(r.key, r.label, r.plans) for r in other] == [
-        ("nnUNetTrainerMDSA_AdamW__nnUNetPlans_MDSA", "MDSA_AdamW (nnUNetPlans_MDSA)", "nnUNetPlans_MDSA")]
+        ("nnUNetTrainerMDSA_AdamW__nnUNetPlans_MDSA", "MDSA_AdamW (nnUNetPlans_MDSA)", "nnUNetPlans_MDSA")
+    ]
     with pytest.raises(UserError, match="unknown baseline resenc-xl: choose from stock, resenc-m"):
         plan_runs([], ["resenc-xl"], "nnUNetPlans")
     with pytest.raises(UserError, match="no nnU-Net trainer named nnUNetTrainerNope"):
@@ -85,20 +88,25 @@ def _refused(capsys, *args: str) -> str:
 BASE = ["compare", "-d", "999", "-c", "3d_fullres", "--budget", "tiny", "--device", "cpu"]
 
 
-@pytest.mark.parametrize("change, message", [
-    (["-d", "42"], r"no Dataset042_\* in nnUNet_raw .*: it holds Dataset999_Contracts"),
-    (["-c", "2d"], "the plans nnUNetPlans of Dataset999_Contracts have no configuration 2d: choose one of "
-                   "3d_fullres"),
-    (["--trainers", "nnUNetTrainerNB,nnUNetTrainerNope"], "no nnU-Net trainer named nnUNetTrainerNope"),
-    (["--budget", "lots"], "budget 'lots' is neither a named budget"),
-    (["--budget", "10x"], "budget '10x' is neither a named budget"),
-    (["--baselines", "resenc-xl"], "unknown baseline resenc-xl"),
-    (["--folds", "7"], "give fold numbers 0-4"),
-    (["--device", "tpu"], "--device 'tpu' is no device here: choose cpu, cuda or mps"),
-    (["--trainers", ""], "--trainers '' names no trainer"),
-    (["--trainers", " , "], "--trainers ' , ' names no trainer"),
-    (["--plans", "nnUNetPlans_BSA"], "there are no plans nnUNetPlans_BSA for Dataset999_Contracts"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["-d", "42"], r"no Dataset042_\* in nnUNet_raw .*: it holds Dataset999_Contracts"),
+        (
+            ["-c", "2d"],
+            "the plans nnUNetPlans of Dataset999_Contracts have no configuration 2d: choose one of 3d_fullres",
+        ),
+        (["--trainers", "nnUNetTrainerNB,nnUNetTrainerNope"], "no nnU-Net trainer named nnUNetTrainerNope"),
+        (["--budget", "lots"], "budget 'lots' is neither a named budget"),
+        (["--budget", "10x"], "budget '10x' is neither a named budget"),
+        (["--baselines", "resenc-xl"], "unknown baseline resenc-xl"),
+        (["--folds", "7"], "give fold numbers 0-4"),
+        (["--device", "tpu"], "--device 'tpu' is no device here: choose cpu, cuda or mps"),
+        (["--trainers", ""], "--trainers '' names no trainer"),
+        (["--trainers", " , "], "--trainers ' , ' names no trainer"),
+        (["--plans", "nnUNetPlans_BSA"], "there are no plans nnUNetPlans_BSA for Dataset999_Contracts"),
+    ],
+)
 def test_refusals_are_one_line_and_write_nothing(planned, capsys, change, message):
     out = planned / "out"
     args = dict(zip(BASE[1::2], BASE[2::2]))
@@ -145,8 +153,10 @@ def test_refuses_the_folder_of_another_comparison(planned, capsys):
     _stamp(out, machine="another machine")
     assert "another machine another machine" in _refused(capsys, *BASE, "-o", str(out))
     _stamp(out)  # the same comparison: accepted (resumed)
-    assert Comparison(CompareRequest(999, "3d_fullres", out, trainers=["nnUNetTrainerNB"], budget="tiny",
-                                     device="cpu"), echo=lambda line: None).resumed
+    assert Comparison(
+        CompareRequest(999, "3d_fullres", out, trainers=["nnUNetTrainerNB"], budget="tiny", device="cpu"),
+        echo=lambda line: None,
+    ).resumed
     stray = planned / "stray"
     stray.mkdir()
     (stray / "notes.txt").write_text("mine")
@@ -167,12 +177,18 @@ def test_a_resumed_comparison_counts_the_flops_of_its_kept_runs_again(planned):
     pre = planned / "pre" / "Dataset999_Contracts"
     (pre / "nnUNetPlans_3d_fullres").mkdir()  # preprocessed: compare plans and preprocesses nothing
     (pre / "nnUNetPlans_3d_fullres" / "case.npz").write_bytes(b"")
-    cost = network_cost(nnUNetTrainerBSA, json.loads((pre / "nnUNetPlans.json").read_text()), "3d_fullres",
-                        json.loads((pre / "dataset.json").read_text()))
+    cost = network_cost(
+        nnUNetTrainerBSA,
+        json.loads((pre / "nnUNetPlans.json").read_text()),
+        "3d_fullres",
+        json.loads((pre / "dataset.json").read_text()),
+    )
     per_case = {"p": {"mean_dice": 0.5}, "q": {"mean_dice": 0.6}}
     done = {"status": "done", "mean_dice": 0.55, "s_per_iter": 1.0, "per_case": per_case}
-    stale = {"nnUNetTrainer__nnUNetPlans": dict(done, label="stock nnU-Net", baseline=True, params=1, flops=7),
-             "nnUNetTrainerBSA__nnUNetPlans": dict(done, label="BSA", params=cost["params"], flops=1)}
+    stale = {
+        "nnUNetTrainer__nnUNetPlans": dict(done, label="stock nnU-Net", baseline=True, params=1, flops=7),
+        "nnUNetTrainerBSA__nnUNetPlans": dict(done, label="BSA", params=cost["params"], flops=1),
+    }
     out.mkdir()
     (out / RESULTS_FILE).write_text(json.dumps(dict(comparison.header, runs=stale, tests=[])))
     results = Comparison(request, echo=lines.append).run()
@@ -181,8 +197,9 @@ def test_a_resumed_comparison_counts_the_flops_of_its_kept_runs_again(planned):
     assert results["runs"]["nnUNetTrainer__nnUNetPlans"] == stale["nnUNetTrainer__nnUNetPlans"]
     assert f"BSA: done before, kept; FLOPs counted again: 1 -> {cost['flops']}" in lines
     assert any(line.startswith("stock nnU-Net: done before, kept; its network now has ") for line in lines)
-    assert json.loads((out / RESULTS_FILE).read_text())["runs"]["nnUNetTrainerBSA__nnUNetPlans"]["flops"] == \
-        cost["flops"]
+    assert (
+        json.loads((out / RESULTS_FILE).read_text())["runs"]["nnUNetTrainerBSA__nnUNetPlans"]["flops"] == cost["flops"]
+    )
     assert f"| {size(cost['flops'])} | done |" in (out / "compare.md").read_text()
 
 
@@ -199,7 +216,14 @@ def test_paired_test_against_scipy_and_by_hand():
     same = paired_test({"a": 0.5, "b": 0.7}, {"a": 0.5, "b": 0.7})
     assert same["p_value"] == 1.0 and same["mean_difference"] == 0.0
     assert paired_test({"a": 0.5}, {"b": 0.5}) | {"test": ""} == {
-        "cases": 0, "mean_difference": None, "wins": 0, "losses": 0, "ties": 0, "p_value": None, "test": ""}
+        "cases": 0,
+        "mean_difference": None,
+        "wins": 0,
+        "losses": 0,
+        "ties": 0,
+        "p_value": None,
+        "test": "",
+    }
     six = paired_test({str(i): 0.9 for i in range(6)}, {str(i): 0.8 - i / 100 for i in range(6)})
     assert six["p_value"] == pytest.approx(smallest_p_value(6)) == pytest.approx(2 / 64)
 
@@ -208,31 +232,69 @@ def test_paired_test_against_scipy_and_by_hand():
 def _results() -> dict:
     def run(label, trainer, dice, s, baseline=False):
         per_case = {c: {"dice": {"a": d}, "mean_dice": d, "hd95": {"a": 1.0}} for c, d in zip("pqrstu", dice)}
-        return {"label": label, "trainer": trainer, "plans": "nnUNetPlans", "baseline": baseline, "status": "done",
-                "dice": {"a": sum(dice) / 6}, "mean_dice": sum(dice) / 6, "hd95": {"a": 1.0}, "s_per_iter": s,
-                "s_per_case": 0.4, "peak_memory_bytes": 2 * 2**30, "params": 5.6e6, "flops": 3.8e10,
-                "per_case": per_case}
+        return {
+            "label": label,
+            "trainer": trainer,
+            "plans": "nnUNetPlans",
+            "baseline": baseline,
+            "status": "done",
+            "dice": {"a": sum(dice) / 6},
+            "mean_dice": sum(dice) / 6,
+            "hd95": {"a": 1.0},
+            "s_per_iter": s,
+            "s_per_case": 0.4,
+            "peak_memory_bytes": 2 * 2**30,
+            "params": 5.6e6,
+            "flops": 3.8e10,
+            "per_case": per_case,
+        }
 
-    runs = {"nnUNetTrainer__nnUNetPlans": run("stock nnU-Net", "nnUNetTrainer", [0.7] * 6, 1.0, True),
-            "nnUNetTrainerBSA__nnUNetPlans": run("BSA", "nnUNetTrainerBSA", [0.8] * 6, 1.2),
-            "nnUNetTrainerMDSA__nnUNetPlans": {"label": "MDSA", "plans": "nnUNetPlans", "status": "failed",
-                                               "reason": "nnUNetv2_train failed with exit code 1: see x.log"}}
-    tests = [{"run": "nnUNetTrainerBSA__nnUNetPlans", "baseline": "nnUNetTrainer__nnUNetPlans",
-              **paired_test({c: v["mean_dice"] for c, v in runs["nnUNetTrainerBSA__nnUNetPlans"]["per_case"].items()},
-                            {c: 0.7 for c in "pqrstu"})}]
-    return {"dataset": {"id": 4, "name": "Dataset004_Hippocampus"}, "configuration": "3d_fullres",
-            "budget": {"name": "cpu", "num_epochs": 8, "num_iterations_per_epoch": 16}, "budget_text": "8 x 16",
-            "device": "cpu", "machine": "test CPU", "command": "nnunet-sparseattn compare -d 4", "torch": "t",
-            "nnunetv2": "n", "heldout": {"kind": "validation", "cases": {"fold_0": list("pqrstu")}},
-            "started": "2026-01-01T00:00:00", "updated": "2026-01-01T01:00:00", "runs": runs, "tests": tests}
+    runs = {
+        "nnUNetTrainer__nnUNetPlans": run("stock nnU-Net", "nnUNetTrainer", [0.7] * 6, 1.0, True),
+        "nnUNetTrainerBSA__nnUNetPlans": run("BSA", "nnUNetTrainerBSA", [0.8] * 6, 1.2),
+        "nnUNetTrainerMDSA__nnUNetPlans": {
+            "label": "MDSA",
+            "plans": "nnUNetPlans",
+            "status": "failed",
+            "reason": "nnUNetv2_train failed with exit code 1: see x.log",
+        },
+    }
+    tests = [
+        {
+            "run": "nnUNetTrainerBSA__nnUNetPlans",
+            "baseline": "nnUNetTrainer__nnUNetPlans",
+            **paired_test(
+                {c: v["mean_dice"] for c, v in runs["nnUNetTrainerBSA__nnUNetPlans"]["per_case"].items()},
+                {c: 0.7 for c in "pqrstu"},
+            ),
+        }
+    ]
+    return {
+        "dataset": {"id": 4, "name": "Dataset004_Hippocampus"},
+        "configuration": "3d_fullres",
+        "budget": {"name": "cpu", "num_epochs": 8, "num_iterations_per_epoch": 16},
+        "budget_text": "8 x 16",
+        "device": "cpu",
+        "machine": "test CPU",
+        "command": "nnunet-sparseattn compare -d 4",
+        "torch": "t",
+        "nnunetv2": "n",
+        "heldout": {"kind": "validation", "cases": {"fold_0": list("pqrstu")}},
+        "started": "2026-01-01T00:00:00",
+        "updated": "2026-01-01T01:00:00",
+        "runs": runs,
+        "tests": tests,
+    }
 
 
 def test_markdown_states_the_test_and_the_cost_beside_each_trainer(tmp_path):
     text = render_markdown(_results())
     assert text.startswith("# Dataset004_Hippocampus `3d_fullres`: compare")
     assert "Held-out cases: 6, each fold's validation cases, predicted by that fold's model." in text
-    assert ("| BSA | `nnUNetPlans` | 0.800 | a 0.800 | +10.0 (p 0.031, 6/6 better) | a 1.00 | 1.200 | 0.40 "
-            "| 2.00 GiB | 5.60 M | 38.00 G | done |") in text
+    assert (
+        "| BSA | `nnUNetPlans` | 0.800 | a 0.800 | +10.0 (p 0.031, 6/6 better) | a 1.00 | 1.200 | 0.40 "
+        "| 2.00 GiB | 5.60 M | 38.00 G | done |"
+    ) in text
     assert "| stock nnU-Net | `nnUNetPlans` | 0.700 | a 0.700 | – |" in text
     assert "| MDSA | `nnUNetPlans` | – | – | – |" in text and "failed: nnUNetv2_train failed" in text
     assert "two-sided Wilcoxon signed-rank test" in text
@@ -267,7 +329,8 @@ def test_runs_get_evaluates_metrics_and_the_report_shows_them(tmp_path):
     iou = (1 + 120 / 168 + 96 / 192) / 3  # 12x12 squares overlapping by 12, 10 and 8 columns
     assert record["mean"]["classes"]["lesion"]["IoU"] == pytest.approx(iou)
     assert record["mean"]["iou"] == pytest.approx(iou) and record["mean"]["dice"] == pytest.approx(
-        (1 + 240 / 288 + 192 / 288) / 3)
+        (1 + 240 / 288 + 192 / 288) / 3
+    )
     assert record["sources"]["S_α, F^w_β, E^max_φ, MAE"] == "masks"
     results = _results()
     results["runs"]["nnUNetTrainerBSA__nnUNetPlans"]["evaluate"] = record
@@ -306,14 +369,29 @@ def test_compare_end_to_end_resumes_after_a_kill(hippocampus_nnunet, tmp_path):
 
     run = hippocampus_nnunet
     out = tmp_path / "compare"
-    args = [CLI, "compare", "-d", str(run["id"]), "-c", "3d_fullres", "-o", str(out), "--trainers",
-            "nnUNetTrainerNB,nnUNetTrainerBSA", "--budget", "tiny", "--device", "cpu"]
+    args = [
+        CLI,
+        "compare",
+        "-d",
+        str(run["id"]),
+        "-c",
+        "3d_fullres",
+        "-o",
+        str(out),
+        "--trainers",
+        "nnUNetTrainerNB,nnUNetTrainerBSA",
+        "--budget",
+        "tiny",
+        "--device",
+        "cpu",
+    ]
     results_root = out / "nnUNet_results" / "Dataset004_Hippocampus"
     stock_fold = results_root / "nnUNetTrainer_benchtiny__nnUNetPlans__3d_fullres" / "fold_0"
 
     # the progress line of epoch 1 comes after nnU-Net saved that epoch's checkpoint: kill right there
-    killed = subprocess.Popen(args, env=run["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    killed = subprocess.Popen(
+        args, env=run["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     seen = []
     for line in killed.stdout:
         seen.append(line)
@@ -331,8 +409,11 @@ def test_compare_end_to_end_resumes_after_a_kill(hippocampus_nnunet, tmp_path):
     assert "Current learning rate" in (out / "logs" / "nnUNetTrainer__nnUNetPlans.log").read_text()
 
     results = json.loads((out / RESULTS_FILE).read_text())
-    assert list(results["runs"]) == ["nnUNetTrainer__nnUNetPlans", "nnUNetTrainerNB__nnUNetPlans",
-                                     "nnUNetTrainerBSA__nnUNetPlans"]
+    assert list(results["runs"]) == [
+        "nnUNetTrainer__nnUNetPlans",
+        "nnUNetTrainerNB__nnUNetPlans",
+        "nnUNetTrainerBSA__nnUNetPlans",
+    ]
     assert results["heldout"]["kind"] == "validation" and len(results["heldout"]["cases"]["fold_0"]) == 3
     for key, r in results["runs"].items():
         assert r["status"] == "done", r
@@ -350,8 +431,9 @@ def test_compare_end_to_end_resumes_after_a_kill(hippocampus_nnunet, tmp_path):
     assert all(t["baseline"] == "nnUNetTrainer__nnUNetPlans" and t["cases"] == 3 for t in results["tests"])
     # stock nnU-Net and NB build the same network from the same seed: the same batches in epoch 0; stock's epoch 1
     # ran in a resumed session, which reseeds (nnU-Net's checkpoints hold no random state): other batches
-    nb = json.loads((results_root / "nnUNetTrainerNB_benchtiny__nnUNetPlans__3d_fullres" / "fold_0" /
-                     TIMING_FILE).read_text())
+    nb = json.loads(
+        (results_root / "nnUNetTrainerNB_benchtiny__nnUNetPlans__3d_fullres" / "fold_0" / TIMING_FILE).read_text()
+    )
     checksums = [[it["batch_checksum"] for it in t["iterations"]] for t in (stock, nb)]
     assert checksums[0][0] == checksums[1][0] and checksums[0][1] != checksums[1][1]
     table = (out / "compare.md").read_text()
@@ -368,18 +450,24 @@ def test_compare_end_to_end_resumes_after_a_kill(hippocampus_nnunet, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_resenc_baseline_is_planned_by_nnunets_own_planner_on_the_shared_data(hippocampus_nnunet, tmp_path,
-                                                                                   capsys):
+def test_the_resenc_baseline_is_planned_by_nnunets_own_planner_on_the_shared_data(hippocampus_nnunet, tmp_path, capsys):
     """``--baselines resenc-m``: nnUNetPlannerResEncM writes its plans beside the default ones and reuses their
     preprocessed data (no preprocessing again); ``info`` then lists its network beside the others."""
     run = hippocampus_nnunet
     env = run["env"]
-    request = CompareRequest(run["id"], "3d_fullres", tmp_path / "out", trainers=[], baselines=["stock", "resenc-m"],
-                             budget="tiny", device="cpu", raw=Path(env["nnUNet_raw"]),
-                             preprocessed=Path(env["nnUNet_preprocessed"]))
+    request = CompareRequest(
+        run["id"],
+        "3d_fullres",
+        tmp_path / "out",
+        trainers=[],
+        baselines=["stock", "resenc-m"],
+        budget="tiny",
+        device="cpu",
+        raw=Path(env["nnUNet_raw"]),
+        preprocessed=Path(env["nnUNet_preprocessed"]),
+    )
     comparison = Comparison(request, echo=print)
-    assert [r.key for r in comparison.runs] == ["nnUNetTrainer__nnUNetPlans",
-                                               "nnUNetTrainer__nnUNetResEncUNetMPlans"]
+    assert [r.key for r in comparison.runs] == ["nnUNetTrainer__nnUNetPlans", "nnUNetTrainer__nnUNetResEncUNetMPlans"]
     comparison.prepare()
     out = capsys.readouterr().out
     assert "planning the ResEnc M baseline with nnUNetPlannerResEncM" in out and "preprocessing" not in out
@@ -402,8 +490,16 @@ def test_a_dataset_with_test_labels_is_scored_on_imagests_by_the_folds_ensemble(
     at the tiny budget on the shared ISIC 2017 data (2 test cases)."""
     run = isic_nnunet
     env = run["env"]
-    request = CompareRequest(run["id"], "2d", tmp_path / "out", trainers=[], budget="tiny", device="cpu",
-                             raw=Path(env["nnUNet_raw"]), preprocessed=Path(env["nnUNet_preprocessed"]))
+    request = CompareRequest(
+        run["id"],
+        "2d",
+        tmp_path / "out",
+        trainers=[],
+        budget="tiny",
+        device="cpu",
+        raw=Path(env["nnUNet_raw"]),
+        preprocessed=Path(env["nnUNet_preprocessed"]),
+    )
     results = Comparison(request, echo=print).run()
     tests = sorted(p.name.removesuffix(".png") for p in run["labels"].glob("*.png"))
     assert results["heldout"] == {"kind": "test", "cases": {"test": tests}}

@@ -1,5 +1,6 @@
 """complexity.count_flops: 2 FLOPs per multiply-add of matrix products, convolutions and attention, on the CPU too
 (torch 2.14's counter has no formula for the kernel SDPA runs on the CPU; without ours, attention counted 0)."""
+
 from __future__ import annotations
 
 import torch

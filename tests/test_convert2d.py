@@ -1,4 +1,5 @@
 """convert_2d: folders of 2D images and masks -> nnU-Net's raw format, read back by nnU-Net's own reader/checker."""
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,23 @@ def _write(folder: Path, name: str, array: np.ndarray) -> Path:
     return path
 
 
-def _dataset(root: Path, n: int = 6, rgb: bool = True, suffix: str = "_segmentation", ext: str = ".jpg",
-             mask_values=(0, 255), size=(20, 24), seed: int = 0) -> tuple[Path, Path]:
+def _dataset(
+    root: Path,
+    n: int = 6,
+    rgb: bool = True,
+    suffix: str = "_segmentation",
+    ext: str = ".jpg",
+    mask_values=(0, 255),
+    size=(20, 24),
+    seed: int = 0,
+) -> tuple[Path, Path]:
     rng = np.random.default_rng(seed)
     images, masks = root / "src" / "images", root / "src" / "masks"
     for i in range(n):
         shape = (*size, 3) if rgb else size
         _write(images, f"CASE_{i:03d}{ext}", rng.integers(0, 256, shape, dtype=np.uint8))
         mask = np.zeros(size, np.uint8)
-        mask[2 + i: 10 + i, 3:15] = mask_values[1]
+        mask[2 + i : 10 + i, 3:15] = mask_values[1]
         if len(mask_values) > 2:
             mask[12:16, 16:20] = mask_values[2]
         _write(masks, f"CASE_{i:03d}{suffix}.png", mask)
@@ -74,8 +83,9 @@ def test_nnunet_verifies_the_converted_dataset(tmp_path):
 
 def test_greyscale_images_multilabel_masks_same_names_test_split_and_limit(tmp_path):
     images, masks = _dataset(tmp_path, n=9, rgb=False, suffix="", ext=".png", mask_values=(0, 1, 2))
-    folder = convert_2d(images, masks, 7, name="Grey", raw_root=tmp_path / "raw", num_test=2, limit=8,
-                        label_names=["tumour", "cyst"])
+    folder = convert_2d(
+        images, masks, 7, name="Grey", raw_root=tmp_path / "raw", num_test=2, limit=8, label_names=["tumour", "cyst"]
+    )
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "grey"}
     assert meta["labels"] == {"background": 0, "tumour": 1, "cyst": 2}
@@ -131,14 +141,17 @@ def _corrupt(tmp_path, kind):
     return images, masks
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("unpaired image", "have no mask"),
-    ("orphan mask", "have no image"),
-    ("mask values", "neither 0/255 nor integer labels"),
-    ("channels", "differ in channels"),
-    ("size", "same size"),
-    ("colour mask", "colour image"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("unpaired image", "have no mask"),
+        ("orphan mask", "have no image"),
+        ("mask values", "neither 0/255 nor integer labels"),
+        ("channels", "differ in channels"),
+        ("size", "same size"),
+        ("colour mask", "colour image"),
+    ],
+)
 def test_bad_inputs_are_refused_in_one_line_and_leave_nothing_behind(tmp_path, kind, message):
     images, masks = _corrupt(tmp_path, kind)
     raw = tmp_path / "raw"
@@ -238,8 +251,8 @@ def test_the_grey_rule_takes_the_brightest_channel(tmp_path):
     for i in range(5):
         _write(images, f"c{i}.png", np.zeros((8, 8, 3), np.uint8))
         m = np.zeros((8, 8, 3), np.uint8)
-        m[0, 0] = (200, 0, 0)   # red: grey 200 (luma would give 60)
-        m[0, 1] = (0, 0, 120)   # dark blue: grey 120
+        m[0, 0] = (200, 0, 0)  # red: grey 200 (luma would give 60)
+        m[0, 1] = (0, 0, 120)  # dark blue: grey 120
         m[0, 2] = (90, 90, 90)
         _write(masks, f"c{i}.png", m)
     folder = convert_2d(images, masks, 521, name="Grey", raw_root=tmp_path / "raw", threshold=100)
@@ -299,15 +312,17 @@ def test_bmp_rgba_and_grey_images_palette_and_equal_channel_rgb_masks(tmp_path):
     palette = [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255]  # background, three coloured classes
     for i in range(5):
         rgba = rng.integers(0, 256, (10, 12, 4), dtype=np.uint8)
-        Image.fromarray(rgba, "RGBA").save(images / f"p{i}.png") if i % 2 else \
-            Image.fromarray(rgba[..., :3]).save(images / f"p{i}.bmp")
+        Image.fromarray(rgba, "RGBA").save(images / f"p{i}.png") if i % 2 else Image.fromarray(rgba[..., :3]).save(
+            images / f"p{i}.bmp"
+        )
         labels = np.zeros((10, 12), np.uint8)
         labels[1:4, 1:4], labels[5:8, 2:6], labels[2:4, 8:11] = 1, 2, 3
         mask = Image.fromarray(labels, "P")
         mask.putpalette(palette)
         mask.save(masks / f"p{i}.png")
-    folder = convert_2d(images, masks, 525, name="Palette", raw_root=tmp_path / "raw",
-                        label_names=["polyp", "instrument", "other"])
+    folder = convert_2d(
+        images, masks, 525, name="Palette", raw_root=tmp_path / "raw", label_names=["polyp", "instrument", "other"]
+    )
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "polyp": 1, "instrument": 2, "other": 3}
     assert meta["channel_names"] == {"0": "R", "1": "G", "2": "B"}
@@ -335,7 +350,7 @@ def _mixed_sizes(root: Path, n: int = 6) -> tuple[Path, Path, list[tuple[int, in
     for i, (h, w) in enumerate(sizes):
         _write(images, f"m{i}.jpg", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         m = np.zeros((h, w), np.uint8)
-        m[h // 4: 3 * h // 4, w // 4: w // 2] = 255
+        m[h // 4 : 3 * h // 4, w // 4 : w // 2] = 255
         _write(masks, f"m{i}.png", m)
     return images, masks, sizes
 
@@ -369,8 +384,9 @@ def test_resize_bilinear_images_nearest_masks_and_the_original_sizes_kept(tmp_pa
         assert np.array_equal(label, np.asarray(Image.fromarray(original).resize((24, 16), Image.Resampling.NEAREST)))
         assert set(np.unique(label)) == {0, 1}  # nearest: no interpolated label values
         # the labels at their own size, for scoring predictions brought back to it
-        assert np.array_equal(np.asarray(Image.open(folder / "original_size" / f"labels{split}" / f"m{i}.png")),
-                              original)
+        assert np.array_equal(
+            np.asarray(Image.open(folder / "original_size" / f"labels{split}" / f"m{i}.png")), original
+        )
     # that conversion.json and original_size/ do not disturb nnU-Net is checked by the slow end-to-end test
     # (tests/test_evaluate.py), whose nnUNetv2_plan_and_preprocess runs --verify_dataset_integrity on such a dataset
 
@@ -385,27 +401,48 @@ def test_published_split_lists_by_file_name(tmp_path):
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 7
 
     (lists / "train.txt").write_text("\n".join(f"CASE_{i:03d}.jpg" for i in (2, 3, 5, 6, 7)))
-    folder = convert_2d(images, masks, 531, name="BothLists", raw_root=tmp_path / "raw", test_list=lists / "test.txt",
-                        train_list=lists / "train.txt")
+    folder = convert_2d(
+        images,
+        masks,
+        531,
+        name="BothLists",
+        raw_root=tmp_path / "raw",
+        test_list=lists / "test.txt",
+        train_list=lists / "train.txt",
+    )
     record = json.loads((folder / "conversion.json").read_text())
-    assert sorted(c for c, v in record["cases"].items() if v["split"] == "Tr") == \
-        ["CASE_002", "CASE_003", "CASE_005", "CASE_006", "CASE_007"]
+    assert sorted(c for c, v in record["cases"].items() if v["split"] == "Tr") == [
+        "CASE_002",
+        "CASE_003",
+        "CASE_005",
+        "CASE_006",
+        "CASE_007",
+    ]
     assert record["left_out"] == ["CASE_000.jpg", "CASE_008.jpg"]  # in neither list
 
-    folder = convert_2d(images, masks, 532, name="TrainList", raw_root=tmp_path / "raw",
-                        train_list=lists / "train.txt")
-    assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == \
-        ["CASE_000.png", "CASE_001.png", "CASE_004.png", "CASE_008.png"]
+    folder = convert_2d(images, masks, 532, name="TrainList", raw_root=tmp_path / "raw", train_list=lists / "train.txt")
+    assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == [
+        "CASE_000.png",
+        "CASE_001.png",
+        "CASE_004.png",
+        "CASE_008.png",
+    ]
 
 
-@pytest.mark.parametrize("lists,message", [
-    ({"test": "CASE_001\nNOT_THERE.jpg\n"}, r"1 name\(s\) in test list .* match no paired image \(e.g. NOT_THERE\)"),
-    ({"test": "CASE_001\n", "train": "CASE_001\nCASE_002\n"}, "in both the train and the test list"),
-    ({"test": "# nothing\n"}, "names no image"),
-    ({"test": "CASE_001\n", "num_test": 1}, "--num-test and a split list"),
-    ({"test": "CASE_001\n", "limit": 6}, "--limit and a split list"),
-    ({"missing": True}, "test list .* does not exist"),
-])
+@pytest.mark.parametrize(
+    "lists,message",
+    [
+        (
+            {"test": "CASE_001\nNOT_THERE.jpg\n"},
+            r"1 name\(s\) in test list .* match no paired image \(e.g. NOT_THERE\)",
+        ),
+        ({"test": "CASE_001\n", "train": "CASE_001\nCASE_002\n"}, "in both the train and the test list"),
+        ({"test": "# nothing\n"}, "names no image"),
+        ({"test": "CASE_001\n", "num_test": 1}, "--num-test and a split list"),
+        ({"test": "CASE_001\n", "limit": 6}, "--limit and a split list"),
+        ({"missing": True}, "test list .* does not exist"),
+    ],
+)
 def test_bad_split_lists_are_refused_in_one_line(tmp_path, lists, message):
     images, masks = _dataset(tmp_path, n=8)
     kwargs = {}
@@ -437,9 +474,14 @@ def test_names_with_spaces_and_dots_become_valid_case_identifiers(tmp_path):
     (tmp_path / "test.txt").write_text("a.b.c.jpg\n")
     pairs, suffix = pair_images_and_masks(images, masks)
     assert suffix == "_mask"
-    assert {p.name: p.case for p in pairs} == {" leading space": "leading_space", "a.b.c": "a_b_c", "plain": "plain",
-                                               "polyp 1,v2": "polyp_1_v2_2", "polyp 1.v2": "polyp_1_v2_3",
-                                               "polyp_1_v2": "polyp_1_v2"}
+    assert {p.name: p.case for p in pairs} == {
+        " leading space": "leading_space",
+        "a.b.c": "a_b_c",
+        "plain": "plain",
+        "polyp 1,v2": "polyp_1_v2_2",
+        "polyp 1.v2": "polyp_1_v2_3",
+        "polyp_1_v2": "polyp_1_v2",
+    }
     folder = convert_2d(images, masks, 534, name="Names", raw_root=tmp_path / "raw", test_list=tmp_path / "test.txt")
     record = json.loads((folder / "conversion.json").read_text())["cases"]
     assert record["polyp_1_v2_3"]["image"] == "polyp 1.v2.jpg" and record["a_b_c"]["split"] == "Ts"
@@ -451,8 +493,10 @@ def test_names_with_spaces_and_dots_become_valid_case_identifiers(tmp_path):
     identifiers = list(get_identifiers_from_splitted_dataset_folder(str(folder / "imagesTr"), ".png"))
     assert identifiers == sorted(c for c, v in record.items() if v["split"] == "Tr")
     files = sorted(p.name for p in (folder / "imagesTr").iterdir())
-    assert all(create_paths_fn(str(folder / "imagesTr"), files, ".png", c) == [str(folder / "imagesTr" / f"{c}_0000.png")]
-               for c in identifiers)
+    assert all(
+        create_paths_fn(str(folder / "imagesTr"), files, ".png", c) == [str(folder / "imagesTr" / f"{c}_0000.png")]
+        for c in identifiers
+    )
 
 
 def test_the_cli_takes_threshold_resize_and_lists(tmp_path, monkeypatch, capsys):
@@ -461,8 +505,26 @@ def test_the_cli_takes_threshold_resize_and_lists(tmp_path, monkeypatch, capsys)
     images, masks = _dataset(tmp_path, n=6)
     (tmp_path / "test.txt").write_text("CASE_005\n")
     monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    assert main(["convert-2d", str(images), str(masks), "-d", "14", "--name", "Cli", "--threshold", "127",
-                 "--resize", "16x12", "--test-list", str(tmp_path / "test.txt")]) == 0
+    assert (
+        main(
+            [
+                "convert-2d",
+                str(images),
+                str(masks),
+                "-d",
+                "14",
+                "--name",
+                "Cli",
+                "--threshold",
+                "127",
+                "--resize",
+                "16x12",
+                "--test-list",
+                str(tmp_path / "test.txt"),
+            ]
+        )
+        == 0
+    )
     folder = Path(capsys.readouterr().out.strip())
     assert np.asarray(Image.open(folder / "imagesTs" / "CASE_005_0000.png")).shape == (16, 12, 3)
     assert main(["convert-2d", str(images), str(masks), "-d", "15", "--resize", "16by12"]) == 2

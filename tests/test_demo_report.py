@@ -1,5 +1,6 @@
 """What ``make demo`` prints and draws: the Dice table names each trainer, demo.png names the class colours, and the
 routing table gives the shares explain measured (with the query's own region left out too)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,13 +15,21 @@ def _summary(dice: dict[str, float], missing_nodule_cases: int = 0) -> dict:
     per_case = [{"metrics": {k: {"Dice": v} for k, v in dice.items()}} for _ in range(2)]
     for case in per_case[:missing_nodule_cases]:
         case["metrics"]["3"]["Dice"] = float("nan")
-    return {"mean": {k: {"Dice": v} for k, v in dice.items()}, "metric_per_case": per_case,
-            "foreground_mean": {"Dice": float(np.mean(list(dice.values())))}}
+    return {
+        "mean": {k: {"Dice": v} for k, v in dice.items()},
+        "metric_per_case": per_case,
+        "foreground_mean": {"Dice": float(np.mean(list(dice.values())))},
+    }
 
 
 def test_the_dice_table_has_a_column_per_trainer_named_after_it():
-    table = dice_table([("nnUNetTrainerBSA_demo", _summary({"1": 0.9, "2": 0.6, "3": 0.3}, 1)),
-                        ("nnUNetTrainer_demo", _summary({"1": 0.8, "2": 0.5, "3": 0.2}))], LABELS)
+    table = dice_table(
+        [
+            ("nnUNetTrainerBSA_demo", _summary({"1": 0.9, "2": 0.6, "3": 0.3}, 1)),
+            ("nnUNetTrainer_demo", _summary({"1": 0.8, "2": 0.5, "3": 0.2})),
+        ],
+        LABELS,
+    )
     lines = table.splitlines()
     assert lines[0].split() == ["structure", "nnUNetTrainerBSA_demo", "nnUNetTrainer_demo", "cases"]
     assert lines[1].split() == ["organ", "0.900", "0.800", "2"]
@@ -44,8 +53,12 @@ def test_demo_png_has_a_column_per_prediction_and_a_legend_naming_the_classes(tm
     figures = []
     monkeypatch.setattr(plt.Figure, "savefig", lambda fig, path, **kw: figures.append(fig))
     monkeypatch.setattr(plt, "close", lambda fig: None)
-    save_comparison_png([(paths["image"], paths["gt"], [paths["a"], paths["b"]])], tmp_path / "demo.png", LABELS,
-                        ["prediction, A", "prediction, B"])
+    save_comparison_png(
+        [(paths["image"], paths["gt"], [paths["a"], paths["b"]])],
+        tmp_path / "demo.png",
+        LABELS,
+        ["prediction, A", "prediction, B"],
+    )
     [fig] = figures
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["1: organ", "2: vessel", "3: nodule"]
     titles = [ax.get_title() for ax in fig.axes]
@@ -66,15 +79,23 @@ def test_the_demo_says_when_the_time_budget_cut_training():
 
 def test_the_routing_table_gives_explains_shares_for_the_nodule():
     def shares(routed, chance):
-        return {"queries": 120, "routed_with_foreground": routed, "all_with_foreground": chance,
-                "routed_with_foreground_other": routed - 0.01, "all_with_foreground_other": chance - 0.02,
-                "routed_with_label": 0.17, "all_with_label": 0.1}
+        return {
+            "queries": 120,
+            "routed_with_foreground": routed,
+            "all_with_foreground": chance,
+            "routed_with_foreground_other": routed - 0.01,
+            "all_with_foreground_other": chance - 0.02,
+            "routed_with_label": 0.17,
+            "all_with_label": 0.1,
+        }
 
-    explained = {"routing_foreground": {
-        "encoder.stages.2.1.attn": {"organ": dict(shares(0.9, 0.7), queries=5000), "nodule": shares(0.86, 0.66)},
-        "encoder.stages.2.2.attn": {"organ": shares(0.7, 0.7), "nodule": shares(0.68, 0.66)},
-        "encoder.stages.3.1.attn": {},  # dense: nothing routed
-    }}
+    explained = {
+        "routing_foreground": {
+            "encoder.stages.2.1.attn": {"organ": dict(shares(0.9, 0.7), queries=5000), "nodule": shares(0.86, 0.66)},
+            "encoder.stages.2.2.attn": {"organ": shares(0.7, 0.7), "nodule": shares(0.68, 0.66)},
+            "encoder.stages.3.1.attn": {},  # dense: nothing routed
+        }
+    }
     lines = routing_table(explained, 6).splitlines()
     assert lines[0].startswith("queries inside the nodule (120 voxels of the reference, 6 held-out cases)")
     assert lines[2].split() == ["encoder.stages.2.1.attn", "86%", "66%", "85%", "vs", "64%", "17%", "vs", "10%"]

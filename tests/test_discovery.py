@@ -1,4 +1,5 @@
 """Trainer discovery through nnU-Net's own lookup (``nnUNet_extTrainer``), pickling, and the short variants."""
+
 from __future__ import annotations
 
 import inspect
@@ -24,8 +25,9 @@ def test_ext_path_holds_only_the_shim_module():
 
 
 def test_ext_path_command_prints_the_folder():
-    out = subprocess.run([sys.executable, "-m", "nnunet_sparseattn.cli", "ext-path"], capture_output=True,
-                         text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "nnunet_sparseattn.cli", "ext-path"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == str(ext_trainer_path())
 
 
@@ -73,8 +75,9 @@ def test_every_shipped_trainer_has_each_short_variant(trainer, suffix):
     assert variant.short_schedule is SHORT_SCHEDULES[suffix]
     # nnU-Net rebuilds __init__ arguments from the signature: it must stay the base trainer's
     ours, base = inspect.signature(variant.__init__), inspect.signature(nnUNetTrainer.__init__)
-    assert [(p.name, p.default) for p in ours.parameters.values()] == \
-        [(p.name, p.default) for p in base.parameters.values()]
+    assert [(p.name, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.default) for p in base.parameters.values()
+    ]
     schedule = SHORT_SCHEDULES[suffix]
     assert schedule.num_epochs < 1000 and schedule.num_iterations_per_epoch < 250
     assert schedule.num_val_iterations_per_epoch < 50

@@ -2,6 +2,7 @@
 
 Slow (minutes): CI runs them. Each command is a subprocess, exactly as a user types it.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,15 +32,18 @@ def synthetic_run(tmp_path_factory):
     commands.train(SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
     predictions = work / "predictions"
     commands.predict(dataset / "imagesTs", predictions, SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
-    summary = commands.evaluate(dataset / "labelsTs", predictions,
-                                datasets.model_folder(env, SYNTHETIC_ID, TRAINER, CONFIGURATION), env, log)
+    summary = commands.evaluate(
+        dataset / "labelsTs", predictions, datasets.model_folder(env, SYNTHETIC_ID, TRAINER, CONFIGURATION), env, log
+    )
     return {"work": work, "env": env, "summary": summary, "log": log, "predictions": predictions}
 
 
 def test_synthetic_dataset_through_the_cli(synthetic_run):
     assert_dice(synthetic_run["summary"], ["1", "2", "3"])
-    assert sorted(p.name for p in synthetic_run["predictions"].glob("*.nii.gz")) == \
-        ["demo_010.nii.gz", "demo_011.nii.gz"]
+    assert sorted(p.name for p in synthetic_run["predictions"].glob("*.nii.gz")) == [
+        "demo_010.nii.gz",
+        "demo_011.nii.gz",
+    ]
     fold = datasets.model_folder(synthetic_run["env"], SYNTHETIC_ID, TRAINER, CONFIGURATION) / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == TRAINER
@@ -54,14 +58,18 @@ LABELS = {"background": 0, "organ": 1, "vessel": 2, "nodule": 3}
 REGIONS = {"background": 0, "organ_and_nodule": [1, 3], "vessel": [2], "nodule": [3]}
 
 
-@pytest.mark.parametrize("labels", [LABELS, dict(LABELS, ignore=4), REGIONS, dict(REGIONS, ignore=4)],
-                         ids=["labels", "labels+ignore", "regions", "regions+ignore"])
+@pytest.mark.parametrize(
+    "labels",
+    [LABELS, dict(LABELS, ignore=4), REGIONS, dict(REGIONS, ignore=4)],
+    ids=["labels", "labels+ignore", "regions", "regions+ignore"],
+)
 def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, trainer_without_data, labels):
     from nnunet_sparseattn.losses import NarrowBandCompoundLoss
     from nnunet_sparseattn.trainers import nnUNetTrainerNB_debug
 
-    preprocessed = datasets.require_dataset(synthetic_run["env"]["nnUNet_preprocessed"], SYNTHETIC_ID,
-                                            "nnUNet_preprocessed")
+    preprocessed = datasets.require_dataset(
+        synthetic_run["env"]["nnUNet_preprocessed"], SYNTHETIC_ID, "nnUNet_preprocessed"
+    )
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     dataset_json["labels"] = labels
@@ -81,10 +89,18 @@ def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, t
     has_ignore = "ignore" in labels
     labelmaps = [torch.randint(0, 5 if has_ignore else 4, (2, 1, *o.shape[2:])).float() for o in outputs]
     if regions:  # what nnU-Net's region conversion hands the loss: one channel per region (+ the ignore mask)
-        targets = [torch.cat([torch.isin(m, torch.tensor(r, dtype=m.dtype)).float()
-                              for name, r in REGIONS.items() if name != "background"]
-                             + ([(m == 4).float()] if has_ignore else []), 1)
-                   for m in labelmaps]
+        targets = [
+            torch.cat(
+                [
+                    torch.isin(m, torch.tensor(r, dtype=m.dtype)).float()
+                    for name, r in REGIONS.items()
+                    if name != "background"
+                ]
+                + ([(m == 4).float()] if has_ignore else []),
+                1,
+            )
+            for m in labelmaps
+        ]
     else:
         targets = labelmaps
     step = trainer.train_step({"data": data, "target": targets})
@@ -104,8 +120,9 @@ def test_msd_hippocampus_through_the_cli(hippocampus_nnunet):
     commands.train(run["id"], CONFIGURATION, 0, TRAINER, env, log)
     predictions = run["work"] / "predictions_nb"
     commands.predict(run["images"], predictions, run["id"], CONFIGURATION, 0, TRAINER, env, log)
-    summary = commands.evaluate(run["labels"], predictions,
-                                datasets.model_folder(env, run["id"], TRAINER, CONFIGURATION), env, log)
+    summary = commands.evaluate(
+        run["labels"], predictions, datasets.model_folder(env, run["id"], TRAINER, CONFIGURATION), env, log
+    )
     assert_dice(summary, ["1", "2"])
     assert len(summary["metric_per_case"]) == len(run["heldout"]) == 3
     # a trainer without attention: explain gives the prediction picture and says there is nothing else to show

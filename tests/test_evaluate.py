@@ -1,6 +1,7 @@
 """``nnunet-sparseattn evaluate``: prediction folders laid out as nnUNetv2_predict writes them (masks, dataset.json,
 ``--save_probabilities`` .npz), scored against a dataset converted by convert-2d; the way back to the original size;
 3D NIfTI; the refusals; the CLI. The slow test runs the whole protocol through nnU-Net's own commands."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ RESIZE = (32, 32)
 
 def _disk(shape, centre, radius) -> np.ndarray:
     yy, xx = np.ogrid[: shape[0], : shape[1]]
-    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
 
 
 @pytest.fixture
@@ -84,8 +85,11 @@ def test_paper_metrics_from_probabilities_or_masks_one_row_per_folder(converted,
             assert cls["NSD"] == pytest.approx(normalized_surface_dice(pred == 1, ref == 1, (1.0, 1.0), 1.0))
             inter = np.sum((pred == 1) & (ref == 1))
             assert cls["Dice"] == pytest.approx(2 * inter / (np.sum(pred == 1) + np.sum(ref == 1)))
-            foreground = 1 - np.load(folder / f"{case}.npz")["probabilities"][0, 0].astype(float) \
-                if source == "probabilities" else (pred > 0).astype(float)
+            foreground = (
+                1 - np.load(folder / f"{case}.npz")["probabilities"][0, 0].astype(float)
+                if source == "probabilities"
+                else (pred > 0).astype(float)
+            )
             expected = maps.add(foreground, ref > 0)
             assert {k: entry[k] for k in expected} == pytest.approx(expected)
         assert {k: result["mean"][k] for k in maps.results()} == pytest.approx(maps.results())
@@ -102,8 +106,12 @@ def test_predictions_go_back_to_the_original_size_through_the_cli(converted, tmp
 
     preds = _predict(converted, tmp_path / "preds", shift=0, probabilities=True)  # perfect at 32 x 32
     record = json.loads((converted / "conversion.json").read_text())["cases"]
-    assert main(["evaluate", str(converted / "labelsTs"), str(preds), "--original-size", "-np", "1",
-                 "--nsd-tolerance", "2"]) == 0
+    assert (
+        main(
+            ["evaluate", str(converted / "labelsTs"), str(preds), "--original-size", "-np", "1", "--nsd-tolerance", "2"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     restored = preds / "original_size"
     assert "| mDSC | mIoU |" in out and "(original size)" in out and "NSD (2 px)" in out
@@ -116,7 +124,9 @@ def test_predictions_go_back_to_the_original_size_through_the_cli(converted, tmp
         h, w = record[case]["original_size"]
         mask = _read(restored / f"{case}.png")
         assert mask.shape == (h, w)
-        assert np.array_equal(mask, np.asarray(Image.open(preds / f"{case}.png").resize((w, h), Image.Resampling.NEAREST)))
+        assert np.array_equal(
+            mask, np.asarray(Image.open(preds / f"{case}.png").resize((w, h), Image.Resampling.NEAREST))
+        )
         p = np.load(restored / f"{case}.npz")["probabilities"]
         assert p.shape == (2, 1, h, w) and np.allclose(p.sum(axis=0), 1, atol=1e-5)
         small = np.load(preds / f"{case}.npz")["probabilities"][1, 0]
@@ -160,9 +170,11 @@ def test_3d_nifti_spacing_in_mm_empty_classes_and_no_2d_metrics(tmp_path):
     assert posterior["Dice"] == pytest.approx(0.25) and posterior["hd95_undefined"] == 1
     assert posterior["HD95"] == pytest.approx(per_case["a"]["HD95"])
     assert posterior["NSD"] == pytest.approx(per_case["a"]["NSD"] / 2)
-    assert table.splitlines()[0] == ("| predictions | Dice anterior | Dice posterior | IoU anterior | IoU posterior | "
-                                     "HD95 (mm) anterior | HD95 (mm) posterior | NSD (1 mm) anterior | "
-                                     "NSD (1 mm) posterior |")
+    assert table.splitlines()[0] == (
+        "| predictions | Dice anterior | Dice posterior | IoU anterior | IoU posterior | "
+        "HD95 (mm) anterior | HD95 (mm) posterior | NSD (1 mm) anterior | "
+        "NSD (1 mm) posterior |"
+    )
 
 
 def _one_line(error: pytest.ExceptionInfo) -> str:
@@ -201,16 +213,28 @@ def test_refusals(converted, tmp_path):
     with pytest.raises(UserError, match="only with --original-size"):
         evaluate_folders(converted / "original_size" / "labelsTs", [preds], dataset_json=converted / "dataset.json")
     # --original-size on a dataset that was not resized
-    plain = convert_2d(tmp_path / "src" / "images", tmp_path / "src" / "masks", 541, name="Plain",
-                       raw_root=tmp_path / "raw", num_test=2)
+    plain = convert_2d(
+        tmp_path / "src" / "images",
+        tmp_path / "src" / "masks",
+        541,
+        name="Plain",
+        raw_root=tmp_path / "raw",
+        num_test=2,
+    )
     with pytest.raises(UserError, match="converted without --resize"):
         evaluate_folders(plain / "labelsTs", [preds], original_size=True)
     # region-based datasets are nnUNetv2_evaluate_folder's
     regions = tmp_path / "regions"
     shutil.copytree(preds, regions)
-    (regions / "dataset.json").write_text(json.dumps({**json.loads((preds / "dataset.json").read_text()),
-                                                      "labels": {"background": 0, "whole": [1, 2], "core": 2},
-                                                      "regions_class_order": [1, 2]}))
+    (regions / "dataset.json").write_text(
+        json.dumps(
+            {
+                **json.loads((preds / "dataset.json").read_text()),
+                "labels": {"background": 0, "whole": [1, 2], "core": 2},
+                "regions_class_order": [1, 2],
+            }
+        )
+    )
     with pytest.raises(UserError, match="defines regions"):
         evaluate_folders(ref, [regions], dataset_json=regions / "dataset.json")
     assert not (preds / "original_size").exists() and not (preds / PAPER_METRICS_FILE).exists()
@@ -240,9 +264,13 @@ def test_a_papers_protocol_end_to_end_through_nnunets_commands(shared_data, tmp_
         h, w = 72 + 8 * (i % 3), 96 - 8 * (i % 4)  # mixed sizes, as in Kvasir-SEG
         sizes[image_path.stem] = [h, w]
         Image.open(image_path).convert("RGB").resize((w, h), Image.Resampling.BILINEAR).save(
-            images / f"{image_path.stem}.jpg", quality=90)
-        grey = np.asarray(Image.open(isic / "masks" / f"{image_path.stem}_segmentation.png").convert("L")
-                          .resize((w, h), Image.Resampling.NEAREST))
+            images / f"{image_path.stem}.jpg", quality=90
+        )
+        grey = np.asarray(
+            Image.open(isic / "masks" / f"{image_path.stem}_segmentation.png")
+            .convert("L")
+            .resize((w, h), Image.Resampling.NEAREST)
+        )
         tinted = np.stack([grey, grey, np.clip(grey.astype(int) - 6, 0, 255).astype(np.uint8)], axis=-1)
         Image.fromarray(tinted).save(masks / f"{image_path.stem}.jpg", quality=75)  # lossy RGB, as distributed
     (tmp_path / "test.txt").write_text("\n".join(f"{name}.jpg" for name in E2E_TEST) + "\n")
@@ -251,8 +279,17 @@ def test_a_papers_protocol_end_to_end_through_nnunets_commands(shared_data, tmp_
     env = commands.work_environment(work)
     log = work / "nnunet.log"
     monkeypatch.setenv("nnUNet_raw", env["nnUNet_raw"])
-    convert = ["convert-2d", str(images), str(masks), "-d", str(E2E_ID), "--name", "PolypLike",
-               "--test-list", str(tmp_path / "test.txt")]
+    convert = [
+        "convert-2d",
+        str(images),
+        str(masks),
+        "-d",
+        str(E2E_ID),
+        "--name",
+        "PolypLike",
+        "--test-list",
+        str(tmp_path / "test.txt"),
+    ]
     assert main(convert) == 2
     assert "--threshold T" in capsys.readouterr().err  # the raw download is refused, never guessed
     assert main(convert + ["--threshold", "127", "--resize", "64x64"]) == 0
@@ -273,8 +310,9 @@ def test_a_papers_protocol_end_to_end_through_nnunets_commands(shared_data, tmp_
     assert (datasets.model_folder(env, E2E_MIXED_ID, trainer, "2d") / "fold_0" / "checkpoint_final.pth").is_file()
     commands.train(E2E_ID, "2d", 0, trainer, env, log)
     predictions = tmp_path / "predictions" / trainer
-    commands.predict(dataset / "imagesTs", predictions, E2E_ID, "2d", 0, trainer, env, log,
-                     extra=["--save_probabilities"])
+    commands.predict(
+        dataset / "imagesTs", predictions, E2E_ID, "2d", 0, trainer, env, log, extra=["--save_probabilities"]
+    )
     assert sorted(p.name for p in predictions.glob("*.npz")) == [f"{c}.npz" for c in E2E_TEST]
 
     assert main(["evaluate", str(dataset / "labelsTs"), str(predictions), "-np", "1"]) == 0

@@ -1,5 +1,6 @@
 """The metric wrappers of ``evaluate`` (nnunet_sparseattn/evaluation/metrics.py), held to values computed by hand or
 independently (pixel counts, scipy distance transforms) and to the libraries' own results (MONAI, pysodmetrics)."""
+
 from __future__ import annotations
 
 import math
@@ -20,12 +21,12 @@ from nnunet_sparseattn.evaluation.metrics import (
 
 def _disk(shape=(64, 64), centre=(32, 32), radius=12) -> np.ndarray:
     yy, xx = np.ogrid[: shape[0], : shape[1]]
-    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
 
 
 def _square(shift: int = 0) -> np.ndarray:
     mask = np.zeros((48, 40), bool)
-    mask[10 + shift: 30 + shift, 10:30] = True
+    mask[10 + shift : 30 + shift, 10:30] = True
     return mask
 
 
@@ -46,8 +47,9 @@ def test_a_perfect_prediction():
     assert dice_iou_at_half(disk.astype(float), disk) == (1.0, 1.0)
     values = ForegroundMapMetrics().add(disk.astype(float), disk)
     n = disk.size
-    assert values == pytest.approx({"dice": 1.0, "iou": 1.0, "s_alpha": 1.0, "weighted_f": 1.0,
-                                    "max_e": n / (n - 1), "mae": 0.0})  # the library divides by N - 1
+    assert values == pytest.approx(
+        {"dice": 1.0, "iou": 1.0, "s_alpha": 1.0, "weighted_f": 1.0, "max_e": n / (n - 1), "mae": 0.0}
+    )  # the library divides by N - 1
 
 
 def test_a_square_shifted_by_three_pixels():
@@ -61,8 +63,9 @@ def test_a_square_shifted_by_three_pixels():
     assert normalized_surface_dice(pred, ref, (1.0, 1.0), tolerance=3.0) == pytest.approx(1.0)
     assert normalized_surface_dice(pred, ref, (2.0, 0.5), tolerance=6.0) == pytest.approx(1.0)
     assert normalized_surface_dice(pred, ref, (1.0, 1.0), tolerance=1.0) < 1.0
-    assert normalized_surface_dice(pred, ref, (2.0, 0.5), tolerance=3.0) < \
-        normalized_surface_dice(pred, ref, (1.0, 1.0), tolerance=3.0)  # spacing counts
+    assert normalized_surface_dice(pred, ref, (2.0, 0.5), tolerance=3.0) < normalized_surface_dice(
+        pred, ref, (1.0, 1.0), tolerance=3.0
+    )  # spacing counts
 
 
 def test_a_voxel_against_a_voxel_in_3d_with_anisotropic_spacing():
@@ -94,14 +97,22 @@ def test_what_each_metric_gives_for_empty_masks():
     assert math.isnan(hd95(empty, empty, (1.0, 1.0)))
     assert math.isnan(normalized_surface_dice(empty, empty, (1.0, 1.0), 1.0))
     assert ForegroundMapMetrics().add(empty.astype(float), empty) == pytest.approx(
-        {"dice": 1.0, "iou": 1.0, "s_alpha": 1.0, "weighted_f": 0.0, "max_e": n / (n - 1), "mae": 0.0})
+        {"dice": 1.0, "iou": 1.0, "s_alpha": 1.0, "weighted_f": 0.0, "max_e": n / (n - 1), "mae": 0.0}
+    )
     # empty reference, non-empty prediction (a binary map: its maximum is the predicted pixels)
     assert math.isnan(hd95(disk, empty, (1.0, 1.0)))
     assert normalized_surface_dice(disk, empty, (1.0, 1.0), 1.0) == 0.0
     share = disk.mean()
     assert ForegroundMapMetrics().add(disk.astype(float), empty) == pytest.approx(
-        {"dice": 0.0, "iou": 0.0, "s_alpha": 1 - share, "weighted_f": 0.0, "max_e": (n - disk.sum()) / (n - 1),
-         "mae": share})
+        {
+            "dice": 0.0,
+            "iou": 0.0,
+            "s_alpha": 1 - share,
+            "weighted_f": 0.0,
+            "max_e": (n - disk.sum()) / (n - 1),
+            "mae": share,
+        }
+    )
     # non-empty reference, empty prediction
     assert math.isnan(hd95(empty, disk, (1.0, 1.0)))
     assert normalized_surface_dice(empty, disk, (1.0, 1.0), 1.0) == 0.0
@@ -115,8 +126,10 @@ def test_the_empty_mask_shortcuts_agree_with_monai():
     t = torch.from_numpy
     with warnings.catch_warnings():  # MONAI warns about the empty masks: that is the point here
         warnings.simplefilter("ignore")
-        one_empty = [compute_surface_dice(t(a), t(b), [1.0], include_background=True, use_subvoxels=True)
-                     for a, b in ((disk, empty), (empty, disk))]
+        one_empty = [
+            compute_surface_dice(t(a), t(b), [1.0], include_background=True, use_subvoxels=True)
+            for a, b in ((disk, empty), (empty, disk))
+        ]
         both_empty = compute_surface_dice(t(empty), t(empty), [1.0], include_background=True, use_subvoxels=True)
         hd = compute_hausdorff_distance(t(disk), t(empty), include_background=True, percentile=95)
     assert [float(v) for v in one_empty] == [0.0, 0.0]
@@ -147,8 +160,15 @@ def test_per_image_and_dataset_values_are_the_libraries_own():
     rng = np.random.default_rng(0)
     refs = [_disk(radius=r, centre=(30 + r // 3, 33)) for r in (8, 12, 16)]
     # soft maps: a blurred, shifted disk plus noise, as a network's foreground probability looks
-    maps = [np.clip(ndimage.gaussian_filter(_disk(radius=r + 2, centre=(32, 31)).astype(float), 2)
-                    + rng.normal(0, 0.05, (64, 64)), 0, 1) for r in (8, 12, 16)]
+    maps = [
+        np.clip(
+            ndimage.gaussian_filter(_disk(radius=r + 2, centre=(32, 31)).astype(float), 2)
+            + rng.normal(0, 0.05, (64, 64)),
+            0,
+            1,
+        )
+        for r in (8, 12, 16)
+    ]
     ours = ForegroundMapMetrics()
     for prob, ref in zip(maps, refs):
         values = ours.add(prob, ref)
@@ -176,10 +196,17 @@ def test_per_image_and_dataset_values_are_the_libraries_own():
     assert results["mae"] == pytest.approx(together[3].get_results()["mae"])
 
     ref, pred = refs[1], maps[0] > 0.5
+
     def t(m):
         return torch.from_numpy(m[None, None].astype(np.float32))
 
-    assert hd95(pred, ref, (0.5, 2.0)) == pytest.approx(float(compute_hausdorff_distance(
-        t(pred), t(ref), include_background=True, percentile=95, spacing=[0.5, 2.0])))
-    assert normalized_surface_dice(pred, ref, (0.5, 2.0), 2.0) == pytest.approx(float(compute_surface_dice(
-        t(pred), t(ref), [2.0], include_background=True, spacing=[0.5, 2.0], use_subvoxels=True)))
+    assert hd95(pred, ref, (0.5, 2.0)) == pytest.approx(
+        float(compute_hausdorff_distance(t(pred), t(ref), include_background=True, percentile=95, spacing=[0.5, 2.0]))
+    )
+    assert normalized_surface_dice(pred, ref, (0.5, 2.0), 2.0) == pytest.approx(
+        float(
+            compute_surface_dice(
+                t(pred), t(ref), [2.0], include_background=True, spacing=[0.5, 2.0], use_subvoxels=True
+            )
+        )
+    )

@@ -1,5 +1,6 @@
 """``nnunet-sparseattn explain``'s one-line refusals, before any network is built: a model folder without the
 checkpoint, an unreadable image, a point outside the image, contradicting or missing model arguments."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,18 @@ def _model(tmp_path: Path, checkpoint: bool = True) -> Path:
     refusals come before the checkpoint is read, so an empty file stands in for it."""
     folder = tmp_path / "Dataset990_X" / "nnUNetTrainerBSA_debug__nnUNetPlans__3d_fullres"
     folder.mkdir(parents=True)
-    (folder / "plans.json").write_text(json.dumps({
-        "dataset_name": "Dataset990_X", "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {},
-    }))
+    (folder / "plans.json").write_text(
+        json.dumps(
+            {
+                "dataset_name": "Dataset990_X",
+                "plans_name": "nnUNetPlans",
+                "image_reader_writer": "SimpleITKIO",
+                "transpose_forward": [0, 1, 2],
+                "transpose_backward": [0, 1, 2],
+                "configurations": {},
+            }
+        )
+    )
     (folder / "dataset.json").write_text(json.dumps(dataset_json(["organ"], channels=["MR"])))
     if checkpoint:
         (folder / "fold_0").mkdir()
@@ -48,8 +57,19 @@ def test_a_model_folder_without_the_checkpoint(tmp_path, capsys):
     err = _refused(capsys, ["-m", str(folder), "-i", str(_image(tmp_path)), "-o", str(tmp_path / "out")])
     assert f"the model folder {folder} has no fold_0/checkpoint_final.pth (it holds no checkpoint)" in err
     folder = _model(tmp_path / "other")
-    err = _refused(capsys, ["-m", str(folder), "-i", str(_image(tmp_path)), "-o", str(tmp_path / "out"),
-                            "--checkpoint", "checkpoint_best.pth"])
+    err = _refused(
+        capsys,
+        [
+            "-m",
+            str(folder),
+            "-i",
+            str(_image(tmp_path)),
+            "-o",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            "checkpoint_best.pth",
+        ],
+    )
     assert "has no fold_0/checkpoint_best.pth (it holds fold_0/checkpoint_final.pth)" in err
     assert not (tmp_path / "out").exists()
 
@@ -64,15 +84,31 @@ def test_an_unreadable_image(tmp_path, capsys):
     assert "does not exist" in err
 
 
-@pytest.mark.parametrize("point, expected", [
-    ("6,0,0", "point 6,0,0 lies outside the image (6x8x10 voxels)"),
-    ("0,-1,3", "point 0,-1,3 lies outside the image"),
-    ("1,2", "--point '1,2': give 3 integer voxel coordinates z,y,x"),
-    ("a,b,c", "--point 'a,b,c': give 3 integer voxel coordinates z,y,x"),
-])
+@pytest.mark.parametrize(
+    "point, expected",
+    [
+        ("6,0,0", "point 6,0,0 lies outside the image (6x8x10 voxels)"),
+        ("0,-1,3", "point 0,-1,3 lies outside the image"),
+        ("1,2", "--point '1,2': give 3 integer voxel coordinates z,y,x"),
+        ("a,b,c", "--point 'a,b,c': give 3 integer voxel coordinates z,y,x"),
+    ],
+)
 def test_a_point_outside_the_image_or_malformed(tmp_path, capsys, point, expected):
-    err = _refused(capsys, ["-m", str(_model(tmp_path)), "-i", str(_image(tmp_path)), "-o", str(tmp_path / "out"),
-                            "--point", "1,1,1", "--point", point])
+    err = _refused(
+        capsys,
+        [
+            "-m",
+            str(_model(tmp_path)),
+            "-i",
+            str(_image(tmp_path)),
+            "-o",
+            str(tmp_path / "out"),
+            "--point",
+            "1,1,1",
+            "--point",
+            point,
+        ],
+    )
     assert expected in err
     assert not (tmp_path / "out").exists()
 

@@ -4,6 +4,7 @@ MDSA and the bilateral network in 2D and 3D, and the stock U-Net of ``nnUNetTrai
 
 Slow (minutes): CI runs it.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The point mapping of ``explain`` against nnU-Net's own preprocessing and sliding window: a synthetic image with a
 known transpose, crop and spacing change, whose channels hold each voxel's original coordinates."""
+
 from __future__ import annotations
 
 import itertools
@@ -21,9 +22,14 @@ OFFSET = 10.0
 
 def _plans(patch: list[int]) -> dict:
     conf = {
-        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-        "patch_size": patch, "median_image_size_in_voxels": [16, 24, 34], "spacing": TARGET,
-        "normalization_schemes": ["NoNormalization"] * 3, "use_mask_for_norm": [False] * 3,
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": patch,
+        "median_image_size_in_voxels": [16, 24, 34],
+        "spacing": TARGET,
+        "normalization_schemes": ["NoNormalization"] * 3,
+        "use_mask_for_norm": [False] * 3,
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
         # linear resampling reproduces the channels' linear ramps exactly away from the border
@@ -31,17 +37,26 @@ def _plans(patch: list[int]) -> dict:
         "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": False},
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": False},
-        "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                         "arch_kwargs": {}, "_kw_requires_import": []},
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {},
+            "_kw_requires_import": [],
+        },
         "batch_dice": False,
     }
-    return {"dataset_name": "Dataset998_Geometry", "plans_name": "nnUNetPlans",
-            "original_median_spacing_after_transp": [SPACING[a] for a in TRANSPOSE],
-            "original_median_shape_after_transp": [ORIGINAL[a] for a in TRANSPOSE],
-            "image_reader_writer": "SimpleITKIO", "transpose_forward": TRANSPOSE, "transpose_backward": [1, 2, 0],
-            "configurations": {"3d_fullres": conf}, "experiment_planner_used": "ExperimentPlanner",
-            "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {str(c): {} for c in range(3)}}
+    return {
+        "dataset_name": "Dataset998_Geometry",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [SPACING[a] for a in TRANSPOSE],
+        "original_median_shape_after_transp": [ORIGINAL[a] for a in TRANSPOSE],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": TRANSPOSE,
+        "transpose_backward": [1, 2, 0],
+        "configurations": {"3d_fullres": conf},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {str(c): {} for c in range(3)},
+    }
 
 
 def _preprocessed(patch: list[int]):
@@ -57,7 +72,8 @@ def _preprocessed(patch: list[int]):
     plans_manager = PlansManager(_plans(patch))
     configuration = plans_manager.get_configuration("3d_fullres")
     data, _, properties = DefaultPreprocessor(verbose=False).run_case_npy(
-        image, None, {"spacing": list(SPACING)}, plans_manager, configuration, dataset_json(["x"], channels="abc"))
+        image, None, {"spacing": list(SPACING)}, plans_manager, configuration, dataset_json(["x"], channels="abc")
+    )
     predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False)
     predictor.configuration_manager = configuration
     geometry, patches = place(ORIGINAL, TRANSPOSE, properties, data.shape[1:], predictor)
@@ -90,8 +106,9 @@ def test_a_point_maps_to_the_window_that_holds_it_nearest_its_centre_and_back():
     assert len(starts[0]) > 1 and len(starts[1]) > 1 and starts[2] == [0]  # several windows; one along the padded axis
     network = geometry.network_voxel((7, 10, 4))
     # the transpose: network axes are original (x, z, y); resampled by TARGET; cropped and padded on the last
-    expected = [int(np.floor((c + 0.5) * s)) for c, s in zip((4, 7, 10 - 2), geometry.resampled / np.array(
-        geometry.cropped))]
+    expected = [
+        int(np.floor((c + 0.5) * s)) for c, s in zip((4, 7, 10 - 2), geometry.resampled / np.array(geometry.cropped))
+    ]
     assert network == (expected[0], expected[1], expected[2] + 2)
     patch = choose_patch(patches, network)
     holding = [p for p in patches if p.contains(network)]

@@ -1,5 +1,6 @@
 """What the layers expose for ``explain``: the records are what the layers computed, the hooks change no output, and
 nothing is computed for an explanation when nobody explains."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,26 +28,53 @@ from nnunet_sparseattn.layers.window_attention import (
 def _plans(ndim: int, features=(8, 16, 32, 32)) -> dict:
     n = len(features)
     return {
-        "n_stages": n, "features_per_stage": list(features), "conv_op": f"torch.nn.modules.conv.Conv{ndim}d",
-        "kernel_sizes": [[3] * ndim] * n, "strides": [[1] * ndim] + [[2] * ndim] * (n - 1),
-        "n_conv_per_stage": [1] * n, "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
-        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{ndim}d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+        "n_stages": n,
+        "features_per_stage": list(features),
+        "conv_op": f"torch.nn.modules.conv.Conv{ndim}d",
+        "kernel_sizes": [[3] * ndim] * n,
+        "strides": [[1] * ndim] + [[2] * ndim] * (n - 1),
+        "n_conv_per_stage": [1] * n,
+        "n_conv_per_stage_decoder": [1] * (n - 1),
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{ndim}d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
     }
 
 
 def _networks():
     torch.manual_seed(0)
     return {
-        "bsa_3d": (BSAUNet.from_plans(_plans(3), (16, 32, 32), 1, 3, False, overrides={
-            "head_dim": 8, "topk": 2, "region_sizes": [None, None, [2, 4, 4], None]}),
-                   (16, 32, 32)),
-        "mdsa_2d": (MDSAUNet.from_plans(_plans(2), (64, 64), 1, 3, False, overrides={"head_dim": 8, "topk": 2}),
-                    (64, 64)),
-        "bilateral_2d": (BilateralUNet.from_plans(_plans(2, (8, 16, 32)), (20, 24), 1, 3, False,
-                                                  overrides={"isam_depth": 2, "head_dim": 8}), (20, 24)),
-        "bilateral_3d": (BilateralUNet.from_plans(_plans(3, (8, 16, 32)), (8, 12, 16), 1, 3, False,
-                                                  overrides={"isam_depth": 2, "head_dim": 8}), (8, 12, 16)),
+        "bsa_3d": (
+            BSAUNet.from_plans(
+                _plans(3),
+                (16, 32, 32),
+                1,
+                3,
+                False,
+                overrides={"head_dim": 8, "topk": 2, "region_sizes": [None, None, [2, 4, 4], None]},
+            ),
+            (16, 32, 32),
+        ),
+        "mdsa_2d": (
+            MDSAUNet.from_plans(_plans(2), (64, 64), 1, 3, False, overrides={"head_dim": 8, "topk": 2}),
+            (64, 64),
+        ),
+        "bilateral_2d": (
+            BilateralUNet.from_plans(
+                _plans(2, (8, 16, 32)), (20, 24), 1, 3, False, overrides={"isam_depth": 2, "head_dim": 8}
+            ),
+            (20, 24),
+        ),
+        "bilateral_3d": (
+            BilateralUNet.from_plans(
+                _plans(3, (8, 16, 32)), (8, 12, 16), 1, 3, False, overrides={"isam_depth": 2, "head_dim": 8}
+            ),
+            (8, 12, 16),
+        ),
     }
 
 
@@ -59,8 +87,11 @@ def _hooks(network) -> list:
 
 def _count_window_weights(network) -> tuple[list[int], list]:
     calls = [0]
-    handles = [m.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-               for m in network.modules() if isinstance(m, WindowWeights)]
+    handles = [
+        m.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        for m in network.modules()
+        if isinstance(m, WindowWeights)
+    ]
     return calls, handles
 
 
@@ -94,8 +125,11 @@ def test_recording_leaves_outputs_bit_identical_and_costs_nothing_without_a_reco
 def _attention_inputs(network, x):
     """The input each attention module received (captured without the recorder)."""
     seen = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args, name=n: seen.__setitem__(name, args[0].detach()))
-               for n, m in network.named_modules() if n in attention_modules(network)["routed"]]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, name=n: seen.__setitem__(name, args[0].detach()))
+        for n, m in network.named_modules()
+        if n in attention_modules(network)["routed"]
+    ]
     with torch.no_grad():
         network(x)
     for h in handles:
@@ -134,10 +168,14 @@ def test_bsa_routing_drawn_is_the_routing_the_layer_computes():
             drawn = set(np.unique(keys[maps["regions"] == 1]).tolist())
             routed = set(record.indices[view.query_region].tolist())
             assert drawn == routed - {view.query_region}
-            assert (maps["regions"][tuple(voxel)] == 2) and (view.query_region in routed) == \
-                bool(maps["routing"][tuple(voxel)] > 0)
-            np.testing.assert_allclose(np.unique(maps["routing"][maps["routing"] > 0]),
-                                       np.unique(record.weights()[view.query_region][list(routed)]), rtol=1e-6)
+            assert (maps["regions"][tuple(voxel)] == 2) and (view.query_region in routed) == bool(
+                maps["routing"][tuple(voxel)] > 0
+            )
+            np.testing.assert_allclose(
+                np.unique(maps["routing"][maps["routing"] > 0]),
+                np.unique(record.weights()[view.query_region][list(routed)]),
+                rtol=1e-6,
+            )
             coarse = recorder.coarse[[c.module for c in recorder.coarse].index(record.module)].weights
             np.testing.assert_allclose(view.coarse, coarse[:, view.query_region].mean(0))
 
@@ -161,8 +199,9 @@ def test_mdsa_kept_key_regions_are_the_layers_routing():
         assert record.key_layout.num_regions > record.indices.shape[1]  # sparse: some key regions dropped
 
 
-@pytest.mark.parametrize("spatial,window,shift", [((6, 6), (3, 3), (1, 1)), ((5, 7), (3, 3), (1, 1)),
-                                                  ((4, 7, 5), (2, 3, 5), (1, 1, 0))])
+@pytest.mark.parametrize(
+    "spatial,window,shift", [((6, 6), (3, 3), (1, 1)), ((5, 7), (3, 3), (1, 1)), ((4, 7, 5), (2, 3, 5), (1, 1, 0))]
+)
 def test_window_location_follows_the_blocks_padding_and_roll(spatial, window, shift):
     # what the block does: pad at the end, roll by -shift, cut into windows; each token carries its position
     padded = [-(-s // w) * w for s, w in zip(spatial, window)]
@@ -228,8 +267,9 @@ def test_routing_foreground_shares_agree_with_a_count_voxel_by_voxel():
     reference = np.zeros(patch, np.int64)
     reference[0:2, 0:3, 0:4] = 1  # in regions 0 and 1 (one voxel column into region 1)
     reference[3, 7, 11] = 2  # one voxel, in the last region
-    stats = routing_foreground(recorder, ["m"], geometry, [Patch(0, (None,) * 3, (0, 0, 0), patch)], reference,
-                               {1: "organ", 2: "nodule"})
+    stats = routing_foreground(
+        recorder, ["m"], geometry, [Patch(0, (None,) * 3, (0, 0, 0), patch)], reference, {1: "organ", 2: "nodule"}
+    )
 
     def region(voxel):  # token = voxel // 2, region = token // 2 per axis, row-major over the grid (1, 2, 3)
         t = [v // 2 for v in voxel]
@@ -242,13 +282,17 @@ def test_routing_foreground_shares_agree_with_a_count_voxel_by_voxel():
         routed = [indices[region(v)] for v in voxels]
         s = stats["m"][name]
         assert s["queries"] == len(voxels)
-        assert s["routed_with_foreground"] == pytest.approx(np.mean([np.isin(r, list(foreground)).mean()
-                                                                     for r in routed]))
+        assert s["routed_with_foreground"] == pytest.approx(
+            np.mean([np.isin(r, list(foreground)).mean() for r in routed])
+        )
         assert s["all_with_foreground"] == pytest.approx(len(foreground) / nr)
-        assert s["routed_with_label"] == pytest.approx(np.mean([np.isin(r, list(label_regions)).mean()
-                                                                for r in routed]))
+        assert s["routed_with_label"] == pytest.approx(
+            np.mean([np.isin(r, list(label_regions)).mean() for r in routed])
+        )
         others = [(r[r != region(v)], region(v)) for r, v in zip(routed, voxels)]
-        assert s["routed_with_foreground_other"] == pytest.approx(np.mean(
-            [np.isin(o, list(foreground)).mean() if len(o) else 0.0 for o, _ in others]))
-        assert s["all_with_foreground_other"] == pytest.approx(np.mean(
-            [len(foreground - {q}) / (nr - 1) for _, q in others]))
+        assert s["routed_with_foreground_other"] == pytest.approx(
+            np.mean([np.isin(o, list(foreground)).mean() if len(o) else 0.0 for o, _ in others])
+        )
+        assert s["all_with_foreground_other"] == pytest.approx(
+            np.mean([len(foreground - {q}) / (nr - 1) for _, q in others])
+        )

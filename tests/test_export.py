@@ -4,6 +4,7 @@ Fast: a model folder laid out as nnUNetv2_train leaves it (the files nnU-Net's e
 the checkpoint: the exporter copies files, it does not load them). A real model trained, exported, installed and
 used for prediction in a fresh environment: ``tests/test_fresh_install.py``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,11 @@ def results(tmp_path, monkeypatch) -> Path:
 
 
 def _tree_digest(folder: Path) -> dict[str, tuple[str, int]]:
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_export_is_nnunets_zip_with_plans_stamped_and_the_results_untouched(results, tmp_path):
@@ -71,15 +75,23 @@ def test_export_is_nnunets_zip_with_plans_stamped_and_the_results_untouched(resu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip", "nnUNet_results", "nnunet.zip"]  # no leftovers
 
 
-@pytest.mark.parametrize("args, expected", [
-    (dict(folds=["2"]), (f"fold_2 has no checkpoint_final.pth (training not finished): finish it (nnUNetv2_train "
-                         f"Dataset123_Fake 2d 2 -tr {TRAINER} -p nnUNetPlans --c) or leave fold 2 out of -f")),
-    (dict(folds=["0", "3"]), "fold_3 has no checkpoint_final.pth"),
-    (dict(configurations=["3d_fullres"]), "no trained model in "),
-    (dict(trainer="nnUNetTrainerMDSA"), "no trained model in "),
-    (dict(folds=["first"]), "fold 'first' is not a fold"),
-    (dict(dataset=7), "no dataset 7 in nnUNet_results="),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            dict(folds=["2"]),
+            (
+                f"fold_2 has no checkpoint_final.pth (training not finished): finish it (nnUNetv2_train "
+                f"Dataset123_Fake 2d 2 -tr {TRAINER} -p nnUNetPlans --c) or leave fold 2 out of -f"
+            ),
+        ),
+        (dict(folds=["0", "3"]), "fold_3 has no checkpoint_final.pth"),
+        (dict(configurations=["3d_fullres"]), "no trained model in "),
+        (dict(trainer="nnUNetTrainerMDSA"), "no trained model in "),
+        (dict(folds=["first"]), "fold 'first' is not a fold"),
+        (dict(dataset=7), "no dataset 7 in nnUNet_results="),
+    ],
+)
 def test_export_refuses_in_one_line_and_writes_nothing(results, tmp_path, args, expected):
     call = dict(dataset=123, configurations=["2d"], trainer=TRAINER, folds=["0"], output=tmp_path / "out.zip")
     call.update(args)
@@ -106,8 +118,9 @@ def test_the_stamp_is_checked_against_the_installed_version():
     check_installed_version({STAMP_KEY: {"version": "0.1.0"}}, installed="0.2.0")  # older model
     with pytest.raises(ModelVersionError) as error:
         check_installed_version({STAMP_KEY: {"version": "0.10.0"}}, installed="0.9.1")  # compared as versions
-    assert str(error.value) == ("this model needs nnunet-sparseattn >= 0.10.0 (installed: 0.9.1): "
-                                "pip install -U nnunet-sparseattn")
+    assert str(error.value) == (
+        "this model needs nnunet-sparseattn >= 0.10.0 (installed: 0.9.1): pip install -U nnunet-sparseattn"
+    )
     with pytest.raises(ModelVersionError, match="'soon', which is not a version number"):
         check_installed_version({STAMP_KEY: {"version": "soon"}})
 

@@ -19,6 +19,7 @@ training cases, 2 held out), planned once, and its ``_debug`` BSA model, trained
 venv's ``nnUNetv2_train`` (the explain test shares it); the trainer-side venv finds the best configuration and
 exports a copy of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,11 +61,14 @@ def base_python(request) -> Path:
     """The Python the fresh venvs are made from; its own venv provides the shared third-party packages."""
     if request.param == "Python 3.12":
         if not PY312_VENV:
-            pytest.skip("the Python 3.12 run needs NNUNET_SPARSEATTN_TEST_PY312_VENV: a 3.12 venv with our "
-                        "dependencies (make test-py312 makes one and runs this file with it)")
+            pytest.skip(
+                "the Python 3.12 run needs NNUNET_SPARSEATTN_TEST_PY312_VENV: a 3.12 venv with our "
+                "dependencies (make test-py312 makes one and runs this file with it)"
+            )
         python = Path(PY312_VENV) / "bin" / "python"
-        version = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
-                                 text=True, check=True).stdout.strip()
+        version = subprocess.run(
+            [python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert version == "(3, 12)", f"{python} is Python {version}"
         return python
     return Path(sys.executable)
@@ -95,21 +99,29 @@ class FreshVenv:
         the development session (no PYTHONPATH, no nnUNet_extTrainer, no opt-out)."""
         drop = ("PYTHONPATH", "VIRTUAL_ENV", autodiscovery.EXT_TRAINER_VARIABLE, autodiscovery.OPT_OUT_VARIABLE)
         env = {k: v for k, v in os.environ.items() if k not in drop}
-        env.update(PATH=os.pathsep.join([str(self.bin), "/usr/local/bin", "/usr/bin", "/bin"]), nnUNet_compile="f",
-                   nnUNet_def_n_proc="2", nnUNet_n_proc_DA="0", PYTHONUNBUFFERED="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+        env.update(
+            PATH=os.pathsep.join([str(self.bin), "/usr/local/bin", "/usr/bin", "/bin"]),
+            nnUNet_compile="f",
+            nnUNet_def_n_proc="2",
+            nnUNet_n_proc_DA="0",
+            PYTHONUNBUFFERED="1",
+            PIP_DISABLE_PIP_VERSION_CHECK="1",
+        )
         env.update(extra)
         return env
 
-    def run(self, args: list[str], env: dict[str, str] | None, check: bool = True,
-            **kwargs) -> subprocess.CompletedProcess:
+    def run(
+        self, args: list[str], env: dict[str, str] | None, check: bool = True, **kwargs
+    ) -> subprocess.CompletedProcess:
         env = self.env() if env is None else {**self.env(), **env}
         command = [str(self.bin / args[0]) if (self.bin / args[0]).exists() else args[0], *map(str, args[1:])]
         # from the venv's folder, not this checkout (python -c would import the checkout's package from the cwd)
         kwargs.setdefault("cwd", self.root)
         result = subprocess.run(command, env=env, capture_output=True, text=True, **kwargs)
         if check and result.returncode != 0:
-            raise AssertionError(f"{shlex.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                                 f"{result.stderr[-3000:]}")
+            raise AssertionError(
+                f"{shlex.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         return result
 
 
@@ -160,8 +172,10 @@ def test_nnunet_finds_our_trainers_with_nothing_set_and_the_opt_out_turns_that_o
     assert off["variable"] is None
     assert off["mechanism"].startswith("nnUNet_extTrainer is not set and autodiscovery is off")
     mine = str(trainer_side.root / "my_trainers")  # the user's own folder is kept, first
-    out = trainer_side.run(["python", "-c", "import os; print(os.environ['nnUNet_extTrainer'])"],
-                           {autodiscovery.EXT_TRAINER_VARIABLE: mine}).stdout.strip()
+    out = trainer_side.run(
+        ["python", "-c", "import os; print(os.environ['nnUNet_extTrainer'])"],
+        {autodiscovery.EXT_TRAINER_VARIABLE: mine},
+    ).stdout.strip()
     assert out == os.pathsep.join([mine, str(shim)])
 
 
@@ -172,17 +186,21 @@ def exported(trainer_side, isic_nnunet, trained_debug_model, tmp_path_factory) -
     nnU-Net's trainer lookup with nothing set is what the receiving venv's nnUNetv2_predict exercises); the
     preprocessed data is the shared fixture's, the results folder this test's."""
     work = tmp_path_factory.mktemp("trainer-side-work")
-    paths = {"nnUNet_raw": isic_nnunet["env"]["nnUNet_raw"],
-             "nnUNet_preprocessed": isic_nnunet["env"]["nnUNet_preprocessed"],
-             "nnUNet_results": str(work / "nnUNet_results")}
+    paths = {
+        "nnUNet_raw": isic_nnunet["env"]["nnUNet_raw"],
+        "nnUNet_preprocessed": isic_nnunet["env"]["nnUNet_preprocessed"],
+        "nnUNet_results": str(work / "nnUNet_results"),
+    }
     model = trained_debug_model(isic_nnunet, TRAINER)
     shutil.copytree(model, Path(paths["nnUNet_results"]) / model.parent.name / model.name)
     dataset = str(isic_nnunet["id"])
-    trainer_side.run(["nnUNetv2_find_best_configuration", dataset, "-c", "2d", "-tr", TRAINER, "-f", "0",
-                      "-np", "1"], paths)
+    trainer_side.run(
+        ["nnUNetv2_find_best_configuration", dataset, "-c", "2d", "-tr", TRAINER, "-f", "0", "-np", "1"], paths
+    )
     zip_path = work / "model.zip"
-    printed = trainer_side.run(["nnunet-sparseattn", "export", "-d", dataset, "-c", "2d", "-tr", TRAINER, "-f", "0",
-                                "-o", zip_path], paths).stdout
+    printed = trainer_side.run(
+        ["nnunet-sparseattn", "export", "-d", dataset, "-c", "2d", "-tr", TRAINER, "-f", "0", "-o", zip_path], paths
+    ).stdout
     assert printed.startswith(f"{zip_path}: Dataset{isic_nnunet['id']:03d}_")
     return {"zip": zip_path, "paths": paths, "dataset": dataset, "run": isic_nnunet}
 
@@ -198,8 +216,9 @@ def _dockerfile_steps(path: Path) -> list[tuple[str, str]]:
     return [tuple(line.split(None, 1)) for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def test_the_container_recipe_installs_the_zip_and_predicts_then_refuses_a_newer_model(exported, wheel, base_python,
-                                                                                      shared_packages, tmp_path):
+def test_the_container_recipe_installs_the_zip_and_predicts_then_refuses_a_newer_model(
+    exported, wheel, base_python, shared_packages, tmp_path
+):
     """docker/Dockerfile's steps, run by hand in a fresh venv as the image's Python: its ARGs (torch comes from the
     shared packages, so TORCH_INDEX is empty; NNUNET_SPARSEATTN is the wheel), its ENV, its RUN commands through sh,
     its COPY, then its ENTRYPOINT with the arguments `docker run IMAGE ARGS` would give. The container's /opt,
@@ -242,8 +261,21 @@ def test_the_container_recipe_installs_the_zip_and_predicts_then_refuses_a_newer
     plans = json.loads((model / "plans.json").read_text())
     assert set(plans[STAMP_KEY]) == {"version"}
 
-    run_args = ["-d", exported["dataset"], "-c", "2d", "-tr", TRAINER, "-f", "0", "--disable_tta", "-npp", "1",
-                "-nps", "1"]
+    run_args = [
+        "-d",
+        exported["dataset"],
+        "-c",
+        "2d",
+        "-tr",
+        TRAINER,
+        "-f",
+        "0",
+        "--disable_tta",
+        "-npp",
+        "1",
+        "-nps",
+        "1",
+    ]
     receiving.run(entrypoint + run_args, env)  # nnUNet_extTrainer unset, as in the container
     predicted = sorted(p.name for p in (tmp_path / "output").glob("*.png"))
     assert predicted == sorted(p.name.replace("_0000.png", ".png") for p in exported["run"]["images"].glob("*.png"))
@@ -254,7 +286,8 @@ def test_the_container_recipe_installs_the_zip_and_predicts_then_refuses_a_newer
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines()[-1] == (
         f"nnunet-sparseattn: error: this model needs nnunet-sparseattn >= 99.0 (installed: {wheel.name.split('-')[1]}):"
-        " pip install -U nnunet-sparseattn")
+        " pip install -U nnunet-sparseattn"
+    )
     assert "Traceback" not in refused.stderr
 
 
@@ -264,15 +297,23 @@ def test_an_editable_install_runs_the_hook_from_the_checkout(tmp_path):
     root = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", root], check=True)
     python = root / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "-e",
-                    str(ROOT)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "-e", str(ROOT)],
+        check=True,
+    )
     site = Path(subprocess.run([python, "-c", PURELIB], capture_output=True, text=True, check=True).stdout.strip())
     assert (site / autodiscovery.PTH_NAME).is_file()
     assert not (site / "nnunet_sparseattn_autodiscovery.py").exists()  # the checkout's module runs, not a copy
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", autodiscovery.EXT_TRAINER_VARIABLE)}
-    code = ("import os, nnunet_sparseattn_autodiscovery as hook; "
-            "print(hook.__file__, hook.startup_outcome, os.environ['nnUNet_extTrainer'])")
-    out = subprocess.run([python, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == [str(ROOT / "nnunet_sparseattn_autodiscovery.py"), autodiscovery.ADDED,
-                   str(ROOT / "nnunet_sparseattn" / "ext_trainers")]
+    code = (
+        "import os, nnunet_sparseattn_autodiscovery as hook; "
+        "print(hook.__file__, hook.startup_outcome, os.environ['nnUNet_extTrainer'])"
+    )
+    out = subprocess.run(
+        [python, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [
+        str(ROOT / "nnunet_sparseattn_autodiscovery.py"),
+        autodiscovery.ADDED,
+        str(ROOT / "nnunet_sparseattn" / "ext_trainers"),
+    ]

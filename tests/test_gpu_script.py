@@ -20,8 +20,9 @@ SCRIPT = ROOT / "benchmarks" / "gpu.sh"
 def _gpu_sh(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=sys.executable, OMP_WAIT_POLICY="PASSIVE")
     env.pop("OUT", None)
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _summary(out: Path, command: str) -> dict:
@@ -36,25 +37,32 @@ def _listed(name: str) -> list[str]:
 
 
 def test_the_test_lists_hold_every_module_with_gpu_tests_split_by_what_they_import(tmp_path):
-    marked = sorted(f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
-                    if re.search(r"^@pytest\.mark\.gpu\b", p.read_text(), re.MULTILINE))
+    marked = sorted(
+        f"tests/{p.name}"
+        for p in (ROOT / "tests").glob("test_*.py")
+        if re.search(r"^@pytest\.mark\.gpu\b", p.read_text(), re.MULTILINE)
+    )
     main, nnunet = _listed("MAIN_TESTS"), _listed("NNUNET_TESTS")
     assert sorted(main + nnunet) == marked and not set(main) & set(nnunet)
     # with SimpleITK unimportable (the main command has none) the main list imports and the other does not
     blocked = tmp_path / "SimpleITK"
     blocked.mkdir()
     (blocked / "__init__.py").write_text("raise ImportError('no SimpleITK')\n")
-    check = ("import importlib, sys; sys.path[:0] = ['tests']\n"
-             "for m in sys.argv[1:]:\n"
-             "    try:\n        importlib.import_module(m); print(m, 'ok')\n"
-             "    except ImportError:\n        print(m, 'needs SimpleITK')\n")
+    check = (
+        "import importlib, sys; sys.path[:0] = ['tests']\n"
+        "for m in sys.argv[1:]:\n"
+        "    try:\n        importlib.import_module(m); print(m, 'ok')\n"
+        "    except ImportError:\n        print(m, 'needs SimpleITK')\n"
+    )
     names = [Path(m).stem for m in main + nnunet]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
-    result = subprocess.run([sys.executable, "-c", check, *names], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", check, *names], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
-    verdicts = dict(line.rsplit(" ", 1) if line.endswith(" ok") else line.split(" ", 1)
-                    for line in result.stdout.splitlines())
+    verdicts = dict(
+        line.rsplit(" ", 1) if line.endswith(" ok") else line.split(" ", 1) for line in result.stdout.splitlines()
+    )
     assert verdicts == {**{Path(m).stem: "ok" for m in main}, **{Path(m).stem: "needs SimpleITK" for m in nnunet}}
 
 
@@ -66,8 +74,10 @@ def test_the_main_command_runs_every_step_on_the_cpu_without_simpleitk(tmp_path)
     assert [s["step"] for s in summary["steps"]] == ["env", "tests", "speed-eager", "speed-compiled", "attention"]
     assert all(s["status"] == "ok" for s in summary["steps"])
     results = summary["results"]
-    for name, plans in (("network-speed-cpu-eager.json", {"hippocampus_3d_fullres", "isic2017_2d"}),
-                        ("network-speed-cpu-compiled.json", {"hippocampus_3d_fullres"})):
+    for name, plans in (
+        ("network-speed-cpu-eager.json", {"hippocampus_3d_fullres", "isic2017_2d"}),
+        ("network-speed-cpu-compiled.json", {"hippocampus_3d_fullres"}),
+    ):
         assert set(results[name]["plans"]) == plans
         for plan in results[name]["plans"].values():
             assert [e["status"] for e in plan["networks"].values()] == ["done"] * 4
@@ -85,8 +95,11 @@ def test_only_reruns_one_step_and_refusals_are_one_line(tmp_path):
     result = _gpu_sh("main", "--dry-run", "--only", "tests", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [s["step"] for s in _summary(tmp_path, "main")["steps"]] == ["env", "tests"]
-    for args, words in ((["main", "--only", "train"], "main has no step 'train'"),
-                        ([], "name a command"), (["main", "--bogus"], "unknown argument '--bogus'")):
+    for args, words in (
+        (["main", "--only", "train"], "main has no step 'train'"),
+        ([], "name a command"),
+        (["main", "--bogus"], "unknown argument '--bogus'"),
+    ):
         refused = _gpu_sh(*args, "--dry-run")
         assert refused.returncode == 2 and words in refused.stderr and len(refused.stderr.splitlines()) == 1
 
@@ -94,9 +107,25 @@ def test_only_reruns_one_step_and_refusals_are_one_line(tmp_path):
 @pytest.mark.slow  # ~60 s on 2 quiet cores: planning 5 cases, then nnUNetv2_train and nnUNetv2_predict on the CPU
 def test_the_nnunet_command_trains_and_predicts_through_nnunets_cli(shared_data, tmp_path):
     data = tmp_path / "data"
-    prepare = subprocess.run([sys.executable, "benchmarks/gpu_nnunet.py", "prepare", "--data", str(data), "--cases",
-                              "5", "--predict-cases", "1", "--msd", str(shared_data / "Task04_Hippocampus")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    prepare = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_nnunet.py",
+            "prepare",
+            "--data",
+            str(data),
+            "--cases",
+            "5",
+            "--predict-cases",
+            "1",
+            "--msd",
+            str(shared_data / "Task04_Hippocampus"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert prepare.returncode == 0, prepare.stderr[-3000:]
     assert json.loads((data / "dataset.json").read_text())["bytes"] < 8 * 2**20  # travels with the command
     assert not any((data / "work" / "nnUNet_raw").iterdir())

@@ -2,6 +2,7 @@
 trainers nnU-Net finds by name, the timing records, the command runner, folder lookups and held-out copies, scoring
 (Dice against nnU-Net's, HD95 against hand-computed distances), network cost and attention layout, a trainer built
 without data."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ from nnunet_sparseattn.harness.trainers import find_trainer_class
 def test_named_and_parsed_budgets_and_refusals():
     assert budgets.parse_budget("cpu") is budgets.BUDGETS["cpu"]
     b = budgets.parse_budget("20x50")
-    assert (b.name, b.num_epochs, b.num_iterations_per_epoch, b.num_val_iterations_per_epoch, b.seed,
-            b.max_batch_size) == ("20x50", 20, 50, 10, 0, None)
+    assert (
+        b.name,
+        b.num_epochs,
+        b.num_iterations_per_epoch,
+        b.num_val_iterations_per_epoch,
+        b.seed,
+        b.max_batch_size,
+    ) == ("20x50", 20, 50, 10, 0, None)
     assert budgets.parse_budget("10x20b4").max_batch_size == 4
     assert budgets.parse_budget("3x2").num_val_iterations_per_epoch == 1  # at least one
     seeded = budgets.parse_budget("10x20b4s3")
@@ -40,26 +47,43 @@ def test_named_and_parsed_budgets_and_refusals():
         assert f"{budget.num_epochs} epochs x {budget.num_iterations_per_epoch} iterations" in budget.describe()
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainer_benchtiny", "nnUNetTrainerNB_benchcpu", "nnUNetTrainerBSA_bench3x2",
-                                  "nnUNetTrainerMDSA_AdamW_bench10x20b4"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nnUNetTrainer_benchtiny",
+        "nnUNetTrainerNB_benchcpu",
+        "nnUNetTrainerBSA_bench3x2",
+        "nnUNetTrainerMDSA_AdamW_bench10x20b4",
+    ],
+)
 def test_budgeted_trainers_are_made_from_their_name_and_pickle(name):
     cls = getattr(budgets, name)
     base_name, _, budget_name = name.rpartition("_bench")
     base, budget = find_trainer_class(base_name), budgets.parse_budget(budget_name)
     assert cls.__name__ == budgets.budgeted_name(base_name, budget) == name
     assert issubclass(cls, base) and cls.budget == budget and cls.__module__ == budgets.__name__
-    assert (cls.short_schedule.num_epochs, cls.short_schedule.num_iterations_per_epoch,
-            cls.short_schedule.num_val_iterations_per_epoch, cls.short_schedule.max_batch_size) == \
-        (budget.num_epochs, budget.num_iterations_per_epoch, budget.num_val_iterations_per_epoch,
-         budget.max_batch_size)
+    assert (
+        cls.short_schedule.num_epochs,
+        cls.short_schedule.num_iterations_per_epoch,
+        cls.short_schedule.num_val_iterations_per_epoch,
+        cls.short_schedule.max_batch_size,
+    ) == (
+        budget.num_epochs,
+        budget.num_iterations_per_epoch,
+        budget.num_val_iterations_per_epoch,
+        budget.max_batch_size,
+    )
     assert getattr(budgets, name) is cls  # made once
     assert pickle.loads(pickle.dumps(cls)) is cls
 
 
 def test_stock_and_our_trainers_get_the_same_mixin_and_unknown_names_do_not_exist():
     stock, nb = budgets.nnUNetTrainer_benchcpu, budgets.nnUNetTrainerNB_benchcpu
-    assert [c for c in stock.__mro__ if c.__module__ == budgets.__name__ and c is not stock] == \
-        [c for c in nb.__mro__ if c.__module__ == budgets.__name__ and c is not nb] == [budgets.BudgetMixin]
+    assert (
+        [c for c in stock.__mro__ if c.__module__ == budgets.__name__ and c is not stock]
+        == [c for c in nb.__mro__ if c.__module__ == budgets.__name__ and c is not nb]
+        == [budgets.BudgetMixin]
+    )
     for missing in ("nnUNetTrainerNope_benchcpu", "nnUNetTrainer_benchhuge", "nnUNetTrainer_bench", "something"):
         assert not hasattr(budgets, missing)
     with pytest.raises(UserError, match="no nnU-Net trainer named nnUNetTrainerNope"):
@@ -97,20 +121,35 @@ def _epoch(train_s, iterations, first):
 
 
 def test_seconds_per_iteration_excludes_each_sessions_first_epoch():
-    timing = {"epochs": {"0": _epoch(50.0, 5, True), "1": _epoch(10.0, 5, False), "2": _epoch(30.0, 5, True),
-                         "3": _epoch(14.0, 5, False)}}
-    assert budgets.seconds_per_iteration(timing) == {"s_per_iter": pytest.approx(24.0 / 10), "timed_epochs": 2,
-                                                     "warmup_excluded": True}
+    timing = {
+        "epochs": {
+            "0": _epoch(50.0, 5, True),
+            "1": _epoch(10.0, 5, False),
+            "2": _epoch(30.0, 5, True),
+            "3": _epoch(14.0, 5, False),
+        }
+    }
+    assert budgets.seconds_per_iteration(timing) == {
+        "s_per_iter": pytest.approx(24.0 / 10),
+        "timed_epochs": 2,
+        "warmup_excluded": True,
+    }
     only_warmup = {"epochs": {"0": _epoch(8.0, 4, True)}}
-    assert budgets.seconds_per_iteration(only_warmup) == {"s_per_iter": 2.0, "timed_epochs": 1,
-                                                          "warmup_excluded": False}
+    assert budgets.seconds_per_iteration(only_warmup) == {
+        "s_per_iter": 2.0,
+        "timed_epochs": 1,
+        "warmup_excluded": False,
+    }
     with pytest.raises(ValueError, match="no finished epoch"):
         budgets.seconds_per_iteration({"epochs": {}, "sessions": []})
 
 
 def test_restart_timing_keeps_checkpointed_epochs_only():
-    timing = {"epochs": {str(e): _epoch(1.0, 1, e == 0) for e in range(4)}, "sessions": [{"start_epoch": 0}],
-              "iterations": [{"epoch": e} for e in (0, 0, 1, 2, 3)]}
+    timing = {
+        "epochs": {str(e): _epoch(1.0, 1, e == 0) for e in range(4)},
+        "sessions": [{"start_epoch": 0}],
+        "iterations": [{"epoch": e} for e in (0, 0, 1, 2, 3)],
+    }
     resumed = budgets.restart_timing(timing, 2)  # --c from the checkpoint written after epoch 1
     assert sorted(resumed["epochs"]) == ["0", "1"] and resumed["sessions"] == [{"start_epoch": 0}]
     assert resumed["iterations"] == [{"epoch": 0}, {"epoch": 0}, {"epoch": 1}]
@@ -126,8 +165,10 @@ def test_peak_memory_is_the_largest_over_sessions():
 
 
 def test_summarize_iterations():
-    iterations = [{"step_s": s, "loss": loss, "grad_norm": n}
-                  for s, loss, n in [(9.0, 2.0, 12.0), (1.0, 1.8, 3.0), (3.0, 1.0, 0.5), (2.0, 0.8, 12.0)]]
+    iterations = [
+        {"step_s": s, "loss": loss, "grad_norm": n}
+        for s, loss, n in [(9.0, 2.0, 12.0), (1.0, 1.8, 3.0), (3.0, 1.0, 0.5), (2.0, 0.8, 12.0)]
+    ]
     summary = budgets.summarize_iterations(iterations)
     assert summary["step_s_mean"] == 2.0  # the first step (warm-up) is left out
     assert (summary["loss_first_quarter"], summary["loss_last_quarter"]) == (2.0, 0.8)
@@ -190,16 +231,31 @@ def test_budget_mixin_records_every_iteration_and_epoch(trainer_without_data):
     assert all(r["grad_norm"] is not None and 0 < r["grad_norm"] <= 12.0 + 1e-4 for r in records)
     assert all(math.isfinite(r["loss"]) and r["step_s"] > 0 and r["lr"] == 1e-2 for r in records)
     assert records[0]["batch_checksum"] != records[1]["batch_checksum"]
-    assert records[0]["batch_checksum"] == pytest.approx(float(torch.randn(
-        2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0)).double().sum()))
+    assert records[0]["batch_checksum"] == pytest.approx(
+        float(torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0)).double().sum())
+    )
 
 
 def test_prediction_timing_from_timestamped_output():
-    lines = [(0.0, "There are 3 cases"), (20.0, ""), (20.0, "Predicting a:"), (21.0, "done with a"),
-             (22.5, "Predicting b:"), (24.0, "done with b"), (25.0, "Predicting c:"), (29.0, "done with c"),
-             (29.0, "GPU prediction completed."), (33.0, "Segmentation export complete."), (34.0, "<exit>")]
-    assert commands.prediction_timing(lines, 3) == {"s_per_case": pytest.approx(3.0), "predict_wall_s": 34.0,
-                                                    "predict_startup_s": 20.0, "export_tail_s": 4.0}
+    lines = [
+        (0.0, "There are 3 cases"),
+        (20.0, ""),
+        (20.0, "Predicting a:"),
+        (21.0, "done with a"),
+        (22.5, "Predicting b:"),
+        (24.0, "done with b"),
+        (25.0, "Predicting c:"),
+        (29.0, "done with c"),
+        (29.0, "GPU prediction completed."),
+        (33.0, "Segmentation export complete."),
+        (34.0, "<exit>"),
+    ]
+    assert commands.prediction_timing(lines, 3) == {
+        "s_per_case": pytest.approx(3.0),
+        "predict_wall_s": 34.0,
+        "predict_startup_s": 20.0,
+        "export_tail_s": 4.0,
+    }
     with pytest.raises(UserError, match="did not show 4 predicted cases"):
         commands.prediction_timing(lines, 4)
     with pytest.raises(UserError, match="output format"):  # the export never finished
@@ -213,8 +269,10 @@ def fake_command(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "nnUNetv2_fake"
-    script.write_text(f"#!{sys.executable}\nimport sys\nprint('first line')\nprint('second', flush=True)\n"
-                      "print('oops', file=sys.stderr)\nsys.exit(int(sys.argv[1]))\n")
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nprint('first line')\nprint('second', flush=True)\n"
+        "print('oops', file=sys.stderr)\nsys.exit(int(sys.argv[1]))\n"
+    )
     script.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
     return script
@@ -262,8 +320,10 @@ def test_dataset_lookup_and_refusal(tmp_path):
     with pytest.raises(UserError, match=r"no Dataset005_\* in nnUNet_raw .*: it holds Dataset004_Hippocampus"):
         datasets.require_dataset(tmp_path, 5, "nnUNet_raw")
     env = {"nnUNet_preprocessed": str(tmp_path), "nnUNet_results": str(tmp_path / "results")}
-    assert datasets.model_folder(env, 4, "nnUNetTrainerNB", "3d_fullres") == \
-        tmp_path / "results" / "Dataset004_Hippocampus" / "nnUNetTrainerNB__nnUNetPlans__3d_fullres"
+    assert (
+        datasets.model_folder(env, 4, "nnUNetTrainerNB", "3d_fullres")
+        == tmp_path / "results" / "Dataset004_Hippocampus" / "nnUNetTrainerNB__nnUNetPlans__3d_fullres"
+    )
 
 
 def test_nnunet_folders_and_plans_files_are_found_or_refused_in_one_line(tmp_path, monkeypatch):
@@ -275,19 +335,28 @@ def test_nnunet_folders_and_plans_files_are_found_or_refused_in_one_line(tmp_pat
         datasets.nnunet_folder("nnUNet_raw", tmp_path / "nowhere")
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
     assert datasets.nnunet_folder("nnUNet_preprocessed") == tmp_path.resolve()
-    with pytest.raises(UserError, match=r"no Dataset004_\* in nnUNet_preprocessed .*; plan it first: "
-                                        r"nnUNetv2_plan_and_preprocess -d 4$"):
+    with pytest.raises(
+        UserError,
+        match=r"no Dataset004_\* in nnUNet_preprocessed .*; plan it first: "
+        r"nnUNetv2_plan_and_preprocess -d 4$",
+    ):
         datasets.plans_file(tmp_path, 4, "nnUNetPlans")
     (tmp_path / "Dataset004_Hippocampus").mkdir()
-    with pytest.raises(UserError, match=r"nnUNetPlans.json does not exist: plan the dataset first "
-                                        r"\(nnUNetv2_plan_and_preprocess -d 4\), or name existing plans"):
+    with pytest.raises(
+        UserError,
+        match=r"nnUNetPlans.json does not exist: plan the dataset first "
+        r"\(nnUNetv2_plan_and_preprocess -d 4\), or name existing plans",
+    ):
         datasets.plans_file(tmp_path, 4, "nnUNetPlans")
     path = tmp_path / "Dataset004_Hippocampus" / "nnUNetPlans.json"
     path.write_text(json.dumps({"configurations": {"3d_fullres": {}, "2d": {}}}))
     assert datasets.plans_file(tmp_path, 4, "nnUNetPlans") == path
     assert datasets.read_plans(path, "2d") == datasets.read_plans(path) == json.loads(path.read_text())
-    with pytest.raises(UserError, match="^the plans nnUNetPlans of Dataset004_Hippocampus have no configuration "
-                                        "3d_lowres: choose one of 3d_fullres, 2d$"):
+    with pytest.raises(
+        UserError,
+        match="^the plans nnUNetPlans of Dataset004_Hippocampus have no configuration "
+        "3d_lowres: choose one of 3d_fullres, 2d$",
+    ):
         datasets.read_plans(path, "3d_lowres")
 
 
@@ -305,8 +374,12 @@ def test_heldout_source_copies_and_validation_cases(tmp_path):
     training = datasets.HeldOut("training", raw / "imagesTr", raw / "labelsTr")
     images, labels = tmp_path / "out" / "images", tmp_path / "out" / "labels"
     assert datasets.copy_cases(["c", "a"], training, images, labels, ".nii.gz") == ["c", "a"]
-    assert sorted(p.name for p in images.iterdir()) == ["a_0000.nii.gz", "a_0001.nii.gz", "c_0000.nii.gz",
-                                                        "c_0001.nii.gz"]
+    assert sorted(p.name for p in images.iterdir()) == [
+        "a_0000.nii.gz",
+        "a_0001.nii.gz",
+        "c_0000.nii.gz",
+        "c_0001.nii.gz",
+    ]
     assert sorted(p.name for p in labels.iterdir()) == ["a.nii.gz", "c.nii.gz"]
     with pytest.raises(UserError, match="case zz lacks its images"):
         datasets.copy_cases(["zz"], training, images, labels, ".nii.gz")
@@ -402,8 +475,14 @@ def test_scores_read_files_with_nnunet_readers_and_match_nnunets_dice(tmp_path):
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2
 
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
-    compute_metrics_on_folder2(str(ref_dir), str(pred_dir), str(tmp_path / "dataset.json"),
-                               str(_plans_file(tmp_path)), str(tmp_path / "summary.json"), num_processes=1)
+    compute_metrics_on_folder2(
+        str(ref_dir),
+        str(pred_dir),
+        str(tmp_path / "dataset.json"),
+        str(_plans_file(tmp_path)),
+        str(tmp_path / "summary.json"),
+        num_processes=1,
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["mean"]["1"]["Dice"] == pytest.approx(out["dice"]["lesion"])
     with pytest.raises(UserError, match="the prediction of case e is missing"):
@@ -446,8 +525,7 @@ def test_network_cost_and_attention_layout_on_hippocampus_plans():
     stock = networks.network_cost(find_trainer_class("nnUNetTrainer"), plans, "3d_fullres", meta)
     assert stock["flops_input"] == [1, 1, 40, 56, 40] and 5.5e6 < stock["params"] < 5.7e6  # 5.60 M (docs/networks.md)
     layouts = {}
-    for name in ("nnUNetTrainer", "nnUNetTrainerNB", "nnUNetTrainerBSA", "nnUNetTrainerMDSA",
-                 "nnUNetTrainerBilateral"):
+    for name in ("nnUNetTrainer", "nnUNetTrainerNB", "nnUNetTrainerBSA", "nnUNetTrainerMDSA", "nnUNetTrainerBilateral"):
         cls, kwargs = networks.network_kwargs(find_trainer_class(name), plans, "3d_fullres")
         layouts[name] = networks.attention_layout(cls, kwargs, (40, 56, 40))
     assert layouts["nnUNetTrainer"] == layouts["nnUNetTrainerNB"] == []

@@ -1,5 +1,6 @@
 """The package's imports run one way (errors -> layers/losses -> architectures -> trainers/plans -> commands) and
 form no circle, counting imports inside functions too (the README's layout section states the rule)."""
+
 from __future__ import annotations
 
 import ast
@@ -73,9 +74,12 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_no_import_runs_from_a_lower_layer_to_a_higher_one():
-    upward = [f"{a} (rank {_rank(a)}) imports {b} (rank {_rank(b)})"
-              for a, targets in _graph().items()
-              for b in targets if _rank(b) > _rank(a)]
+    upward = [
+        f"{a} (rank {_rank(a)}) imports {b} (rank {_rank(b)})"
+        for a, targets in _graph().items()
+        for b in targets
+        if _rank(b) > _rank(a)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -90,7 +94,7 @@ def test_the_imports_form_no_circle():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                circles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                circles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -110,10 +114,12 @@ def test_the_graph_sees_local_imports():
 def test_importing_a_network_installs_no_hook_and_a_refusal_does():
     # one interpreter for both (importing torch costs seconds): the import leaves sys.excepthook alone; a refused
     # plans file, uncaught, then prints as one line (nnU-Net's stock trainer on variant plans meets exactly this)
-    code = ("import sys\nimport nnunet_sparseattn.architectures.bsa, nnunet_sparseattn.architectures.bilateral\n"
-            "print(getattr(sys.excepthook, '_nnunet_sparseattn', False))\n"
-            "from nnunet_sparseattn.architectures.base import PlansError\n"
-            "raise PlansError('stage 2 does not fit: use a smaller region')\n")
+    code = (
+        "import sys\nimport nnunet_sparseattn.architectures.bsa, nnunet_sparseattn.architectures.bilateral\n"
+        "print(getattr(sys.excepthook, '_nnunet_sparseattn', False))\n"
+        "from nnunet_sparseattn.architectures.base import PlansError\n"
+        "raise PlansError('stage 2 does not fit: use a smaller region')\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False"
     assert result.returncode == 1

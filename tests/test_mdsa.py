@@ -1,4 +1,5 @@
 """MDSA-UNet: EDM/EUF and MDSA held to references, the network on real and harder plans, training, trainers."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
 
 # ------------------------------------------------------------------------------------------------ space-to-depth
-@pytest.mark.parametrize("shape,factors", [((5, 7), (2, 3)), ((3, 5, 4), (1, 2, 2)), ((4, 6, 6), (2, 2, 2)),
-                                           ((5, 9, 7), (3, 1, 2))])
+@pytest.mark.parametrize(
+    "shape,factors", [((5, 7), (2, 3)), ((3, 5, 4), (1, 2, 2)), ((4, 6, 6), (2, 2, 2)), ((5, 9, 7), (3, 1, 2))]
+)
 def test_space_to_depth_matches_an_explicit_loop(shape, factors):
     x = torch.randn(2, 3, *shape)
     y = space_to_depth(x, factors)
@@ -53,8 +55,10 @@ def test_space_to_depth_matches_an_explicit_loop(shape, factors):
 
 # ------------------------------------------------------------------------------------------------ EDM and EUF
 @pytest.mark.parametrize("branch", ["conv", "maxpool"])
-@pytest.mark.parametrize("shape,stride", [((7, 9), (2, 2)), ((5, 9, 7), (1, 2, 2)), ((5, 6, 7), (2, 2, 2)),
-                                          ((9, 10), (3, 2)), ((6, 5, 4), (1, 1, 1))])
+@pytest.mark.parametrize(
+    "shape,stride",
+    [((7, 9), (2, 2)), ((5, 9, 7), (1, 2, 2)), ((5, 6, 7), (2, 2, 2)), ((9, 10), (3, 2)), ((6, 5, 4), (1, 1, 1))],
+)
 def test_edm_and_euf_shapes_on_odd_sizes_and_anisotropic_strides(shape, stride, branch):
     conv = CONV[len(shape)]
     norm = nn.InstanceNorm2d if len(shape) == 2 else nn.InstanceNorm3d
@@ -112,14 +116,16 @@ def test_euf_is_gated_fusion_plus_the_upsampled_map_and_refuses_foreign_skips():
 # ------------------------------------------------------------------------------------------------ MDSA
 def _mdsa(shape, aggregation, topk, grid=None, channels=8, heads=2, seed=0):
     torch.manual_seed(seed)
-    m = MultiScaleDynamicSparseAttention(channels, heads, CONV[len(shape)], grid, topk, aggregation,
-                                         backend="gather").double()
+    m = MultiScaleDynamicSparseAttention(
+        channels, heads, CONV[len(shape)], grid, topk, aggregation, backend="gather"
+    ).double()
     return m, torch.randn(2, channels, *shape, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("aggregation", ["dwconv", "pool"])
-@pytest.mark.parametrize("shape,grid,topk", [((9, 11), (3, 3), 3), ((5, 7, 6), (2, 3, 2), 4), ((16, 24), None, 2),
-                                             ((6, 9, 5), (3, 3, 3), 5)])
+@pytest.mark.parametrize(
+    "shape,grid,topk", [((9, 11), (3, 3), 3), ((5, 7, 6), (2, 3, 2), 4), ((16, 24), None, 2), ((6, 9, 5), (3, 3, 3), 5)]
+)
 def test_mdsa_equals_dense_attention_masked_to_its_routing(shape, grid, topk, aggregation):
     m, x = _mdsa(shape, aggregation, topk, grid)
     q = m.q(x)
@@ -228,8 +234,10 @@ def _net(case: str, deep_supervision=True, divisor=4, seed=0, **overrides):
     return net, patch, in_ch
 
 
-@pytest.mark.parametrize("case", ["hippocampus_3d", "hippocampus_2d", "hippocampus_resenc_3d", "five_stage_3d",
-                                  "seven_stage_2d", "anisotropic_3d"])
+@pytest.mark.parametrize(
+    "case",
+    ["hippocampus_3d", "hippocampus_2d", "hippocampus_resenc_3d", "five_stage_3d", "seven_stage_2d", "anisotropic_3d"],
+)
 def test_shapes_and_deep_supervision_on_real_and_harder_plans(case):
     net, patch, in_ch = _net(case, divisor=8)
     kwargs, _ = PLANS_CASES[case]
@@ -308,16 +316,19 @@ def test_feature_map_size_grows_with_the_input_and_counts_deep_supervision():
         net.compute_conv_feature_map_size([1, 40, 56, 40])
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"aggregation": "mean"}, "aggregation"),
-    ({"grids": [[2, 2, 2]]}, "grids"),
-    ({"grids": [None, None, [2, 2], None]}, r"grids\[2\]"),
-    ({"topk": [8, 8]}, "topk"),
-    ({"aggregation_scales": [2, 4]}, "odd"),
-    ({"attention_from_stage": -1}, "attention_from_stage"),
-    ({"lce_kernel_size": 4}, "lce_kernel_size"),
-    ({"window": 7}, "no argument"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"aggregation": "mean"}, "aggregation"),
+        ({"grids": [[2, 2, 2]]}, "grids"),
+        ({"grids": [None, None, [2, 2], None]}, r"grids\[2\]"),
+        ({"topk": [8, 8]}, "topk"),
+        ({"aggregation_scales": [2, 4]}, "odd"),
+        ({"attention_from_stage": -1}, "attention_from_stage"),
+        ({"lce_kernel_size": 4}, "lce_kernel_size"),
+        ({"window": 7}, "no argument"),
+    ],
+)
 def test_bad_settings_are_refused_in_one_line(overrides, message):
     kwargs, patch = PLANS_CASES["hippocampus_3d"]
     with pytest.raises(PlansError, match=message) as info:
@@ -326,8 +337,14 @@ def test_bad_settings_are_refused_in_one_line(overrides, message):
 
 
 def test_pool_reading_and_maxpool_edm_build_and_run():
-    net, patch, c = _net("hippocampus_2d", aggregation="pool", aggregation_scales=[2, 4], edm_local_branch="maxpool",
-                         attention_from_stage=1, topk=[0, 4, 4, 0])
+    net, patch, c = _net(
+        "hippocampus_2d",
+        aggregation="pool",
+        aggregation_scales=[2, 4],
+        edm_local_branch="maxpool",
+        attention_from_stage=1,
+        topk=[0, 4, 4, 0],
+    )
     assert net.attention_stages == [1, 2, 3]
     out = net(torch.randn(1, c, *patch))
     sum(o.square().mean() for o in out).backward()
@@ -340,8 +357,13 @@ def _dice_ce(case_outputs, targets):
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     # nnU-Net's own training loss (nnUNetTrainer._build_loss with its deep-supervision weights)
-    loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, 1, 1,
-                          dice_class=MemoryEfficientSoftDiceLoss)
+    loss = DC_and_CE_loss(
+        {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False},
+        {},
+        1,
+        1,
+        dice_class=MemoryEfficientSoftDiceLoss,
+    )
     weights = np.array([1 / 2**i for i in range(len(targets))])
     weights[-1] = 0
     return DeepSupervisionWrapper(loss, weights / weights.sum())(case_outputs, targets)
@@ -354,8 +376,7 @@ def test_loss_decreases_on_a_fixed_batch(case):
     ndim = len(patch)
     torch.manual_seed(0)
     # 2^ndim regions at 1/4 with top-2: the sparse path trains, not only dense attention
-    net = MDSAUNet.from_plans(kwargs, patch, 1, 3, True, overrides={"grids": [None, None, [2] * ndim, None],
-                                                                    "topk": 2})
+    net = MDSAUNet.from_plans(kwargs, patch, 1, 3, True, overrides={"grids": [None, None, [2] * ndim, None], "topk": 2})
     assert not net.encoder.stages[2][1].attn.is_dense(stage_shapes(patch, kwargs["strides"])[2])
     c = 1
     g = torch.Generator().manual_seed(0)
@@ -398,12 +419,20 @@ def test_trainers_ship_with_short_variants_and_reuse_the_nb_loss():
     from nnunet_sparseattn.trainers import nnUNetTrainerNB
     from nnunet_sparseattn.trainers.mdsa import nnUNetTrainerMDSA, nnUNetTrainerMDSA_NB
 
-    for name in ("nnUNetTrainerMDSA", "nnUNetTrainerMDSA_NB", "nnUNetTrainerMDSA_debug", "nnUNetTrainerMDSA_demo",
-                 "nnUNetTrainerMDSA_NB_debug", "nnUNetTrainerMDSA_NB_demo"):
+    for name in (
+        "nnUNetTrainerMDSA",
+        "nnUNetTrainerMDSA_NB",
+        "nnUNetTrainerMDSA_debug",
+        "nnUNetTrainerMDSA_demo",
+        "nnUNetTrainerMDSA_NB_debug",
+        "nnUNetTrainerMDSA_NB_demo",
+    ):
         assert name in trainers.__all__ and hasattr(trainers, name)
     assert nnUNetTrainerMDSA_NB._build_loss is nnUNetTrainerNB._build_loss
-    assert nnUNetTrainerMDSA_NB.build_network_architecture.__func__ is \
-        nnUNetTrainerMDSA.build_network_architecture.__func__
+    assert (
+        nnUNetTrainerMDSA_NB.build_network_architecture.__func__
+        is nnUNetTrainerMDSA.build_network_architecture.__func__
+    )
     assert nnUNetTrainerMDSA.network_class is MDSAUNet
 
 
@@ -415,14 +444,25 @@ def test_trainer_takes_a_training_step_on_default_2d_plans(trainer_name, trainer
     kwargs, patch = _slim("hippocampus_2d", 4)
     plans = plans_for((kwargs, patch))
     conf = plans["configurations"]["2d"]
-    conf.update(batch_size=2, normalization_schemes=["ZScoreNormalization"], use_mask_for_norm=[False],
-                median_image_size_in_voxels=list(patch), resampling_fn_data="resample_data_or_seg_to_shape",
-                resampling_fn_seg="resample_data_or_seg_to_shape", resampling_fn_data_kwargs={},
-                resampling_fn_seg_kwargs={}, resampling_fn_probabilities="resample_data_or_seg_to_shape",
-                resampling_fn_probabilities_kwargs={})
-    plans.update(original_median_spacing_after_transp=[1.0, 1.0], transpose_forward=[0, 1, 2],
-                 transpose_backward=[0, 1, 2], image_reader_writer="NaturalImage2DIO",
-                 foreground_intensity_properties_per_channel={})
+    conf.update(
+        batch_size=2,
+        normalization_schemes=["ZScoreNormalization"],
+        use_mask_for_norm=[False],
+        median_image_size_in_voxels=list(patch),
+        resampling_fn_data="resample_data_or_seg_to_shape",
+        resampling_fn_seg="resample_data_or_seg_to_shape",
+        resampling_fn_data_kwargs={},
+        resampling_fn_seg_kwargs={},
+        resampling_fn_probabilities="resample_data_or_seg_to_shape",
+        resampling_fn_probabilities_kwargs={},
+    )
+    plans.update(
+        original_median_spacing_after_transp=[1.0, 1.0],
+        transpose_forward=[0, 1, 2],
+        transpose_backward=[0, 1, 2],
+        image_reader_writer="NaturalImage2DIO",
+        foreground_intensity_properties_per_channel={},
+    )
     meta = dataset_json(channels="RGB", file_ending=".png", num_training=5)
     trainer = trainer_without_data(getattr(trainers, trainer_name), plans, "2d", meta)
     assert isinstance(trainer.network, MDSAUNet)

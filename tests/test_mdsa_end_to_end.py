@@ -3,6 +3,7 @@
 Slow (minutes): CI runs them. Every nnU-Net command is a subprocess, as a user types it; small subsets of cases keep
 each training run to a couple of minutes on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -39,8 +40,9 @@ def test_isic_2017_in_2d_through_convert_2d_and_the_cli(isic_nnunet):
     predictions = run["work"] / "predictions_mdsa"
     commands.predict(run["images"], predictions, run["id"], "2d", 0, TRAINER, env, log)
     assert sorted(p.name for p in predictions.glob("*.png")) == sorted(p.name for p in run["labels"].glob("*.png"))
-    summary = commands.evaluate(run["labels"], predictions, datasets.model_folder(env, run["id"], TRAINER, "2d"),
-                                env, log)
+    summary = commands.evaluate(
+        run["labels"], predictions, datasets.model_folder(env, run["id"], TRAINER, "2d"), env, log
+    )
     assert_dice(summary, ["1"], 2)
     image = sorted(run["images"].glob("*.png"))[0]
     explain(run, TRAINER, "2d", image, run["work"] / "explain_mdsa")
@@ -62,9 +64,13 @@ def test_hippocampus_in_3d_train_predict_evaluate(hippocampus):
     _assert_mdsa_checkpoint(_checkpoint(run["env"], run["id"], plans, "3d_fullres"))
     out = run["work"] / f"pred_mdsa_{plans}"
     commands.predict(run["images"], out, run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans)
-    summary = commands.evaluate(run["labels"], out,
-                                datasets.model_folder(run["env"], run["id"], TRAINER, "3d_fullres", plans),
-                                run["env"], run["log"])
+    summary = commands.evaluate(
+        run["labels"],
+        out,
+        datasets.model_folder(run["env"], run["id"], TRAINER, "3d_fullres", plans),
+        run["env"],
+        run["log"],
+    )
     assert_dice(summary, ["1", "2"], len(run["heldout"]))
     image = run["images"] / f"{run['heldout'][0]}_0000.nii.gz"
     explain(run, TRAINER, "3d_fullres", image, run["work"] / "explain_mdsa_3d")

@@ -1,5 +1,6 @@
 """Tests of the narrow-band loss: the band against scipy distance-transform references, the loss values,
 gradients and autocast behaviour, and the compound loss with nnU-Net's own Dice + CE and deep supervision."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -98,8 +99,7 @@ def test_band_matches_distance_transform_reference(seed, shape, radius, with_val
     if with_valid:
         valid = ~np.stack([_blobs(rng, shape, 1, frac=0.25, sigma=1.5) for _ in range(b)])
     ref = _reference_band(target, radius, valid)
-    got = narrow_band(torch.from_numpy(target).float(), radius,
-                      None if valid is None else torch.from_numpy(valid))
+    got = narrow_band(torch.from_numpy(target).float(), radius, None if valid is None else torch.from_numpy(valid))
     assert got.dtype == torch.float32 and got.shape == target.shape
     assert set(np.unique(got.numpy())) <= {0.0, 1.0}
     np.testing.assert_array_equal(got.numpy().astype(bool), ref)
@@ -156,8 +156,7 @@ def test_ignore_region_creates_no_boundary():
     assert band[12, 6:11].sum() == 0  # fg row touching the ignored block: no boundary there
     assert band[15, 8] == 1 and band[16, 8] == 1  # fg/bg interface
     assert band[11, 4] == 1 and band[12, 4] == 1  # the fg/bg edge at the block's corner is still there
-    np.testing.assert_array_equal(band.numpy().astype(bool),
-                                  _reference_band(y.numpy(), (1, 1), valid.numpy())[0, 0])
+    np.testing.assert_array_equal(band.numpy().astype(bool), _reference_band(y.numpy(), (1, 1), valid.numpy())[0, 0])
 
 
 def test_band_input_validation():
@@ -172,6 +171,7 @@ def test_band_input_validation():
 # --------------------------------------------------------------------------------------------------
 # the loss
 # --------------------------------------------------------------------------------------------------
+
 
 def _label_map(rng, b, shape, k):
     """(B, 1, *S) float label map with labels 0..k-1 from nested blobs (every class present)."""
@@ -219,8 +219,12 @@ def _perfect_logits(mode, y):
 @pytest.mark.parametrize("batch_dice", [False, True])
 def test_loss_perfect_wrong_and_gradient(dim, mode, ignore, batch_dice):
     t, y, valid, radius, k, shape = _case(dim, mode, ignore)
-    loss_fn = NarrowBandLoss(radius, apply_nonlin=mode, ignore_label=(k if mode == "softmax" else 1) if ignore else None,
-                             batch_dice=batch_dice)
+    loss_fn = NarrowBandLoss(
+        radius,
+        apply_nonlin=mode,
+        ignore_label=(k if mode == "softmax" else 1) if ignore else None,
+        batch_dice=batch_dice,
+    )
     torch.manual_seed(0)
     noise = 10 * torch.randn(y.shape)
     # perfect where it counts; ignored voxels get random logits, which must not matter
@@ -328,7 +332,9 @@ def _autocast_dtypes():
 @pytest.mark.parametrize("mode,ignore", [("softmax", True), ("sigmoid", False)])
 def test_autocast_finite_and_close_to_fp32(amp_dtype, mode, ignore):
     t, y, valid, radius, k, shape = _case(3, mode, ignore, seed=5)
-    loss_fn = NarrowBandLoss(radius, apply_nonlin=mode, ignore_label=(k if mode == "softmax" else 1) if ignore else None)
+    loss_fn = NarrowBandLoss(
+        radius, apply_nonlin=mode, ignore_label=(k if mode == "softmax" else 1) if ignore else None
+    )
     torch.manual_seed(3)
     conv = torch.nn.Conv3d(2, y.shape[1], 3, padding=1)
     x = torch.randn(2, 2, *shape)
@@ -361,6 +367,7 @@ def test_low_precision_logits_use_fp32_probabilities(low, mode):
 # radii and the compound loss with nnU-Net's own losses
 # --------------------------------------------------------------------------------------------------
 
+
 def test_radius_in_voxels():
     assert radius_in_voxels(2.5, (0.8, 0.8, 5)) == (3, 3, 1)
     assert radius_in_voxels(2.0, (1.0, 0.7)) == (2, 3)
@@ -385,13 +392,20 @@ def test_radii_per_scale():
 def _nnunet_base():
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
     # the arguments nnUNetTrainer._build_loss uses for label training (ddp off: single process)
-    return DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                          weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+    return DC_and_CE_loss(
+        {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False},
+        {},
+        weight_ce=1,
+        weight_dice=1,
+        ignore_label=None,
+        dice_class=MemoryEfficientSoftDiceLoss,
+    )
 
 
 def _ds_weights(n):
-    w = np.array([1 / (2 ** i) for i in range(n)])
+    w = np.array([1 / (2**i) for i in range(n)])
     w[-1] = 0  # as nnU-Net: the lowest output gets no weight
     return w / w.sum()
 
@@ -413,6 +427,7 @@ def _ds_batch(seed=0):
 
 def test_compound_with_nnunet_deep_supervision():
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
     weights = _ds_weights(3)
     base = DeepSupervisionWrapper(_nnunet_base(), weights)
     radii = narrow_band_radii_per_scale(2.0, (1.0, 0.8, 1.5), [[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]])
@@ -445,6 +460,7 @@ def test_compound_without_deep_supervision():
 
 def test_compound_count_mismatches_raise():
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
     weights = _ds_weights(3)
     base = DeepSupervisionWrapper(_nnunet_base(), weights)
     nb = [NarrowBandLoss((1, 1, 1)) for _ in range(3)]

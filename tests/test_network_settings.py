@@ -2,6 +2,7 @@
 it is read (the network's constructor, nnU-Net's ``get_network_from_plans``), refused in one line naming the setting,
 what it may be and the value given; ``topk`` keeps one form (an integer per stage) down to the router, and one
 function decides whether it means dense attention."""
+
 from __future__ import annotations
 
 import copy
@@ -28,26 +29,29 @@ def _one_line(error: pytest.ExceptionInfo, *parts: str) -> None:
         assert part in text, (part, text)
 
 
-@pytest.mark.parametrize("variant,overrides,parts", [
-    ("bsa", {"topk": 1.5}, ["topk=1.5", "integer >= 0"]),  # was written, then read as top-1
-    ("bsa", {"topk": 1000}, ["topk=1000", "dense attention everywhere", "1..20"]),  # was silently dense
-    ("bsa", {"topk": [4, 4, 4, 9]}, ["topk[3]=9", "stage 3 has 1 key regions"]),
-    ("bsa", {"topk": -1}, ["topk=-1", "integer >= 0"]),
-    ("bsa", {"topk": True}, ["topk=True"]),
-    ("bsa", {"blocks_per_stage": 1.5}, ["blocks_per_stage=1.5", "integer >= 1"]),
-    ("bsa", {"coarse_branch": "yes"}, ["coarse_branch='yes'", "true or false"]),
-    ("bsa", {"attention_from_stage": 9}, ["attention_from_stage=9", "in 0..4"]),
-    ("bsa", {"region_sizes": [None, None, [2.5, 7, 5], None]}, ["region_sizes[2]", "integers >= 1"]),
-    ("mdsa", {"topk": 2.0}, ["topk=2.0", "integer >= 0"]),
-    ("mdsa", {"topk": 1000}, ["topk=1000", "dense attention everywhere"]),
-    ("mdsa", {"mlp_ratio": "3"}, ["mlp_ratio='3'", "number > 0"]),
-    ("mdsa", {"edm_local_branch": "avg"}, ["edm_local_branch='avg'", "'conv', 'maxpool'"]),
-    ("bilateral", {"isam_depth": 0}, ["isam_depth=0", "integer >= 1"]),
-    ("bilateral", {"drop_path": 2}, ["drop_path=2", "<= 1"]),
-    ("bilateral", {"fsam_weighted": "output"}, ["fsam_weighted='output'", "'input', 'dilated'"]),
-    ("bilateral", {"rendering": "no"}, ["rendering='no'", "true or false"]),
-    ("bilateral", {"isam_windows": [7, 7, 7.5, 7]}, ["isam_windows of stage 2"]),
-])
+@pytest.mark.parametrize(
+    "variant,overrides,parts",
+    [
+        ("bsa", {"topk": 1.5}, ["topk=1.5", "integer >= 0"]),  # was written, then read as top-1
+        ("bsa", {"topk": 1000}, ["topk=1000", "dense attention everywhere", "1..20"]),  # was silently dense
+        ("bsa", {"topk": [4, 4, 4, 9]}, ["topk[3]=9", "stage 3 has 1 key regions"]),
+        ("bsa", {"topk": -1}, ["topk=-1", "integer >= 0"]),
+        ("bsa", {"topk": True}, ["topk=True"]),
+        ("bsa", {"blocks_per_stage": 1.5}, ["blocks_per_stage=1.5", "integer >= 1"]),
+        ("bsa", {"coarse_branch": "yes"}, ["coarse_branch='yes'", "true or false"]),
+        ("bsa", {"attention_from_stage": 9}, ["attention_from_stage=9", "in 0..4"]),
+        ("bsa", {"region_sizes": [None, None, [2.5, 7, 5], None]}, ["region_sizes[2]", "integers >= 1"]),
+        ("mdsa", {"topk": 2.0}, ["topk=2.0", "integer >= 0"]),
+        ("mdsa", {"topk": 1000}, ["topk=1000", "dense attention everywhere"]),
+        ("mdsa", {"mlp_ratio": "3"}, ["mlp_ratio='3'", "number > 0"]),
+        ("mdsa", {"edm_local_branch": "avg"}, ["edm_local_branch='avg'", "'conv', 'maxpool'"]),
+        ("bilateral", {"isam_depth": 0}, ["isam_depth=0", "integer >= 1"]),
+        ("bilateral", {"drop_path": 2}, ["drop_path=2", "<= 1"]),
+        ("bilateral", {"fsam_weighted": "output"}, ["fsam_weighted='output'", "'input', 'dilated'"]),
+        ("bilateral", {"rendering": "no"}, ["rendering='no'", "true or false"]),
+        ("bilateral", {"isam_windows": [7, 7, 7.5, 7]}, ["isam_windows of stage 2"]),
+    ],
+)
 def test_plans_writer_refuses_a_setting_of_the_wrong_type_or_range(variant, overrides, parts):
     with pytest.raises(PlansError) as error:
         variant_plans(plans_for(PLANS_CASES["hippocampus_3d"]), variant, overrides=overrides)
@@ -105,15 +109,17 @@ def test_topk_has_one_form_from_the_plans_to_the_router():
         Router(1.5)  # type: ignore[arg-type]
     mdsa = MDSAUNet.from_plans(KW, PATCH, 1, 2, False)
     assert mdsa.encoder.stages[3][1].attn.router.topk == 8
-    assert isinstance(MDSAUNet.check_own({**UNetSettings.from_plans(KW).as_dict(), **MDSAUNet.own_defaults()}),
-                      MDSASettings)
+    assert isinstance(
+        MDSAUNet.check_own({**UNetSettings.from_plans(KW).as_dict(), **MDSAUNet.own_defaults()}), MDSASettings
+    )
 
 
 def test_dense_or_routed_is_decided_by_one_function():
     assert [is_dense(k, 8) for k in (-1, 0, 1, 7, 8, 9)] == [True, True, False, False, True, True]
     assert [clamp_topk(k, 8) for k in (0, 3, 8, 12)] == [8, 3, 8, 8]
-    layout = {a.stage: a.text for a in BSAUNet.attention_layout(
-        BSAUNet.resolve_arch_kwargs(KW, PATCH, {"topk": 20}), PATCH)}
+    layout = {
+        a.stage: a.text for a in BSAUNet.attention_layout(BSAUNet.resolve_arch_kwargs(KW, PATCH, {"topk": 20}), PATCH)
+    }
     assert layout[2].endswith("(20), dense") and layout[3].endswith("(1), dense")  # top-20 of 20 regions
     bilateral = BilateralUNet.check_own({**UNetSettings.from_plans(KW).as_dict(), **BilateralUNet.own_defaults()})
     assert bilateral.isam_stages == [1, 2, 3] and bilateral.rendering is True

@@ -39,8 +39,11 @@ def test_the_plans_are_nnunets_plans_as_kept(plan_name):
     record = json.loads((ns.PLANS_DIR / f"{plan_name}.json").read_text())
     assert set(record["plans"]["configurations"]) == {record["configuration"]}  # one configuration each
     plan = ns.load_plan(plan_name)
-    expected = {"hippocampus_3d_fullres": ((40, 56, 40), 9), "isic2017_2d": ((256, 256), 49),
-                "six_stage_128_3d": ((128, 128, 128), 2)}[plan_name]
+    expected = {
+        "hippocampus_3d_fullres": ((40, 56, 40), 9),
+        "isic2017_2d": ((256, 256), 49),
+        "six_stage_128_3d": ((128, 128, 128), 2),
+    }[plan_name]
     assert (plan.patch_size, plan.batch_size) == expected
     if plan_name == "six_stage_128_3d":
         assert len(plan.arch_kwargs["features_per_stage"]) == 6
@@ -78,8 +81,11 @@ def test_loss_and_optimizer_are_those_nnunets_trainer_builds(trainer_without_dat
     assert type(ours) is type(theirs) and type(ours.dc) is type(theirs.dc)
     for name in ("batch_dice", "do_bg", "smooth", "ddp"):
         assert getattr(ours.dc, name) == getattr(theirs.dc, name)
-    assert (ours.weight_ce, ours.weight_dice, ours.ignore_label) == (theirs.weight_ce, theirs.weight_dice,
-                                                                    theirs.ignore_label)
+    assert (ours.weight_ce, ours.weight_dice, ours.ignore_label) == (
+        theirs.weight_ce,
+        theirs.weight_dice,
+        theirs.ignore_label,
+    )
     optimizer = ns.build_optimizer(nn.Linear(2, 2))
     assert type(optimizer) is type(made.optimizer)
     keys = ("lr", "momentum", "nesterov", "weight_decay", "dampening")
@@ -100,10 +106,18 @@ def test_sliding_window_equals_nnunets_predictor(plan_name):
     network = ns.build_network("stock", plan, deep_supervision=False)
     shape = [p + p // 2 + 1 for p in plan.patch_size]  # several tiles, a ragged last one
     image = torch.randn(plan.input_channels, *shape)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                device=torch.device("cpu"), allow_tqdm=False)
-    predictor.manual_initialization(network, manager, manager.get_configuration(record["configuration"]), None,
-                                    record["dataset_json"], "nnUNetTrainer", None)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5, use_gaussian=True, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False
+    )
+    predictor.manual_initialization(
+        network,
+        manager,
+        manager.get_configuration(record["configuration"]),
+        None,
+        record["dataset_json"],
+        "nnUNetTrainer",
+        None,
+    )
     theirs = predictor.predict_sliding_window_return_logits(image if len(shape) == 3 else image[:, None])
     ours = ns.sliding_window_logits(network, image, plan.patch_size, plan.num_classes, torch.device("cpu"))
     torch.testing.assert_close(ours, theirs if len(shape) == 3 else theirs[:, 0], rtol=0, atol=0)
@@ -133,8 +147,22 @@ def test_routed_attention_flops_are_counted_as_their_arithmetic():
 def test_a_tiny_run_interleaves_before_and_after_and_writes_its_tables(tmp_path):
     """The CPU at dry-run sizes, our networks also as ``HEAD`` builds them (a worker on a ``git archive``)."""
     out = tmp_path / "speed.json"
-    ns.main(["--tiny", "--plans", "isic2017_2d", "--networks", "stock,mdsa", "--repeats", "2", "--before", "HEAD",
-             "--no-profile", "--out", str(out)])
+    ns.main(
+        [
+            "--tiny",
+            "--plans",
+            "isic2017_2d",
+            "--networks",
+            "stock,mdsa",
+            "--repeats",
+            "2",
+            "--before",
+            "HEAD",
+            "--no-profile",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     plan = result["plans"]["isic2017_2d"]
     for entry in [*plan["networks"].values(), *plan["before"]["networks"].values()]:
@@ -151,12 +179,14 @@ def test_a_tiny_run_interleaves_before_and_after_and_writes_its_tables(tmp_path)
 
 def test_the_time_split_groups_the_costliest_operators_and_implies_the_step():
     """Hand-computed: operators worth 60 % of a 1000 ms step; the rest of the step is "everything else"."""
-    top_ops = [{"op": "aten::convolution_backward", "self_ms": 300.0, "share": 0.3},
-               {"op": "aten::mkldnn_convolution", "self_ms": 100.0, "share": 0.1},
-               {"op": "aten::_scaled_dot_product_flash_attention_for_cpu", "self_ms": 50.0, "share": 0.05},
-               {"op": "aten::mm", "self_ms": 50.0, "share": 0.05},
-               {"op": "aten::copy_", "self_ms": 40.0, "share": 0.04},
-               {"op": "aten::native_layer_norm", "self_ms": 60.0, "share": 0.06}]
+    top_ops = [
+        {"op": "aten::convolution_backward", "self_ms": 300.0, "share": 0.3},
+        {"op": "aten::mkldnn_convolution", "self_ms": 100.0, "share": 0.1},
+        {"op": "aten::_scaled_dot_product_flash_attention_for_cpu", "self_ms": 50.0, "share": 0.05},
+        {"op": "aten::mm", "self_ms": 50.0, "share": 0.05},
+        {"op": "aten::copy_", "self_ms": 40.0, "share": 0.04},
+        {"op": "aten::native_layer_norm", "self_ms": 60.0, "share": 0.06},
+    ]
     result = {"plans": {"p": {"networks": {"x": {"label": "X", "top_ops": top_ops}, "y": {"label": "Y"}}}}}
     rows = ns.split_table(result, "p").splitlines()
     assert len(rows) == 3  # header, rule, X (Y has no profile)

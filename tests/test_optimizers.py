@@ -4,6 +4,7 @@ nnU-Net's own warm-up trainer; short variants, budget cuts, clipping, checkpoint
 The trainers are nnU-Net's real classes built from a plans dict, without a dataset: the network (BSA at a small
 width), optimizer and loss are made the way ``initialize`` makes them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -92,13 +93,20 @@ def test_adamw_trainer_builds_adamw_with_primus_settings_and_sgd_trainer_stays_s
     assert type(adamw.network) is type(sgd.network) and type(adamw.loss) is type(sgd.loss)
 
 
-@pytest.mark.parametrize("name, sgd_name, network, lr", [
-    ("nnUNetTrainerMDSA_AdamW", "nnUNetTrainerMDSA", "MDSAUNet", 3e-4),
-    ("nnUNetTrainerBilateral_AdamW", "nnUNetTrainerBilateral_SGD", "BilateralUNet", 1e-3),
-    ("nnUNetTrainerBilateral", "nnUNetTrainerBilateral_SGD", "BilateralUNet", 1e-3),  # the default since the benchmark
-])
-def test_mdsa_and_bilateral_adamw_trainers_change_only_the_optimizer(trainer_without_data, name, sgd_name, network,
-                                                                     lr):
+@pytest.mark.parametrize(
+    "name, sgd_name, network, lr",
+    [
+        ("nnUNetTrainerMDSA_AdamW", "nnUNetTrainerMDSA", "MDSAUNet", 3e-4),
+        ("nnUNetTrainerBilateral_AdamW", "nnUNetTrainerBilateral_SGD", "BilateralUNet", 1e-3),
+        (
+            "nnUNetTrainerBilateral",
+            "nnUNetTrainerBilateral_SGD",
+            "BilateralUNet",
+            1e-3,
+        ),  # the default since the benchmark
+    ],
+)
+def test_mdsa_and_bilateral_adamw_trainers_change_only_the_optimizer(trainer_without_data, name, sgd_name, network, lr):
     """The bilateral paper trained with Adam at 1e-3: its AdamW trainer starts from that rate; MDSA's from Primus's."""
     from nnunet_sparseattn import trainers
 
@@ -140,7 +148,7 @@ def test_lr_at_warmup_start_end_and_after_follows_the_closed_form(epochs, per_ep
     assert 0 < trainer.set_lr_for_iteration(total - 1) < 0.15 * 3e-4  # decayed, not zero, at the last step
     lrs = [trainer.set_lr_for_iteration(g) for g in range(0, total, max(1, total // 500))]
     peak = lrs.index(max(lrs))
-    assert all(a <= b for a, b in itertools.pairwise(lrs[:peak + 1]))
+    assert all(a <= b for a, b in itertools.pairwise(lrs[: peak + 1]))
     assert all(a >= b for a, b in itertools.pairwise(lrs[peak:]))
 
 
@@ -205,8 +213,9 @@ def _with_small_network(trainer):
 
 
 def _grad_norm(network: torch.nn.Module) -> float:
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
-                                                         for p in network.parameters()])))
+    return float(
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in network.parameters()]))
+    )
 
 
 def test_train_step_clips_at_the_configured_norm_and_refuses_a_clip_above_nnunets(trainer_without_data):
@@ -264,11 +273,12 @@ def test_trainers_are_shipped_pickle_and_are_found_by_nnunet():
     from nnunet_sparseattn.discovery import ext_trainer_path
 
     assert nnUNetTrainerBSA_AdamW in SHIPPED_TRAINERS
-    assert issubclass(nnUNetTrainerBSA_AdamW, AdamWWarmupMixin) and issubclass(nnUNetTrainerBSA_AdamW,
-                                                                                nnUNetTrainerBSA)
+    assert issubclass(nnUNetTrainerBSA_AdamW, AdamWWarmupMixin) and issubclass(nnUNetTrainerBSA_AdamW, nnUNetTrainerBSA)
     assert nnunet_sparseattn.nnUNetTrainerBSA_AdamW is nnUNetTrainerBSA_AdamW
-    for name, base in (("nnUNetTrainerMDSA_AdamW", trainers.nnUNetTrainerMDSA),
-                       ("nnUNetTrainerBilateral_AdamW", trainers.nnUNetTrainerBilateral)):
+    for name, base in (
+        ("nnUNetTrainerMDSA_AdamW", trainers.nnUNetTrainerMDSA),
+        ("nnUNetTrainerBilateral_AdamW", trainers.nnUNetTrainerBilateral),
+    ):
         cls = getattr(trainers, name)
         assert cls in SHIPPED_TRAINERS and issubclass(cls, AdamWWarmupMixin) and issubclass(cls, base)
     with mock.patch.dict(os.environ, {"nnUNet_extTrainer": str(ext_trainer_path())}):
@@ -280,11 +290,24 @@ def test_trainers_are_shipped_pickle_and_are_found_by_nnunet():
 
 
 def _compare_run(trainer: str, per_case: list[float], digest: str = "d1") -> dict:
-    return {"status": "done", "mean_dice": sum(per_case) / len(per_case), "dice": {"lesion": 0.0},
-            "s_per_iter": 1.0, "per_case": {str(i): {"mean_dice": v} for i, v in enumerate(per_case)},
-            "folds": {"0": {"batches_digest": digest, "loss_first_quarter": 1.0, "loss_last_quarter": 0.5,
-                            "grad_norm_median": 1.0, "grad_norm_max": 2.0, "iterations_clipped_at_12": 0,
-                            "curve": {"train_loss": [1.0, 0.5]}}}}
+    return {
+        "status": "done",
+        "mean_dice": sum(per_case) / len(per_case),
+        "dice": {"lesion": 0.0},
+        "s_per_iter": 1.0,
+        "per_case": {str(i): {"mean_dice": v} for i, v in enumerate(per_case)},
+        "folds": {
+            "0": {
+                "batches_digest": digest,
+                "loss_first_quarter": 1.0,
+                "loss_last_quarter": 0.5,
+                "grad_norm_median": 1.0,
+                "grad_norm_max": 2.0,
+                "iterations_clipped_at_12": 0,
+                "curve": {"train_loss": [1.0, 0.5]},
+            }
+        },
+    }
 
 
 def test_optimizer_benchmark_calls_a_difference_clear_only_when_large_and_significant():
@@ -292,26 +315,38 @@ def test_optimizer_benchmark_calls_a_difference_clear_only_when_large_and_signif
     from benchmarks import optimizer as bench
 
     sgd = [0.70, 0.72, 0.71, 0.69, 0.70, 0.73, 0.70, 0.71]
-    runs = {"nnUNetTrainerBSA__nnUNetPlans": _compare_run("nnUNetTrainerBSA", sgd),
-            "nnUNetTrainerBSA_AdamW__nnUNetPlans": _compare_run("nnUNetTrainerBSA_AdamW", [v + 0.05 for v in sgd]),
-            "nnUNetTrainerMDSA__nnUNetPlans": _compare_run("nnUNetTrainerMDSA", sgd),
-            "nnUNetTrainerMDSA_AdamW__nnUNetPlans": _compare_run("nnUNetTrainerMDSA_AdamW",
-                                                                 [v + (0.01 if i % 2 else -0.01)
-                                                                  for i, v in enumerate(sgd)], "d2")}
+    runs = {
+        "nnUNetTrainerBSA__nnUNetPlans": _compare_run("nnUNetTrainerBSA", sgd),
+        "nnUNetTrainerBSA_AdamW__nnUNetPlans": _compare_run("nnUNetTrainerBSA_AdamW", [v + 0.05 for v in sgd]),
+        "nnUNetTrainerMDSA__nnUNetPlans": _compare_run("nnUNetTrainerMDSA", sgd),
+        "nnUNetTrainerMDSA_AdamW__nnUNetPlans": _compare_run(
+            "nnUNetTrainerMDSA_AdamW", [v + (0.01 if i % 2 else -0.01) for i, v in enumerate(sgd)], "d2"
+        ),
+    }
     adamw = bench.pair({"runs": runs}, "nnUNetTrainerBSA", "nnUNetTrainerBSA_AdamW")
     assert adamw["verdict"] == "AdamW clearly better" and adamw["same_batches"]
     assert adamw["adamw_minus_sgd"]["mean_difference"] == pytest.approx(0.05)
-    assert adamw["adamw_minus_sgd"]["p_value"] == pytest.approx(2 / 2 ** 8)  # 8 of 8 better
+    assert adamw["adamw_minus_sgd"]["p_value"] == pytest.approx(2 / 2**8)  # 8 of 8 better
     assert adamw["sgd"]["loss_last_quarter"] == 0.5 and adamw["adamw"]["trainer"] == "nnUNetTrainerBSA_AdamW"
     mixed = bench.pair({"runs": runs}, "nnUNetTrainerMDSA", "nnUNetTrainerMDSA_AdamW")
     assert mixed["verdict"] == "no clear difference" and not mixed["same_batches"]
     missing = bench.pair({"runs": runs}, *bench.NETWORKS["Bilateral"])
     assert missing["status"] == "incomplete"
-    section = bench.render({"command": "python benchmarks/optimizer.py", "training_cases": 40, "cases": 8,
-                            "budget": {"name": "cpu"}, "budget_text": "8 x 16", "machine": "test CPU",
-                            "networks": {"BSA": adamw, "MDSA": mixed, "Bilateral": missing}})
-    assert "| BSA | AdamW + warm-up | 0.758 | +5.0 (p 0.008, 8/8) | 1.000 -> 0.500 | 1.00, 2.00 (0) | 1.000 | yes " \
-           "| AdamW clearly better |" in section
+    section = bench.render(
+        {
+            "command": "python benchmarks/optimizer.py",
+            "training_cases": 40,
+            "cases": 8,
+            "budget": {"name": "cpu"},
+            "budget_text": "8 x 16",
+            "machine": "test CPU",
+            "networks": {"BSA": adamw, "MDSA": mixed, "Bilateral": missing},
+        }
+    )
+    assert (
+        "| BSA | AdamW + warm-up | 0.758 | +5.0 (p 0.008, 8/8) | 1.000 -> 0.500 | 1.00, 2.00 (0) | 1.000 | yes "
+        "| AdamW clearly better |" in section
+    )
     assert "| Bilateral | – | – | – | – | – | – | – | incomplete |" in section
 
 
@@ -330,13 +365,14 @@ def test_cuda_step_uses_fused_adamw_under_autocast_and_grad_scaler_with_the_clip
     trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
     assert trainer.optimizer.defaults["fused"] is True and trainer.grad_scaler is not None
     # a moderate scale: fp16 gradients of this toy loss do not overflow, so the step is taken, not skipped
-    trainer.grad_scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 4)
+    trainer.grad_scaler = torch.amp.GradScaler("cuda", init_scale=2.0**4)
     trainer.loss = lambda output, target: ((output.float() - target) ** 2).mean()
     trainer.on_train_epoch_start()
     before = [p.detach().clone() for p in trainer.network.parameters()]
     g = torch.Generator().manual_seed(0)
-    out = trainer.train_step({"data": torch.randn(2, 1, 6, 6, 6, generator=g),
-                              "target": torch.randn(2, 3, 6, 6, 6, generator=g)})
+    out = trainer.train_step(
+        {"data": torch.randn(2, 1, 6, 6, 6, generator=g), "target": torch.randn(2, 3, 6, 6, 6, generator=g)}
+    )
     assert np.isfinite(out["loss"])
     assert _grad_norm(trainer.network) == pytest.approx(1e-3, rel=1e-3)  # unscaled, then clipped
     assert all(not torch.equal(a, p) for a, p in zip(before, trainer.network.parameters()))

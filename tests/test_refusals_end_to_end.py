@@ -4,6 +4,7 @@ our network from a variant plans file that a user edited into something the netw
 Slow (it needs the prepared Hippocampus data); it trains nothing: the refusal comes while nnU-Net builds the network.
 Both commands run through the harness, with ``nnUNet_extTrainer`` unset (the stock trainer needs no shim).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,11 @@ def test_stock_trainer_on_edited_variant_plans_refuses_in_one_line(hippocampus_n
     edited.write_text(json.dumps(dict(plans, plans_name="nnUNetPlans_BSAedited"), indent=2))
     log = tmp_path / "train.log"
     with pytest.raises(UserError, match=rf"nnUNetv2_train failed with exit code \d+: see {log}"):
-        commands.train(run["id"], "3d_fullres", 0, "nnUNetTrainer", run["env"], log, plans="nnUNetPlans_BSAedited",
-                       echo=False)
+        commands.train(
+            run["id"], "3d_fullres", 0, "nnUNetTrainer", run["env"], log, plans="nnUNetPlans_BSAedited", echo=False
+        )
     output = log.read_text()  # nnU-Net's stdout and stderr, as the user's terminal shows them
     assert "Traceback" not in output, output[-2000:]
-    assert output.strip().splitlines()[-1] == ("nnunet-sparseattn: error: region_sizes has 3 entries, expected 4 "
-                                               "(one per stage, null allowed)"), output[-2000:]
+    assert output.strip().splitlines()[-1] == (
+        "nnunet-sparseattn: error: region_sizes has 3 entries, expected 4 (one per stage, null allowed)"
+    ), output[-2000:]

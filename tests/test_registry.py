@@ -2,6 +2,7 @@
 registry (the trainers' list, ``compare``'s default trainers, ``info``'s listing, cost and attention layout,
 ``explain``'s naming of its attention, the speed benchmark, the contract checks and the saved-network builder) with
 no edit anywhere else. A consumer that kept its own list of networks fails here."""
+
 from __future__ import annotations
 
 import copy
@@ -76,8 +77,15 @@ class TinyAttentionUNet(PlansNetwork):
         super().__init__()
         unet, own = self.settings(locals())
         self.encoder = PlainConvEncoder(
-            input_channels, n_stages, unet.features_per_stage, unet.conv_op, unet.kernel_sizes, unet.strides,
-            unet.n_conv_per_stage, *unet.conv_block_args, return_skips=True,
+            input_channels,
+            n_stages,
+            unet.features_per_stage,
+            unet.conv_op,
+            unet.kernel_sizes,
+            unet.strides,
+            unet.n_conv_per_stage,
+            *unet.conv_block_args,
+            return_skips=True,
         )
         channels = unet.features_per_stage[-1]
         self.attention = TinyAttention(
@@ -182,8 +190,14 @@ def test_info_and_explain_describe_a_registered_method(tiny, tmp_path, monkeypat
     folder.mkdir()
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(
-        json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}, "numTraining": 1,
-                    "file_ending": ".nii.gz"})
+        json.dumps(
+            {
+                "channel_names": {"0": "MRI"},
+                "labels": {"background": 0, "a": 1},
+                "numTraining": 1,
+                "file_ending": ".nii.gz",
+            }
+        )
     )
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
     rows = {row["trainer"]: row for row in networks.dataset_networks(990, "3d_fullres")}
@@ -191,7 +205,8 @@ def test_info_and_explain_describe_a_registered_method(tiny, tmp_path, monkeypat
     assert tiny_row["network"] == "TinyAttentionUNet" and tiny_row["params"] > 0 and tiny_row["flops"] > 0
     (stage,) = tiny_row["attention"]
     assert (stage.stage, stage.shape, stage.text) == (3, (5, 7, 5), "regions of 2x2x2 tokens (36), top-2")
-    net, _ = networks.inference_network(nnUNetTrainerTiny, plans, "3d_fullres", json.loads(
-        (folder / "dataset.json").read_text()))
+    net, _ = networks.inference_network(
+        nnUNetTrainerTiny, plans, "3d_fullres", json.loads((folder / "dataset.json").read_text())
+    )
     assert attention_modules(net)["routed"] == ["attention"]
     assert _kind(net, "attention") == "Tiny"

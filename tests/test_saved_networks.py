@@ -4,6 +4,7 @@ The files are written by ``tests/data/make_reference_networks.py`` (small 2D and
 with sparse routing, padded and shifted Swin windows and the rendering module on). A failure here means a state-dict
 key or a numerical result changed: if on purpose, bump the version, say so in CHANGELOG.md and write new files.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,8 +27,14 @@ def test_there_are_saved_networks_of_every_kind():
     for variant in VARIANTS:  # every registered method, from the release that added it on
         for ndim in (2, 3):
             assert f"{variant}_{ndim}d" in kinds, f"no saved {variant} {ndim}D network: run make_reference_networks.py"
-    assert {p.stem for p in SAVED if p.parent.name == "networks-0.2.0"} >= {"bsa_2d", "bsa_3d", "mdsa_2d", "mdsa_3d",
-                                                                          "bilateral_2d", "bilateral_3d"}
+    assert {p.stem for p in SAVED if p.parent.name == "networks-0.2.0"} >= {
+        "bsa_2d",
+        "bsa_3d",
+        "mdsa_2d",
+        "mdsa_3d",
+        "bilateral_2d",
+        "bilateral_3d",
+    }
 
 
 @pytest.mark.parametrize("path", SAVED, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -1,4 +1,5 @@
 """The short-schedule mechanism on a stand-in trainer (no data): epochs, iterations and the time budget."""
+
 from __future__ import annotations
 
 import itertools

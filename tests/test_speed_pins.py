@@ -1,4 +1,5 @@
 """Work the networks no longer do per forward, pinned (the speed itself is measured in benchmarks/network_speed.py)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """A local timm Swin checkpoint mapped onto ISAM: made here from timm's own Swin (``pretrained=False``), never
 downloaded. The mapped blocks must compute what timm's blocks compute."""
+
 from __future__ import annotations
 
 import json
@@ -119,8 +120,12 @@ def test_checkpoint_wrappers_and_formats(small_swin, tmp_path, wrap):
 
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     else:
-        obj = {"plain": sd, "model": {"model": sd, "epoch": 3}, "state_dict": {"state_dict": sd},
-               "module_prefix": {f"module.{k}": v for k, v in sd.items()}}[wrap]
+        obj = {
+            "plain": sd,
+            "model": {"model": sd, "epoch": 3},
+            "state_dict": {"state_dict": sd},
+            "module_prefix": {f"module.{k}": v for k, v in sd.items()},
+        }[wrap]
         torch.save(obj, path)
     state = read_swin_state_dict(path)
     assert torch.equal(state["layers.2.blocks.5.mlp.fc2.weight"], sd["layers.2.blocks.5.mlp.fc2.weight"])

@@ -1,5 +1,6 @@
 """Behaviour at the places the type check narrowed: what was an ``AttributeError``/``TypeError`` deep in a stack is
 now a one-line refusal, or a path that cannot run is a clean no-op. Fast: no training, no dataset."""
+
 from __future__ import annotations
 
 from pathlib import Path

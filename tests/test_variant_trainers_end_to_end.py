@@ -2,8 +2,10 @@
 ``nnUNetv2_train``, ``nnUNetv2_predict`` and ``nnUNetv2_evaluate_folder``, as a user types them.
 
 The main trainers have their own end-to-end tests; these make sure nnU-Net finds and trains every variant we ship,
-and predicts with those whose network differs from their main trainer's (the bilateral ones). Slow (about a minute each on 2 CPU cores): CI runs them.
+and predicts with those whose network differs from their main trainer's (the bilateral ones). Slow (about a minute
+each on 2 CPU cores): CI runs them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

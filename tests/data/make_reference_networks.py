@@ -7,6 +7,7 @@ supervision), with the package version that wrote them.
 Run it only when a release changes state-dict keys or outputs ON PURPOSE (and say so in CHANGELOG.md): the files
 exist so that an accidental rename or numerical change is caught.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,19 @@ def _plans(ndim: int) -> tuple[dict, tuple[int, ...]]:
         features, patch, strides = [4, 8, 16, 16, 16], (32, 64), [[1, 1]] + [[2, 2]] * 4
     n = len(features)
     arch = {
-        "n_stages": n, "features_per_stage": features, "conv_op": f"torch.nn.Conv{ndim}d",
-        "kernel_sizes": [[3] * ndim] * n, "strides": strides, "n_conv_per_stage": [2] * n,
-        "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
-        "norm_op": f"torch.nn.InstanceNorm{ndim}d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "n_stages": n,
+        "features_per_stage": features,
+        "conv_op": f"torch.nn.Conv{ndim}d",
+        "kernel_sizes": [[3] * ndim] * n,
+        "strides": strides,
+        "n_conv_per_stage": [2] * n,
+        "n_conv_per_stage_decoder": [2] * (n - 1),
+        "conv_bias": True,
+        "norm_op": f"torch.nn.InstanceNorm{ndim}d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
         "nonlin_kwargs": {"inplace": True},
     }
     return arch, patch
