@@ -20,7 +20,8 @@ _COMMON = {
 }
 
 
-def _plain(ndim: int, features, kernels, strides, n_conv=2) -> dict[str, Any]:
+def plain_arch(ndim: int, features, kernels, strides, n_conv=2) -> dict[str, Any]:
+    """PlainConvUNet's architecture kwargs as nnU-Net's planner writes them (``n_conv`` convolutions per stage)."""
     n = len(features)
     return {
         "n_stages": n,
@@ -36,25 +37,25 @@ def _plain(ndim: int, features, kernels, strides, n_conv=2) -> dict[str, Any]:
     }
 
 
-HIPPOCAMPUS_3D = (_plain(3, [32, 64, 128, 256], [[3, 3, 3]] * 4, [[1, 1, 1]] + [[2, 2, 2]] * 3), (40, 56, 40))
-HIPPOCAMPUS_2D = (_plain(2, [32, 64, 128, 256], [[3, 3]] * 4, [[1, 1]] + [[2, 2]] * 3), (56, 40))
+HIPPOCAMPUS_3D = (plain_arch(3, [32, 64, 128, 256], [[3, 3, 3]] * 4, [[1, 1, 1]] + [[2, 2, 2]] * 3), (40, 56, 40))
+HIPPOCAMPUS_2D = (plain_arch(2, [32, 64, 128, 256], [[3, 3]] * 4, [[1, 1]] + [[2, 2]] * 3), (56, 40))
 # nnUNetPlannerResEnc* writes ResidualEncoderUNet kwargs: n_blocks_per_stage instead of n_conv_per_stage.
-_resenc = _plain(3, [32, 64, 128, 256], [[3, 3, 3]] * 4, [[1, 1, 1]] + [[2, 2, 2]] * 3)
+_resenc = plain_arch(3, [32, 64, 128, 256], [[3, 3, 3]] * 4, [[1, 1, 1]] + [[2, 2, 2]] * 3)
 _resenc["n_blocks_per_stage"] = [1, 3, 4, 6]
 _resenc["n_conv_per_stage_decoder"] = [1, 1, 1]
 del _resenc["n_conv_per_stage"]
 HIPPOCAMPUS_RESENC_3D = (_resenc, (40, 56, 40))
 # 40 is not divisible by 16: like nnU-Net's planner, the fifth stage stops halving the odd axis (5x6x6 -> 5x3x3)
 FIVE_STAGE_3D = (
-    _plain(3, [32, 64, 128, 256, 320], [[3, 3, 3]] * 5, [[1, 1, 1]] + [[2, 2, 2]] * 3 + [[1, 2, 2]]),
+    plain_arch(3, [32, 64, 128, 256, 320], [[3, 3, 3]] * 5, [[1, 1, 1]] + [[2, 2, 2]] * 3 + [[1, 2, 2]]),
     (40, 48, 48),
 )
 SEVEN_STAGE_2D = (
-    _plain(2, [32, 64, 128, 256, 512, 512, 512], [[3, 3]] * 7, [[1, 1]] + [[2, 2]] * 6),
+    plain_arch(2, [32, 64, 128, 256, 512, 512, 512], [[3, 3]] * 7, [[1, 1]] + [[2, 2]] * 6),
     (256, 192),
 )
 ANISOTROPIC_3D = (
-    _plain(
+    plain_arch(
         3,
         [32, 64, 128, 256, 320, 320],
         [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
@@ -63,7 +64,10 @@ ANISOTROPIC_3D = (
     (20, 192, 160),
 )
 # A typical large-organ 3d_fullres plan: six stages on 128^3 (for parameter and FLOP figures, not unit tests).
-SIX_STAGE_128 = (_plain(3, [32, 64, 128, 256, 320, 320], [[3, 3, 3]] * 6, [[1, 1, 1]] + [[2, 2, 2]] * 5), (128,) * 3)
+SIX_STAGE_128 = (
+    plain_arch(3, [32, 64, 128, 256, 320, 320], [[3, 3, 3]] * 6, [[1, 1, 1]] + [[2, 2, 2]] * 5),
+    (128,) * 3,
+)
 
 PLANS_CASES: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "hippocampus_3d": HIPPOCAMPUS_3D,

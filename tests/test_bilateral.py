@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from plans_cases import PLANS_CASES, dataset_json, plans_for
+from plans_cases import PLANS_CASES, dataset_json, plain_arch, plans_for
 
 from nnunet_sparseattn.architectures.base import PlansError, stage_shapes
 from nnunet_sparseattn.architectures.bilateral import (
@@ -315,24 +315,8 @@ def test_point_loss_for_regions_is_bce_without_ignored_points():
 
 
 def _tiny_plans(ndim: int) -> tuple[dict, tuple[int, ...]]:
-    conv = f"torch.nn.modules.conv.Conv{ndim}d"
     patch = (20, 24) if ndim == 2 else (8, 12, 16)
-    return {
-        "n_stages": 3,
-        "features_per_stage": [8, 16, 32],
-        "conv_op": conv,
-        "kernel_sizes": [[3] * ndim] * 3,
-        "strides": [[1] * ndim] + [[2] * ndim] * 2,
-        "n_conv_per_stage": [1, 1, 1],
-        "n_conv_per_stage_decoder": [1, 1],
-        "conv_bias": True,
-        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{ndim}d",
-        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }, patch
+    return plain_arch(ndim, [8, 16, 32], [[3] * ndim] * 3, [[1] * ndim] + [[2] * ndim] * 2, n_conv=1), patch
 
 
 def _tiny(ndim: int, deep_supervision: bool = True, **overrides) -> tuple[BilateralUNet, tuple[int, ...]]:

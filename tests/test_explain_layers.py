@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from plans_cases import plain_arch
 
 from nnunet_sparseattn.architectures.bilateral import BilateralUNet
 from nnunet_sparseattn.architectures.bsa import BSAUNet
@@ -27,22 +28,7 @@ from nnunet_sparseattn.layers.window_attention import (
 
 def _plans(ndim: int, features=(8, 16, 32, 32)) -> dict:
     n = len(features)
-    return {
-        "n_stages": n,
-        "features_per_stage": list(features),
-        "conv_op": f"torch.nn.modules.conv.Conv{ndim}d",
-        "kernel_sizes": [[3] * ndim] * n,
-        "strides": [[1] * ndim] + [[2] * ndim] * (n - 1),
-        "n_conv_per_stage": [1] * n,
-        "n_conv_per_stage_decoder": [1] * (n - 1),
-        "conv_bias": True,
-        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{ndim}d",
-        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
+    return plain_arch(ndim, list(features), [[3] * ndim] * n, [[1] * ndim] + [[2] * ndim] * (n - 1), n_conv=1)
 
 
 def _networks():
