@@ -382,7 +382,7 @@ def _split(
     """(training, held-out, left out) cases: by lists of image names, else the last ``num_test`` by name."""
     if test_list is None and train_list is None:
         if num_test < 0:
-            raise UserError(f"num_test={num_test} must be >= 0")
+            raise UserError(f"--num-test {num_test}: the number of test cases must be 0 or more")
         return pairs[: len(pairs) - num_test], pairs[len(pairs) - num_test :], []
     if num_test:
         raise UserError("--num-test and a split list (--test-list/--train-list) were both given: choose one")
@@ -519,7 +519,7 @@ def convert_2d(
     pairs, suffix = pair_images_and_masks(images, masks, mask_suffix)
     if limit is not None:
         if limit < 1:
-            raise UserError(f"limit={limit} must be >= 1")
+            raise UserError(f"--limit {limit}: the number of pairs to convert must be 1 or more")
         if test_list is not None or train_list is not None:
             raise UserError("--limit and a split list were both given: a list names its cases; drop --limit")
         pairs = pairs[:limit]

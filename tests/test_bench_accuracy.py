@@ -7,19 +7,13 @@ comparisons into one results file, the list of figures that moved, the BENCHMARK
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import accuracy  # noqa: E402
-from nnunet_sparseattn.compare.results import paired_test  # noqa: E402
-from nnunet_sparseattn.errors import UserError  # noqa: E402
-from nnunet_sparseattn.harness.budgets import BUDGETS  # noqa: E402
+from benchmarks import accuracy
+from nnunet_sparseattn.compare.results import paired_test
+from nnunet_sparseattn.errors import UserError
+from nnunet_sparseattn.harness.budgets import BUDGETS
 
 
 def _run(trainer: str, dice: dict, s_per_iter: float, baseline: bool = False, status: str = "done") -> dict:

@@ -9,20 +9,15 @@ splits against the data and the README's sequence table, the protocol's pieces, 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import curves, splits  # noqa: E402
-from nnunet_sparseattn.compare.results import paired_test  # noqa: E402
-from nnunet_sparseattn.compare.run import short_label  # noqa: E402
-from nnunet_sparseattn.harness.budgets import TIMING_FILE, parse_budget  # noqa: E402
+from benchmarks import curves, splits
+from nnunet_sparseattn.compare.results import paired_test
+from nnunet_sparseattn.compare.run import short_label
+from nnunet_sparseattn.harness.budgets import TIMING_FILE, parse_budget
 
 
 # ------------------------------------------------------------------------------------------------- splits

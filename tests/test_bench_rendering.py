@@ -3,18 +3,11 @@ the boundary metrics, which no library the project uses computes, are its own. F
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import rendering_effect  # noqa: E402
+from benchmarks import rendering_effect
 
 
 def _square(shift: int = 0, size: int = 64) -> np.ndarray:

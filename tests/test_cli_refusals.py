@@ -326,3 +326,13 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         outputs.write_text_whole(target, "half")
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+@pytest.mark.parametrize(
+    "option,value,words",
+    [("--limit", 0, "--limit 0: the number of pairs"), ("--num-test", -1, "--num-test -1: the number of test cases")],
+)
+def test_counts_out_of_range_name_their_option(tmp_path, raw, option, value, words):
+    images, masks = _pairs(tmp_path)
+    refused(run_main("convert-2d", images, masks, "-d", 3, option, value), words)
+    assert not any(raw.iterdir())

@@ -6,18 +6,11 @@ runs (a ``TorchDispatchMode`` records each operator and its input dtypes), not t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import network_speed as ns  # noqa: E402
+from benchmarks import network_speed as ns
 
 # the operators whose input must be float32: attention/routing softmax, routing top-k and sorting, norms
 FLOAT32_OPS = ("_softmax", "_log_softmax", "topk", "sort", "native_layer_norm")

@@ -9,19 +9,13 @@ the benchmark, not asserted here.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import network_speed as ns  # noqa: E402
+from benchmarks import network_speed as ns
 
 
 def _trainer_class(name: str) -> type:

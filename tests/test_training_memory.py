@@ -5,19 +5,13 @@ The predicted figures themselves are measured by ``benchmarks/training_memory.py
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import network_speed as ns  # noqa: E402
-from nnunet_sparseattn.layers.checkpointing import (  # noqa: E402
+from benchmarks import network_speed as ns
+from nnunet_sparseattn.layers.checkpointing import (
     SavedTensorCounter,
     checkpoint_blocks,
     checkpointed_blocks,
