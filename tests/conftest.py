@@ -11,6 +11,10 @@ import torch
 
 pytest.register_assert_rewrite("helpers")  # the end-to-end tests' shared checks report like test asserts
 
+# nnU-Net's process pools (preprocessing, the final validation's export, ensembling) with one worker each: the two
+# xdist workers already keep both cores busy, and every pool worker imports torch and nnU-Net afresh (seconds of CPU)
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+
 # The project's real data lives beside the checkout (never copied into it); CI has it.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

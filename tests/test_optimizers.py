@@ -169,16 +169,16 @@ def test_full_schedule_matches_nnunets_warmup_trainer_at_epoch_boundaries(traine
 
 
 def test_nnunet_logs_the_lr_of_each_epochs_first_iteration_and_train_step_moves_it(monkeypatch, trainer_without_data):
-    trainer = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW_debug)  # 2 epochs x 4 iterations
-    assert (trainer.num_epochs, trainer.num_iterations_per_epoch) == (2, 4)
-    total, warmup = 8, trainer.warmup_iterations()
+    trainer = _trainer(trainer_without_data, nnUNetTrainerBSA_AdamW_debug)  # 2 epochs x 2 iterations
+    per_epoch = trainer.num_iterations_per_epoch
+    total, warmup = trainer.num_epochs * per_epoch, trainer.warmup_iterations()
     assert 2 <= warmup < total
     used = _record_steps(monkeypatch)
     for epoch in range(trainer.num_epochs):
         trainer.current_epoch = epoch
         trainer.on_train_epoch_start()
         logged = trainer.logger.get_value("lrs", step=-1)
-        assert logged == pytest.approx(_reference_lr(3e-4, warmup, total, epoch * 4))
+        assert logged == pytest.approx(_reference_lr(3e-4, warmup, total, epoch * per_epoch))
         for _ in range(trainer.num_iterations_per_epoch):
             trainer.train_step({})
     assert used == pytest.approx([_reference_lr(3e-4, warmup, total, g) for g in range(total)])

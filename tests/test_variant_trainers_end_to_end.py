@@ -1,9 +1,11 @@
-"""The variant trainers (one change each to a main trainer) through nnU-Net's own CLI on MSD Hippocampus 3d_fullres:
-``nnUNetv2_train``, ``nnUNetv2_predict`` and ``nnUNetv2_evaluate_folder``, as a user types them.
+"""The variant trainers (one change each to a main trainer) on MSD Hippocampus 3d_fullres.
 
-The main trainers have their own end-to-end tests; these make sure nnU-Net finds and trains every variant we ship,
-and predicts with those whose network differs from their main trainer's (the bilateral ones). Slow (about a minute
-each on 2 CPU cores): CI runs them.
+Those whose network differs from their main trainer's (the bilateral ones) go through nnU-Net's own CLI:
+``nnUNetv2_train``, ``nnUNetv2_predict`` and ``nnUNetv2_evaluate_folder``, as a user types them (about a minute each
+on 2 CPU cores). The loss and optimiser variants build their main trainer's network, which the main trainers'
+end-to-end tests train, predict and evaluate through the CLI: here nnU-Net's own trainer lookup finds each (what
+``nnUNetv2_train -tr`` runs), it is built from the prepared dataset's plans, takes a training step and saves a
+checkpoint that names it (one training per network and configuration per run). Slow: CI runs them.
 """
 
 from __future__ import annotations
@@ -19,19 +21,11 @@ from nnunet_sparseattn.harness import commands, datasets
 
 pytestmark = pytest.mark.slow
 
-# each differs from its main trainer in one thing: the loss (noNB, NB), the optimiser (AdamW), the rendering module
-# (noRendering) or the initial ISAM weights (pretrained)
-VARIANTS = [
-    "nnUNetTrainerBSA_noNB",
-    "nnUNetTrainerBSA_AdamW",
-    "nnUNetTrainerMDSA_NB",
-    "nnUNetTrainerBilateral_noRendering",
-    "nnUNetTrainerBilateral_pretrained",
-]
-
-# a loss or optimiser variant builds its main trainer's network: nnUNetv2_predict and evaluate of it run in the main
-# trainer's end-to-end test (test_bsa_end_to_end, test_mdsa_end_to_end); here training and the checkpoint suffice
-SAME_NETWORK_AS_MAIN = {"nnUNetTrainerBSA_noNB", "nnUNetTrainerBSA_AdamW", "nnUNetTrainerMDSA_NB"}
+# each differs from its main trainer in one thing: the rendering module (noRendering) or the initial ISAM weights
+# (pretrained), so its network differs too
+CLI_VARIANTS = ["nnUNetTrainerBilateral_noRendering", "nnUNetTrainerBilateral_pretrained"]
+# the loss (noNB, NB) or the optimiser (AdamW): the main trainer's network
+SAME_NETWORK_AS_MAIN = ["nnUNetTrainerBSA_noNB", "nnUNetTrainerBSA_AdamW", "nnUNetTrainerMDSA_NB"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,7 @@ def swin_tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("base", VARIANTS)
+@pytest.mark.parametrize("base", CLI_VARIANTS)
 def test_variant_trains_predicts_and_evaluates_through_the_cli(base, hippocampus_nnunet, swin_tiny_checkpoint):
     run = hippocampus_nnunet  # shared: converted, 15 training cases preprocessed, 3 cases never trained on
     trainer = f"{base}_debug"
@@ -64,9 +58,37 @@ def test_variant_trains_predicts_and_evaluates_through_the_cli(base, hippocampus
         training_log = "".join(p.read_text() for p in (model / "fold_0").glob("training_log_*.txt"))
         assert f"Swin weights from {swin_tiny_checkpoint}" in training_log
 
-    if base in SAME_NETWORK_AS_MAIN:
-        return  # its main trainer's end-to-end test predicts and evaluates the same network class
     predictions = run["work"] / f"predictions_{base}"
     commands.predict(run["images"], predictions, dataset_id, "3d_fullres", 0, trainer, env, log)
     summary = commands.evaluate(run["labels"], predictions, model, env, log)
     assert_dice(summary, ["1", "2"], len(run["heldout"]))
+
+
+@pytest.mark.parametrize("base", SAME_NETWORK_AS_MAIN)
+def test_loss_and_optimiser_variants_are_found_built_stepped_and_saved(
+    base, hippocampus_nnunet, trainer_without_data, tmp_path
+):
+    import json
+
+    import numpy as np
+
+    from nnunet_sparseattn.discovery import require_trainer
+    from nnunet_sparseattn.losses import NarrowBandCompoundLoss
+
+    run = hippocampus_nnunet
+    trainer_class = require_trainer(f"{base}_debug")  # nnU-Net's own lookup, as nnUNetv2_train -tr does
+    preprocessed = Path(run["env"]["nnUNet_preprocessed"]) / run["dataset"].name
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    trainer = trainer_without_data(trainer_class, plans, "3d_fullres", dataset_json)
+    # BSA's trainers add the NB loss unless _noNB; MDSA's only with _NB
+    assert isinstance(trainer.loss, NarrowBandCompoundLoss) == (base != "nnUNetTrainerBSA_noNB")
+    assert isinstance(trainer.optimizer, torch.optim.AdamW) == base.endswith("_AdamW")
+    patch = trainer.configuration_manager.patch_size
+    torch.manual_seed(0)
+    data = torch.randn(2, 1, *patch)
+    targets = [torch.randint(0, 3, (2, 1, *o.shape[2:])).float() for o in trainer.network(data)]
+    assert np.isfinite(trainer.train_step({"data": data, "target": targets})["loss"])
+    trainer.save_checkpoint(str(tmp_path / "checkpoint_final.pth"))
+    checkpoint = torch.load(tmp_path / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == f"{base}_debug" and checkpoint["network_weights"]

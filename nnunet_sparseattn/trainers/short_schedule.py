@@ -40,8 +40,8 @@ SHORT_SCHEDULES: dict[str, ShortSchedule] = {
     # CPU smoke runs (tests, CI): seconds per epoch
     "_debug": ShortSchedule(
         num_epochs=2,
-        num_iterations_per_epoch=4,
-        num_val_iterations_per_epoch=2,
+        num_iterations_per_epoch=2,
+        num_val_iterations_per_epoch=1,
         max_batch_size=2,
         validation_mirroring=False,
     ),
