@@ -66,6 +66,7 @@ REGIONS = {"background": 0, "organ_and_nodule": [1, 3], "vessel": [2], "nodule":
 def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, trainer_without_data, labels):
     from nnunet_sparseattn.losses import NarrowBandCompoundLoss
     from nnunet_sparseattn.trainers import nnUNetTrainerNB_debug
+    from nnunet_sparseattn.trainers.short_schedule import SHORT_SCHEDULES
 
     preprocessed = datasets.require_dataset(
         synthetic_run["env"]["nnUNet_preprocessed"], SYNTHETIC_ID, "nnUNet_preprocessed"
@@ -77,7 +78,12 @@ def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, t
     if regions:
         dataset_json["regions_class_order"] = [1, 2, 3]
     trainer = trainer_without_data(nnUNetTrainerNB_debug, plans, CONFIGURATION, dataset_json)
-    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (2, 4, 2)
+    debug = SHORT_SCHEDULES["_debug"]
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (
+        debug.num_epochs,
+        debug.num_iterations_per_epoch,
+        debug.num_val_iterations_per_epoch,
+    )
     assert isinstance(trainer.loss, NarrowBandCompoundLoss)
     assert trainer.label_manager.has_regions == regions
     assert all(nb.apply_nonlin == ("sigmoid" if regions else "softmax") for nb in trainer.loss.nb_losses)
