@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,16 +161,14 @@ def isic_nnunet(shared_data, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def trained_debug_model(tmp_path_factory) -> Callable[..., Path]:
-    """``train(run, trainer, plans="nnUNetPlans", extra=()) -> model folder``: ``nnUNetv2_train`` of a ``_debug``
+    """``train(run, trainer, plans="nnUNetPlans") -> model folder``: ``nnUNetv2_train`` of a ``_debug``
     trainer on a prepared dataset (``hippocampus_nnunet``, ``isic_nnunet``), once per test run whichever test or
     worker asks first; the end-to-end, explain and export tests share the models."""
     from nnunet_sparseattn.harness import commands, datasets
 
-    def train(run: dict, trainer: str, plans: str = "nnUNetPlans", extra: Sequence[str] = ()) -> Path:
+    def train(run: dict, trainer: str, plans: str = "nnUNetPlans") -> Path:
         def fit(_: Path) -> dict:
-            commands.train(
-                run["id"], run["configuration"], 0, trainer, run["env"], run["log"], plans=plans, extra=list(extra)
-            )
+            commands.train(run["id"], run["configuration"], 0, trainer, run["env"], run["log"], plans=plans)
             return {}
 
         prepared_once(tmp_path_factory, f"trained-{run['id']}-{trainer}-{plans}-{run['configuration']}", fit)
