@@ -1,6 +1,6 @@
 """What the autodiscovery startup hook adds to every Python start in an environment where the package is installed.
 
-    .venv/bin/python benchmarks/startup_hook.py            # writes benchmarks/results/startup-hook.json
+    .venv/bin/python -m benchmarks.startup_hook            # writes benchmarks/results/startup-hook.json
 
 Builds the wheel, installs it (``--no-deps``: the hook imports nothing else) into a fresh venv, then times
 ``python -c pass`` there side by side, alternating runs with the installed ``.pth`` enabled and renamed away (the same
@@ -26,9 +26,8 @@ import venv
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from nnunet_sparseattn_autodiscovery import PTH_NAME  # noqa: E402
+from benchmarks.common import RESULTS, ROOT
+from nnunet_sparseattn_autodiscovery import PTH_NAME
 
 
 def _site_packages(env: Path) -> Path:
@@ -101,7 +100,7 @@ def measure(rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "startup-hook.json"))
+    parser.add_argument("--out", default=str(RESULTS / "startup-hook.json"))
     args = parser.parse_args()
     result = measure(args.rounds)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
