@@ -81,7 +81,9 @@ def prepare_dataset(spec: DatasetSpec, data_root: Path, env: dict[str, str], kee
     if spec.key == "hippocampus":
         dataset_id = datasets.convert_msd(source, env)
         if keep is not None:
-            datasets.keep_training_cases(datasets.dataset_folder(raw, dataset_id), keep)
+            folder = datasets.dataset_folder(raw, dataset_id)
+            assert folder is not None  # convert_msd just wrote it
+            datasets.keep_training_cases(folder, keep)
         return dataset_id
     if spec.key == "isic2017":
         from nnunet_sparseattn.convert2d import convert_2d
@@ -350,7 +352,9 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     from nnunet_sparseattn.compare.report import plot as plot_rows
 
     budget = results["budget"]
-    rows = [(_as_comparison(d, results), None) for d in results["datasets"].values()]
+    rows: list[tuple[dict[str, Any], list[str] | None]] = [
+        (_as_comparison(d, results), None) for d in results["datasets"].values()
+    ]
     return plot_rows(
         rows,
         path,

@@ -105,7 +105,7 @@ def make_fn(backend: str, q, k, v, heads: int, grid: int, topk: int) -> Callable
 
 
 # ------------------------------------------------------------------------------------------- measurement
-def _cpu_peak_bytes(fn: Callable[[], None]) -> int:
+def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -114,7 +114,7 @@ def _cpu_peak_bytes(fn: Callable[[], None]) -> int:
 
 
 def measure(
-    fn: Callable[[], None], device: torch.device, reps: int, slow_s: float, profile_first: bool
+    fn: Callable[[], object], device: torch.device, reps: int, slow_s: float, profile_first: bool
 ) -> tuple[float, int, float]:
     """Returns (best time of the timed runs, peak bytes, time of the first call).
 

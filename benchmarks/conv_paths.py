@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, command_line, write_results
@@ -59,7 +58,9 @@ def _best(fn: Callable[[], None], repeats: int) -> float:
 ConvPath = Callable[[torch.Tensor], torch.Tensor]  # one way of running the convolution
 
 
-def _paths(module: nn.Module, ndim: int, channels: int, groups: int, stride: int, k: int) -> dict[str, ConvPath]:
+def _paths(
+    module: conv.GroupedConv2d | conv.GroupedConv3d, ndim: int, channels: int, groups: int, stride: int, k: int
+) -> dict[str, ConvPath]:
     """The ways the convolution is timed: plain, channels-last, and (depthwise) ``_DepthwiseConv``'s backward."""
     weight, bias = module.weight, module.bias
     layout = torch.channels_last_3d if ndim == 3 else torch.channels_last
@@ -102,7 +103,8 @@ def measure(case: tuple, repeats: int) -> dict:
     ndim, c, groups, spatial, stride, k = case
     torch.manual_seed(0)
     x = torch.randn(2, c, *spatial, requires_grad=True)
-    module = conv.grouped_conv_op(nn.Conv3d if ndim == 3 else nn.Conv2d)(c, c, k, stride, k // 2, groups=groups)
+    # the class grouped_conv_op gives the networks for this dimension
+    module = (conv.GroupedConv3d if ndim == 3 else conv.GroupedConv2d)(c, c, k, stride, k // 2, groups=groups)
     paths = _paths(module, ndim, c, groups, stride, k)
     record: dict = {
         "case": {

@@ -120,7 +120,18 @@ S_PER_ITER["hippocampus"] = {k: 0.96 * v for k, v in S_PER_ITER["cvc"].items()}
 # nnUNetv2_predict per test case (s), quiet machine: the accuracy benchmark's 0.36-0.87 s per 256 x 256 image scaled;
 # a Hippocampus case is ~36 slices of about a 2D image's pixels each
 PREDICT_S_PER_CASE = {"cvc": 0.3, "isic2017": 0.3, "hippocampus": 8.0}
-TINY = {"budgets": ("2x2b2", "2x2b2s1", "4x2b2"), "train": 6, "test": 3}
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """``--tiny``'s toy sizes."""
+
+    budgets: tuple[str, ...] = ("2x2b2", "2x2b2s1", "4x2b2")
+    train: int = 6  # training cases
+    test: int = 3  # test cases
+
+
+TINY = Tiny()
 
 
 def budget_name(budget: str, seed: int) -> str:
@@ -180,7 +191,7 @@ def prepare(key: str, data_root: Path, env: dict[str, str], tiny: bool = False) 
     test = splits.read_list(key)
     folder = datasets.dataset_folder(raw, spec.dataset_id)
     held = len(list((folder / "labelsTs").iterdir())) if folder is not None and (folder / "labelsTs").is_dir() else 0
-    if key == "hippocampus" and held < (TINY["test"] if tiny else len(test)):
+    if key == "hippocampus" and held < (TINY.test if tiny else len(test)):
         # nnU-Net's converter, then the test cases out of imagesTr (again after a kill between the two)
         folder = datasets.dataset_folder(raw, datasets.convert_msd(source, env))
         assert folder is not None
@@ -229,8 +240,8 @@ def _shrink(folder: Path) -> None:
     """``--tiny``: the first few training and test cases only."""
     from nnunet_sparseattn.harness import datasets
 
-    datasets.keep_training_cases(folder, TINY["train"])
-    for label in sorted((folder / "labelsTs").iterdir())[TINY["test"] :]:
+    datasets.keep_training_cases(folder, TINY.train)
+    for label in sorted((folder / "labelsTs").iterdir())[TINY.test :]:
         label.unlink()
 
 
@@ -378,7 +389,9 @@ def record_from_compare(results: dict[str, Any], model_root: Path | None = None)
 
 def merge(old: dict[str, Any] | None, key: str, record: dict[str, Any], command: str) -> dict[str, Any]:
     """The curves JSON with ``record`` (one dataset at one budget) put in, the other records kept."""
-    out = old if old and old.get("schema") == SCHEMA else {"benchmark": "curves", "schema": SCHEMA, "datasets": {}}
+    out: dict[str, Any] = (
+        old if old and old.get("schema") == SCHEMA else {"benchmark": "curves", "schema": SCHEMA, "datasets": {}}
+    )
     dataset = out["datasets"].setdefault(
         key, {"title": DATASETS[key].spec.title, "distance_unit": DATASETS[key].spec.distance_unit, "budgets": {}}
     )
@@ -664,7 +677,7 @@ def _merged(piece: Piece, results_file: Path) -> bool:
 def gather_started(options: Options) -> None:
     """Merge the finished runs of every piece begun under ``options.work`` (a piece still running, or killed,
     included: its finished runs count; its record is replaced when the piece ends)."""
-    folders = {}
+    folders: dict[Path, Piece] = {}
     for piece in plan_pieces(list(DATASETS), list(TRAINERS), SHORT, LONG, SEEDS) + options.pieces:
         folders.setdefault(piece.folder(options.work), piece)
     for folder, piece in folders.items():
@@ -704,8 +717,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--tiny",
         action="store_true",
-        help=f"toy sizes ({TINY['train']} training, {TINY['test']} test "
-        f"cases, budgets {', '.join(TINY['budgets'])}): a check",
+        help=f"toy sizes ({TINY.train} training, {TINY.test} test cases, budgets {', '.join(TINY.budgets)}): a check",
     )
     return ap
 
@@ -718,10 +730,7 @@ def options_from(args: argparse.Namespace, command: str) -> Options:
     docs = args.docs if args.update_docs else None
     if docs is not None:  # before hours of training, not after
         check_section(docs, MARKERS)
-    if args.tiny:
-        short, long, seeds = TINY["budgets"][0], TINY["budgets"][2], (0, 1)
-    else:
-        short, long, seeds = SHORT, LONG, SEEDS
+    short, long, seeds = (TINY.budgets[0], TINY.budgets[2], (0, 1)) if args.tiny else (SHORT, LONG, SEEDS)
     keys = names(args.dataset, tuple(DATASETS), "dataset") if args.dataset else list(DATASETS)
     options = Options(args.work.resolve(), args.data, args.results, docs, args.tiny, command)
     if args.budget:

@@ -27,7 +27,7 @@ LABELS = {STOCK: "nnU-Net PlainConvUNet"}
 
 
 def measure() -> dict:
-    rows = {}
+    rows: dict[str, dict] = {}
     for row, plan_name in PLANS.items():
         plan = load_plan(plan_name)
         rows[row] = {"patch_size": list(plan.patch_size), "num_classes": plan.num_classes, "networks": {}}

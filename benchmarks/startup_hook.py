@@ -51,12 +51,15 @@ def _instructions(python: Path, env: dict) -> int | None:
         text=True,
         check=True,
     ).stderr
-    return int(re.search(r"Collected : (\d+)", report).group(1))
+    collected = re.search(r"Collected : (\d+)", report)
+    if collected is None:
+        raise RuntimeError(f"callgrind reported no instruction count: {report[-500:]}")
+    return int(collected.group(1))
 
 
 def measure(rounds: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
         subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(ROOT)], check=True
         )
@@ -91,7 +94,9 @@ def measure(rounds: int) -> dict:
         "added_median_ms": 1e3 * statistics.median(differences),
         "callgrind_instructions": instructions,
         "added_instructions_fraction": (
-            instructions["with_hook"] / instructions["without"] - 1 if instructions["without"] else None
+            instructions["with_hook"] / instructions["without"] - 1
+            if instructions["with_hook"] is not None and instructions["without"]
+            else None
         ),
         "importtime_us (self | cumulative | module)": ours,
     }

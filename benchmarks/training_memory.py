@@ -66,6 +66,7 @@ from benchmarks.network_speed import (
     countable_attention,
     load_plan,
 )
+from nnunet_sparseattn.architectures.base import PlansNetwork
 from nnunet_sparseattn.layers.checkpointing import SavedTensorCounter
 
 RESULTS_FILE = RESULTS / "training-memory.json"
@@ -156,6 +157,7 @@ def build(key: str, plan: Plan, checkpointing: bool) -> nn.Module:
     torch.manual_seed(0)
     network = build_network(key, plan, deep_supervision=True)
     if checkpointing and key != STOCK:
+        assert isinstance(network, PlansNetwork)  # ours, not nnU-Net's
         network.enable_activation_checkpointing()
     return network
 

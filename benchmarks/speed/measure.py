@@ -129,7 +129,10 @@ def build_network(key: str, plan: Plan, deep_supervision: bool) -> nn.Module:
             allow_init=True,
             deep_supervision=deep_supervision,
         )
-    cls = pydoc.locate(spec.network_class)
+    # our PlansNetwork class as the package in use has it (a --before tree's may predate today's helpers)
+    cls: Any = pydoc.locate(spec.network_class)
+    if cls is None:
+        raise ImportError(f"{spec.network_class} is not importable")
     return cls.from_plans(
         plan.arch_kwargs,
         plan.patch_size,
@@ -187,7 +190,7 @@ class TrainingStep:
         self.num_parameters = sum(p.numel() for p in self.network.parameters())
         self.loss = build_loss(plan, compile_dice=compiled, backend=compile_backend)
         self.optimizer = build_optimizer(self.network)
-        self.model: nn.Module = self.network
+        self.model: Callable[[torch.Tensor], Any] = self.network
         if compiled:
             self.model = torch.compile(self.network, backend=compile_backend)
         self.grad_scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
@@ -247,7 +250,7 @@ def countable_attention(network: nn.Module) -> Iterator[None]:
     the formula torch lacks for the CPU's kernel)."""
     from nnunet_sparseattn.layers.sparse_attention import BACKENDS
 
-    routed = [m for m in network.modules() if getattr(m, "backend", None) in BACKENDS]
+    routed: list[Any] = [m for m in network.modules() if getattr(m, "backend", None) in BACKENDS]
     saved = [m.backend for m in routed]
     try:
         for m in routed:
@@ -324,12 +327,14 @@ def sliding_window_logits(
         gaussian = compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10, device=device)
         for start in itertools.product(*steps):
             tile = tuple(slice(s, s + p) for s, p in zip(start, patch))
-            prediction = network(data[(slice(None), *tile)][None])[0]
+            channels_tile = (slice(None), *tile)  # every channel (a name: mypy reads a[(x, *y)] as 3.11 syntax)
+            prediction = network(data[channels_tile][None])[0]
             prediction *= gaussian
-            logits[(slice(None), *tile)] += prediction
+            logits[channels_tile] += prediction
             weight[tile] += gaussian
         torch.div(logits, weight, out=logits)
-        return logits[(slice(None), *revert[1:])]
+        unpadded = (slice(None), *revert[1:])
+        return logits[unpadded]
 
 
 def measure_inference(key: str, plan: Plan, device: torch.device) -> dict[str, Any]:
@@ -376,11 +381,11 @@ def compile_counters() -> dict[str, Any]:
     """Dynamo's graph breaks (count and distinct reasons) and graphs compiled since the counters were cleared."""
     from torch._dynamo.utils import counters
 
-    breaks = counters.get("graph_break", {})
+    breaks = counters["graph_break"]  # counters: a defaultdict of Counters
     return {
         "graph_breaks": int(sum(breaks.values())),
         "graph_break_reasons": sorted(str(r)[:200] for r in breaks),
-        "unique_graphs": int(counters.get("stats", {}).get("unique_graphs", 0)),
+        "unique_graphs": int(counters["stats"]["unique_graphs"]),
     }
 
 
