@@ -323,7 +323,7 @@ def render_section(results_files: list[Path], docs_root: Path = ROOT) -> str:
         "## Accuracy and cost on real data",
         "",
         "```",
-        "make bench-accuracy              # CPU budget: .venv/bin/python benchmarks/accuracy.py --budget cpu",
+        "make bench-accuracy              # CPU budget: .venv/bin/python -m benchmarks.accuracy --budget cpu",
         "make bench-accuracy BUDGET=gpu   # on a CUDA machine",
         "```",
         "",
