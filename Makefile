@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# ruff (lint rules and the formatter's check) on the package, its tests and benchmarks; mypy on the package, as
-# configured in pyproject.toml (tests and benchmarks are not type-checked yet)
+# ruff (lint rules and the formatter's check) and mypy on the package, its tests and benchmarks; mypy as configured
+# in pyproject.toml (the package strictest; benchmarks and tests checked with untyped test functions allowed)
 LINTED := nnunet_sparseattn nnunet_sparseattn_autodiscovery.py tests benchmarks
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
@@ -52,29 +52,29 @@ demo: $(STAMP)
 	$(VENV)/bin/nnunet-sparseattn demo --work demo_work $(if $(MSD),--msd "$(MSD)")
 
 bench-attention: $(STAMP)
-	$(PY) benchmarks/attention.py
+	$(PY) -m benchmarks.attention
 
 # One nnU-Net training step of stock nnU-Net and each of our networks on three real plans, side by side (CPU: batch
 # capped at 2, the 128^3 plan at 1; ~1.5 h on 2 cores). BEFORE=<git ref> also times our networks as that commit built
 # them, interleaved in the same rounds. Writes benchmarks/results/network-speed-cpu-eager.json and BENCHMARKS.md.
 bench-speed: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/network_speed.py --plan-batch six_stage_128_3d=1 \
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.network_speed --plan-batch six_stage_128_3d=1 \
 		--inference --inference-plans hippocampus_3d_fullres,isic2017_2d $(if $(BEFORE),--before $(BEFORE)) --update-docs
 
 # BUDGET=cpu (default, ~1 h on 2 cores) or gpu (a CUDA machine); run again to resume a killed benchmark
 bench-accuracy: $(STAMP)
-	$(PY) benchmarks/accuracy.py --budget $(or $(BUDGET),cpu) --update-docs
+	$(PY) -m benchmarks.accuracy --budget $(or $(BUDGET),cpu) --update-docs
 
 # Training memory predicted for the GPU (fake CUDA tensors, fp16 autocast) per network and plan, with and without
 # activation checkpointing, held against CPU measurements; writes benchmarks/results/training-memory.json and
 # BENCHMARKS.md (~15 min on 2 busy cores, most of it the CPU measurements)
 bench-memory: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/training_memory.py --update-docs
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.training_memory --update-docs
 
 # Learning curves (issue 21): five trainers x two budgets x three datasets on the CPU, in pieces of at most ~1.5 h,
 # ~13 h in all on 2 quiet cores; run again to resume (finished pieces are skipped). --dry-run lists pieces and hours.
 bench-curves: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/curves.py --all --update-docs
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.curves --all --update-docs
 
 clean-demo:
 	rm -rf demo_work

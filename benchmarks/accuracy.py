@@ -2,7 +2,7 @@
 
 Usage (``make bench-accuracy`` = ``--budget cpu``; ``make bench-accuracy BUDGET=gpu`` on a CUDA machine):
 
-    .venv/bin/python benchmarks/accuracy.py --budget cpu|gpu|tiny [--datasets hippocampus,isic2017]
+    .venv/bin/python -m benchmarks.accuracy --budget cpu|gpu|tiny [--datasets hippocampus,isic2017]
         [--trainers nnUNetTrainer,nnUNetTrainerNB,...] [--work DIR] [--update-docs] [--report-only]
 
 For each dataset (MSD Hippocampus 3d_fullres, ISIC 2017 2d, read from ``../shared/data``) it converts the data
@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.common import DATA, DOCS, RESULTS, ROOT, check_section, command_line, update_section
+
 SECTION = ROOT / "benchmarks" / "accuracy_section.md"
-DOCS = ROOT / "BENCHMARKS.md"
-DATA = ROOT.parent / "shared" / "data"
 MARKERS = ("<!-- accuracy:begin -->", "<!-- accuracy:end -->")
 SCHEMA = 2
 
@@ -84,7 +81,9 @@ def prepare_dataset(spec: DatasetSpec, data_root: Path, env: dict[str, str], kee
     if spec.key == "hippocampus":
         dataset_id = datasets.convert_msd(source, env)
         if keep is not None:
-            datasets.keep_training_cases(datasets.dataset_folder(raw, dataset_id), keep)
+            folder = datasets.dataset_folder(raw, dataset_id)
+            assert folder is not None  # convert_msd just wrote it
+            datasets.keep_training_cases(folder, keep)
         return dataset_id
     if spec.key == "isic2017":
         from nnunet_sparseattn.convert2d import convert_2d
@@ -324,7 +323,7 @@ def render_section(results_files: list[Path], docs_root: Path = ROOT) -> str:
         "## Accuracy and cost on real data",
         "",
         "```",
-        "make bench-accuracy              # CPU budget: .venv/bin/python benchmarks/accuracy.py --budget cpu",
+        "make bench-accuracy              # CPU budget: .venv/bin/python -m benchmarks.accuracy --budget cpu",
         "make bench-accuracy BUDGET=gpu   # on a CUDA machine",
         "```",
         "",
@@ -348,27 +347,14 @@ def render_section(results_files: list[Path], docs_root: Path = ROOT) -> str:
     return "\n".join(parts) + "\n"
 
 
-def splice_section(document: str, section: str, markers: tuple[str, str] = MARKERS) -> str:
-    """``document`` with the text between the markers replaced by ``section``."""
-    from nnunet_sparseattn.errors import UserError
-
-    begin, end = markers
-    if document.count(begin) != 1 or document.count(end) != 1 or document.index(begin) > document.index(end):
-        raise UserError(
-            f"BENCHMARKS.md needs exactly one {begin} followed by one {end} where the section goes: add "
-            "them, then run with --update-docs again"
-        )
-    head, rest = document.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{begin}\n{section.rstrip()}\n{end}{tail}"
-
-
 def plot(results: dict[str, Any], path: Path) -> Path | None:
     """One row per dataset: mean Dice against s/iter, and per-case Dice per trainer (compare's two panels)."""
     from nnunet_sparseattn.compare.report import plot as plot_rows
 
     budget = results["budget"]
-    rows = [(_as_comparison(d, results), None) for d in results["datasets"].values()]
+    rows: list[tuple[dict[str, Any], list[str] | None]] = [
+        (_as_comparison(d, results), None) for d in results["datasets"].values()
+    ]
     return plot_rows(
         rows,
         path,
@@ -392,7 +378,7 @@ def write_reports(out_dir: Path, section_path: Path, docs: Path | None) -> None:
 
         if not docs.is_file():
             raise UserError(f"{docs} does not exist: --update-docs rewrites its accuracy section")
-        docs.write_text(splice_section(docs.read_text(), section))
+        update_section(docs, section, MARKERS)
         print(f"updated the accuracy section of {docs}")
 
 
@@ -407,9 +393,8 @@ def names(value: str, known: tuple[str, ...] | list[str], what: str) -> list[str
     return chosen
 
 
-def main(argv: list[str] | None = None) -> int:
-    from nnunet_sparseattn.errors import UserError
-    from nnunet_sparseattn.harness.budgets import BUDGETS, parse_budget, write_json_atomic
+def parser() -> argparse.ArgumentParser:
+    from nnunet_sparseattn.harness.budgets import BUDGETS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", default="cpu", help=f"named budget: {', '.join(BUDGETS)} (default cpu)")
@@ -428,36 +413,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-docs", action="store_true", help=f"also rewrite the accuracy section of {DOCS.name}")
     ap.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true", help="only rewrite the section and plots from the JSONs")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Every chosen comparison (resumed where it stopped), gathered into the results file; prints what moved."""
+    from nnunet_sparseattn.errors import UserError
+    from nnunet_sparseattn.harness.budgets import BUDGETS, parse_budget, write_json_atomic
+
+    if args.budget not in BUDGETS:
+        raise UserError(f"unknown budget {args.budget}: choose from {', '.join(BUDGETS)}")
+    parse_budget(args.budget)
+    keys = names(args.datasets, tuple(DATASETS), "dataset")
+    trainers = names(args.trainers, TRAINERS, "trainer")
+    work = (args.work or work_folder(args.budget, args.device)).resolve()
+    comparisons = {
+        key: compare_dataset(DATASETS[key], args.budget, args.device, trainers, work, args.data, command)
+        for key in keys
+    }
+    results = gather(comparisons, trainers, command)
+    path = args.out_dir / f"accuracy-{args.device}-{args.budget}.json"
+    old = json.loads(path.read_text()) if path.is_file() else None
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, results)
+    shifts = moved(old, results)
+    print(
+        "\n"
+        + (
+            "\n".join(["moved by more than 2 Dice points against the previous results:", *shifts])
+            if shifts
+            else "no mean Dice moved by more than 2 points against the previous results"
+        )
+    )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nnunet_sparseattn.errors import UserError
+
+    args = parser().parse_args(argv)
+    results: dict[str, Any] = {}
     try:
         if args.update_docs:  # before hours of training, not after
-            splice_section(args.docs.read_text() if args.docs.is_file() else "", "")
+            check_section(args.docs, MARKERS)
         if not args.report_only:
-            if args.budget not in BUDGETS:
-                raise UserError(f"unknown budget {args.budget}: choose from {', '.join(BUDGETS)}")
-            parse_budget(args.budget)
-            keys = names(args.datasets, tuple(DATASETS), "dataset")
-            trainers = names(args.trainers, TRAINERS, "trainer")
-            work = (args.work or work_folder(args.budget, args.device)).resolve()
-            command = shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)])
-            comparisons = {
-                key: compare_dataset(DATASETS[key], args.budget, args.device, trainers, work, args.data, command)
-                for key in keys
-            }
-            results = gather(comparisons, trainers, command)
-            path = args.out_dir / f"accuracy-{args.device}-{args.budget}.json"
-            old = json.loads(path.read_text()) if path.is_file() else None
-            args.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, results)
-            shifts = moved(old, results)
-            print(
-                "\n"
-                + (
-                    "\n".join(["moved by more than 2 Dice points against the previous results:", *shifts])
-                    if shifts
-                    else "no mean Dice moved by more than 2 points against the previous results"
-                )
-            )
+            results = run(args, command_line("accuracy", sys.argv[1:] if argv is None else argv))
         write_reports(args.out_dir, args.section, args.docs if args.update_docs else None)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

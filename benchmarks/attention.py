@@ -1,7 +1,7 @@
 """Routed attention benchmark: dense SDPA vs a BiFormer-style gather vs our gather and flex backends.
 
 Usage (defaults: CPU, 2 threads, full sweep, ~15 min on a 2-core CPU):
-    .venv/bin/python benchmarks/attention.py [--device cpu|cuda] [--quick] [--threads 2] [--max-seconds 150]
+    .venv/bin/python -m benchmarks.attention [--device cpu|cuda] [--quick] [--threads 2] [--max-seconds 150]
 
 Writes ``benchmarks/results/attention-<device>.json``: a list of records with exactly the fields
 ``backend, tokens, channels, heads, topk, region_tokens, fwd_s, fwdbwd_s, peak_bytes, peak_fwdbwd_bytes,
@@ -30,25 +30,21 @@ oneDNN allocate privately.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
-import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the CPU profiler (memory measurement) is chatty otherwise
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable without the package installed
-    sys.path.insert(0, str(ROOT))
-
-from nnunet_sparseattn.harness.machine import describe_machine, load_average  # noqa: E402
-from nnunet_sparseattn.layers import (  # noqa: E402
+from benchmarks.common import RESULTS, command_line, cpu_peak_bytes, memory_events, sync, write_results
+from nnunet_sparseattn.harness.machine import describe_machine, load_average
+from nnunet_sparseattn.layers import (
     compute_routing,
     from_regions,
     region_layout,
@@ -109,31 +105,16 @@ def make_fn(backend: str, q, k, v, heads: int, grid: int, topk: int) -> Callable
 
 
 # ------------------------------------------------------------------------------------------- measurement
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _cpu_peak_bytes(fn: Callable[[], None]) -> int:
+def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-    ]
-    events.sort()
-    cur = peak = 0
-    for _, n in events:
-        cur += n
-        peak = max(peak, cur)
-    return int(peak)
+    return cpu_peak_bytes(memory_events(prof))
 
 
 def measure(
-    fn: Callable[[], None], device: torch.device, reps: int, slow_s: float, profile_first: bool
+    fn: Callable[[], object], device: torch.device, reps: int, slow_s: float, profile_first: bool
 ) -> tuple[float, int, float]:
     """Returns (best time of the timed runs, peak bytes, time of the first call).
 
@@ -143,23 +124,23 @@ def measure(
     """
     peak = None
     gc.collect()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     if device.type == "cpu" and profile_first:
         peak = _cpu_peak_bytes(fn)
     else:
         fn()
-    _sync(device)
+    sync(device)
     first = time.perf_counter() - t0
     times = []
     if first > slow_s and device.type != "cuda" and profile_first:
         times.append(first)
     else:
         for _ in range(reps):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
     gc.collect()
     if device.type == "cuda":
@@ -167,7 +148,7 @@ def measure(
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
-        _sync(device)
+        sync(device)
         peak = torch.cuda.max_memory_allocated(device) - base
     elif peak is None:
         peak = _cpu_peak_bytes(fn)
@@ -194,7 +175,7 @@ def cases(quick: bool, device: torch.device, density_side: Optional[int] = None,
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--quick", action="store_true", help="16^3 and 24^3 anchor only, 1 repeat")
@@ -217,7 +198,102 @@ def main(argv: Optional[list[str]] = None) -> None:
         metavar="SIDE",
         help="only the 12.5 %%-density case (an eighth of the regions routed) at SIDE^3 tokens (GPU: 32)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+@dataclass
+class Sweep:
+    """The run's settings and what it has learnt so far (the times that predict the next cases' skips)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    reps: int
+    region: int
+    max_seconds: float
+    available_bytes: int
+    slow_s: float = 20.0  # above this, a case is timed once (its first, profiled call: overhead negligible then)
+    notes: list[str] = dataclasses.field(default_factory=list)  # why a value is null
+    compile_s: dict[str, float] = dataclasses.field(default_factory=dict)  # flex's first (compiling) calls
+    # (backend, channels, topk) -> (tokens, fwd s, fwd+bwd s) of the last case measured
+    history: dict[tuple, tuple[int, Any, Any]] = dataclasses.field(default_factory=dict)
+
+
+def _skips(sweep: Sweep, backend: str, case: dict) -> tuple[Optional[str], Optional[str]]:
+    """Why the forward and the forward+backward of a case are not run (None: they are)."""
+    side, c, topk = case["side"], case["channels"], case["topk"]
+    n, r, nr = side**3, sweep.region**3, (side // sweep.region) ** 3
+    skip_fwd = skip_bwd = None
+    prev = sweep.history.get((backend, c, topk))
+    if backend in ("dense", "biformer") and prev is not None:
+        pn, pf, pb = prev
+        scale = (n / pn) ** 2  # dense is O(N^2); biformer's expanded backward buffer is O(Nr^2)
+        if pf is not None and pf * scale > sweep.max_seconds:
+            skip_fwd = f"predicted fwd {pf * scale:.0f} s > --max-seconds {sweep.max_seconds:.0f}"
+        if pb is not None and pb * scale > sweep.max_seconds:
+            skip_bwd = f"predicted fwd+bwd {pb * scale:.0f} s > --max-seconds {sweep.max_seconds:.0f}"
+    if backend == "biformer":
+        need = nr * nr * r * 2 * c * torch.finfo(sweep.dtype).bits // 8  # grad of the expanded K/V view
+        avail = sweep.available_bytes
+        if need > 0.6 * avail:
+            skip_bwd = skip_bwd or f"backward buffer {need / 2**30:.0f} GiB > 60% of {avail / 2**30:.0f} GiB"
+    if backend == "flex" and sweep.device.type != "cuda":
+        skip_bwd = "flex_attention has no backward on the CPU"
+    return skip_fwd, skip_bwd
+
+
+def measure_case(sweep: Sweep, backend: str, case: dict) -> dict:
+    """One backend on one case: forward and forward+backward timed and their peaks (null where skipped or failed,
+    with the reason in ``sweep.notes``)."""
+    side, c, h, topk = case["side"], case["channels"], case["heads"], case["topk"]
+    device, grid = sweep.device, side // sweep.region
+    rec: dict[str, Any] = dict(
+        backend=backend,
+        tokens=side**3,
+        channels=c,
+        heads=h,
+        topk=topk,
+        region_tokens=sweep.region**3,
+        fwd_s=None,
+        fwdbwd_s=None,
+        peak_bytes=None,
+        peak_fwdbwd_bytes=None,
+        device=device.type,
+    )
+    label = f"{backend} N={side}^3 C={c} h={h} k={topk}"
+    skip_fwd, skip_bwd = _skips(sweep, backend, case)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, c, side, side, side, device=device, dtype=sweep.dtype) for _ in range(3))
+    try:
+        if skip_fwd is None:
+            with torch.no_grad():
+                fn = make_fn(backend, q, k, v, h, grid, topk)
+                t, p, first = measure(fn, device, sweep.reps, sweep.slow_s, backend != "flex")
+            rec["fwd_s"], rec["peak_bytes"] = round(t, 5), p
+            if backend == "flex":
+                sweep.compile_s[label] = round(first, 2)
+        else:
+            sweep.notes.append(f"{label} fwd: {skip_fwd}")
+        if skip_bwd is None:
+            qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
+            fn = make_fn(backend, qg, kg, vg, h, grid, topk)
+
+            def step(fn: Callable[[], torch.Tensor] = fn, inputs: tuple = (qg, kg, vg)) -> None:
+                fn().sum().backward()
+                for x in inputs:
+                    x.grad = None
+
+            t, p, _ = measure(step, device, sweep.reps, sweep.slow_s, backend != "flex")
+            rec["fwdbwd_s"], rec["peak_fwdbwd_bytes"] = round(t, 5), p
+        else:
+            sweep.notes.append(f"{label} fwd+bwd: {skip_bwd}")
+    except (RuntimeError, MemoryError) as e:  # OOM or an unsupported case: record null, say why
+        sweep.notes.append(f"{label}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    sweep.history[(backend, c, topk)] = (side**3, rec["fwd_s"], rec["fwdbwd_s"])
+    return rec
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parser().parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
         return
@@ -227,89 +303,20 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise SystemExit("--device cuda requested but CUDA is not available")
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    backends = args.backends.split(",")
-    reps = 1 if args.quick else 3
-    slow_s = 20.0  # above this, a case is timed once (its first, profiled call: overhead negligible then)
-    avail = _available_bytes(device)
-
+    sweep = Sweep(device, dtype, 1 if args.quick else 3, args.region, args.max_seconds, _available_bytes(device))
     load_start = load_average()
     t_start = time.perf_counter()
-    records, notes, compile_s = [], [], {}
-    history: dict[tuple, tuple[int, float, float]] = {}  # (backend, C, topk) -> (tokens, fwd, fwdbwd)
+    records = []
     for case in cases(args.quick, device, args.density_case, args.region):
-        side, c, h, topk = case["side"], case["channels"], case["heads"], case["topk"]
-        n = side**3
-        grid = side // args.region
-        r = args.region**3
-        nr = grid**3
-        for be in backends:
-            rec = dict(
-                backend=be,
-                tokens=n,
-                channels=c,
-                heads=h,
-                topk=topk,
-                region_tokens=r,
-                fwd_s=None,
-                fwdbwd_s=None,
-                peak_bytes=None,
-                peak_fwdbwd_bytes=None,
-                device=device.type,
-            )
-            label = f"{be} N={side}^3 C={c} h={h} k={topk}"
-            skip_fwd = skip_bwd = None
-            prev = history.get((be, c, topk))
-            if be in ("dense", "biformer") and prev is not None:
-                pn, pf, pb = prev
-                scale = (n / pn) ** 2  # dense is O(N^2); biformer's expanded backward buffer is O(Nr^2)
-                if pf is not None and pf * scale > args.max_seconds:
-                    skip_fwd = f"predicted fwd {pf * scale:.0f} s > --max-seconds {args.max_seconds:.0f}"
-                if pb is not None and pb * scale > args.max_seconds:
-                    skip_bwd = f"predicted fwd+bwd {pb * scale:.0f} s > --max-seconds {args.max_seconds:.0f}"
-            if be == "biformer":
-                need = nr * nr * r * 2 * c * torch.finfo(dtype).bits // 8  # grad of the expanded K/V view
-                if need > 0.6 * avail:
-                    skip_bwd = skip_bwd or f"backward buffer {need / 2**30:.0f} GiB > 60% of {avail / 2**30:.0f} GiB"
-            if be == "flex" and device.type != "cuda":
-                skip_bwd = "flex_attention has no backward on the CPU"
-            torch.manual_seed(0)
-            q, k, v = (torch.randn(1, c, side, side, side, device=device, dtype=dtype) for _ in range(3))
-            try:
-                if skip_fwd is None:
-                    with torch.no_grad():
-                        fn = make_fn(be, q, k, v, h, grid, topk)
-                        t, p, first = measure(fn, device, reps, slow_s, be != "flex")
-                    rec["fwd_s"], rec["peak_bytes"] = round(t, 5), p
-                    if be == "flex":
-                        compile_s[label] = round(first, 2)
-                else:
-                    notes.append(f"{label} fwd: {skip_fwd}")
-                if skip_bwd is None:
-                    qg, kg, vg = (x.clone().requires_grad_(True) for x in (q, k, v))
-                    fn = make_fn(be, qg, kg, vg, h, grid, topk)
-
-                    def step(fn=fn, inputs=(qg, kg, vg)):  # bound now: measured within this iteration
-                        fn().sum().backward()
-                        for x in inputs:
-                            x.grad = None
-
-                    t, p, _ = measure(step, device, reps, slow_s, be != "flex")
-                    rec["fwdbwd_s"], rec["peak_fwdbwd_bytes"] = round(t, 5), p
-                else:
-                    notes.append(f"{label} fwd+bwd: {skip_bwd}")
-            except (RuntimeError, MemoryError) as e:  # OOM or an unsupported case: record null, say why
-                notes.append(f"{label}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            history[(be, c, topk)] = (n, rec["fwd_s"], rec["fwdbwd_s"])
-            records.append(rec)
-            print(_row(rec), flush=True)
-            del q, k, v
+        for backend in args.backends.split(","):
+            records.append(measure_case(sweep, backend, case))
+            print(_row(records[-1]), flush=True)
             gc.collect()
 
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"attention-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([{f: r[f] for f in FIELDS} for r in records], indent=1) + "\n")
+    out = Path(args.out) if args.out else RESULTS / f"attention-{device.type}.json"
+    write_results(out, [{f: r[f] for f in FIELDS} for r in records])
     meta = dict(
-        command=" ".join([Path(sys.executable).name, *sys.argv]),
+        command=command_line("attention", sys.argv[1:] if argv is None else argv),
         machine=describe_machine(device),
         torch=torch.__version__,
         threads=args.threads,
@@ -321,14 +328,14 @@ def main(argv: Optional[list[str]] = None) -> None:
             if device.type == "cuda"
             else "torch.profiler profile_memory: peak of the running sum of tensor alloc/free events"
         ),
-        flex_first_call_s=compile_s,
+        flex_first_call_s=sweep.compile_s,
         load_average_start=load_start,
         load_average_end=load_average(),
         wall_s=round(time.perf_counter() - t_start, 1),
-        nulls=notes,
+        nulls=sweep.notes,
     )
-    out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print("\n" + "\n".join(notes))
+    write_results(out.with_suffix(".meta.json"), meta)
+    print("\n" + "\n".join(sweep.notes))
     print(f"\nwrote {out} and {out.with_suffix('.meta.json').name}")
     _print_ratios(records)
     print("\n" + markdown_table(records))

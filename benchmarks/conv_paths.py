@@ -1,7 +1,7 @@
 """Per-layer timings behind ``layers/conv.py``'s CPU paths: each grouped or depthwise convolution of the benchmark's
 plans run plain, channels-last, and (depthwise) with ``_DepthwiseConv``'s backward, in training and in inference.
 
-    .venv/bin/python benchmarks/conv_paths.py [--threads 2] [--repeats 7]     # ~3 min on 2 cores
+    .venv/bin/python -m benchmarks.conv_paths [--threads 2] [--repeats 7]     # ~3 min on 2 cores
 
 Writes ``benchmarks/results/conv-paths-cpu.json`` and prints a table: milliseconds (best of ``--repeats`` after a
 warm-up, the paths interleaved, twice), forward + backward ("train") and forward under ``no_grad`` ("infer"), batch 2,
@@ -12,22 +12,17 @@ MSD Hippocampus (3D) and ISIC 2017 (2D) plans.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from nnunet_sparseattn.harness.machine import describe_machine, load_average  # noqa: E402
-from nnunet_sparseattn.layers import conv  # noqa: E402
+from benchmarks.common import RESULTS, command_line, write_results
+from nnunet_sparseattn.harness.machine import describe_machine, load_average
+from nnunet_sparseattn.layers import conv
 
 # (dimensions, channels, groups, spatial, stride, kernel)
 CASES = [
@@ -60,11 +55,13 @@ def _best(fn: Callable[[], None], repeats: int) -> float:
     return best * 1e3
 
 
-def measure(case: tuple, repeats: int) -> dict:
-    ndim, c, groups, spatial, stride, k = case
-    torch.manual_seed(0)
-    x = torch.randn(2, c, *spatial, requires_grad=True)
-    module = conv.grouped_conv_op(nn.Conv3d if ndim == 3 else nn.Conv2d)(c, c, k, stride, k // 2, groups=groups)
+ConvPath = Callable[[torch.Tensor], torch.Tensor]  # one way of running the convolution
+
+
+def _paths(
+    module: conv.GroupedConv2d | conv.GroupedConv3d, ndim: int, channels: int, groups: int, stride: int, k: int
+) -> dict[str, ConvPath]:
+    """The ways the convolution is timed: plain, channels-last, and (depthwise) ``_DepthwiseConv``'s backward."""
     weight, bias = module.weight, module.bias
     layout = torch.channels_last_3d if ndim == 3 else torch.channels_last
     plain_conv = F.conv3d if ndim == 3 else F.conv2d
@@ -75,30 +72,40 @@ def measure(case: tuple, repeats: int) -> dict:
     def channels_last(t: torch.Tensor) -> torch.Tensor:
         return plain(t.contiguous(memory_format=layout)).contiguous()
 
-    paths = {"plain": plain, "channels-last": channels_last}
-    depthwise = groups == c and stride == 1
-    if depthwise:
+    paths: dict[str, ConvPath] = {"plain": plain, "channels-last": channels_last}
+    if groups == channels and stride == 1:  # depthwise
 
         def fast_backward(t: torch.Tensor) -> torch.Tensor:  # as _CPUConvolution runs it: 3D in channels-last
             t = t.contiguous(memory_format=layout) if ndim == 3 else t
             return conv._DepthwiseConv.apply(t, weight, bias, [k // 2] * ndim).contiguous()
 
         paths["depthwise backward"] = fast_backward
+    return paths
 
-    def train(path: Callable) -> Callable[[], None]:
-        def run() -> None:
-            y = path(x)
-            y.backward(torch.ones_like(y))
 
-        return run
+def _train(path: ConvPath, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        y = path(x)
+        y.backward(torch.ones_like(y))
 
-    def infer(path: Callable) -> Callable[[], None]:
-        def run() -> None:
-            with torch.no_grad():
-                path(x)
+    return run
 
-        return run
 
+def _infer(path: ConvPath, x: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            path(x)
+
+    return run
+
+
+def measure(case: tuple, repeats: int) -> dict:
+    ndim, c, groups, spatial, stride, k = case
+    torch.manual_seed(0)
+    x = torch.randn(2, c, *spatial, requires_grad=True)
+    # the class grouped_conv_op gives the networks for this dimension
+    module = (conv.GroupedConv3d if ndim == 3 else conv.GroupedConv2d)(c, c, k, stride, k // 2, groups=groups)
+    paths = _paths(module, ndim, c, groups, stride, k)
     record: dict = {
         "case": {
             "ndim": ndim,
@@ -113,15 +120,15 @@ def measure(case: tuple, repeats: int) -> dict:
     }
     for _ in range(2):  # interleaved twice: the best of both
         for name, path in paths.items():
-            for kind, make in (("train_ms", train), ("infer_ms", infer)):
+            for kind, make in (("train_ms", _train), ("infer_ms", _infer)):
                 if kind == "infer_ms" and name == "depthwise backward":
                     continue  # the same forward as plain
-                ms = _best(make(path), repeats)
+                ms = _best(make(path, x), repeats)
                 record[kind][name] = round(min(ms, record[kind].get(name, ms)), 2)
     with torch.enable_grad():
-        record["taken_training"] = module._cpu_path(x, weight)
+        record["taken_training"] = module._cpu_path(x, module.weight)
     with torch.no_grad():
-        record["taken_inference"] = module._cpu_path(x, weight)
+        record["taken_inference"] = module._cpu_path(x, module.weight)
     return record
 
 
@@ -129,11 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "conv-paths-cpu.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "conv-paths-cpu.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = {
-        "command": " ".join(["python", "benchmarks/conv_paths.py", *(argv or sys.argv[1:])]),
+        "command": command_line("conv_paths", sys.argv[1:] if argv is None else argv),
         "machine": describe_machine("cpu"),
         "torch": torch.__version__,
         "threads": args.threads,
@@ -157,8 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     result["load_average_end"] = load_average()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
 
 

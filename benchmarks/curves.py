@@ -2,11 +2,11 @@
 
 Usage (``make bench-curves`` = ``--all --update-docs``: every piece not yet finished, in order, then the report):
 
-    .venv/bin/python benchmarks/curves.py --all [--update-docs]            # the whole protocol, resumable
-    .venv/bin/python benchmarks/curves.py --dataset cvc --budget 6x50b2 [--seed 1] [--trainer nnUNetTrainerBSA]
-    .venv/bin/python benchmarks/curves.py --dry-run                        # the pieces, their state and hours
-    .venv/bin/python benchmarks/curves.py --report-only --update-docs      # finished runs -> JSON, plots, docs
-    .venv/bin/python benchmarks/curves.py --tiny --all --work /tmp/tiny    # the whole pipeline at toy sizes
+    .venv/bin/python -m benchmarks.curves --all [--update-docs]            # the whole protocol, resumable
+    .venv/bin/python -m benchmarks.curves --dataset cvc --budget 6x50b2 [--seed 1] [--trainer nnUNetTrainerBSA]
+    .venv/bin/python -m benchmarks.curves --dry-run                        # the pieces, their state and hours
+    .venv/bin/python -m benchmarks.curves --report-only --update-docs      # finished runs -> JSON, plots, docs
+    .venv/bin/python -m benchmarks.curves --tiny --all --work /tmp/tiny    # the whole pipeline at toy sizes
 
 The protocol (issue 21):
 
@@ -62,19 +62,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import splits  # noqa: E402
-from benchmarks.accuracy import DATA, DOCS, RESULTS, TRAINERS, DatasetSpec, names, splice_section  # noqa: E402
+from benchmarks import splits
+from benchmarks.accuracy import TRAINERS, DatasetSpec, names
+from benchmarks.common import DATA, DOCS, RESULTS, ROOT, check_section, command_line, update_section
 
 RESULTS_FILE = RESULTS / "curves-cpu.json"
 MARKERS = ("<!-- curves:begin -->", "<!-- curves:end -->")
@@ -150,7 +146,18 @@ def default_of(trainer: str) -> str:
 # nnUNetv2_predict per test case (s), quiet machine: the accuracy benchmark's 0.36-0.87 s per 256 x 256 image scaled;
 # a Hippocampus case is ~36 slices of about a 2D image's pixels each
 PREDICT_S_PER_CASE = {"cvc": 0.3, "isic2017": 0.3, "hippocampus": 8.0}
-TINY = {"budgets": ("2x2b2", "2x2b2s1", "4x2b2"), "train": 6, "test": 3}
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """``--tiny``'s toy sizes."""
+
+    budgets: tuple[str, ...] = ("2x2b2", "2x2b2s1", "4x2b2")
+    train: int = 6  # training cases
+    test: int = 3  # test cases
+
+
+TINY = Tiny()
 
 
 def budget_name(budget: str, seed: int) -> str:
@@ -227,7 +234,7 @@ def prepare(key: str, data_root: Path, env: dict[str, str], tiny: bool = False) 
     test = splits.read_list(key)
     folder = datasets.dataset_folder(raw, spec.dataset_id)
     held = len(list((folder / "labelsTs").iterdir())) if folder is not None and (folder / "labelsTs").is_dir() else 0
-    if key == "hippocampus" and held < (TINY["test"] if tiny else len(test)):
+    if key == "hippocampus" and held < (TINY.test if tiny else len(test)):
         # nnU-Net's converter, then the test cases out of imagesTr (again after a kill between the two)
         folder = datasets.dataset_folder(raw, datasets.convert_msd(source, env))
         assert folder is not None
@@ -276,8 +283,8 @@ def _shrink(folder: Path) -> None:
     """``--tiny``: the first few training and test cases only."""
     from nnunet_sparseattn.harness import datasets
 
-    datasets.keep_training_cases(folder, TINY["train"])
-    for label in sorted((folder / "labelsTs").iterdir())[TINY["test"] :]:
+    datasets.keep_training_cases(folder, TINY.train)
+    for label in sorted((folder / "labelsTs").iterdir())[TINY.test :]:
         label.unlink()
 
 
@@ -425,7 +432,9 @@ def record_from_compare(results: dict[str, Any], model_root: Path | None = None)
 
 def merge(old: dict[str, Any] | None, key: str, record: dict[str, Any], command: str) -> dict[str, Any]:
     """The curves JSON with ``record`` (one dataset at one budget) put in, the other records kept."""
-    out = old if old and old.get("schema") == SCHEMA else {"benchmark": "curves", "schema": SCHEMA, "datasets": {}}
+    out: dict[str, Any] = (
+        old if old and old.get("schema") == SCHEMA else {"benchmark": "curves", "schema": SCHEMA, "datasets": {}}
+    )
     dataset = out["datasets"].setdefault(
         key, {"title": DATASETS[key].spec.title, "distance_unit": DATASETS[key].spec.distance_unit, "budgets": {}}
     )
@@ -637,7 +646,7 @@ def render_section(results: dict[str, Any] | None, png: str | None) -> str:
         "## Learning curves on the CPU (issue 21)",
         "",
         "```",
-        "make bench-curves   # .venv/bin/python benchmarks/curves.py --all --update-docs (resumable)",
+        "make bench-curves   # .venv/bin/python -m benchmarks.curves --all --update-docs (resumable)",
         "```",
         "",
         "Protocol: the docstring of `benchmarks/curves.py` (datasets, sizes and why their first attention "
@@ -703,7 +712,7 @@ def write_reports(results_file: Path, docs: Path | None) -> None:
     if docs is not None:
         if not docs.is_file():
             raise UserError(f"{docs} does not exist: --update-docs rewrites its curves section")
-        docs.write_text(splice_section(docs.read_text(), render_section(results, link), MARKERS))
+        update_section(docs, render_section(results, link), MARKERS)
         print(f"updated the curves section of {docs}")
 
 
@@ -754,7 +763,7 @@ def _merged(piece: Piece, results_file: Path) -> bool:
 def gather_started(options: Options) -> None:
     """Merge the finished runs of every piece begun under ``options.work`` (a piece still running, or killed,
     included: its finished runs count; its record is replaced when the piece ends)."""
-    folders = {}
+    folders: dict[Path, Piece] = {}
     for piece in plan_pieces(list(DATASETS), list(TRAINERS), SHORT, LONG, SEEDS) + options.pieces:
         folders.setdefault(piece.folder(options.work), piece)
     for folder, piece in folders.items():
@@ -772,10 +781,7 @@ def dry_run(options: Options) -> None:
     print(f"{len(options.pieces)} pieces, ~{total:.1f} h in all (estimates: S_PER_ITER x iterations + prediction)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from nnunet_sparseattn.errors import UserError
-    from nnunet_sparseattn.harness.budgets import parse_budget
-
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--all", action="store_true", help="every piece of the protocol not yet done, in order")
     ap.add_argument("--dataset", help=f"one dataset: {', '.join(DATASETS)}")
@@ -799,37 +805,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tiny",
         action="store_true",
-        help=f"toy sizes ({TINY['train']} training, {TINY['test']} test "
-        f"cases, budgets {', '.join(TINY['budgets'])}): a check",
+        help=f"toy sizes ({TINY.train} training, {TINY.test} test cases, budgets {', '.join(TINY.budgets)}): a check",
     )
-    args = ap.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/curves.py", *(sys.argv[1:] if argv is None else argv)])
+    return ap
+
+
+def options_from(args: argparse.Namespace, command: str) -> Options:
+    """The run the command line asks for (``UserError`` for one it cannot be)."""
+    from nnunet_sparseattn.errors import UserError
+    from nnunet_sparseattn.harness.budgets import parse_budget
+
+    docs = args.docs if args.update_docs else None
+    if docs is not None:  # before hours of training, not after
+        check_section(docs, MARKERS)
+    short, long, seeds = (TINY.budgets[0], TINY.budgets[2], (0, 1)) if args.tiny else (SHORT, LONG, SEEDS)
+    keys = names(args.dataset, tuple(DATASETS), "dataset") if args.dataset else list(DATASETS)
+    options = Options(args.work.resolve(), args.data, args.results, docs, args.tiny, command)
+    if args.budget:
+        budget = budget_name(args.budget, args.seed)
+        parse_budget(budget)
+        trainers = names(args.trainer, ALL_TRAINERS, "trainer") if args.trainer else list(TRAINERS)
+        options.pieces = [Piece(k, budget, tuple(trainers)) for k in keys]
+    elif args.all or args.dry_run:
+        options.pieces = plan_pieces(keys, list(TRAINERS), short, long, seeds)
+    elif not args.report_only:
+        raise UserError("nothing to do: pass --all, --dataset/--budget, --dry-run or --report-only")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nnunet_sparseattn.errors import UserError
+
+    args = parser().parse_args(argv)
+    command = command_line("curves", sys.argv[1:] if argv is None else argv)
     try:
-        docs = args.docs if args.update_docs else None
-        if docs is not None:  # before hours of training, not after
-            splice_section(docs.read_text() if docs.is_file() else "", "", MARKERS)
-        if args.tiny:
-            short, long, seeds = TINY["budgets"][0], TINY["budgets"][2], (0, 1)
-        else:
-            short, long, seeds = SHORT, LONG, SEEDS
-        keys = names(args.dataset, tuple(DATASETS), "dataset") if args.dataset else list(DATASETS)
-        options = Options(args.work.resolve(), args.data, args.results, docs, args.tiny, command)
-        if args.budget:
-            budget = budget_name(args.budget, args.seed)
-            parse_budget(budget)
-            trainers = names(args.trainer, ALL_TRAINERS, "trainer") if args.trainer else list(TRAINERS)
-            options.pieces = [Piece(k, budget, tuple(trainers)) for k in keys]
-        elif args.all or args.dry_run:
-            options.pieces = plan_pieces(keys, list(TRAINERS), short, long, seeds)
-        elif not args.report_only:
-            raise UserError("nothing to do: pass --all, --dataset/--budget, --dry-run or --report-only")
+        options = options_from(args, command)
         if args.dry_run:
             dry_run(options)
             return 0
         failed = [] if args.report_only else run_pieces(options)
         if args.report_only:  # run_pieces rewrote them after every piece it ran
             gather_started(options)
-            write_reports(args.results, docs)
+            write_reports(args.results, options.docs)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

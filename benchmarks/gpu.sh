@@ -8,9 +8,9 @@
 #   benchmarks/gpu.sh main             on the GPU machine, carry [".whl-nnunet"] (<= 6 min, no SimpleITK):
 #                                        env             nnU-Net's wheels into /tmp/site (not SimpleITK); versions
 #                                        tests           the gpu-marked tests of every module that needs no SimpleITK
-#                                        speed-eager     network_speed.py --device cuda, eager, three plans + inference
-#                                        speed-compiled  network_speed.py --device cuda, torch.compile, two plans
-#                                        attention       attention.py --device cuda, the 12.5 %-density case
+#                                        speed-eager     benchmarks.network_speed, CUDA eager, three plans + inference
+#                                        speed-compiled  benchmarks.network_speed, CUDA, torch.compile, two plans
+#                                        attention       benchmarks.attention, CUDA, the 12.5 %-density case
 #   benchmarks/gpu.sh sitk             optional, carry [".whl-sitk"]: SimpleITK into /tmp/site (stays while the
 #                                      machine is warm: start the next call at once)
 #   benchmarks/gpu.sh nnunet           optional, right after sitk, carry [".whl-nnunet", ".gpu-data"]:
@@ -64,7 +64,7 @@ esac
 if [ "$CMD" = fetch ]; then
   set -e
   bash "$ROOT/../shared/gpu/wheels.sh"
-  "$PY" benchmarks/gpu_nnunet.py prepare --data "$DATA" >/dev/null
+  "$PY" -m benchmarks.gpu_nnunet prepare --data "$DATA" >/dev/null
   du -sh .whl-sitk .whl-nnunet "$DATA"
   exit 0
 fi
@@ -202,18 +202,18 @@ case "$CMD" in
   main)
     # shellcheck disable=SC2086  # the module lists split on whitespace
     step tests 70 "$PY" -m pytest -q -p no:cacheprovider -m gpu --junitxml="$R/pytest-gpu.xml" $MAIN_TESTS
-    step speed-eager 110 "$PY" benchmarks/network_speed.py "${SPEED[@]}" --mode eager "${EAGER[@]}" --inference \
+    step speed-eager 110 "$PY" -m benchmarks.network_speed "${SPEED[@]}" --mode eager "${EAGER[@]}" --inference \
       --out "$R/network-speed-$DEVICE-eager.json"
-    step speed-compiled 110 "$PY" benchmarks/network_speed.py "${SPEED[@]}" --mode compiled "${COMPILED[@]}" \
+    step speed-compiled 110 "$PY" -m benchmarks.network_speed "${SPEED[@]}" --mode compiled "${COMPILED[@]}" \
       --out "$R/network-speed-$DEVICE-compiled.json"
-    step attention 40 "$PY" benchmarks/attention.py "${ATTENTION[@]}" --out "$R/attention-$DEVICE.json"
+    step attention 40 "$PY" -m benchmarks.attention "${ATTENTION[@]}" --out "$R/attention-$DEVICE.json"
     ;;
   nnunet)
     # shellcheck disable=SC2086
     step tests-nnunet 40 "$PY" -m pytest -q -p no:cacheprovider -m gpu --junitxml="$R/pytest-gpu-nnunet.xml" \
       $NNUNET_TESTS
-    step train 170 "$PY" benchmarks/gpu_nnunet.py train --data "$DATA" "${TRAIN[@]}" --out "$R/nnunet-train.json"
-    step predict 60 "$PY" benchmarks/gpu_nnunet.py predict --data "$DATA" "${PREDICT[@]}" --out "$R/nnunet-predict.json"
+    step train 170 "$PY" -m benchmarks.gpu_nnunet train --data "$DATA" "${TRAIN[@]}" --out "$R/nnunet-train.json"
+    step predict 60 "$PY" -m benchmarks.gpu_nnunet predict --data "$DATA" "${PREDICT[@]}" --out "$R/nnunet-predict.json"
     ;;
 esac
 pack

@@ -1,9 +1,9 @@
 """The GPU run's optional second command: one short ``nnUNetv2_train`` of nnUNetTrainerBSA through nnU-Net's CLI
 with ``torch.compile`` on (nnU-Net's CUDA default), then ``nnUNetv2_predict``, on data preprocessed beforehand.
 
-    python benchmarks/gpu_nnunet.py prepare --data .gpu-data          # here, once (~1 min): MSD Hippocampus subset
-    python benchmarks/gpu_nnunet.py train --data .gpu-data --device cuda --out train.json
-    python benchmarks/gpu_nnunet.py predict --data .gpu-data --device cuda --out predict.json
+    python -m benchmarks.gpu_nnunet prepare --data .gpu-data          # here, once (~1 min): MSD Hippocampus subset
+    python -m benchmarks.gpu_nnunet train --data .gpu-data --device cuda --out train.json
+    python -m benchmarks.gpu_nnunet predict --data .gpu-data --device cuda --out predict.json
 
 ``benchmarks/gpu.sh nnunet`` runs ``train`` and ``predict`` (each under its own time cap). ``prepare`` converts MSD
 Task04_Hippocampus with nnU-Net's converter, keeps ``--cases`` training cases and runs ``nnUNetv2_plan_and_preprocess``
@@ -19,16 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import DATA, ROOT, write_results
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
 CONFIGURATION = "3d_fullres"
 
 
@@ -152,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-compile", action="store_true", help="train without torch.compile (nnU-Net's CUDA default)")
     ap.add_argument("--cases", type=int, default=10, help="prepare: training cases kept (default 10)")
     ap.add_argument("--predict-cases", type=int, default=2, help="prepare: cases to predict (default 2)")
-    ap.add_argument("--msd", type=Path, default=SHARED_DATA / "Task04_Hippocampus")
+    ap.add_argument("--msd", type=Path, default=DATA / "Task04_Hippocampus")
     args = ap.parse_args(argv)
     data = args.data.resolve()
     if args.command == "prepare":
@@ -164,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Parameters and forward FLOPs of our networks beside nnU-Net's default U-Net, on the same plans.
 
-    .venv/bin/python benchmarks/model_size.py            # writes benchmarks/results/model-size.json
+    .venv/bin/python -m benchmarks.model_size            # writes benchmarks/results/model-size.json
 
 Plans: the network speed benchmark's (``benchmarks/plans/``, made by nnU-Net 2.8.1's own planner): MSD Hippocampus
 ``3d_fullres`` (4 stages, patch 40x56x40) and the six-stage 128^3 ``3d_fullres`` plan. Each network as its trainer
@@ -17,8 +17,8 @@ import platform
 from datetime import date
 
 import torch
-from network_speed import NETWORKS, RESULTS, STOCK, build_network, load_plan  # this script's own directory
 
+from benchmarks.network_speed import NETWORKS, RESULTS, STOCK, build_network, load_plan
 from nnunet_sparseattn.complexity import count_flops, count_parameters
 
 # results key -> the benchmark's plan (the key names model-size.json's rows, kept from before the plans moved here)
@@ -27,7 +27,7 @@ LABELS = {STOCK: "nnU-Net PlainConvUNet"}
 
 
 def measure() -> dict:
-    rows = {}
+    rows: dict[str, dict] = {}
     for row, plan_name in PLANS.items():
         plan = load_plan(plan_name)
         rows[row] = {"patch_size": list(plan.patch_size), "num_classes": plan.num_classes, "networks": {}}
@@ -44,7 +44,7 @@ def measure() -> dict:
 
 if __name__ == "__main__":
     result = {
-        "command": ".venv/bin/python benchmarks/model_size.py",
+        "command": ".venv/bin/python -m benchmarks.model_size",
         "date": date.today().isoformat(),
         "torch": torch.__version__,
         "machine": platform.machine(),

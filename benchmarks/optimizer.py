@@ -2,7 +2,7 @@
 
 Usage (from the project's root; ISIC 2017 is read from ``../shared/data``):
 
-    .venv/bin/python benchmarks/optimizer.py [--budget cpu] [--device cpu] [--update-docs]
+    .venv/bin/python -m benchmarks.optimizer [--budget cpu] [--device cpu] [--update-docs]
 
 It runs ``nnunet-sparseattn compare`` on the accuracy benchmark's ISIC 2017 data and comparison folder
 (``benchmarks/accuracy.py``: the same 40 training cases, budget, seed and fold 0; runs that benchmark already made
@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable as a script: benchmarks.accuracy prepares the shared data
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.accuracy import DATA, DATASETS, DOCS, RESULTS, compare_dataset, splice_section, work_folder  # noqa: E402
+from benchmarks.accuracy import DATASETS, compare_dataset, work_folder
+from benchmarks.common import DATA, DOCS, RESULTS, check_section, command_line, update_section
 
 MARKERS = ("<!-- optimizer:begin -->", "<!-- optimizer:end -->")
 # per network: (its trainer with nnU-Net's SGD, its AdamW trainer); the bilateral network's default is AdamW since
@@ -129,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-docs", action="store_true", help=f"rewrite the optimizer section of {DOCS.name}")
     parser.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "benchmarks/optimizer.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("optimizer", sys.argv[1:] if argv is None else argv)
     try:
         if args.update_docs:
-            splice_section(args.docs.read_text() if args.docs.is_file() else "", "", MARKERS)
+            check_section(args.docs, MARKERS)
         trainers = ["nnUNetTrainer"] + [t for pair_ in NETWORKS.values() for t in pair_]
         work = (args.work or work_folder(args.budget, args.device)).resolve()
         results = compare_dataset(DATASETS["isic2017"], args.budget, args.device, trainers, work, args.data, command)
@@ -153,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         section = render(record)
         print(f"\nwrote {path}\n\n{section}")
         if args.update_docs:
-            args.docs.write_text(splice_section(args.docs.read_text(), section, MARKERS))
+            update_section(args.docs, section, MARKERS)
             print(f"updated the optimizer section of {args.docs}")
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Effect of the attention rendering module: ``compare`` of the bilateral network with and without it (same data,
 budget and seed), scored with boundary metrics on fold 0's validation cases.
 
-    .venv/bin/python benchmarks/rendering_effect.py                     # ISIC 2017 subset, CPU
-    .venv/bin/python benchmarks/rendering_effect.py --cases 400 --epochs 40 --device cuda
+    .venv/bin/python -m benchmarks.rendering_effect                     # ISIC 2017 subset, CPU
+    .venv/bin/python -m benchmarks.rendering_effect --cases 400 --epochs 40 --device cuda
 
 Data: the first ``--cases`` ISIC 2017 images of ``../shared/data/ISIC2017_256``, downsized to ``--size`` pixels
 (so that a CPU trains a few hundred steps; ``harness.datasets.downsize_2d_pairs``), converted with ``convert_2d``.
@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
-ISIC = ROOT.parent / "shared" / "data" / "ISIC2017_256"
+from benchmarks.common import DATA, ROOT, command_line
+
+ISIC = DATA / "ISIC2017_256"
 DATASET_ID = 972
 RUNS = {"with_rendering": "nnUNetTrainerBilateral", "without_rendering": "nnUNetTrainerBilateral_noRendering"}
 
@@ -78,7 +79,7 @@ def score_run(run: dict, predictions: Path, labels: Path, cases: list[str]) -> d
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=int, default=160, help="ISIC cases used (fold 0 validates a fifth)")
     parser.add_argument("--size", type=int, default=64, help="images are downsized to size x size")
@@ -88,46 +89,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=ROOT / "bench_work" / "rendering_effect")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "rendering_effect.json")
-    args = parser.parse_args(argv)
-    if not ISIC.is_dir():
-        print(f"{ISIC} is absent: this benchmark needs the ISIC 2017 data of ../shared/data", file=sys.stderr)
-        return 1
+    return parser
 
-    from nnunet_sparseattn.compare.results import paired_test
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The downsized data converted once, then ``compare`` of both trainers (resumed where it stopped)."""
     from nnunet_sparseattn.compare.run import CompareRequest, run_compare
     from nnunet_sparseattn.convert2d import convert_2d
-    from nnunet_sparseattn.errors import UserError
     from nnunet_sparseattn.harness import commands, datasets
 
     work = args.work.resolve()
     env = commands.work_environment(work)
-    setting = {k: v for k, v in vars(args).items() if k not in ("out", "work")}
-    try:
-        if datasets.dataset_folder(env["nnUNet_raw"], DATASET_ID) is None:
-            small = datasets.downsize_2d_pairs(ISIC / "images", ISIC / "masks", work / "small", args.cases, args.size)
-            convert_2d(
-                small / "images", small / "masks", DATASET_ID, name="ISICsmall", raw_root=Path(env["nnUNet_raw"])
-            )
-        command = shlex.join(["python", "benchmarks/rendering_effect.py", *(sys.argv[1:] if argv is None else argv)])
-        results = run_compare(
-            CompareRequest(
-                DATASET_ID,
-                "2d",
-                work / f"compare-{args.cases}x{args.size}",
-                trainers=list(RUNS.values()),
-                baselines=[],
-                budget=f"{args.epochs}x{args.iterations}b{args.batch}",
-                folds=[0],
-                device=args.device,
-                raw=Path(env["nnUNet_raw"]),
-                preprocessed=Path(env["nnUNet_preprocessed"]),
-                command=command,
-            )
+    if datasets.dataset_folder(env["nnUNet_raw"], DATASET_ID) is None:
+        small = datasets.downsize_2d_pairs(ISIC / "images", ISIC / "masks", work / "small", args.cases, args.size)
+        convert_2d(small / "images", small / "masks", DATASET_ID, name="ISICsmall", raw_root=Path(env["nnUNet_raw"]))
+    return run_compare(
+        CompareRequest(
+            DATASET_ID,
+            "2d",
+            work / f"compare-{args.cases}x{args.size}",
+            trainers=list(RUNS.values()),
+            baselines=[],
+            budget=f"{args.epochs}x{args.iterations}b{args.batch}",
+            folds=[0],
+            device=args.device,
+            raw=Path(env["nnUNet_raw"]),
+            preprocessed=Path(env["nnUNet_preprocessed"]),
+            command=command,
         )
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    output = work / f"compare-{args.cases}x{args.size}"
+    )
+
+
+def summary(args: argparse.Namespace, results: dict[str, Any], command: str) -> dict[str, Any]:
+    """Both runs scored with the boundary metrics, their cost, and the paired Dice test."""
+    from nnunet_sparseattn.compare.results import paired_test
+
+    setting = {k: v for k, v in vars(args).items() if k not in ("out", "work")}
+    output = args.work.resolve() / f"compare-{args.cases}x{args.size}"
     cases = sorted(c for group in results["heldout"]["cases"].values() for c in group)
     out = {"setting": setting, "command": command, "budget_text": results["budget_text"], "machine": results["machine"]}
     for key, trainer in RUNS.items():
@@ -141,6 +139,23 @@ def main(argv: list[str] | None = None) -> int:
     out["dice_with_minus_without"] = paired_test(
         {c: v["mean_dice"] for c, v in with_.items()}, {c: v["mean_dice"] for c, v in without.items()}
     )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nnunet_sparseattn.errors import UserError
+
+    args = parser().parse_args(argv)
+    if not ISIC.is_dir():
+        print(f"{ISIC} is absent: this benchmark needs the ISIC 2017 data of ../shared/data", file=sys.stderr)
+        return 1
+    command = command_line("rendering_effect", sys.argv[1:] if argv is None else argv)
+    try:
+        results = run(args, command)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = summary(args, results, command)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in (*RUNS, "dice_with_minus_without")}, indent=1))
     print(f"written {args.out}")

@@ -1,6 +1,6 @@
 """The nnU-Net plans the network speed benchmark runs on, made by nnU-Net's own planner (run once; the JSON is kept).
 
-    .venv/bin/python benchmarks/speed_plans.py [--work bench_work/speed-plans]   # ~5 min on 2 cores
+    .venv/bin/python -m benchmarks.speed_plans [--work bench_work/speed-plans]   # ~5 min on 2 cores
 
 Writes ``benchmarks/plans/<name>.json``, one configuration each, as ``{"source", "configuration", "plans",
 "dataset_json"}`` (``plans`` is nnU-Net's plans file with only that configuration kept; ``dataset_json`` only
@@ -20,17 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import DATA, PLANS_DIR, ROOT
+from nnunet_sparseattn.harness import commands, datasets
 
-from nnunet_sparseattn.harness import commands, datasets  # noqa: E402
-
-PLANS_DIR = ROOT / "benchmarks" / "plans"
-SHARED_DATA = ROOT.parent / "shared" / "data"
 ISIC_ID, CT_ID = 917, 918
 CT_CASES, CT_SHAPE, CT_LABELS = 200, (256, 256, 256), 13
 # what the trainers read from dataset.json (labels, regions, ignore label, channels, file ending)
@@ -102,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     env = commands.work_environment(args.work)
     log = args.work / "nnunet.log"
 
-    hippocampus = datasets.convert_msd(SHARED_DATA / "Task04_Hippocampus", env, log)
+    hippocampus = datasets.convert_msd(DATA / "Task04_Hippocampus", env, log)
     _fingerprint_and_plan(hippocampus, env, log)
     _keep(
         env,
@@ -116,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     from nnunet_sparseattn.convert2d import convert_2d
 
     if datasets.dataset_folder(env["nnUNet_raw"], ISIC_ID) is None:
-        isic = SHARED_DATA / "ISIC2017_256"
+        isic = DATA / "ISIC2017_256"
         convert_2d(isic / "images", isic / "masks", ISIC_ID, raw_root=Path(env["nnUNet_raw"]))
     _fingerprint_and_plan(ISIC_ID, env, log)
     _keep(

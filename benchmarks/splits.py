@@ -1,6 +1,6 @@
 """Train/test splits of the learning-curve benchmark's three datasets, written as name lists (never the data).
 
-    .venv/bin/python benchmarks/splits.py [--data ../shared/data] [--out benchmarks/splits]
+    .venv/bin/python -m benchmarks.splits [--data ../shared/data] [--out benchmarks/splits]
 
 writes one test list per dataset into ``benchmarks/splits/`` (committed; the benchmark reads them, and a test checks
 that this command reproduces them from the data):
@@ -26,8 +26,8 @@ import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+from benchmarks.common import DATA, ROOT
+
 SPLITS = ROOT / "benchmarks" / "splits"
 SEED = 2026
 MIN_TEST = {"cvc": 120, "isic2017": 300, "hippocampus": 52}
@@ -131,14 +131,14 @@ def read_list(key: str, folder: Path = SPLITS) -> list[str]:
 
     path = Path(folder) / LIST_FILES[key]
     if not path.is_file():
-        raise UserError(f"{path} does not exist: write the splits with python benchmarks/splits.py")
+        raise UserError(f"{path} does not exist: write the splits with python -m benchmarks.splits")
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def write_lists(lists: dict[str, list[str]], folder: Path = SPLITS) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for key, names in lists.items():
-        head = f"# test side of {key}: {len(names)} names; written by python benchmarks/splits.py (seed {SEED})\n"
+        head = f"# test side of {key}: {len(names)} names; written by python -m benchmarks.splits (seed {SEED})\n"
         (folder / LIST_FILES[key]).write_text(head + "\n".join(names) + "\n")
 
 

@@ -1,6 +1,6 @@
 """What the autodiscovery startup hook adds to every Python start in an environment where the package is installed.
 
-    .venv/bin/python benchmarks/startup_hook.py            # writes benchmarks/results/startup-hook.json
+    .venv/bin/python -m benchmarks.startup_hook            # writes benchmarks/results/startup-hook.json
 
 Builds the wheel, installs it (``--no-deps``: the hook imports nothing else) into a fresh venv, then times
 ``python -c pass`` there side by side, alternating runs with the installed ``.pth`` enabled and renamed away (the same
@@ -26,9 +26,8 @@ import venv
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from nnunet_sparseattn_autodiscovery import PTH_NAME  # noqa: E402
+from benchmarks.common import RESULTS, ROOT
+from nnunet_sparseattn_autodiscovery import PTH_NAME
 
 
 def _site_packages(env: Path) -> Path:
@@ -52,12 +51,15 @@ def _instructions(python: Path, env: dict) -> int | None:
         text=True,
         check=True,
     ).stderr
-    return int(re.search(r"Collected : (\d+)", report).group(1))
+    collected = re.search(r"Collected : (\d+)", report)
+    if collected is None:
+        raise RuntimeError(f"callgrind reported no instruction count: {report[-500:]}")
+    return int(collected.group(1))
 
 
 def measure(rounds: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
         subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(ROOT)], check=True
         )
@@ -92,7 +94,9 @@ def measure(rounds: int) -> dict:
         "added_median_ms": 1e3 * statistics.median(differences),
         "callgrind_instructions": instructions,
         "added_instructions_fraction": (
-            instructions["with_hook"] / instructions["without"] - 1 if instructions["without"] else None
+            instructions["with_hook"] / instructions["without"] - 1
+            if instructions["with_hook"] is not None and instructions["without"]
+            else None
         ),
         "importtime_us (self | cumulative | module)": ours,
     }
@@ -101,7 +105,7 @@ def measure(rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "startup-hook.json"))
+    parser.add_argument("--out", default=str(RESULTS / "startup-hook.json"))
     args = parser.parse_args()
     result = measure(args.rounds)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,9 +1,9 @@
 """Training memory predicted for the GPU: what one nnU-Net training step holds, counted without a GPU.
 
-    make bench-memory        # = python benchmarks/training_memory.py --update-docs (a few minutes on 2 cores)
+    make bench-memory        # = python -m benchmarks.training_memory --update-docs (a few minutes on 2 cores)
 
 Per plan (``benchmarks/plans/``, at the plans' own patch and batch size) and network (stock nnU-Net's
-``PlainConvUNet`` and ours, built as ``benchmarks/network_speed.py`` builds them, i.e. as the trainers do):
+``PlainConvUNet`` and ours, built as ``benchmarks.network_speed`` builds them, i.e. as the trainers do):
 
 - saved for backward: the bytes autograd keeps between forward and backward over the network's forward with deep
   supervision and nnU-Net's loss (Dice + CE with its deep-supervision weights), counted by
@@ -41,19 +41,21 @@ import json
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from accuracy import splice_section  # noqa: E402
-from network_speed import (  # noqa: E402
+from benchmarks.common import (
+    RESULTS,
+    add_publish_arguments,
+    command_line,
+    cpu_peak_bytes,
+    memory_events,
+    publish,
+    write_results,
+)
+from benchmarks.network_speed import (
     NETWORKS,
     PLANNER_VRAM_BYTES,
     PLANS,
@@ -62,14 +64,12 @@ from network_speed import (  # noqa: E402
     build_loss,
     build_network,
     countable_attention,
-    cpu_peak_bytes,
     load_plan,
 )
+from nnunet_sparseattn.architectures.base import PlansNetwork
+from nnunet_sparseattn.layers.checkpointing import SavedTensorCounter
 
-from nnunet_sparseattn.layers.checkpointing import SavedTensorCounter  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "training-memory.json"
-DOCS = ROOT / "BENCHMARKS.md"
+RESULTS_FILE = RESULTS / "training-memory.json"
 MARKERS = ("<!-- training-memory:begin -->", "<!-- training-memory:end -->")
 SCHEMA = 1
 BUDGET_RATIO = 1.3
@@ -157,6 +157,7 @@ def build(key: str, plan: Plan, checkpointing: bool) -> nn.Module:
     torch.manual_seed(0)
     network = build_network(key, plan, deep_supervision=True)
     if checkpointing and key != STOCK:
+        assert isinstance(network, PlansNetwork)  # ours, not nnU-Net's
         network.enable_activation_checkpointing()
     return network
 
@@ -184,14 +185,6 @@ def optimizer_for(key: str, network: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(network.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
 
 
-def _memory_events(prof: Any) -> list[tuple[int, int]]:
-    return [
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-    ]
-
-
 def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_BATCH) -> dict[str, Any]:
     """Real float32 tensors on the CPU (see the module docstring): the count, the bytes left allocated by forward
     + loss, and the peak of a whole step plus the state held before it."""
@@ -216,7 +209,7 @@ def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_
     counter = SavedTensorCounter(exclude=list(network.parameters()))
     with profile(profile_memory=True) as prof, counter:
         value = loss(network(data), targets)
-    forward_live = sum(n for _, n in _memory_events(prof))
+    forward_live = sum(n for _, n in memory_events(prof))
     del value
     gc.collect()
     # timed without the profiler (checkpointing's recomputation costs time): wall and this process's CPU seconds,
@@ -240,7 +233,7 @@ def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_
         "precision": "float32",
         "counted_saved_bytes": counter.bytes,
         "forward_live_bytes": int(forward_live),
-        "step_peak_bytes": int(cpu_peak_bytes(_memory_events(prof))),
+        "step_peak_bytes": int(cpu_peak_bytes(memory_events(prof))),
         "state_bytes": int(held),
         "step_s": round(seconds, 3),
         "step_cpu_s": round(cpu_seconds, 3),
@@ -252,7 +245,7 @@ def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_
 def run(plans: list[str], networks: list[str], measure: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {
         "schema": SCHEMA,
-        "command": " ".join(["python", "benchmarks/training_memory.py", *sys.argv[1:]]),
+        "command": command_line("training_memory", sys.argv[1:]),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -376,13 +369,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--measure", default="hippocampus_3d_fullres", help="plans also measured on the CPU at batch 2 ('' for none)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--update-docs", action="store_true", help="write the BENCHMARKS.md section")
-    parser.add_argument(
-        "--table",
-        type=Path,
-        help="the section of an existing results JSON (with --update-docs: written to BENCHMARKS.md)",
-    )
+    add_publish_arguments(parser, RESULTS_FILE)
     args = parser.parse_args(argv)
     if args.table:
         results = json.loads(args.table.read_text())
@@ -392,17 +379,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             [n for n in args.networks.split(",") if n],
             [p for p in args.measure.split(",") if p],
         )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        write_results(args.out, results)
     publish(render(results), MARKERS, args.update_docs)
     return 0
-
-
-def publish(section: str, markers: tuple[str, str], update_docs: bool) -> None:
-    """Print a results section; with ``update_docs``, also write it between its markers in BENCHMARKS.md."""
-    print(section)
-    if update_docs:
-        DOCS.write_text(splice_section(DOCS.read_text(), section, markers))
 
 
 if __name__ == "__main__":

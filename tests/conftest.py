@@ -98,6 +98,7 @@ def hippocampus_nnunet(shared_data, tmp_path_factory) -> dict:
         env = commands.work_environment(work)
         dataset_id = datasets.convert_msd(shared_data / "Task04_Hippocampus", env, work / "nnunet.log")
         dataset = datasets.dataset_folder(Path(env["nnUNet_raw"]), dataset_id)
+        assert dataset is not None, f"convert_msd wrote no dataset {dataset_id}"
         cases = datasets.labelled_cases(dataset / "labelsTr", ".nii.gz")
         heldout = cases[HIPPOCAMPUS_TRAINING_CASES : HIPPOCAMPUS_TRAINING_CASES + HIPPOCAMPUS_HELDOUT_CASES]
         training = datasets.HeldOut("training", dataset / "imagesTr", dataset / "labelsTr")

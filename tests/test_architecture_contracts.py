@@ -17,7 +17,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from plans_cases import PLANS_CASES, plans_for
 
-from nnunet_sparseattn.architectures.base import stage_shapes
+from nnunet_sparseattn.architectures.base import PlansNetwork, stage_shapes
 from nnunet_sparseattn.layers.window_attention import fit_window
 from nnunet_sparseattn.plans import VARIANTS, variant_plans
 
@@ -27,10 +27,10 @@ SLOW_CASES = ("five_stage_3d", "seven_stage_2d", "anisotropic_3d")
 NUM_CLASSES = 3
 
 
-def _cls(variant: str) -> type:  # read at call time: a method registered by a test is checked the same way
+def _cls(variant: str) -> type[PlansNetwork]:  # read at call time: a registered test method is checked the same way
     path = VARIANTS[variant].network_class
     cls = pydoc.locate(path)
-    assert cls is not None, f"{path} is not importable"
+    assert isinstance(cls, type) and issubclass(cls, PlansNetwork), f"{path} is not an importable PlansNetwork"
     return cls
 
 

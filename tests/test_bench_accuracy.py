@@ -11,6 +11,7 @@ import json
 import pytest
 
 from benchmarks import accuracy
+from benchmarks.common import splice_section
 from nnunet_sparseattn.compare.results import paired_test
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.harness.budgets import BUDGETS
@@ -80,7 +81,7 @@ def _results() -> dict:
         "hippocampus": _comparison("Dataset004_Hippocampus", ("Anterior", "Posterior")),
         "isic2017": _comparison("Dataset917_ISIC2017", ("lesion",), adamw),
     }
-    return accuracy.gather(comparisons, list(accuracy.TRAINERS), "python benchmarks/accuracy.py --budget gpu")
+    return accuracy.gather(comparisons, list(accuracy.TRAINERS), "python -m benchmarks.accuracy --budget gpu")
 
 
 def test_gather_keeps_the_benchmarks_trainers_and_their_tests():
@@ -120,7 +121,7 @@ def test_section_states_command_budget_machine_date_the_table_and_the_targets(tm
     assert accuracy.plot(_results(), path.with_suffix(".png")).is_file()
     section = accuracy.render_section([path], docs_root=tmp_path)
     assert "### `gpu` budget on NVIDIA H100 (2026-02-03)" in section
-    assert "Command: `python benchmarks/accuracy.py --budget gpu`" in section
+    assert "Command: `python -m benchmarks.accuracy --budget gpu`" in section
     assert "50 epochs x 250 iterations" in section and "torch.compile in training on" in section
     assert (
         "- MSD Hippocampus: Dataset004_Hippocampus `3d_fullres`, 4 validation cases of fold 0 predicted and "
@@ -144,12 +145,12 @@ def test_section_states_command_budget_machine_date_the_table_and_the_targets(tm
 def test_splice_section_rewrites_only_between_the_markers():
     begin, end = accuracy.MARKERS
     doc = f"# Benchmarks\n\nintro\n{begin}\nold text\n{end}\n\n## Other\nkept\n"
-    once = accuracy.splice_section(doc, "new section\n")
+    once = splice_section(doc, "new section\n", accuracy.MARKERS)
     assert once == f"# Benchmarks\n\nintro\n{begin}\nnew section\n{end}\n\n## Other\nkept\n"
-    assert accuracy.splice_section(once, "new section\n") == once
+    assert splice_section(once, "new section\n", accuracy.MARKERS) == once
     for broken in ("no markers", f"{end}\n{begin}", f"{begin}{end}{begin}{end}"):
         with pytest.raises(UserError, match="accuracy:begin"):
-            accuracy.splice_section(broken, "x")
+            splice_section(broken, "x", accuracy.MARKERS)
 
 
 def test_plot_has_one_row_per_dataset(tmp_path):

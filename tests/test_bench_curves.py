@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def test_cvc_sequences_follow_the_readme_table():
 def test_committed_splits_are_what_the_command_makes_from_the_data(shared_data):
     made = splits.make_lists(shared_data)
     for key, names in made.items():
-        assert splits.read_list(key) == names, f"{key}: run python benchmarks/splits.py and commit the lists"
+        assert splits.read_list(key) == names, f"{key}: run python -m benchmarks.splits and commit the lists"
         assert len(names) >= splits.MIN_TEST[key] and len(set(names)) == len(names)
     test_sequences = {splits.cvc_sequence(int(Path(n).stem)) for n in made["cvc"]}
     all_frames = [p.name for p in (shared_data / "CVC-ClinicDB" / "images").iterdir()]
@@ -173,7 +174,7 @@ def _fake_compare(piece: curves.Piece, work: Path, data_root: Path, command: str
     rng = np.random.default_rng(budget.seed + budget.iterations)
     cases = [f"c{i:02d}" for i in range(12)]
     path = folder / "compare.json"
-    results = (
+    results: dict[str, Any] = (
         json.loads(path.read_text())
         if path.is_file()
         else {

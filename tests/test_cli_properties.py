@@ -21,7 +21,7 @@ from PIL import Image
 
 from nnunet_sparseattn.cli import main
 
-SETTINGS = dict(
+SETTINGS = settings(
     derandomize=True,
     deadline=None,
     database=None,
@@ -119,7 +119,8 @@ def conversions(draw):
 def _write_conversion_input(root: Path, cases: list[dict], seed: int) -> tuple[Path, Path]:
     rng = np.random.default_rng(seed)
     images, masks = root / "images", root / "masks"
-    images.mkdir(), masks.mkdir()
+    images.mkdir()
+    masks.mkdir()
     for i, case in enumerate(cases):
         h, w = case["size"]
         _save(images / f"c{i}.png", rng.integers(0, 256, (h, w)), case["image_mode"])
@@ -141,7 +142,7 @@ def _write_conversion_input(root: Path, cases: list[dict], seed: int) -> tuple[P
     return images, masks
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(SETTINGS, max_examples=60)
 @given(conversions())
 def test_convert_2d_converts_whole_or_refuses_in_one_line_leaving_nothing(example):
     cases, options, seed = example
@@ -244,7 +245,7 @@ def _outputs(root: Path) -> list[str]:
     )
 
 
-@settings(max_examples=30, **SETTINGS)
+@settings(SETTINGS, max_examples=30)
 @given(prediction_folders())
 def test_evaluate_refuses_in_one_line_and_scores_no_folder(example):
     folders, layout, size = example

@@ -35,7 +35,7 @@ def run_main(*args: object) -> subprocess.CompletedProcess:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess([str(a) for a in args], code, out.getvalue(), err.getvalue())
 
 
 def refused(result: subprocess.CompletedProcess, *expected: str) -> str:
@@ -51,7 +51,8 @@ def refused(result: subprocess.CompletedProcess, *expected: str) -> str:
 
 def _pairs(root: Path, n: int = 6, size=(40, 48), mask_value: int = 255, dtype=np.uint8) -> tuple[Path, Path]:
     images, masks = root / "src" / "images", root / "src" / "masks"
-    images.mkdir(parents=True), masks.mkdir(parents=True)
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / f"c{i}.png")

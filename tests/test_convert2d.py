@@ -205,7 +205,8 @@ def _isic_copies(shared_data: Path, root: Path, n: int, mask_format: str, size=N
     resized to ``size`` = [(H, W), ...] per case (mixed sizes)."""
     isic = shared_data / "ISIC2017_256"
     images, masks = root / "images", root / "masks"
-    images.mkdir(parents=True), masks.mkdir(parents=True)
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
     for i, image_path in enumerate(sorted((isic / "images").glob("*.jpg"))[:n]):
         image = Image.open(image_path).convert("RGB")
         mask = Image.open(isic / "masks" / f"{image_path.stem}_segmentation.png").convert("L")

@@ -210,7 +210,7 @@ def test_find_best_configuration_wrote_its_instructions_with_nothing_set(exporte
     assert TRAINER in (results / "inference_instructions.txt").read_text()
 
 
-def _dockerfile_steps(path: Path) -> list[tuple[str, str]]:
+def _dockerfile_steps(path: Path) -> list[tuple[str, ...]]:
     """(instruction, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n\s*", " ", path.read_text())
     return [tuple(line.split(None, 1)) for line in text.splitlines() if line.strip() and not line.startswith("#")]

@@ -49,13 +49,14 @@ def test_the_test_lists_hold_every_module_with_gpu_tests_split_by_what_they_impo
     blocked.mkdir()
     (blocked / "__init__.py").write_text("raise ImportError('no SimpleITK')\n")
     check = (
-        "import importlib, sys; sys.path[:0] = ['tests']\n"
+        "import importlib, sys\n"
         "for m in sys.argv[1:]:\n"
         "    try:\n        importlib.import_module(m); print(m, 'ok')\n"
         "    except ImportError:\n        print(m, 'needs SimpleITK')\n"
     )
     names = [Path(m).stem for m in main + nnunet]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    # the test modules import their helpers as top-level modules (pytest puts tests/ on sys.path): so does this
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT / "tests"), str(ROOT)]))
     result = subprocess.run(
         [sys.executable, "-c", check, *names], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
@@ -110,7 +111,8 @@ def test_the_nnunet_command_trains_and_predicts_through_nnunets_cli(shared_data,
     prepare = subprocess.run(
         [
             sys.executable,
-            "benchmarks/gpu_nnunet.py",
+            "-m",
+            "benchmarks.gpu_nnunet",
             "prepare",
             "--data",
             str(data),

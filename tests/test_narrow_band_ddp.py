@@ -39,7 +39,11 @@ def _step(model: nn.Module, loss_fn: NarrowBandLoss, x: torch.Tensor, y: torch.T
     loss = loss_fn(model(x), y)
     loss.backward()
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return loss.item(), {n: p.grad.clone() for n, p in module.named_parameters()}
+    grads = {}
+    for name, p in module.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        grads[name] = p.grad.clone()
+    return loss.item(), grads
 
 
 def _worker(rank: int, out_dir: str) -> None:

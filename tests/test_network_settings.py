@@ -106,7 +106,7 @@ def test_topk_has_one_form_from_the_plans_to_the_router():
     assert net.encoder.stages[2][1].attn.router.topk == 3 and net.encoder.stages[3][1].attn.router.topk == 0
     assert not hasattr(net.encoder, "topk")  # no second copy to go stale
     with pytest.raises(ValueError, match="topk=1.5"):
-        Router(1.5)  # type: ignore[arg-type]
+        Router(1.5)
     mdsa = MDSAUNet.from_plans(KW, PATCH, 1, 2, False)
     assert mdsa.encoder.stages[3][1].attn.router.topk == 8
     assert isinstance(

@@ -24,14 +24,14 @@ from nnunetv2.training.lr_scheduler.warmup import (
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from plans_cases import HIPPOCAMPUS_3D, dataset_json, plans_for
 
-from nnunet_sparseattn.trainers import (
-    SHIPPED_TRAINERS,
-    nnUNetTrainerBSA,
-    nnUNetTrainerBSA_AdamW,
-    nnUNetTrainerBSA_AdamW_debug,
-    nnUNetTrainerBSA_AdamW_demo,
-)
+from nnunet_sparseattn import trainers
+from nnunet_sparseattn.trainers import SHIPPED_TRAINERS, nnUNetTrainerBSA
+from nnunet_sparseattn.trainers.bsa_adamw import nnUNetTrainerBSA_AdamW
 from nnunet_sparseattn.trainers.optimizers import NNUNET_GRAD_CLIP, AdamWWarmupMixin
+
+# the short-schedule variants are made when nnunet_sparseattn.trainers is imported (module globals, unseen by mypy)
+nnUNetTrainerBSA_AdamW_debug = vars(trainers)["nnUNetTrainerBSA_AdamW_debug"]
+nnUNetTrainerBSA_AdamW_demo = vars(trainers)["nnUNetTrainerBSA_AdamW_demo"]
 
 # Hippocampus's plans at a quarter of the width and a smaller patch: real BSA stages, fast steps
 _ARCH, _ = HIPPOCAMPUS_3D

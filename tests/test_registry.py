@@ -6,12 +6,9 @@ no edit anywhere else. A consumer that kept its own list of networks fails here.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -34,8 +31,6 @@ from nnunet_sparseattn.layers.routing import is_dense
 from nnunet_sparseattn.layers.sparse_attention import RoutedAttention
 from nnunet_sparseattn.plans.variants import VARIANTS, Variant, register, unregister
 from nnunet_sparseattn.trainers.architecture import ArchitectureTrainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class TinyAttention(RoutedAttention):
@@ -92,6 +87,9 @@ class TinyAttentionUNet(PlansNetwork):
             channels, heads_for(channels, own.head_dim, "bottleneck"), None, own.topk, unet.conv_op, region_size=2
         )
         self.decoder = UNetDecoder(self.encoder, num_classes, unet.n_conv_per_stage_decoder, deep_supervision)
+
+    encoder: PlainConvEncoder  # nnU-Net's (untyped) encoder and decoder, not PlansNetwork's plain nn.Module
+    decoder: UNetDecoder
 
     @classmethod
     def check_own(cls, kwargs: Mapping[str, Any], patch_size: Sequence[int] | None = None) -> TinySettings:
@@ -155,22 +153,17 @@ def test_trainers_compare_and_benchmark_list_a_registered_method(tiny):
     assert method_trainers(tiny) == (nnUNetTrainerTiny,)
     assert main_trainers()[-1] is nnUNetTrainerTiny
     assert default_trainers()[-1] == "nnUNetTrainerTiny"
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        speed = importlib.reload(importlib.import_module("network_speed"))  # NETWORKS is read at import
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    assert speed.NETWORKS["tiny"].label == "Tiny" and speed.NETWORKS["tiny"].trainer == "nnUNetTrainerTiny"
+    from benchmarks.speed.measure import benchmark_networks  # what NETWORKS is made of when the benchmark starts
+
+    networks = benchmark_networks()
+    assert networks["tiny"].label == "Tiny" and networks["tiny"].trainer == "nnUNetTrainerTiny"
 
 
 def test_contract_checks_and_saved_network_builder_take_a_registered_method(tiny):
     import test_architecture_contracts as contracts
 
-    sys.path.insert(0, str(ROOT / "tests" / "data"))
-    try:
-        from make_reference_networks import build
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "data"))
+    from tests.data.make_reference_networks import build
+
     contracts._contract("tiny", "hippocampus_3d", backward=True)
     contracts.test_variant_plans_build_the_same_network_through_nnunet("tiny")
     contracts.test_trainer_builds_from_default_plans_in_both_modes("tiny")

@@ -7,17 +7,15 @@ key or a numerical result changed: if on purpose, bump the version, say so in CH
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from nnunet_sparseattn.plans import VARIANTS
+from tests.data.make_reference_networks import build
 
 DATA = Path(__file__).parent / "data"
-sys.path.insert(0, str(DATA))
-from make_reference_networks import build  # noqa: E402
 
 SAVED = sorted(DATA.glob("networks-*/*.pt"))
 
