@@ -5,12 +5,14 @@
 #
 #   benchmarks/gpu.sh fetch            here, once: nnU-Net's wheels (../shared/gpu/wheels.sh -> .whl-sitk/, .whl-nnunet/)
 #                                      and the preprocessed data of the second command (.gpu-data/); all git-ignored
-#   benchmarks/gpu.sh main             on the GPU machine, carry [".whl-nnunet"] (<= 6 min, no SimpleITK):
+#   benchmarks/gpu.sh main             on the GPU machine, carry [".whl-nnunet"] (<= 6.5 min, no SimpleITK):
 #                                        env             nnU-Net's wheels into /tmp/site (not SimpleITK); versions
 #                                        tests           the gpu-marked tests of every module that needs no SimpleITK
 #                                        speed-eager     benchmarks.network_speed, CUDA eager, three plans + inference
 #                                        speed-compiled  benchmarks.network_speed, CUDA, torch.compile, two plans
 #                                        attention       benchmarks.attention, CUDA, the 12.5 %-density case
+#                                        memory          benchmarks.training_memory, CUDA: predicted training
+#                                                        memory against max_memory_allocated, two plans
 #   benchmarks/gpu.sh sitk             optional, carry [".whl-sitk"]: SimpleITK into /tmp/site (stays while the
 #                                      machine is warm: start the next call at once)
 #   benchmarks/gpu.sh nnunet           optional, right after sitk, carry [".whl-nnunet", ".gpu-data"]:
@@ -57,7 +59,7 @@ done
 [ -n "$CMD" ] || { echo "gpu.sh: name a command: fetch, main, sitk or nnunet (see --help)" >&2; exit 2; }
 
 case "$CMD:$ONLY" in
-  *:|main:tests|main:speed-eager|main:speed-compiled|main:attention|nnunet:tests-nnunet|nnunet:train|nnunet:predict) ;;
+  *:|main:tests|main:speed-eager|main:speed-compiled|main:attention|main:memory|nnunet:tests-nnunet|nnunet:train|nnunet:predict) ;;
   *) echo "gpu.sh: $CMD has no step '$ONLY'" >&2; exit 2 ;;
 esac
 
@@ -188,6 +190,7 @@ if [ "$DRY" = 1 ]; then
   EAGER=(--plans hippocampus_3d_fullres,isic2017_2d)
   COMPILED=(--plans hippocampus_3d_fullres --compile-backend eager --no-profile)  # dynamo traces; inductor: GPU
   ATTENTION=(--device cpu --density-case 8 --backends dense,gather)
+  MEMORY=(--device cpu --plans hippocampus_3d_fullres --networks stock,bsa --tiny)  # the code path, not figures
   TRAIN=(--device cpu --budget 1x2b2 --no-compile)
   PREDICT=(--device cpu --budget 1x2b2)
 else
@@ -195,6 +198,7 @@ else
   EAGER=(--plans hippocampus_3d_fullres,isic2017_2d,six_stage_128_3d)
   COMPILED=(--plans hippocampus_3d_fullres,isic2017_2d)
   ATTENTION=(--device cuda --density-case 32 --threads 16)
+  MEMORY=(--device cuda --plans hippocampus_3d_fullres,isic2017_2d)
   TRAIN=(--device cuda --budget 1x20)
   PREDICT=(--device cuda --budget 1x20)
 fi
@@ -207,6 +211,7 @@ case "$CMD" in
     step speed-compiled 110 "$PY" -m benchmarks.network_speed "${SPEED[@]}" --mode compiled "${COMPILED[@]}" \
       --out "$R/network-speed-$DEVICE-compiled.json"
     step attention 40 "$PY" -m benchmarks.attention "${ATTENTION[@]}" --out "$R/attention-$DEVICE.json"
+    step memory 45 "$PY" -m benchmarks.training_memory "${MEMORY[@]}" --out "$R/training-memory-$DEVICE.json"
     ;;
   nnunet)
     # shellcheck disable=SC2086

@@ -26,6 +26,13 @@ Per plan (``benchmarks/plans/``, at the plans' own patch and batch size) and net
   the peak of a whole training step (forward, backward, clip, optimizer step) plus the parameters and optimizer state
   allocated before it.
 
+On a GPU (``--device cuda``, a step of ``benchmarks/gpu.sh main``): the prediction checked against the real thing.
+Per plan and network, nnU-Net's GPU training step at the plans' own batch (fp16 autocast, ``GradScaler``, clip 12,
+the default trainer's optimizer), after one warm-up step: ``torch.cuda.max_memory_allocated`` over the step against
+the predicted fp16 total, with and without checkpointing (results: ``training-memory-cuda.json``, rendered with
+``--table`` into its own BENCHMARKS.md section). ``--device cpu`` takes the same step under CPU autocast with the
+profiler's peak instead (the gpu.sh dry run: the code path, not GPU figures).
+
 Budget: 1.3x stock nnU-Net's total under fp16 autocast, and the 8 GB nnU-Net's planner sizes patches and batches
 for (``ExperimentPlanner``'s ``gpu_memory_target_in_gb``). A network over budget is one for which checkpointing is
 recommended (column "checkpointing needed").
@@ -41,6 +48,7 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
@@ -65,6 +73,7 @@ from benchmarks.network_speed import (
     build_network,
     countable_attention,
     load_plan,
+    tiny_plan,
 )
 from nnunet_sparseattn.architectures.base import PlansNetwork
 from nnunet_sparseattn.layers.checkpointing import SavedTensorCounter
@@ -241,6 +250,123 @@ def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_
     }
 
 
+# ----------------------------------------------------------------------------------- the device check (gpu.sh)
+DEVICE_RESULTS_FILE = RESULTS / "training-memory-cuda.json"
+DEVICE_MARKERS = ("<!-- training-memory-gpu:begin -->", "<!-- training-memory-gpu:end -->")
+
+
+def device_step_peak(key: str, plan: Plan, checkpointing: bool, device: str, batch: int) -> dict[str, Any]:
+    """nnU-Net's GPU training step on ``device`` (see the module docstring): the bytes allocated before it (state,
+    batch) and its peak, against the predicted fp16 total."""
+    from torch.profiler import profile
+
+    network = build(key, plan, checkpointing).to(device)
+    loss = build_loss(plan, compile_dice=False)
+    optimizer = optimizer_for(key, network)
+    scaler = torch.amp.GradScaler(device)
+    data, targets = batch_tensors(plan, batch, device)
+    network.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.float16):  # nnU-Net: forward and loss under autocast
+            value = loss(network(data), targets)
+        scaler.scale(value).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+        scaler.step(optimizer)
+        scaler.update()
+
+    step()  # the optimizer's state exists from here on, as in training
+    optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        before = sum(t.numel() * t.element_size() for t in (*network.parameters(), data, *targets))
+        before += sum(
+            t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+        )
+        with profile(profile_memory=True) as prof:
+            step()
+        peak = before + cpu_peak_bytes(memory_events(prof))
+    predicted = predict(key, plan, "float16", checkpointing)["total_bytes"]
+    return {
+        "batch": batch,
+        "held_before_bytes": int(before),
+        "step_peak_bytes": int(peak),
+        "predicted_total_bytes": int(predicted),
+        "peak_to_predicted": round(peak / predicted, 3),
+    }
+
+
+def run_device(plans: list[str], networks: list[str], device: str, tiny: bool = False) -> dict[str, Any]:
+    """``device_step_peak`` for every plan and network, with checkpointing off and on (ours); a step that runs out
+    of memory is recorded as such and the others go on."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("training_memory: --device cuda needs a CUDA GPU (none visible): use --device cpu")
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "command": command_line("training_memory", sys.argv[1:]),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.machine()})",
+        "plans": {},
+    }
+    t0 = time.perf_counter()
+    for plan_name in plans:
+        plan = tiny_plan(load_plan(plan_name)) if tiny else load_plan(plan_name)
+        entry: dict[str, Any] = {"patch_size": list(plan.patch_size), "networks": {}}
+        for key in networks:
+            record: dict[str, Any] = {"label": NETWORKS[key].label}
+            for checkpointing in (False, True) if key != STOCK else (False,):
+                name = "checkpointed" if checkpointing else "plain"
+                try:
+                    record[name] = device_step_peak(key, plan, checkpointing, device, plan.batch_size)
+                except torch.OutOfMemoryError as error:
+                    record[name] = {"out_of_memory": str(error).splitlines()[0]}
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                gc.collect()
+                print(f"{plan_name} {key} {name}: {record[name]}", flush=True)
+            entry["networks"][key] = record
+        results["plans"][plan_name] = entry
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    return results
+
+
+def render_device(results: dict[str, Any]) -> str:
+    lines = [
+        "<!-- written by benchmarks/training_memory.py --table from the device check's JSON: do not edit -->",
+        "",
+        f"The prediction above held against {results['device']}: nnU-Net's training step (fp16 autocast, "
+        "GradScaler, clip 12, the default trainer's optimizer) at the plans' batch, after a warm-up step; peak: "
+        "`torch.cuda.max_memory_allocated` over the step (on the CPU: what was allocated before it plus the peak of "
+        "torch.profiler's allocation events; GB = 1e9 bytes).",
+        "",
+        "| plan | network | predicted total | measured peak | peak / predicted | ckpt: predicted | ckpt: peak | "
+        "ckpt: peak / predicted |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+
+    def cells(m: Optional[dict[str, Any]]) -> str:
+        if m is None:
+            return " | | "
+        if "out_of_memory" in m:
+            return f"{_gb(m.get('predicted_total_bytes'))} | out of memory | "
+        return f"{_gb(m['predicted_total_bytes'])} | {_gb(m['step_peak_bytes'])} | {m['peak_to_predicted']}"
+
+    for plan_name, entry in results["plans"].items():
+        for r in entry["networks"].values():
+            lines.append(f"| {plan_name} | {r['label']} | {cells(r.get('plain'))} | {cells(r.get('checkpointed'))} |")
+    lines += ["", f"torch {results['torch']}; `{results['command']}` ({results['wall_s']} s)."]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------------- driver
 def run(plans: list[str], networks: list[str], measure: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {
@@ -369,8 +495,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--measure", default="hippocampus_3d_fullres", help="plans also measured on the CPU at batch 2 ('' for none)"
     )
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        help="the device check instead of the count: each plan's training step on this device against the "
+        "prediction (gpu.sh; cpu: its dry run)",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="with --device: the plans at dry-run size (features / 8, patch / 4, batch 1)",
+    )
     add_publish_arguments(parser, RESULTS_FILE)
     args = parser.parse_args(argv)
+    device_check = args.device is not None or (args.table is not None and "device" in _read(args.table))
+    if device_check:
+        if args.table:
+            results = _read(args.table)
+        else:
+            plans, networks = [p for p in args.plans.split(",") if p], [n for n in args.networks.split(",") if n]
+            out = DEVICE_RESULTS_FILE if args.out == RESULTS_FILE else args.out
+            results = run_device(plans, networks, args.device, args.tiny)
+            write_results(out, results)
+        publish(render_device(results), DEVICE_MARKERS, args.update_docs)
+        return 0
     if args.table:
         results = json.loads(args.table.read_text())
     else:
@@ -382,6 +530,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         write_results(args.out, results)
     publish(render(results), MARKERS, args.update_docs)
     return 0
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

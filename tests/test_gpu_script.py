@@ -72,7 +72,14 @@ def test_the_main_command_runs_every_step_on_the_cpu_without_simpleitk(tmp_path)
     result = _gpu_sh("main", "--dry-run", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = _summary(tmp_path, "main")
-    assert [s["step"] for s in summary["steps"]] == ["env", "tests", "speed-eager", "speed-compiled", "attention"]
+    assert [s["step"] for s in summary["steps"]] == [
+        "env",
+        "tests",
+        "speed-eager",
+        "speed-compiled",
+        "attention",
+        "memory",
+    ]
     assert all(s["status"] == "ok" for s in summary["steps"])
     results = summary["results"]
     for name, plans in (
@@ -87,6 +94,10 @@ def test_the_main_command_runs_every_step_on_the_cpu_without_simpleitk(tmp_path)
     eager = results["network-speed-cpu-eager.json"]["plans"]["isic2017_2d"]["networks"]
     assert all(e["inference"]["finite"] for e in eager.values())
     assert {r["backend"] for r in results["attention-cpu.json"]} == {"dense", "gather"}
+    memory = results["training-memory-cpu.json"]["plans"]["hippocampus_3d_fullres"]["networks"]
+    assert set(memory["bsa"]) == {"label", "plain", "checkpointed"}
+    for measured in (memory["bsa"]["plain"], memory["bsa"]["checkpointed"], memory["stock"]["plain"]):
+        assert measured["step_peak_bytes"] > 0 and measured["predicted_total_bytes"] > 0
     with tarfile.open(tmp_path / "gpu-main.tar.gz") as tar:
         names = tar.getnames()
     assert "results/pytest-gpu.xml" in names and "logs/speed-eager.log" in names

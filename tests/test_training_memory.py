@@ -5,6 +5,7 @@ The predicted figures themselves are measured by ``benchmarks/training_memory.py
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -168,3 +169,26 @@ def test_benchmark_counts_fake_cuda_as_the_cpu_counts_real_tensors():
     half = tm.count_saved(network, plan, 2, "float16")
     assert half.by_dtype.get("float16", 0) > half.bytes / 2 and half.bytes < fake.bytes
     assert not torch.is_autocast_enabled("cuda")  # switched off again
+
+
+def test_the_device_check_measures_a_step_against_the_prediction_and_renders_it(tmp_path, capsys):
+    # the gpu.sh step's code path at dry-run size on the CPU (on a GPU: max_memory_allocated); the figures are the
+    # benchmark's, not asserted here beyond being there
+    from benchmarks import training_memory as tm
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU code path: a CUDA machine runs the real check in benchmarks/gpu.sh")
+    out = tmp_path / "memory.json"
+    args = ["--device", "cpu", "--tiny", "--plans", "hippocampus_3d_fullres", "--networks", "stock,bsa"]
+    assert tm.main([*args, "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    networks = results["plans"]["hippocampus_3d_fullres"]["networks"]
+    assert set(networks["stock"]) == {"label", "plain"} and set(networks["bsa"]) == {"label", "plain", "checkpointed"}
+    for measured in (networks["stock"]["plain"], *(networks["bsa"][k] for k in ("plain", "checkpointed"))):
+        assert measured["step_peak_bytes"] > measured["held_before_bytes"] > 0 and measured["predicted_total_bytes"] > 0
+    table = capsys.readouterr().out
+    assert "| hippocampus_3d_fullres | BSA |" in table
+    assert tm.main(["--table", str(out)]) == 0 and "| hippocampus_3d_fullres | BSA |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--device cuda needs a CUDA GPU"):
+        tm.main(["--device", "cuda", "--tiny", "--out", str(tmp_path / "no.json")])
+    assert not (tmp_path / "no.json").exists()
