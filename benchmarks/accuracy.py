@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA, DOCS, RESULTS, ROOT, check_section, command_line, update_section
+from benchmarks.common import DATA, RESULTS, ROOT, add_docs_arguments, check_section, command_line, update_section
 
 SECTION = ROOT / "benchmarks" / "accuracy_section.md"
 MARKERS = ("<!-- accuracy:begin -->", "<!-- accuracy:end -->")
@@ -410,8 +410,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", type=Path, default=DATA, help=f"the shared data folder (default {DATA})")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help=f"results folder (default {RESULTS})")
     ap.add_argument("--section", type=Path, default=SECTION, help=f"section text output (default {SECTION})")
-    ap.add_argument("--update-docs", action="store_true", help=f"also rewrite the accuracy section of {DOCS.name}")
-    ap.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
+    add_docs_arguments(ap, "accuracy")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the section and plots from the JSONs")
     return ap
 

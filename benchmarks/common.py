@@ -54,6 +54,13 @@ def update_section(docs: Path, section: str, markers: tuple[str, str]) -> None:
     docs.write_text(splice_section(docs.read_text(), section, markers))
 
 
+def add_docs_arguments(parser: argparse.ArgumentParser, section: str) -> None:
+    """``--update-docs`` (rewrite the benchmark's section of BENCHMARKS.md) and the hidden ``--docs`` (another file
+    in its place: the tests')."""
+    parser.add_argument("--update-docs", action="store_true", help=f"rewrite the {section} section of {DOCS.name}")
+    parser.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
+
+
 def add_publish_arguments(parser: argparse.ArgumentParser, out: Path) -> None:
     """The ``--out``, ``--update-docs`` and ``--table`` options of a benchmark that writes one results JSON."""
     parser.add_argument("--out", type=Path, default=out)

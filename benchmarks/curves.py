@@ -70,7 +70,7 @@ from typing import Any
 
 from benchmarks import splits
 from benchmarks.accuracy import TRAINERS, DatasetSpec, names
-from benchmarks.common import DATA, DOCS, RESULTS, ROOT, check_section, command_line, update_section
+from benchmarks.common import DATA, RESULTS, ROOT, add_docs_arguments, check_section, command_line, update_section
 
 RESULTS_FILE = RESULTS / "curves-cpu.json"
 MARKERS = ("<!-- curves:begin -->", "<!-- curves:end -->")
@@ -793,8 +793,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--work", type=Path, default=WORK, help=f"nnU-Net's folders and the comparisons (default {WORK})")
     ap.add_argument("--data", type=Path, default=DATA, help=f"the shared data folder (default {DATA})")
     ap.add_argument("--results", type=Path, default=RESULTS_FILE, help=f"results JSON (default {RESULTS_FILE})")
-    ap.add_argument("--update-docs", action="store_true", help=f"rewrite the curves section of {DOCS.name}")
-    ap.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
+    add_docs_arguments(ap, "curves")
     ap.add_argument("--dry-run", action="store_true", help="list the pieces, their state and estimated hours")
     ap.add_argument(
         "--report-only",

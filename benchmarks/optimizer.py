@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.accuracy import DATASETS, compare_dataset, work_folder
-from benchmarks.common import DATA, DOCS, RESULTS, check_section, command_line, update_section
+from benchmarks.common import DATA, RESULTS, add_docs_arguments, check_section, command_line, update_section
 
 MARKERS = ("<!-- optimizer:begin -->", "<!-- optimizer:end -->")
 # per network: (its trainer with nnU-Net's SGD, its AdamW trainer); the bilateral network's default is AdamW since
@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="default: the accuracy benchmark's work folder")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    parser.add_argument("--update-docs", action="store_true", help=f"rewrite the optimizer section of {DOCS.name}")
-    parser.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
+    add_docs_arguments(parser, "optimizer")
     args = parser.parse_args(argv)
     command = command_line("optimizer", sys.argv[1:] if argv is None else argv)
     try:

@@ -63,7 +63,7 @@ from benchmarks.common import (
     publish,
     write_results,
 )
-from benchmarks.network_speed import (
+from benchmarks.speed.measure import (
     NETWORKS,
     PLANNER_VRAM_BYTES,
     PLANS,
@@ -72,6 +72,7 @@ from benchmarks.network_speed import (
     build_loss,
     build_network,
     countable_attention,
+    held_bytes,
     load_plan,
     tiny_plan,
 )
@@ -230,13 +231,7 @@ def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_
     gc.collect()
     with profile(profile_memory=True) as prof:
         step()
-    held = sum(p.numel() * p.element_size() for p in network.parameters())
-    held += sum(
-        t.numel() * t.element_size()
-        for s in optimizer.state.values()
-        for t in s.values()
-        if isinstance(t, torch.Tensor)
-    )
+    held = held_bytes(network, optimizer)
     return {
         "batch": batch,
         "precision": "float32",

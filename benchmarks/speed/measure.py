@@ -223,14 +223,7 @@ class TrainingStep:
 
     def state_bytes(self) -> int:
         """Parameters and optimizer state (SGD momentum) held between steps."""
-        params = sum(p.numel() * p.element_size() for p in self.network.parameters())
-        state = sum(
-            t.numel() * t.element_size()
-            for s in self.optimizer.state.values()
-            for t in s.values()
-            if isinstance(t, torch.Tensor)
-        )
-        return int(params + state)
+        return held_bytes(self.network, self.optimizer)
 
     @torch.no_grad()
     def forward_flops(self) -> int:
@@ -240,6 +233,18 @@ class TrainingStep:
         with countable_attention(self.network), self.autocast(), flop_counter() as counter:
             self.network(self.data)
         return int(counter.get_total_flops())
+
+
+def held_bytes(network: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """The bytes of the parameters and of the optimizer's state (momentum, Adam's moments)."""
+    params = sum(p.numel() * p.element_size() for p in network.parameters())
+    state = sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
+    return int(params + state)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from nnunet_sparseattn.plans.variants import network_class
 
 
 def _plans(ndim: int) -> tuple[dict, tuple[int, ...]]:
+    patch: tuple[int, ...]
     if ndim == 3:
         features, patch, strides = [4, 8, 16, 16], (16, 24, 32), [[1, 1, 1]] + [[2, 2, 2]] * 3
     else:
