@@ -44,6 +44,7 @@ labels above 20, images smaller than 32 px.
 
 from __future__ import annotations
 
+import argparse
 import filecmp
 import json
 import os
@@ -673,3 +674,54 @@ def _write_cases(
         "photo_like": photo_like,
         "smallest": smallest,
     }
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """``nnunet-sparseattn convert-2d``."""
+    p = commands.add_parser("convert-2d", help="a folder of 2D images and masks -> nnU-Net's raw format")
+    p.add_argument("images", help="folder of images (png, jpg, ...)")
+    p.add_argument("masks", help="folder of masks, paired with the images by name")
+    p.add_argument("-d", "--dataset", type=int, required=True, help="dataset id to write (DatasetXXX_NAME)")
+    p.add_argument("--name", help="dataset name (default: the images folder's parent's name)")
+    p.add_argument("--mask-suffix", help="mask name = image stem + suffix, e.g. _segmentation (default: detected)")
+    p.add_argument("--num-test", type=int, default=0, help="cases to hold out into imagesTs/labelsTs")
+    p.add_argument("--limit", type=int, help="convert only the first N pairs (by name)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the existing dataset of this id and name (DatasetXXX_NAME; never one of another name)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="binarise masks: foreground where the grey value > T (RGB: the brightest channel); for "
+        "masks saved lossily (JPEG)",
+    )
+    p.add_argument(
+        "--resize",
+        metavar="HxW",
+        help="resize images (bilinear) and masks (nearest), e.g. 256x256; the original sizes are recorded",
+    )
+    p.add_argument("--test-list", metavar="FILE", help="image names (one a line) to hold out into imagesTs")
+    p.add_argument("--train-list", metavar="FILE", help="image names (one a line) to train on")
+    p.set_defaults(func=_convert_2d)
+
+
+def _convert_2d(args: argparse.Namespace) -> int:
+    folder = convert_2d(
+        Path(args.images),
+        Path(args.masks),
+        args.dataset,
+        name=args.name,
+        mask_suffix=args.mask_suffix,
+        num_test=args.num_test,
+        limit=args.limit,
+        overwrite=args.overwrite,
+        threshold=args.threshold,
+        resize=parse_size(args.resize) if args.resize else None,
+        test_list=args.test_list,
+        train_list=args.train_list,
+    )
+    print(folder)
+    return 0
