@@ -442,6 +442,8 @@ def read_conversion_record(dataset: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
 
 
+# long only by its documented keywords (the public entry the CLI, the tests and the benchmarks call); the steps are
+# the functions below
 def convert_2d(
     images: Path,
     masks: Path,

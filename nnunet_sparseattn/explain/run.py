@@ -78,18 +78,7 @@ def run_explain(request: ExplainRequest) -> dict[str, Any]:
     else:
         files = [(None, image)]
     # every refusal before any work: read the images, their references and the points first
-    cases = []
-    for name, file in files:
-        case = model.read(file)
-        reference = None
-        if request.reference is not None:
-            ref = Path(request.reference).expanduser()
-            path = ref / f"{name}{model.dataset_json['file_ending']}" if name is not None and ref.is_dir() else ref
-            reference = _read_reference(model, path, case)
-        given = [analysis.parse_point(p, 2 if case.is_2d else 3) for p in request.points]
-        for values in given:
-            analysis.check_inside(values, case.spatial, case.is_2d)
-        cases.append((name, case, reference, given))
+    cases = [_read_case(model, name, file, request) for name, file in files]
     model.load()
     if model.configuration_manager.previous_stage_name is not None:
         raise UserError(
@@ -120,6 +109,22 @@ def run_explain(request: ExplainRequest) -> dict[str, Any]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def _read_case(
+    model: Model, name: Optional[str], file: Path, request: ExplainRequest
+) -> tuple[Optional[str], Case, Optional[np.ndarray], list[tuple[int, ...]]]:
+    """A case (named within a folder, or None) read with its reference and its given points, each checked."""
+    case = model.read(file)
+    reference = None
+    if request.reference is not None:
+        ref = Path(request.reference).expanduser()
+        path = ref / f"{name}{model.dataset_json['file_ending']}" if name is not None and ref.is_dir() else ref
+        reference = _read_reference(model, path, case)
+    given = [analysis.parse_point(p, 2 if case.is_2d else 3) for p in request.points]
+    for values in given:
+        analysis.check_inside(values, case.spatial, case.is_2d)
+    return name, case, reference, given
 
 
 def _folder_cases(folder: Path, file_ending: str) -> list[tuple[Optional[str], Path]]:
