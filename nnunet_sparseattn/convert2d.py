@@ -44,13 +44,14 @@ labels above 20, images smaller than 32 px.
 
 from __future__ import annotations
 
+import argparse
 import filecmp
 import json
 import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -441,6 +442,8 @@ def read_conversion_record(dataset: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
 
 
+# long only by its documented keywords (the public entry the CLI, the tests and the benchmarks call); the steps are
+# the functions below
 def convert_2d(
     images: Path,
     masks: Path,
@@ -478,44 +481,10 @@ def convert_2d(
             With one list the other cases form the other set; with both, cases in neither are left out.
     """
     images, masks = Path(images).expanduser(), Path(masks).expanduser()
-    if not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
-        raise UserError(f"dataset id {dataset_id!r} must be an integer from 1 to 999")
-    if threshold is not None and not 0 <= threshold < 255:
-        raise UserError(f"--threshold {threshold}: masks' grey values run from 0 to 255; choose T in 0..254")
-    if raw_root is None:
-        if not os.environ.get("nnUNet_raw"):
-            raise UserError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (or pass the raw folder)")
-        raw_root = Path(os.environ["nnUNet_raw"])
-    raw_root = Path(raw_root).expanduser()
-    check_output_path(raw_root, "nnUNet_raw")
-    for what, folder in (("images", images), ("masks", masks)):
-        if not folder.is_dir():
-            state = "is a file, not a folder" if folder.exists() else "does not exist"
-            raise UserError(f"{what} folder {folder} {state}: pass the folder that holds the {what}")
-    if images.resolve() == masks.resolve():
-        raise UserError(
-            f"the images folder and the masks folder are the same ({images}): pass the folder of masks second"
-        )
+    raw_root = _check_inputs(images, masks, dataset_id, threshold, raw_root)
     name = _dataset_name(images, name)
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
-    refuse_inside(target, {"images folder": images, "masks folder": masks}, "the dataset")
-    clash = [p for p in sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*")) if p.is_dir()] if raw_root.is_dir() else []
-    if clash and not (overwrite and clash == [target]):
-        if clash == [target]:
-            raise UserError(f"dataset id {dataset_id} is taken by {target}: pass --overwrite to replace it")
-        other = ", ".join(p.name for p in clash if p != target)
-        raise UserError(
-            f"dataset id {dataset_id} is taken by {other}, of another name than {target.name}: --overwrite "
-            "replaces only a dataset of the same id and name; choose another id, or remove it yourself"
-        )
-    if overwrite and target.is_dir():
-        for what, folder in (("images", images), ("masks", masks)):
-            if folder.resolve().is_relative_to(target.resolve()):
-                raise UserError(
-                    f"--overwrite would delete the {what} folder {folder}: it lies inside {target}; convert from "
-                    "a copy outside it"
-                )
-
+    _check_target(raw_root, dataset_id, target, images, masks, overwrite)
     pairs, suffix = pair_images_and_masks(images, masks, mask_suffix)
     if limit is not None:
         if limit < 1:
@@ -534,24 +503,7 @@ def convert_2d(
     partial = staging_folder(target)
     try:
         written = _write_cases(training, test, partial, threshold, resize)
-        max_label, channels = written["max_label"], written["channels"]
-        names = (
-            list(label_names)
-            if label_names is not None
-            else (["foreground"] if max_label <= 1 else [f"label_{i}" for i in range(1, max_label + 1)])
-        )
-        if len(names) != max(1, max_label):
-            raise UserError(f"{len(names)} label name(s) given but the masks hold labels 1..{max_label}")
-        channel_names = {"0": "R", "1": "G", "2": "B"} if channels == 3 else {"0": "grey"}
-        dataset_json = {
-            "name": name,
-            "description": f"2D images {images} and masks {masks}, converted by nnunet-sparseattn convert-2d",
-            "channel_names": channel_names,
-            "labels": {"background": 0, **{n: i for i, n in enumerate(names, start=1)}},
-            "numTraining": len(training),
-            "file_ending": ".png",
-            "overwrite_image_reader_writer": "NaturalImage2DIO",
-        }
+        dataset_json = _dataset_json(name, images, masks, written, label_names, len(training))
         (partial / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
         record = {
             "written_by": "nnunet-sparseattn convert-2d",
@@ -570,6 +522,80 @@ def convert_2d(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def _check_inputs(
+    images: Path, masks: Path, dataset_id: int, threshold: Optional[float], raw_root: Optional[Path]
+) -> Path:
+    """The arguments refused in one line before anything is read; returns the raw folder."""
+    if not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
+        raise UserError(f"dataset id {dataset_id!r} must be an integer from 1 to 999")
+    if threshold is not None and not 0 <= threshold < 255:
+        raise UserError(f"--threshold {threshold}: masks' grey values run from 0 to 255; choose T in 0..254")
+    if raw_root is None:
+        if not os.environ.get("nnUNet_raw"):
+            raise UserError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (or pass the raw folder)")
+        raw_root = Path(os.environ["nnUNet_raw"])
+    raw_root = Path(raw_root).expanduser()
+    check_output_path(raw_root, "nnUNet_raw")
+    for what, folder in (("images", images), ("masks", masks)):
+        if not folder.is_dir():
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise UserError(f"{what} folder {folder} {state}: pass the folder that holds the {what}")
+    if images.resolve() == masks.resolve():
+        raise UserError(
+            f"the images folder and the masks folder are the same ({images}): pass the folder of masks second"
+        )
+    return raw_root
+
+
+def _check_target(raw_root: Path, dataset_id: int, target: Path, images: Path, masks: Path, overwrite: bool) -> None:
+    """The dataset folder to write: not holding the inputs, its id not taken (but by itself with ``overwrite``)."""
+    refuse_inside(target, {"images folder": images, "masks folder": masks}, "the dataset")
+    clash = [p for p in sorted(raw_root.glob(f"Dataset{dataset_id:03d}_*")) if p.is_dir()] if raw_root.is_dir() else []
+    if clash and not (overwrite and clash == [target]):
+        if clash == [target]:
+            raise UserError(f"dataset id {dataset_id} is taken by {target}: pass --overwrite to replace it")
+        other = ", ".join(p.name for p in clash if p != target)
+        raise UserError(
+            f"dataset id {dataset_id} is taken by {other}, of another name than {target.name}: --overwrite "
+            "replaces only a dataset of the same id and name; choose another id, or remove it yourself"
+        )
+    if overwrite and target.is_dir():
+        for what, folder in (("images", images), ("masks", masks)):
+            if folder.resolve().is_relative_to(target.resolve()):
+                raise UserError(
+                    f"--overwrite would delete the {what} folder {folder}: it lies inside {target}; convert from "
+                    "a copy outside it"
+                )
+
+
+def _dataset_json(
+    name: str,
+    images: Path,
+    masks: Path,
+    written: dict[str, Any],
+    label_names: Optional[Sequence[str]],
+    num_training: int,
+) -> dict[str, Any]:
+    """nnU-Net's dataset.json of the converted cases (labels named ``label_names``, by default as documented)."""
+    max_label, channels = written["max_label"], written["channels"]
+    names = (
+        list(label_names)
+        if label_names is not None
+        else (["foreground"] if max_label <= 1 else [f"label_{i}" for i in range(1, max_label + 1)])
+    )
+    if len(names) != max(1, max_label):
+        raise UserError(f"{len(names)} label name(s) given but the masks hold labels 1..{max_label}")
+    return {
+        "name": name,
+        "description": f"2D images {images} and masks {masks}, converted by nnunet-sparseattn convert-2d",
+        "channel_names": {"0": "R", "1": "G", "2": "B"} if channels == 3 else {"0": "grey"},
+        "labels": {"background": 0, **{n: i for i, n in enumerate(names, start=1)}},
+        "numTraining": num_training,
+        "file_ending": ".png",
+        "overwrite_image_reader_writer": "NaturalImage2DIO",
+    }
 
 
 def _warn_if_suspicious(written: dict[str, Any]) -> None:
@@ -599,6 +625,28 @@ def _warn_if_suspicious(written: dict[str, Any]) -> None:
         )
 
 
+@dataclass
+class _Written:
+    """What the cases written so far hold: checked across cases as they come, warned about at the end."""
+
+    max_label: int = 0
+    any_foreground: bool = False
+    photo_like: list[str] = field(default_factory=list)
+    smallest: Optional[tuple[int, int]] = None
+    first: Optional[tuple[int, Path]] = None  # the first image's channel count and file
+    cases: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def check_channels(self, image: np.ndarray, path: Path) -> None:
+        n_channels = 3 if image.ndim == 3 else 1
+        if self.first is None:
+            self.first = (n_channels, path)
+        elif n_channels != self.first[0]:
+            raise UserError(
+                f"images differ in channels: {self.first[1].name} has {self.first[0]}, {path.name} has "
+                f"{n_channels}: convert them all to RGB or all to greyscale"
+            )
+
+
 def _write_cases(
     training: Sequence[Pair],
     test: Sequence[Pair],
@@ -613,63 +661,115 @@ def _write_cases(
         (out / f"labels{split}").mkdir(parents=True)
         if resize is not None:
             (out / ORIGINAL_SIZE_FOLDER / f"labels{split}").mkdir(parents=True)
-    max_label, any_above_threshold, photo_like = 0, False, []
-    smallest: Optional[tuple[int, int]] = None
-    first: Optional[tuple[int, Path]] = None
-    cases: dict[str, dict[str, Any]] = {}
+    written = _Written()
     for split, pairs in splits:
         for pair in pairs:
-            if filecmp.cmp(pair.image, pair.mask, shallow=False):
-                raise UserError(
-                    f"the mask {pair.mask} is a copy of its image {pair.image}: pass the folder of masks second"
-                )
-            image = _read_image(pair.image)
-            if threshold is None:
-                mask = read_mask(pair.mask)
-            else:
-                mask, photo = _read_thresholded(pair.mask, threshold)
-                if photo:
-                    photo_like.append(pair.mask.name)
-            n_channels = 3 if image.ndim == 3 else 1
-            if first is None:
-                first = (n_channels, pair.image)
-            elif n_channels != first[0]:
-                raise UserError(
-                    f"images differ in channels: {first[1].name} has {first[0]}, {pair.image.name} has "
-                    f"{n_channels}: convert them all to RGB or all to greyscale"
-                )
-            if image.shape[:2] != mask.shape:
-                raise UserError(
-                    f"image {pair.image.name} is {image.shape[1]}x{image.shape[0]} but its mask "
-                    f"{pair.mask.name} is {mask.shape[1]}x{mask.shape[0]}: they must have the same size"
-                )
-            max_label = max(max_label, int(mask.max()))
-            any_above_threshold |= bool(mask.any())
-            original_size = [int(n) for n in mask.shape]
-            if resize is not None:
-                Image.fromarray(mask).save(out / ORIGINAL_SIZE_FOLDER / f"labels{split}" / f"{pair.case}.png")
-                image, mask = _resize(image, resize, nearest=False), _resize(mask, resize, nearest=True)
-            size = (int(mask.shape[0]), int(mask.shape[1]))
-            smallest = size if smallest is None or min(size) < min(smallest) else smallest
-            Image.fromarray(image).save(out / f"images{split}" / f"{pair.case}_0000.png")
-            Image.fromarray(mask).save(out / f"labels{split}" / f"{pair.case}.png")
-            cases[pair.case] = {
-                "image": pair.image.name,
-                "mask": pair.mask.name,
-                "split": split,
-                "original_size": original_size,
-            }
-    if threshold is not None and not any_above_threshold:
+            _write_case(pair, split, out, threshold, resize, written)
+    if threshold is not None and not written.any_foreground:
         raise UserError(
             f"no mask has a grey value above --threshold {threshold:g}: every mask would be empty (masks "
             "of labels 0/1 need no threshold); drop --threshold or lower it"
         )
-    assert first is not None
+    assert written.first is not None
     return {
-        "max_label": max_label,
-        "channels": first[0],
-        "cases": cases,
-        "any_foreground": any_above_threshold,
-        "photo_like": photo_like,
-        "smallest": smallest,
+        "max_label": written.max_label,
+        "channels": written.first[0],
+        "cases": written.cases,
+        "any_foreground": written.any_foreground,
+        "photo_like": written.photo_like,
+        "smallest": written.smallest,
     }
+
+
+def _write_case(
+    pair: Pair,
+    split: str,
+    out: Path,
+    threshold: Optional[float],
+    resize: Optional[tuple[int, int]],
+    written: _Written,
+) -> None:
+    """One image and its mask, read, checked, resized and written into ``images<split>``/``labels<split>``."""
+    if filecmp.cmp(pair.image, pair.mask, shallow=False):
+        raise UserError(f"the mask {pair.mask} is a copy of its image {pair.image}: pass the folder of masks second")
+    image = _read_image(pair.image)
+    if threshold is None:
+        mask = read_mask(pair.mask)
+    else:
+        mask, photo = _read_thresholded(pair.mask, threshold)
+        if photo:
+            written.photo_like.append(pair.mask.name)
+    written.check_channels(image, pair.image)
+    if image.shape[:2] != mask.shape:
+        raise UserError(
+            f"image {pair.image.name} is {image.shape[1]}x{image.shape[0]} but its mask "
+            f"{pair.mask.name} is {mask.shape[1]}x{mask.shape[0]}: they must have the same size"
+        )
+    written.max_label = max(written.max_label, int(mask.max()))
+    written.any_foreground |= bool(mask.any())
+    original_size = [int(n) for n in mask.shape]
+    if resize is not None:
+        Image.fromarray(mask).save(out / ORIGINAL_SIZE_FOLDER / f"labels{split}" / f"{pair.case}.png")
+        image, mask = _resize(image, resize, nearest=False), _resize(mask, resize, nearest=True)
+    size = (int(mask.shape[0]), int(mask.shape[1]))
+    smallest = written.smallest
+    written.smallest = size if smallest is None or min(size) < min(smallest) else smallest
+    Image.fromarray(image).save(out / f"images{split}" / f"{pair.case}_0000.png")
+    Image.fromarray(mask).save(out / f"labels{split}" / f"{pair.case}.png")
+    written.cases[pair.case] = {
+        "image": pair.image.name,
+        "mask": pair.mask.name,
+        "split": split,
+        "original_size": original_size,
+    }
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """``nnunet-sparseattn convert-2d``."""
+    p = commands.add_parser("convert-2d", help="a folder of 2D images and masks -> nnU-Net's raw format")
+    p.add_argument("images", help="folder of images (png, jpg, ...)")
+    p.add_argument("masks", help="folder of masks, paired with the images by name")
+    p.add_argument("-d", "--dataset", type=int, required=True, help="dataset id to write (DatasetXXX_NAME)")
+    p.add_argument("--name", help="dataset name (default: the images folder's parent's name)")
+    p.add_argument("--mask-suffix", help="mask name = image stem + suffix, e.g. _segmentation (default: detected)")
+    p.add_argument("--num-test", type=int, default=0, help="cases to hold out into imagesTs/labelsTs")
+    p.add_argument("--limit", type=int, help="convert only the first N pairs (by name)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the existing dataset of this id and name (DatasetXXX_NAME; never one of another name)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="binarise masks: foreground where the grey value > T (RGB: the brightest channel); for "
+        "masks saved lossily (JPEG)",
+    )
+    p.add_argument(
+        "--resize",
+        metavar="HxW",
+        help="resize images (bilinear) and masks (nearest), e.g. 256x256; the original sizes are recorded",
+    )
+    p.add_argument("--test-list", metavar="FILE", help="image names (one a line) to hold out into imagesTs")
+    p.add_argument("--train-list", metavar="FILE", help="image names (one a line) to train on")
+    p.set_defaults(func=_convert_2d)
+
+
+def _convert_2d(args: argparse.Namespace) -> int:
+    folder = convert_2d(
+        Path(args.images),
+        Path(args.masks),
+        args.dataset,
+        name=args.name,
+        mask_suffix=args.mask_suffix,
+        num_test=args.num_test,
+        limit=args.limit,
+        overwrite=args.overwrite,
+        threshold=args.threshold,
+        resize=parse_size(args.resize) if args.resize else None,
+        test_list=args.test_list,
+        train_list=args.train_list,
+    )
+    print(folder)
+    return 0

@@ -3,6 +3,7 @@ the ways that goes wrong."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -170,3 +171,14 @@ def require_trainer(name: str) -> type:
             return recursive_find_trainer_class_by_name(name)
     except RuntimeError as error:
         raise UserError(f"no nnU-Net trainer named {name}: ours are {', '.join(trainers.__all__)}") from error
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """``nnunet-sparseattn ext-path``."""
+    p = commands.add_parser("ext-path", help="print the folder to export as nnUNet_extTrainer")
+    p.set_defaults(func=_ext_path)
+
+
+def _ext_path(args: argparse.Namespace) -> int:
+    print(ext_trainer_path())
+    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,3 +126,18 @@ def run_doctor(environ: dict | None = None) -> list[Finding]:
     if findings[-1].status == "ok" and ext_trainer_is_configured(environ):
         findings += check_trainer_lookup()
     return findings + check_gpu()
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """``nnunet-sparseattn doctor``."""
+    p = commands.add_parser("doctor", help="check nnU-Net's variables, trainer discovery, torch/torchvision, GPU")
+    p.set_defaults(func=_doctor)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    findings = run_doctor()
+    for finding in findings:
+        print(f"{finding.status:<4} {finding.message}")
+    problems = sum(f.status == "fix" for f in findings)
+    print(f"\n{problems} problem(s) to fix" if problems else "\nready to train with nnunet-sparseattn")
+    return 1 if problems else 0

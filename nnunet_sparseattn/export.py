@@ -8,6 +8,7 @@ output appears complete or not at all.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -143,3 +144,23 @@ def describe(model: ExportedModel) -> str:
         f"{model.path}: {model.dataset_name} {', '.join(model.model_folders)}, folds {' '.join(model.folds)}; "
         f"plans stamped with nnunet-sparseattn {__version__} ({model.stamped_plans} plans.json)"
     )
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """``nnunet-sparseattn export``."""
+    p = commands.add_parser(
+        "export",
+        help="nnU-Net's model zip, stamped with our version, for nnUNetv2_install_pretrained_model_from_zip elsewhere",
+    )
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    p.add_argument("-c", "--configurations", nargs="+", required=True, help="configurations, e.g. 3d_fullres")
+    p.add_argument("-tr", "--trainer", default="nnUNetTrainer", help="trainer class (default nnUNetTrainer)")
+    p.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default 0 1 2 3 4)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-o", "--output", required=True, help="the zip file to write")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    print(describe(export_model(args.dataset, args.configurations, args.trainer, args.folds, args.output, args.plans)))
+    return 0

@@ -99,3 +99,32 @@ def test_make_demo_dataset_writes_nnunet_raw_format(tmp_path):
     assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == ["demo_003.nii.gz"]
     image = sitk.ReadImage(str(folder / "imagesTr" / "demo_000_0000.nii.gz"))
     assert image.GetSize() == (16, 16, 12) and image.GetSpacing() == pytest.approx((1.0, 1.0, 1.2))
+
+
+def test_every_subcommand_comes_from_its_module_and_help_imports_no_torch():
+    """cli.py assembles the subcommands from their own modules (``add_parser``); reading them all, as ``--help``
+    does, imports neither torch, nnU-Net nor scipy (what a command runs is imported when it runs)."""
+    code = (
+        "import sys\n"
+        "from nnunet_sparseattn.cli import build_parser\n"
+        "names = list(build_parser()._subparsers._group_actions[0].choices)\n"
+        "print(','.join(names))\n"
+        "print(','.join(sorted({'torch', 'nnunetv2', 'scipy'} & set(sys.modules))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    names, heavy = result.stdout.splitlines()
+    assert names.split(",") == [
+        "ext-path",
+        "doctor",
+        "plan",
+        "info",
+        "compare",
+        "convert-2d",
+        "export",
+        "evaluate",
+        "explain",
+        "make-demo-dataset",
+        "demo",
+    ]
+    assert heavy == ""

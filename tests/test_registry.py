@@ -27,6 +27,7 @@ from nnunet_sparseattn.architectures.base import (
     stage_shapes,
     x_text,
 )
+from nnunet_sparseattn.explain.kinds import AttentionKind
 from nnunet_sparseattn.layers.routing import is_dense
 from nnunet_sparseattn.layers.sparse_attention import RoutedAttention
 from nnunet_sparseattn.plans.variants import VARIANTS, Variant, register, unregister
@@ -117,6 +118,23 @@ class nnUNetTrainerTiny(ArchitectureTrainer):  # a trainer file's worth
     network_class = TinyAttentionUNet
 
 
+class BottleneckNorms(AttentionKind):
+    """A kind of its own for explain (a kinds file's worth): the norm of the encoder's deepest output per window."""
+
+    key = "bottleneck"
+    described = "bottleneck"
+    recorded: list[tuple[str, int, float]] = []
+
+    def owns(self, module: torch.nn.Module) -> bool:
+        return isinstance(module, PlainConvEncoder)
+
+    def attach(self, recorder, name: str, module: torch.nn.Module) -> None:
+        def record(_, args, output) -> None:
+            self.recorded.append((name, recorder.patch, float(output[-1].norm())))
+
+        recorder.keep(module.register_forward_hook(record))
+
+
 TINY = Variant(
     name="tiny",
     label="Tiny",
@@ -125,6 +143,8 @@ TINY = Variant(
     trainer="nnUNetTrainerTiny",
     trainers=(f"{__name__}.nnUNetTrainerTiny",),
     attention_layer=f"{__name__}.TinyAttention",
+    # its routed layer is shown as BSA's and MDSA's are; its own kind besides
+    explain_kinds=("nnunet_sparseattn.explain.kinds.RegionRouting", f"{__name__}.BottleneckNorms"),
     small_settings={3: {"head_dim": 4, "topk": 1}},
 )
 
@@ -173,8 +193,8 @@ def test_contract_checks_and_saved_network_builder_take_a_registered_method(tiny
 
 
 def test_info_and_explain_describe_a_registered_method(tiny, tmp_path, monkeypatch):
-    from nnunet_sparseattn.explain.recorder import attention_modules
-    from nnunet_sparseattn.explain.run import _kind
+    from nnunet_sparseattn.explain.kinds import module_label
+    from nnunet_sparseattn.explain.recorder import Recorder, attention_kinds, attention_modules
     from nnunet_sparseattn.harness import networks
 
     plans = copy.deepcopy(plans_for(HIPPOCAMPUS_3D))  # plans_for shares the case's dicts
@@ -202,4 +222,15 @@ def test_info_and_explain_describe_a_registered_method(tiny, tmp_path, monkeypat
         nnUNetTrainerTiny, plans, "3d_fullres", json.loads((folder / "dataset.json").read_text())
     )
     assert attention_modules(net)["routed"] == ["attention"]
-    assert _kind(net, "attention") == "Tiny"
+    assert module_label(net, "attention") == "Tiny"
+    # explain's kinds are the registry's: the region routing it shares with BSA and MDSA once, its own kind last
+    assert [kind.key for kind in attention_kinds()] == ["routed", "window", "channel", "rendering", "bottleneck"]
+    assert attention_modules(net)["bottleneck"] == ["encoder"]
+    BottleneckNorms.recorded.clear()
+    with torch.no_grad(), Recorder(net.eval()) as recorder:
+        net(torch.zeros(1, 1, 40, 56, 40))
+        net(torch.zeros(1, 1, 40, 56, 40))
+    assert [(name, patch) for name, patch, _ in BottleneckNorms.recorded] == [("encoder", 0), ("encoder", 1)]
+    assert [r.module for r in recorder.routing] == ["attention", "attention"]
+    net(torch.zeros(1, 1, 40, 56, 40))  # closed: nothing recorded any more
+    assert len(BottleneckNorms.recorded) == 2

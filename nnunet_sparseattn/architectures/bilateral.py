@@ -235,6 +235,7 @@ class BilateralUNet(PlansNetwork):
     checkpoint_block_types = (BilateralAttention, ResNeXtBlock)
     decoder: BilateralDecoder
 
+    # long only by nnU-Net's plans signature and its documentation: the body builds encoder, decoder and rendering
     def __init__(
         self,
         input_channels: int,
@@ -354,45 +355,14 @@ class BilateralUNet(PlansNetwork):
     def check_own(cls, kwargs: Mapping[str, Any], patch_size: Optional[Sequence[int]] = None) -> BilateralSettings:
         """The ISAM stages, widths and per-stage windows and the point counts, defaults filled in; PlansError on
         inconsistent values. Windows need not divide their stage (padding is masked)."""
-        n, features = int(kwargs["n_stages"]), kwargs["features_per_stage"]
-        ndim = len(kwargs["strides"][0])
-        isam_stages, isam_dims, isam_windows = kwargs["isam_stages"], kwargs["isam_dims"], kwargs["isam_windows"]
-        if isam_stages is None:
-            stages = default_isam_stages(n)
-        elif not (isinstance(isam_stages, (list, tuple)) and all(is_int(s) for s in isam_stages)):
-            raise PlansError(f"isam_stages={isam_stages!r}: must be a list of stage indices in 0..{n - 1} or null")
-        else:
-            stages = [int(s) for s in isam_stages]
-        if any(not 0 <= s < n for s in stages) or len(set(stages)) != len(stages):
-            raise PlansError(f"isam_stages={list(stages)} must be distinct stage indices in 0..{n - 1}")
-        stages = sorted(stages)
+        n = int(kwargs["n_stages"])
+        stages = _isam_stages(kwargs["isam_stages"], n)
         max_dim = check_int("isam_max_dim", kwargs["isam_max_dim"], 1)
         embed = check_int("swin_embed_dim", kwargs["swin_embed_dim"], 1, allow_none=True)
-        if isam_dims is None:
-            dims = isam_widths(features, stages, max_dim, embed)
-        else:
-            if not isinstance(isam_dims, (list, tuple)) or len(isam_dims) != len(stages):
-                raise PlansError(
-                    f"isam_dims={isam_dims!r} has {len(isam_dims) if isinstance(isam_dims, (list, tuple)) else 'no'} "
-                    f"entries for {len(stages)} isam_stages {stages}: give one width per ISAM stage (or null for "
-                    "the default)"
-                )
-            dims = [check_int(f"ISAM width at stage {s}", d, 1) for s, d in zip(stages, isam_dims)]
+        dims = _isam_dims(kwargs["isam_dims"], kwargs["features_per_stage"], stages, max_dim, embed)
         for s, d in zip(stages, dims):
             heads_for(d, kwargs["head_dim"], f"ISAM width at stage {s}")
-        if isam_windows is None:
-            windows = [[WINDOW] * ndim for _ in range(n)]
-        else:
-            if not isinstance(isam_windows, (list, tuple)) or len(isam_windows) != n:
-                raise PlansError(f"isam_windows={isam_windows!r}: must be a list of {n} entries (one per stage)")
-            windows = [[w] * ndim if not isinstance(w, (list, tuple)) else list(w) for w in isam_windows]
-            bad = [s for s, w in enumerate(windows) if len(w) != ndim or not all(is_int(v) and v >= 1 for v in w)]
-            if bad:
-                raise PlansError(
-                    f"isam_windows of stage {bad[0]} is {isam_windows[bad[0]]}: give {ndim} positive "
-                    "window sizes per stage"
-                )
-            windows = [[int(v) for v in w] for w in windows]
+        windows = _isam_windows(kwargs["isam_windows"], n, len(kwargs["strides"][0]))
         points = {}
         for key, default in (("render_train_points", TRAIN_POINTS), ("render_eval_points", EVAL_POINTS)):
             value = default if kwargs[key] is None else kwargs[key]
@@ -417,6 +387,47 @@ class BilateralUNet(PlansNetwork):
             render_layers=check_int("render_layers", kwargs["render_layers"], 1),
             **points,
         )
+
+
+def _isam_stages(isam_stages: Any, n: int) -> list[int]:
+    """The ISAM stages (default: :func:`default_isam_stages`), distinct indices in 0..n-1, ascending."""
+    if isam_stages is None:
+        stages = default_isam_stages(n)
+    elif not (isinstance(isam_stages, (list, tuple)) and all(is_int(s) for s in isam_stages)):
+        raise PlansError(f"isam_stages={isam_stages!r}: must be a list of stage indices in 0..{n - 1} or null")
+    else:
+        stages = [int(s) for s in isam_stages]
+    if any(not 0 <= s < n for s in stages) or len(set(stages)) != len(stages):
+        raise PlansError(f"isam_stages={list(stages)} must be distinct stage indices in 0..{n - 1}")
+    return sorted(stages)
+
+
+def _isam_dims(isam_dims: Any, features: Any, stages: list[int], max_dim: int, embed: Optional[int]) -> list[int]:
+    """One ISAM width per ISAM stage (default: :func:`isam_widths`)."""
+    if isam_dims is None:
+        return isam_widths(features, stages, max_dim, embed)
+    if not isinstance(isam_dims, (list, tuple)) or len(isam_dims) != len(stages):
+        raise PlansError(
+            f"isam_dims={isam_dims!r} has {len(isam_dims) if isinstance(isam_dims, (list, tuple)) else 'no'} "
+            f"entries for {len(stages)} isam_stages {stages}: give one width per ISAM stage (or null for "
+            "the default)"
+        )
+    return [check_int(f"ISAM width at stage {s}", d, 1) for s, d in zip(stages, isam_dims)]
+
+
+def _isam_windows(isam_windows: Any, n: int, ndim: int) -> list[list[int]]:
+    """Each stage's Swin window, ``ndim`` sizes (default :data:`WINDOW` on every axis)."""
+    if isam_windows is None:
+        return [[WINDOW] * ndim for _ in range(n)]
+    if not isinstance(isam_windows, (list, tuple)) or len(isam_windows) != n:
+        raise PlansError(f"isam_windows={isam_windows!r}: must be a list of {n} entries (one per stage)")
+    windows = [[w] * ndim if not isinstance(w, (list, tuple)) else list(w) for w in isam_windows]
+    bad = [s for s, w in enumerate(windows) if len(w) != ndim or not all(is_int(v) and v >= 1 for v in w)]
+    if bad:
+        raise PlansError(
+            f"isam_windows of stage {bad[0]} is {isam_windows[bad[0]]}: give {ndim} positive window sizes per stage"
+        )
+    return [[int(v) for v in w] for w in windows]
 
 
 def bilateral_paper_network(num_classes: int = 2) -> nn.Module:

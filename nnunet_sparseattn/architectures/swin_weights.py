@@ -224,6 +224,41 @@ def fit_bias_table(table: torch.Tensor, source_window: int, window: tuple[int, .
     return grid.reshape(-1, heads), ", ".join(how)
 
 
+def _copy_block(
+    report: SwinLoadReport,
+    used: set[str],
+    target_block: str,
+    block: SwinBlock,
+    stage: SwinStage,
+    m: int,
+    repeated: bool,
+) -> None:
+    """Copy Swin block ``m`` of ``stage`` into ``block`` (named ``target_block``; ``repeated``: another block's
+    copy), tensor by tensor, the relative position bias fitted to the block's window; what does not fit is reported
+    and left as it was."""
+    params = dict(block.named_parameters())
+    for key in _BLOCK_PARAMS:
+        src_key = f"layers.{stage.index}.blocks.{m}.{key}"
+        target = f"{target_block}.{key}"
+        if key not in stage.blocks[m]:
+            report.skipped.append((target, f"{src_key} is not in the checkpoint"))
+            continue
+        value = stage.blocks[m][key]
+        how = "repeated" if repeated else ""
+        if key == "attn.relative_position_bias_table":
+            value, fitted = fit_bias_table(value, stage.window, block.window)
+            how = ", ".join(h for h in (how, fitted) if h)
+        if tuple(value.shape) != tuple(params[key].shape):
+            report.skipped.append(
+                (target, f"{src_key} has shape {tuple(value.shape)}, this block {tuple(params[key].shape)}")
+            )
+            continue
+        with torch.no_grad():
+            params[key].copy_(value.to(params[key].dtype))
+        report.loaded.append((target, src_key, how))
+        used.add(src_key)
+
+
 def map_swin_onto_isams(
     network: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", repeat_blocks: bool = True
 ) -> SwinLoadReport:
@@ -265,27 +300,7 @@ def map_swin_onto_isams(
             else:
                 report.skipped.append((f"{name}.blocks.{j}", f"Swin stage {stage.index} has only {depth} blocks"))
                 continue
-            params = dict(block.named_parameters())
-            for key in _BLOCK_PARAMS:
-                src_key = f"layers.{stage.index}.blocks.{m}.{key}"
-                target = f"{name}.blocks.{j}.{key}"
-                if key not in stage.blocks[m]:
-                    report.skipped.append((target, f"{src_key} is not in the checkpoint"))
-                    continue
-                value = stage.blocks[m][key]
-                how = "repeated" if m != j else ""
-                if key == "attn.relative_position_bias_table":
-                    value, fitted = fit_bias_table(value, stage.window, cast(SwinBlock, block).window)
-                    how = ", ".join(h for h in (how, fitted) if h)
-                if tuple(value.shape) != tuple(params[key].shape):
-                    report.skipped.append(
-                        (target, f"{src_key} has shape {tuple(value.shape)}, this block {tuple(params[key].shape)}")
-                    )
-                    continue
-                with torch.no_grad():
-                    params[key].copy_(value.to(params[key].dtype))
-                report.loaded.append((target, src_key, how))
-                used.add(src_key)
+            _copy_block(report, used, f"{name}.blocks.{j}", cast(SwinBlock, block), stage, m, repeated=m != j)
     report.unused = [k for k in state if k not in used]
     return report
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from nnunet_sparseattn.demo import DEMO_DATASET_ID
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.outputs import publish_folder, staging_folder
 
-DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "SparseAttnDemo"
 DEMO_LABELS = {"background": 0, "organ": 1, "vessel": 2, "nodule": 3}
 DEMO_SHAPE = (40, 48, 48)  # z, y, x voxels

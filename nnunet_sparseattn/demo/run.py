@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_sparseattn.demo.dataset import DEMO_DATASET_ID, make_demo_dataset
@@ -24,6 +25,27 @@ def _time_budget(env: dict, dataset_id: int, trainer: str, configuration: str, f
 
 def _stage(message: str, started: float) -> None:
     print(f"\n[{time.monotonic() - started:5.0f} s] == {message}", flush=True)
+
+
+@dataclass
+class _Demo:
+    """One demo run: where it works, with which variables, on which dataset, with which trainers."""
+
+    work: Path
+    env: dict
+    trainers: list[str]
+    configuration: str
+    fold: int
+    started: float
+    dataset_id: int = 0
+    dataset: Path = Path()
+
+    def stage(self, message: str) -> None:
+        _stage(message, self.started)
+
+    @property
+    def dataset_json(self) -> dict:
+        return json.loads((self.dataset / "dataset.json").read_text())
 
 
 def run_demo(
@@ -45,11 +67,42 @@ def run_demo(
     if msd is not None:
         datasets.check_msd_folder(msd)  # fail before any work
     work = Path(work).resolve()
-    env = commands.work_environment(work)
+    demo = _Demo(work, commands.work_environment(work), trainers, configuration, fold, started)
     for name in trainers:
-        commands.check_trainer(name, env)
-    raw = Path(env["nnUNet_raw"])
-    print(f"demo working folder: {work}; the commands below run with:")
+        commands.check_trainer(name, demo.env)
+    _print_environment(demo)
+    labels = _write_dataset(demo, msd)
+
+    demo.stage("planning and preprocessing")
+    commands.plan_and_preprocess(demo.dataset_id, configuration, demo.env)
+    for name in trainers:
+        demo.stage(f"training {name} on the CPU (fold {fold})")
+        commands.train(demo.dataset_id, configuration, fold, name, demo.env)
+
+    demo.stage("predicting held-out cases")
+    cases, predictions = _predict_heldout(demo, num_heldout)
+
+    demo.stage("evaluating")
+    summaries, cut = _evaluate(demo, predictions, labels, len(cases))
+    figure = _comparison_png(demo, cases, predictions, labels)
+
+    demo.stage(f"what the attention of {trainer} routes to: nnunet-sparseattn explain on the held-out cases")
+    summary, picture = _explain(demo, trainer, cases)
+    table = routing_table(summary, len(cases))
+    if table:
+        print(f"\nrouting at work, {trainer}:")
+        print(table)
+    for line in filter(None, cut):  # again at the end, where the summary is read
+        print(line)
+    demo.stage(
+        f"done: Dice tables in {', '.join(str(p / 'summary.json') for p in predictions.values())}; pictures "
+        f"{figure} and {picture}; every explanation in {work / 'explain'}"
+    )
+    return dict(summaries[0][1], routing=summary.get("routing_foreground", {}))
+
+
+def _print_environment(demo: _Demo) -> None:
+    print(f"demo working folder: {demo.work}; the commands below run with:")
     for name in (
         "nnUNet_raw",
         "nnUNet_preprocessed",
@@ -59,114 +112,125 @@ def run_demo(
         "nnUNet_def_n_proc",
     ):
         print(
-            f"   export {name}={env[name]}"
-            if name in env
+            f"   export {name}={demo.env[name]}"
+            if name in demo.env
             else f"   ({name} not set: the startup hook adds our trainers in each command)"
         )
 
+
+def _write_dataset(demo: _Demo, msd: str | Path | None) -> dict:
+    """The synthetic dataset, or the MSD task converted, into nnUNet_raw; returns its labels."""
+    raw = Path(demo.env["nnUNet_raw"])
     if msd is None:
-        _stage("writing the synthetic demo dataset", started)
-        dataset = make_demo_dataset(raw, DEMO_DATASET_ID)
-        dataset_id = DEMO_DATASET_ID
-        print(f"   {dataset}")
+        demo.stage("writing the synthetic demo dataset")
+        demo.dataset = make_demo_dataset(raw, DEMO_DATASET_ID)
+        demo.dataset_id = DEMO_DATASET_ID
+        print(f"   {demo.dataset}")
     else:
-        _stage(f"converting {msd} with nnU-Net's MSD converter", started)
-        dataset_id = datasets.convert_msd(Path(msd), env)
-        dataset = datasets.require_dataset(raw, dataset_id, "nnUNet_raw")
-    labels = json.loads((dataset / "dataset.json").read_text())["labels"]
+        demo.stage(f"converting {msd} with nnU-Net's MSD converter")
+        demo.dataset_id = datasets.convert_msd(Path(msd), demo.env)
+        demo.dataset = datasets.require_dataset(raw, demo.dataset_id, "nnUNet_raw")
+    labels = demo.dataset_json["labels"]
     if not isinstance(next(iter(labels.values())), int):
         raise UserError("the demo report handles label datasets, not region-based ones")
+    return labels
 
-    _stage("planning and preprocessing", started)
-    commands.plan_and_preprocess(dataset_id, configuration, env)
 
-    for name in trainers:
-        _stage(f"training {name} on the CPU (fold {fold})", started)
-        commands.train(dataset_id, configuration, fold, name, env)
-
-    _stage("predicting held-out cases", started)
-    heldout_images, heldout_labels = work / "heldout" / "images", work / "heldout" / "labels"
-    shutil.rmtree(work / "heldout", ignore_errors=True)
-    file_ending = json.loads((dataset / "dataset.json").read_text())["file_ending"]
+def _predict_heldout(demo: _Demo, num_heldout: int) -> tuple[list[str], dict[str, Path]]:
+    """Held-out cases copied into ``heldout/`` and each trainer's predictions of them."""
+    heldout = demo.work / "heldout"
+    shutil.rmtree(heldout, ignore_errors=True)
+    file_ending = demo.dataset_json["file_ending"]
     # the synthetic dataset keeps labelled test cases apart; an MSD task has none: the cases held out of this fold
-    source = datasets.heldout_source(dataset)
+    source = datasets.heldout_source(demo.dataset)
     if source.kind == "test":
         cases = datasets.labelled_cases(source.labels, file_ending)
     else:
-        preprocessed = datasets.require_dataset(env["nnUNet_preprocessed"], dataset_id, "nnUNet_preprocessed")
-        cases = datasets.validation_cases(preprocessed, fold)
-    cases = datasets.copy_cases(cases[:num_heldout], source, heldout_images, heldout_labels, file_ending)
-    predictions = {name: work / "heldout" / f"predictions_{name}" for name in trainers}
-    for name in trainers:
-        commands.predict(heldout_images, predictions[name], dataset_id, configuration, fold, name, env)
+        preprocessed = datasets.require_dataset(demo.env["nnUNet_preprocessed"], demo.dataset_id, "nnUNet_preprocessed")
+        cases = datasets.validation_cases(preprocessed, demo.fold)
+    cases = datasets.copy_cases(cases[:num_heldout], source, heldout / "images", heldout / "labels", file_ending)
+    predictions = {name: heldout / f"predictions_{name}" for name in demo.trainers}
+    for name in demo.trainers:
+        commands.predict(
+            heldout / "images", predictions[name], demo.dataset_id, demo.configuration, demo.fold, name, demo.env
+        )
+    return cases, predictions
 
-    _stage("evaluating", started)
+
+def _evaluate(
+    demo: _Demo, predictions: dict[str, Path], labels: dict, num_cases: int
+) -> tuple[list[tuple[str, dict]], list[str]]:
+    """nnU-Net's evaluation of each trainer's predictions, printed as a Dice table with the time budgets' cuts."""
     summaries = [
         (
             name,
             commands.evaluate(
-                heldout_labels, predictions[name], datasets.model_folder(env, dataset_id, name, configuration), env
+                demo.work / "heldout" / "labels",
+                predictions[name],
+                datasets.model_folder(demo.env, demo.dataset_id, name, demo.configuration),
+                demo.env,
             ),
         )
-        for name in trainers
+        for name in demo.trainers
     ]
-    print(f"\nDice on {len(cases)} held-out cases ({configuration}, fold {fold}; each trainer's _demo schedule):")
+    print(
+        f"\nDice on {num_cases} held-out cases ({demo.configuration}, fold {demo.fold}; each trainer's _demo schedule):"
+    )
     print(dice_table(summaries, labels))
-    cut = [budget_line(name, _time_budget(env, dataset_id, name, configuration, fold)) for name in trainers]
+    cut = [
+        budget_line(name, _time_budget(demo.env, demo.dataset_id, name, demo.configuration, demo.fold))
+        for name in demo.trainers
+    ]
     for line in filter(None, cut):
         print(line)
+    return summaries, cut
 
-    figure = save_comparison_png(
+
+def _comparison_png(demo: _Demo, cases: list[str], predictions: dict[str, Path], labels: dict) -> Path:
+    heldout, file_ending = demo.work / "heldout", demo.dataset_json["file_ending"]
+    return save_comparison_png(
         [
             (
-                heldout_images / f"{c}_0000{file_ending}",
-                heldout_labels / f"{c}{file_ending}",
-                [predictions[name] / f"{c}{file_ending}" for name in trainers],
+                heldout / "images" / f"{c}_0000{file_ending}",
+                heldout / "labels" / f"{c}{file_ending}",
+                [predictions[name] / f"{c}{file_ending}" for name in demo.trainers],
             )
             for c in cases[:3]
         ],
-        work / "demo.png",
+        demo.work / "demo.png",
         labels,
-        [f"prediction, {name}" for name in trainers],
+        [f"prediction, {name}" for name in demo.trainers],
     )
 
-    _stage(f"what the attention of {trainer} routes to: nnunet-sparseattn explain on the held-out cases", started)
-    explained = work / "explain"
+
+def _explain(demo: _Demo, trainer: str, cases: list[str]) -> tuple[dict, Path]:
+    """``nnunet-sparseattn explain`` on the held-out cases with their references; its summary and the picture
+    ``demo_explain.png`` (the first case's overview, or case.png alone when the network has no attention to show)."""
+    explained = demo.work / "explain"
+    heldout = demo.work / "heldout"
     commands.run_command(
         [
             "nnunet-sparseattn",
             "explain",
             "-d",
-            dataset_id,
+            demo.dataset_id,
             "-c",
-            configuration,
+            demo.configuration,
             "-tr",
             trainer,
             "-f",
-            fold,
+            demo.fold,
             "-i",
-            heldout_images,
+            heldout / "images",
             "--reference",
-            heldout_labels,
+            heldout / "labels",
             "-o",
             explained,
         ],
-        env,
+        demo.env,
     )
     summary = json.loads((explained / "explain.json").read_text())
-    # the overview of the first case (case.png alone when the trainer's network has no attention to show)
     shown = next(p for p in (explained / cases[0] / "overview.png", explained / cases[0] / "case.png") if p.is_file())
-    picture = work / "demo_explain.png"
+    picture = demo.work / "demo_explain.png"
     shutil.copy(shown, picture)
-    table = routing_table(summary, len(cases))
-    if table:
-        print(f"\nrouting at work, {trainer}:")
-        print(table)
-    for line in filter(None, cut):  # again at the end, where the summary is read
-        print(line)
-    _stage(
-        f"done: Dice tables in {', '.join(str(p / 'summary.json') for p in predictions.values())}; pictures "
-        f"{figure} and {picture}; every explanation in {explained}",
-        started,
-    )
-    return dict(summaries[0][1], routing=summary.get("routing_foreground", {}))
+    return summary, picture

@@ -174,21 +174,59 @@ def _score_folder(
 ) -> Generator[None, None, dict[str, Any]]:
     """Score one folder: read and check every case and compute our metrics, pause (``yield``) so that the caller
     checks every other folder before the slow part, then nnU-Net's evaluation; returns the folder's result."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
-    ending = dataset.file_ending
-    cases = _cases(reference, predictions, ending, chill)
+    cases = _cases(reference, predictions, dataset.file_ending, chill)
+    pairs = _Pairs(reference, predictions, dataset)
+    # 2D data: nnU-Net reads every case as (1, 1, H, W)
+    is_2d = pairs.read(cases[0])[0].shape[1] == 1
+    with_probabilities = [c for c in cases if (predictions / f"{c}.npz").is_file()]
+    scores = _Scores(
+        cases,
+        is_2d,
+        "probabilities" if is_2d and len(with_probabilities) == len(cases) else "masks",
+        len(with_probabilities),
+        ForegroundMapMetrics() if is_2d else None,
+        {name: _SurfaceScores() for name in dataset.labels.values()},
+    )
+    for case in cases:
+        scores.per_case[case] = _score_case(case, pairs, scores, nsd_tolerance)
 
-    defined = np.array(sorted({0, *dataset.labels}))
-    how = f"nnU-Net's {type(dataset.reader).__name__}"
+    # every case has passed the checks above: pause here until every other folder has too (all folders or none)
+    yield
+    nnunet = _nnunet_scores(reference, predictions, dataset, num_processes, scores)
+    return {
+        "reference": str(reference),
+        "predictions": str(predictions),
+        "dimensionality": "2d" if is_2d else "3d",
+        "distance_unit": "px" if isinstance(dataset.reader, NaturalImage2DIO) else "mm",  # PNG & co carry no spacing
+        "nsd_tolerance": nsd_tolerance,
+        "num_cases": len(cases),
+        "sources": scores.sources(),
+        "empty_reference_rules": EMPTY_RULES,
+        "mean": scores.mean(nnunet, dataset.labels),
+        "per_case": scores.per_case,
+        "nnunet_summary": nnunet,
+    }
 
-    def read(case: str) -> tuple[np.ndarray, np.ndarray, Sequence[float]]:
-        ref_file, pred_file = reference / f"{case}{ending}", predictions / f"{case}{ending}"
+
+@dataclass
+class _Pairs:
+    """A folder's predictions and their references, read by nnU-Net's reader and checked case by case."""
+
+    reference: Path
+    predictions: Path
+    dataset: _Dataset
+
+    def read(self, case: str) -> tuple[np.ndarray, np.ndarray, Sequence[float]]:
+        """(reference, prediction, spacing) of a case; refused in one line: colour files, sizes that differ, labels
+        dataset.json does not define."""
+        ending, how = self.dataset.file_ending, f"nnU-Net's {type(self.dataset.reader).__name__}"
+        ref_file, pred_file = self.reference / f"{case}{ending}", self.predictions / f"{case}{ending}"
         with reading(ref_file, "reference", how):
-            ref, props = dataset.reader.read_seg(str(ref_file))
+            ref, props = self.dataset.reader.read_seg(str(ref_file))
         with reading(pred_file, "prediction", how):
-            pred, _ = dataset.reader.read_seg(str(pred_file))
+            pred, _ = self.dataset.reader.read_seg(str(pred_file))
         for what, file, seg in (("prediction", pred_file, pred), ("reference", ref_file, ref)):
             if seg.shape[0] != 1:  # nnU-Net's readers give labels one channel; RGB(A) files come back with 3 or 4
                 raise UserError(
@@ -202,63 +240,111 @@ def _score_folder(
                 "original labels only with --original-size"
             )
         for what, file, seg in (("prediction", pred_file, pred), ("reference", ref_file, ref)):
-            undefined = np.setdiff1d(np.unique(seg), defined)
-            if undefined.size:
-                shown = ", ".join(f"{v:g}" for v in undefined[:5]) + (", ..." if undefined.size > 5 else "")
-                hint = "; a 0/255 mask? labels are 0, 1, ..." if 255 in undefined else ""
-                raise UserError(
-                    f"{what} {file} holds label(s) {shown} that dataset.json does not define (it defines "
-                    f"{', '.join(map(str, defined))}{hint}): they would be scored as background; fix the file "
-                    "or pass the matching --dataset-json"
-                )
+            self._check_labels(what, file, seg)
         return ref, pred, props["spacing"]
 
-    # 2D data: nnU-Net reads every case as (1, 1, H, W)
-    is_2d = read(cases[0])[0].shape[1] == 1
-    unit = "px" if isinstance(dataset.reader, NaturalImage2DIO) else "mm"  # PNG/BMP/TIFF carry no spacing
-    with_probabilities = [c for c in cases if (predictions / f"{c}.npz").is_file()]
-    source = "probabilities" if is_2d and len(with_probabilities) == len(cases) else "masks"
-    maps = ForegroundMapMetrics() if is_2d else None
-
-    per_case: dict[str, Any] = {}
-    surface = {name: _SurfaceScores() for name in dataset.labels.values()}
-    for case in cases:
-        ref, pred, spacing = read(case)
-        if (ref.shape[1] == 1) != is_2d:
+    def _check_labels(self, what: str, file: Path, seg: np.ndarray) -> None:
+        defined = np.array(sorted({0, *self.dataset.labels}))
+        undefined = np.setdiff1d(np.unique(seg), defined)
+        if undefined.size:
+            shown = ", ".join(f"{v:g}" for v in undefined[:5]) + (", ..." if undefined.size > 5 else "")
+            hint = "; a 0/255 mask? labels are 0, 1, ..." if 255 in undefined else ""
             raise UserError(
-                f"{case}{ending} is {'2D' if ref.shape[1] == 1 else '3D'} unlike {cases[0]}{ending}: "
-                "evaluate one kind of data per folder"
+                f"{what} {file} holds label(s) {shown} that dataset.json does not define (it defines "
+                f"{', '.join(map(str, defined))}{hint}): they would be scored as background; fix the file "
+                "or pass the matching --dataset-json"
             )
-        pred, _ = _spatial(pred, spacing, is_2d)
-        ref, spacing = _spatial(ref, spacing, is_2d)
-        entry: dict[str, Any] = {"classes": {}}
-        for label, name in dataset.labels.items():
-            in_ref, in_pred = ref == label, pred == label
-            d, n = hd95(in_pred, in_ref, spacing), normalized_surface_dice(in_pred, in_ref, spacing, nsd_tolerance)
-            surface[name].hd95.append(d)
-            surface[name].nsd.append(n)
-            # one mask empty, the other not: HD95 is undefined there (a miss), not merely absent from both
-            surface[name].hd95_undefined += int(math.isnan(d) and (in_ref.any() or in_pred.any()))
-            entry["classes"][name] = {"HD95": _json_number(d), "NSD": _json_number(n)}
-        if maps is not None:
-            if source == "probabilities":
-                with reading(predictions / f"{case}.npz", "probabilities"):
-                    probabilities = np.load(predictions / f"{case}.npz")["probabilities"]
-                foreground = 1.0 - probabilities[0, 0].astype(np.float64)
-                if foreground.shape != ref.shape:
-                    raise UserError(
-                        f"{case}.npz holds probabilities of shape {foreground.shape} but the reference "
-                        f"is {ref.shape}: keep each prediction's .npz beside its mask"
-                    )
-                foreground = np.clip(foreground, 0.0, 1.0)  # float32 sums may overshoot 1 by an ulp
-            else:
-                foreground = (pred > 0).astype(np.float64)
-            entry.update(maps.add(foreground, ref > 0))
-        per_case[case] = entry
 
-    # every case has passed the checks above: pause here until every other folder has too (all folders or none)
-    yield
-    # nnU-Net's own Dice and IoU (its summary.json is written with our files, at the end)
+
+@dataclass
+class _Scores:
+    """A folder's scores as they are computed: per case, and what the means are taken over."""
+
+    cases: list[str]
+    is_2d: bool
+    source: str  # of the foreground maps (2D): "probabilities" where every case has them, else "masks"
+    with_probabilities: int  # cases with probabilities
+    maps: Optional[ForegroundMapMetrics]  # 2D: the polyp papers' metrics on the foreground
+    surface: dict[str, _SurfaceScores]
+    per_case: dict[str, Any] = field(default_factory=dict)
+
+    def mean(self, nnunet: dict[str, Any], labels: dict[int, str]) -> dict[str, Any]:
+        classes = {}
+        for label, name in labels.items():
+            nnunet_mean = nnunet["mean"][label]
+            classes[name] = {
+                "Dice": _json_number(nnunet_mean["Dice"]),
+                "IoU": _json_number(nnunet_mean["IoU"]),
+                "HD95": _nan_mean(self.surface[name].hd95),
+                "NSD": _nan_mean(self.surface[name].nsd),
+                "hd95_undefined": self.surface[name].hd95_undefined,
+            }
+        mean: dict[str, Any] = {"classes": classes}
+        if self.maps is not None:
+            mean.update(self.maps.results())
+        return mean
+
+    def sources(self) -> dict[str, str]:
+        sources = {"Dice, IoU, HD95, NSD": "masks"}
+        if self.maps is not None:
+            sources["mDSC, mIoU"] = "probabilities > 0.5" if self.source == "probabilities" else "masks"
+            sources["S_α, F^w_β, E^max_φ, MAE"] = self.source
+            if self.source == "masks" and self.with_probabilities:
+                sources["note"] = (
+                    f"only {self.with_probabilities} of {len(self.cases)} cases have probabilities (.npz): masks "
+                    "used for all"
+                )
+        return sources
+
+
+def _score_case(case: str, pairs: _Pairs, scores: _Scores, nsd_tolerance: float) -> dict[str, Any]:
+    """Our metrics of one case: HD95 and NSD per class; 2D: the foreground map's metrics."""
+    ending = pairs.dataset.file_ending
+    ref, pred, spacing = pairs.read(case)
+    if (ref.shape[1] == 1) != scores.is_2d:
+        raise UserError(
+            f"{case}{ending} is {'2D' if ref.shape[1] == 1 else '3D'} unlike {scores.cases[0]}{ending}: "
+            "evaluate one kind of data per folder"
+        )
+    pred, _ = _spatial(pred, spacing, scores.is_2d)
+    ref, spacing = _spatial(ref, spacing, scores.is_2d)
+    entry: dict[str, Any] = {"classes": {}}
+    for label, name in pairs.dataset.labels.items():
+        in_ref, in_pred = ref == label, pred == label
+        d, n = hd95(in_pred, in_ref, spacing), normalized_surface_dice(in_pred, in_ref, spacing, nsd_tolerance)
+        surface = scores.surface[name]
+        surface.hd95.append(d)
+        surface.nsd.append(n)
+        # one mask empty, the other not: HD95 is undefined there (a miss), not merely absent from both
+        surface.hd95_undefined += int(math.isnan(d) and (in_ref.any() or in_pred.any()))
+        entry["classes"][name] = {"HD95": _json_number(d), "NSD": _json_number(n)}
+    if scores.maps is not None:
+        foreground = _foreground(pairs.predictions, case, pred, ref) if scores.source == "probabilities" else None
+        entry.update(scores.maps.add((pred > 0).astype(np.float64) if foreground is None else foreground, ref > 0))
+    return entry
+
+
+def _foreground(predictions: Path, case: str, pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The foreground probability (1 - background) from the case's ``--save_probabilities`` output."""
+    with reading(predictions / f"{case}.npz", "probabilities"):
+        probabilities = np.load(predictions / f"{case}.npz")["probabilities"]
+    foreground = 1.0 - probabilities[0, 0].astype(np.float64)
+    if foreground.shape != ref.shape:
+        raise UserError(
+            f"{case}.npz holds probabilities of shape {foreground.shape} but the reference "
+            f"is {ref.shape}: keep each prediction's .npz beside its mask"
+        )
+    return np.clip(foreground, 0.0, 1.0)  # float32 sums may overshoot 1 by an ulp
+
+
+def _nnunet_scores(
+    reference: Path, predictions: Path, dataset: _Dataset, num_processes: int, scores: _Scores
+) -> dict[str, Any]:
+    """nnU-Net's own Dice and IoU, added to each case's classes (its summary.json is written with our files, at the
+    end); returns nnU-Net's summary."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+
+    ending = dataset.file_ending
     nnunet = compute_metrics_on_folder(
         str(reference),
         str(predictions),
@@ -267,11 +353,11 @@ def _score_folder(
         ending,
         list(dataset.labels),
         None,
-        max(1, min(num_processes, len(cases))),
+        max(1, min(num_processes, len(scores.cases))),
         chill=True,
     )
     for scored in nnunet["metric_per_case"]:
-        entry = per_case[Path(scored["prediction_file"]).name[: -len(ending)]]
+        entry = scores.per_case[Path(scored["prediction_file"]).name[: -len(ending)]]
         for label, name in dataset.labels.items():
             metrics = scored["metrics"][label]
             entry["classes"][name] = {
@@ -279,40 +365,7 @@ def _score_folder(
                 "IoU": _json_number(metrics["IoU"]),
                 **entry["classes"][name],
             }
-    classes = {}
-    for label, name in dataset.labels.items():
-        nnunet_mean = nnunet["mean"][label]
-        classes[name] = {
-            "Dice": _json_number(nnunet_mean["Dice"]),
-            "IoU": _json_number(nnunet_mean["IoU"]),
-            "HD95": _nan_mean(surface[name].hd95),
-            "NSD": _nan_mean(surface[name].nsd),
-            "hd95_undefined": surface[name].hd95_undefined,
-        }
-    mean: dict[str, Any] = {"classes": classes}
-    if maps is not None:
-        mean.update(maps.results())
-    sources = {"Dice, IoU, HD95, NSD": "masks"}
-    if maps is not None:
-        sources["mDSC, mIoU"] = "probabilities > 0.5" if source == "probabilities" else "masks"
-        sources["S_α, F^w_β, E^max_φ, MAE"] = source
-        if source == "masks" and with_probabilities:
-            sources["note"] = (
-                f"only {len(with_probabilities)} of {len(cases)} cases have probabilities (.npz): masks used for all"
-            )
-    return {
-        "reference": str(reference),
-        "predictions": str(predictions),
-        "dimensionality": "2d" if is_2d else "3d",
-        "distance_unit": unit,
-        "nsd_tolerance": nsd_tolerance,
-        "num_cases": len(cases),
-        "sources": sources,
-        "empty_reference_rules": EMPTY_RULES,
-        "mean": mean,
-        "per_case": per_case,
-        "nnunet_summary": nnunet,
-    }
+    return nnunet
 
 
 def _finish(scoring: Generator[None, None, dict[str, Any]]) -> dict[str, Any]:
@@ -382,33 +435,8 @@ def evaluate_folders(
     from nnunetv2.configuration import default_num_processes
 
     reference = Path(reference).expanduser()
-    if not reference.is_dir():
-        what = "is a file, not a folder" if reference.exists() else "does not exist"
-        raise UserError(f"reference folder {reference} {what}: pass the folder of reference labels")
-    if nsd_tolerance < 0 or not math.isfinite(nsd_tolerance):
-        raise UserError(f"--nsd-tolerance {nsd_tolerance}: give a distance >= 0 in the data's spacing unit")
     folders = [Path(p).expanduser() for p in predictions]
-    for folder in folders:
-        if not folder.is_dir():
-            what = "is a file, not a folder" if folder.exists() else "does not exist"
-            raise UserError(f"prediction folder {folder} {what}: pass nnUNetv2_predict's output folder")
-        # evaluate writes its summaries into each prediction folder: never into the reference labels
-        refuse_inside(
-            folder,
-            {"reference folder": reference},
-            "prediction folder",
-            "evaluate writes its summaries into each prediction folder; pass nnUNetv2_predict's output folder",
-        )
-    seen: dict[str, Path] = {}
-    for folder in folders:
-        if str(folder.resolve()) in seen:
-            raise UserError(f"prediction folder {folder} is given twice: name each folder once")
-        seen[str(folder.resolve())] = folder
-    if dataset_json is not None and not Path(dataset_json).expanduser().is_file():
-        raise UserError(f"--dataset-json {dataset_json} is no file: pass the dataset.json of the predicted dataset")
-    if table is not None:
-        check_output_path(table, "--table", kind="file")
-        refuse_inside(table, {"reference folder": reference}, "--table")
+    _check_arguments(reference, folders, nsd_tolerance, dataset_json, table)
     num_processes = default_num_processes if num_processes is None else num_processes
     scored_reference = original_size_reference(reference) if original_size else reference
     rows, results, staged, pending = [], [], [], []
@@ -446,6 +474,38 @@ def evaluate_folders(
         for staging in staged:
             shutil.rmtree(staging, ignore_errors=True)
     return [r for _, _, r in results], text, path
+
+
+def _check_arguments(
+    reference: Path, folders: list[Path], nsd_tolerance: float, dataset_json: Optional[Path], table: Optional[Path]
+) -> None:
+    """Every argument refused in one line before anything is read."""
+    if not reference.is_dir():
+        what = "is a file, not a folder" if reference.exists() else "does not exist"
+        raise UserError(f"reference folder {reference} {what}: pass the folder of reference labels")
+    if nsd_tolerance < 0 or not math.isfinite(nsd_tolerance):
+        raise UserError(f"--nsd-tolerance {nsd_tolerance}: give a distance >= 0 in the data's spacing unit")
+    for folder in folders:
+        if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise UserError(f"prediction folder {folder} {what}: pass nnUNetv2_predict's output folder")
+        # evaluate writes its summaries into each prediction folder: never into the reference labels
+        refuse_inside(
+            folder,
+            {"reference folder": reference},
+            "prediction folder",
+            "evaluate writes its summaries into each prediction folder; pass nnUNetv2_predict's output folder",
+        )
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        if str(folder.resolve()) in seen:
+            raise UserError(f"prediction folder {folder} is given twice: name each folder once")
+        seen[str(folder.resolve())] = folder
+    if dataset_json is not None and not Path(dataset_json).expanduser().is_file():
+        raise UserError(f"--dataset-json {dataset_json} is no file: pass the dataset.json of the predicted dataset")
+    if table is not None:
+        check_output_path(table, "--table", kind="file")
+        refuse_inside(table, {"reference folder": reference}, "--table")
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -241,22 +241,8 @@ def case_figure(
     return _save(fig, path)
 
 
-def routing_figure(
-    image: np.ndarray,
-    spacing: Sequence[float],
-    point: Sequence[int],
-    maps: dict[str, np.ndarray],
-    path: Path,
-    title: str,
-    structures: Optional[Structures] = None,
-) -> Path:
-    """The query's region (magenta outline), its routed key regions shaded by routing weight, through the point and, in
-    3D, projected along each plane's normal (so that routed regions off the three planes show too); BSA's coarse
-    attention over all regions as a heat map; ``structures`` outlined."""
-    plt = _plt()
-    planes = Planes(maps["regions"].shape, spacing, point)
-    shown = _display(image)
-    query = maps["regions"] == 2
+def _routing_rows(maps: dict[str, np.ndarray], planes: Planes, query: np.ndarray) -> list[tuple]:
+    """The routing figure's rows: (name, values, projected, colour map, colour bar label)."""
     weight = "routing weight\n(softmax of the region affinity)"
     rows = []
     if "routing" in maps:
@@ -277,6 +263,26 @@ def routing_figure(
         rows.append(
             ("query region (dense attention: every region)", np.zeros(query.shape, np.float32), False, "viridis", "")
         )
+    return rows
+
+
+def routing_figure(
+    image: np.ndarray,
+    spacing: Sequence[float],
+    point: Sequence[int],
+    maps: dict[str, np.ndarray],
+    path: Path,
+    title: str,
+    structures: Optional[Structures] = None,
+) -> Path:
+    """The query's region (magenta outline), its routed key regions shaded by routing weight, through the point and, in
+    3D, projected along each plane's normal (so that routed regions off the three planes show too); BSA's coarse
+    attention over all regions as a heat map; ``structures`` outlined."""
+    plt = _plt()
+    planes = Planes(maps["regions"].shape, spacing, point)
+    shown = _display(image)
+    query = maps["regions"] == 2
+    rows = _routing_rows(maps, planes, query)
     ncols = len(planes.axes)
     fig, axes = plt.subplots(
         len(rows), ncols, figsize=(3.3 * ncols + 1.4, 3.0 * len(rows) + 1.3), squeeze=False, layout="constrained"

@@ -1,15 +1,9 @@
 """Forward hooks that record what the attention layers decide, per sliding window, while nnU-Net's predictor runs.
 
-What each layer exposes (nothing is computed for these hooks that the layer does not compute anyway, except the
-window weights a caller asks for):
-
-- ``Router`` (BSA, MDSA): its output, a ``Routing`` (top-k key regions and the region affinities);
-- ``CoarseRegionAttention`` (BSA): the patch-level attention weights of every head;
-- ``SwinBlock`` / ``WindowWeights`` (bilateral ISAM): a pre-hook on the block sees the map's shape and asks its window
-  attention for the windows that hold the query points of this patch; a hook on ``WindowWeights`` reads their
-  weights;
-- ``FSAM``'s channel gate (bilateral): the per-channel weights;
-- ``AttentionRendering`` (bilateral): the voxels it refined.
+Which modules are hooked, and how, is each kind of attention's own business (:mod:`.kinds`: the routers of BSA and
+MDSA and BSA's coarse attention, the bilateral network's Swin blocks, FSAM and attention rendering); the kinds are
+read from the method registry (:func:`attention_kinds`). Nothing is computed for these hooks that the layer does not
+compute anyway, except the Swin window weights a caller asks for.
 
 A pre-hook on the network counts its calls: with test-time augmentation off, nnU-Net's predictor calls the network
 once per sliding window, in the order of ``_internal_get_sliding_window_slicers``, so call ``i`` is window ``i``.
@@ -20,18 +14,14 @@ as it was.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from nnunet_sparseattn.explain.geometry import token_of
-from nnunet_sparseattn.layers.bilevel_attention import CoarseRegionAttention
-from nnunet_sparseattn.layers.fsam import FSAM
-from nnunet_sparseattn.layers.point_rendering import AttentionRendering
-from nnunet_sparseattn.layers.routing import RegionLayout, Router
-from nnunet_sparseattn.layers.window_attention import SwinBlock, locate_in_windows
+from nnunet_sparseattn.layers.routing import RegionLayout
+from nnunet_sparseattn.plans.variants import VARIANTS, locate
 
 __all__ = [
     "ChannelRecord",
@@ -40,6 +30,8 @@ __all__ = [
     "RenderRecord",
     "RoutingRecord",
     "WindowRecord",
+    "KindHooks",
+    "attention_kinds",
     "attention_modules",
 ]
 
@@ -94,27 +86,43 @@ class RenderRecord:
     shape: tuple[int, ...]  # the patch (the logits' spatial shape)
 
 
-def _owner(name: str, suffix: str) -> str:
-    return name[: -len(suffix)] if name.endswith(suffix) else name
+class KindHooks(Protocol):
+    """What the recorder needs of a kind of attention (:class:`.kinds.AttentionKind`, which it reaches through the
+    registry by name: the kinds import the recorder, not the other way round)."""
+
+    key: str
+
+    def owns(self, module: nn.Module) -> bool: ...
+
+    def attach(self, recorder: Recorder, name: str, module: nn.Module) -> None: ...
 
 
-def attention_modules(network: nn.Module) -> dict[str, list[str]]:
+def attention_kinds() -> list[KindHooks]:
+    """The kinds of attention ``explain`` knows, one object each, in the order of the registry's methods (a kind two
+    methods share, such as BSA's and MDSA's region routing, once)."""
+    paths = dict.fromkeys(path for variant in VARIANTS.values() for path in variant.explain_kinds)
+    return [locate(path, "explain kind")() for path in paths]
+
+
+def attention_modules(network: nn.Module, kinds: Optional[Sequence[KindHooks]] = None) -> dict[str, list[str]]:
     """The network's explainable modules by kind (``routed``: attention with a ``Router``; ``window``: Swin blocks;
-    ``channel``: FSAM; ``rendering``), by module name. Empty for a network without attention (stock nnU-Net)."""
-    found: dict[str, list[str]] = {"routed": [], "window": [], "channel": [], "rendering": []}
+    ``channel``: FSAM; ``rendering``; and those of any kind a method registers), by module name. Empty for a network
+    without attention (stock nnU-Net)."""
+    kinds = attention_kinds() if kinds is None else kinds
+    found: dict[str, list[str]] = {kind.key: [] for kind in kinds}
     for name, module in network.named_modules():
-        if isinstance(getattr(module, "router", None), Router):
-            found["routed"].append(name)
-        elif isinstance(module, SwinBlock):
-            found["window"].append(name)
-        elif isinstance(module, FSAM):
-            found["channel"].append(name)
-        elif isinstance(module, AttentionRendering):
-            found["rendering"].append(name)
+        kind = _kind_of(module, kinds)
+        if kind is not None:
+            found[kind.key].append(name)
     return found
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
+def _kind_of(module: nn.Module, kinds: Sequence[KindHooks]) -> Optional[KindHooks]:
+    return next((kind for kind in kinds if kind.owns(module)), None)
+
+
+def numpy_of(t: torch.Tensor) -> np.ndarray:
+    """A record's copy of a tensor: detached, float, on the CPU."""
     return t.detach().float().cpu().numpy()
 
 
@@ -133,25 +141,23 @@ class Recorder:
     calls: int = 0
     patch_size: tuple[int, ...] = ()
     _handles: list[Any] = field(default_factory=list)
-    _swin: list[SwinBlock] = field(default_factory=list)
-    _spatial: dict[int, tuple[int, ...]] = field(default_factory=dict)  # a Swin block's map, while it runs
+    _closing: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._handles.append(self.network.register_forward_pre_hook(self._count))
+        kinds = attention_kinds()
         for name, module in self.network.named_modules():
-            if isinstance(module, Router):
-                self._handles.append(module.register_forward_hook(self._routing_hook(_owner(name, ".router"))))
-            elif isinstance(module, CoarseRegionAttention):
-                self._handles.append(module.register_forward_hook(self._coarse_hook(_owner(name, ".coarse"))))
-            elif isinstance(module, SwinBlock):
-                self._swin.append(module)
-                self._handles.append(module.register_forward_pre_hook(self._request_windows))
-                self._handles.append(module.attn.weights.register_forward_hook(self._window_hook(name, module)))
-                self._handles.append(module.register_forward_hook(self._end_request))
-            elif isinstance(module, FSAM):
-                self._handles.append(module.gate.register_forward_hook(self._channel_hook(name)))
-            elif isinstance(module, AttentionRendering):
-                self._handles.append(module.register_forward_hook(self._render_hook(name)))
+            kind = _kind_of(module, kinds)
+            if kind is not None:
+                kind.attach(self, name, module)
+
+    def keep(self, handle: Any) -> None:
+        """A hook a kind registered: removed by :meth:`close`."""
+        self._handles.append(handle)
+
+    def on_close(self, undo: Callable[[], None]) -> None:
+        """What a kind changed on a module besides hooks (a request for window weights): undone by :meth:`close`."""
+        self._closing.append(undo)
 
     # the patch the network is running: its call count since the recorder was attached (or last reset)
     @property
@@ -179,8 +185,8 @@ class Recorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for block in self._swin:
-            block.attn.weights.windows = None
+        for undo in self._closing:
+            undo()
 
     def __enter__(self) -> "Recorder":
         return self
@@ -188,69 +194,6 @@ class Recorder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------------------------------------- hooks
     def _count(self, module: nn.Module, args: tuple) -> None:
         self.calls += 1
         self.patch_size = tuple(int(s) for s in args[0].shape[2:])
-
-    def _routing_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            self.routing.append(
-                RoutingRecord(
-                    name,
-                    self.patch,
-                    output.indices[0].cpu().numpy(),
-                    _numpy(output.affinity[0]),
-                    output.query_layout,
-                    output.key_layout,
-                )
-            )
-
-        return hook
-
-    def _coarse_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            self.coarse.append(CoarseRecord(name, self.patch, _numpy(output.weights[0]), args[3]))
-
-        return hook
-
-    def _request_windows(self, block: nn.Module, args: tuple) -> None:
-        assert isinstance(block, SwinBlock)
-        voxels = self.window_requests.get(self.patch)
-        if not voxels:
-            return
-        spatial = tuple(int(s) for s in args[0].shape[1:-1])
-        self._spatial[id(block)] = spatial
-        shift = block.shifts(spatial)
-        wanted = {
-            locate_in_windows(token_of(v, spatial, self.patch_size), spatial, block.window, shift)[0] for v in voxels
-        }
-        block.attn.weights.windows = tuple(sorted(wanted))
-
-    def _end_request(self, block: nn.Module, args: tuple, output: Any) -> None:
-        assert isinstance(block, SwinBlock)
-        block.attn.weights.windows = None
-
-    def _window_hook(self, name: str, block: SwinBlock):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            windows = tuple(block.attn.weights.windows or ())
-            spatial = self._spatial[id(block)]  # set by the block's pre-hook, with the windows
-            self.windows.append(
-                WindowRecord(name, self.patch, spatial, block.window, block.shifts(spatial), windows, _numpy(output[0]))
-            )
-
-        return hook
-
-    def _channel_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            self.channels.append(ChannelRecord(name, self.patch, _numpy(output[0].flatten())))
-
-        return hook
-
-    def _render_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            self.rendered.append(
-                RenderRecord(name, self.patch, output[1].index[0].cpu().numpy(), tuple(args[0].shape[2:]))
-            )
-
-        return hook

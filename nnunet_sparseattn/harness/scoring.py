@@ -8,6 +8,7 @@ from the ``evaluation`` package (MONAI's, the one HD95 of the project).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,7 +57,6 @@ def score_predictions(
     ``mean_dice`` over its defined classes: what a paired test compares) and how many cases HD95 could not score.
     Undefined values are None: Dice where neither reference nor prediction has the class, HD95 where either lacks it.
     """
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics, region_or_label_to_mask
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -66,27 +66,44 @@ def score_predictions(
     manager = PlansManager(str(plans_file)).get_label_manager(dataset_json)
     keys = manager.foreground_regions if manager.has_regions else manager.foreground_labels
     keys = [tuple(k) if isinstance(k, (list, tuple)) else int(k) for k in keys]
-    names = class_names(dataset_json, keys)
     reader = determine_reader_writer_from_dataset_json(
         dataset_json, str(Path(reference) / f"{cases[0]}{ending}"), verbose=False
     )()
-    per_case: dict[str, dict[str, Any]] = {}
-    undefined = {names[k]: 0 for k in keys}
+    scorer = _CaseScorer(reader, manager.ignore_label, keys, class_names(dataset_json, keys))
+    per_case = {}
     for case in cases:
         ref_file, pred_file = Path(reference) / f"{case}{ending}", Path(predictions) / f"{case}{ending}"
         if not pred_file.is_file():
             raise UserError(f"the prediction of case {case} is missing: {pred_file}")
-        metrics = compute_metrics(str(ref_file), str(pred_file), reader, keys, manager.ignore_label)["metrics"]
-        ref, props = reader.read_seg(str(ref_file))
-        pred, _ = reader.read_seg(str(pred_file))
-        ignore = ref == manager.ignore_label if manager.ignore_label is not None else None
+        per_case[case] = scorer.score(ref_file, pred_file)
+    return _summary(per_case, [scorer.names[k] for k in keys], scorer.undefined)
+
+
+@dataclass
+class _CaseScorer:
+    """Dice (nnU-Net's ``compute_metrics``) and HD95 of one case per class, with nnU-Net's reader and label
+    handling; counts per class the cases where HD95 is undefined though the class is present."""
+
+    reader: Any
+    ignore_label: int | None
+    keys: list  # labels (int) or regions (tuples of labels), as nnU-Net keys them
+    names: dict
+    undefined: dict[str, int] = field(default_factory=dict)
+
+    def score(self, ref_file: Path, pred_file: Path) -> dict[str, Any]:
+        from nnunetv2.evaluation.evaluate_predictions import compute_metrics, region_or_label_to_mask
+
+        metrics = compute_metrics(str(ref_file), str(pred_file), self.reader, self.keys, self.ignore_label)["metrics"]
+        ref, props = self.reader.read_seg(str(ref_file))
+        pred, _ = self.reader.read_seg(str(pred_file))
+        ignore = ref == self.ignore_label if self.ignore_label is not None else None
         ref_seg, spacing = drop_singleton_axes(ref, tuple(props["spacing"]))
         pred_seg, _ = drop_singleton_axes(pred, tuple(props["spacing"]))
         keep = None if ignore is None else ~drop_singleton_axes(ignore, tuple(props["spacing"]))[0]
         dice: dict[str, float | None] = {}
         distance: dict[str, float | None] = {}
-        for key in keys:
-            name = names[key]
+        for key in self.keys:
+            name = self.names[key]
             value = metrics[key]["Dice"]
             dice[name] = None if value is None or math.isnan(value) else float(value)
             in_ref, in_pred = region_or_label_to_mask(ref_seg, key), region_or_label_to_mask(pred_seg, key)
@@ -97,10 +114,14 @@ def score_predictions(
                 continue
             d = hd95(in_pred, in_ref, spacing)
             distance[name] = None if math.isnan(d) else d
-            undefined[name] += math.isnan(d)
-        per_case[case] = {"dice": dice, "mean_dice": _mean(list(dice.values())), "hd95": distance}
-    dice_means = {names[k]: _mean([c["dice"][names[k]] for c in per_case.values()]) for k in keys}
-    hd_means = {names[k]: _mean([c["hd95"][names[k]] for c in per_case.values()]) for k in keys}
+            self.undefined[name] = self.undefined.get(name, 0) + math.isnan(d)
+        return {"dice": dice, "mean_dice": _mean(list(dice.values())), "hd95": distance}
+
+
+def _summary(per_case: dict[str, dict[str, Any]], names: list[str], undefined: dict[str, int]) -> dict[str, Any]:
+    """The means over the cases (per class, then nnU-Net's foreground mean over the classes) beside the cases."""
+    dice_means = {n: _mean([c["dice"][n] for c in per_case.values()]) for n in names}
+    hd_means = {n: _mean([c["hd95"][n] for c in per_case.values()]) for n in names}
     return {
         "metric_source": METRIC_SOURCE,
         "dice": dice_means,
@@ -109,7 +130,7 @@ def score_predictions(
         else None,
         "hd95": hd_means,
         "mean_hd95": float(np.mean(list(hd_means.values()))) if all(v is not None for v in hd_means.values()) else None,
-        "hd95_scored_cases": {names[k]: sum(c["hd95"][names[k]] is not None for c in per_case.values()) for k in keys},
-        "hd95_undefined_cases": undefined,
+        "hd95_scored_cases": {n: sum(c["hd95"][n] is not None for c in per_case.values()) for n in names},
+        "hd95_undefined_cases": {n: undefined.get(n, 0) for n in names},
         "per_case": per_case,
     }

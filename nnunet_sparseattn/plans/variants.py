@@ -33,6 +33,9 @@ class Variant:
     trainers: tuple[str, ...] = ()
     label: str = ""  # what tables and figures call it (default: plans_suffix)
     attention_layer: str = ""  # dotted path of the attention module class (explain names its modules by ``label``)
+    # dotted paths of the kinds of attention ``explain`` shows for it (nnunet_sparseattn.explain.kinds): each finds
+    # its modules, records them and writes its part of the explanation. Empty: explain writes only the prediction
+    explain_kinds: tuple[str, ...] = ()
     # own settings that make attention start one stage earlier than by default (tests: the stage gets configured)
     earlier_attention: Mapping[str, Any] = field(default_factory=dict)
     # per spatial dimension (2, 3): own settings of a small network with every mechanism on (saved networks, tests)
@@ -63,6 +66,7 @@ _BILATERAL_SMALL = {
     "render_eval_points": 128,
 }
 _TRAINERS = "nnunet_sparseattn.trainers"
+_KINDS = "nnunet_sparseattn.explain.kinds"
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -79,6 +83,7 @@ VARIANTS: dict[str, Variant] = {
                 f"{_TRAINERS}.bsa_adamw.nnUNetTrainerBSA_AdamW",
             ),
             attention_layer="nnunet_sparseattn.layers.bilevel_attention.BiLevelSparseAttention",
+            explain_kinds=(f"{_KINDS}.RegionRouting",),
             earlier_attention={"attention_from_stage": 1},
             small_settings={2: _bsa_small(2), 3: _bsa_small(3)},
         ),
@@ -94,6 +99,7 @@ VARIANTS: dict[str, Variant] = {
                 f"{_TRAINERS}.mdsa.nnUNetTrainerMDSA_AdamW",
             ),
             attention_layer="nnunet_sparseattn.layers.multiscale_attention.MultiScaleDynamicSparseAttention",
+            explain_kinds=(f"{_KINDS}.RegionRouting",),
             earlier_attention={"attention_from_stage": 1},
             small_settings={2: _mdsa_small(2), 3: _mdsa_small(3)},
         ),
@@ -111,6 +117,7 @@ VARIANTS: dict[str, Variant] = {
                 f"{_TRAINERS}.bilateral.nnUNetTrainerBilateral_SGD",
             ),
             attention_layer="nnunet_sparseattn.architectures.bilateral.BilateralAttention",
+            explain_kinds=(f"{_KINDS}.SwinWindows", f"{_KINDS}.ChannelWeights", f"{_KINDS}.Rendering"),
             earlier_attention={"isam_stages": [1, 2]},
             small_settings={2: _BILATERAL_SMALL, 3: _BILATERAL_SMALL},
         ),
