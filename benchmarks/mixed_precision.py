@@ -120,10 +120,11 @@ def isic_batches(root: Path, settings: Settings, patch: tuple[int, ...]) -> list
     if len(images) < settings.images:
         raise SystemExit(f"{root}/images holds {len(images)} images, fewer than --images {settings.images}")
     xs, ys = [], []
+    size = (patch[1], patch[0])  # PIL's (width, height)
     for path in images:
         mask = next((root / "masks").glob(f"{path.stem}*"))
-        x = np.asarray(Image.open(path).convert("RGB").resize(patch[::-1], Image.BILINEAR), dtype=np.float32)
-        y = np.asarray(Image.open(mask).convert("L").resize(patch[::-1], Image.NEAREST)) > 127
+        x = np.asarray(Image.open(path).convert("RGB").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+        y = np.asarray(Image.open(mask).convert("L").resize(size, Image.Resampling.NEAREST)) > 127
         x = (x - x.mean(axis=(0, 1))) / (x.std(axis=(0, 1)) + 1e-8)
         xs.append(torch.from_numpy(x).permute(2, 0, 1))
         ys.append(torch.from_numpy(y)[None].float())
