@@ -76,6 +76,7 @@ FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 PRECISIONS = ("float32", "float16", "bfloat16")
 SCHEMA = 2
 OVERSAMPLE_FOREGROUND = 0.33  # nnUNetDataLoader's default
+PLAIN = ("Sequential", "ModuleList")  # containers: their output is a child's, listed under the child's class
 
 
 @dataclass(frozen=True)
@@ -344,14 +345,16 @@ def render(results: dict[str, Any]) -> str:
                 )
         lines += [
             "",
-            "Largest |output| per module class in the float16 runs (share of float16's range in brackets):",
+            "Largest |output| per module class in the float16 runs (share of float16's range in brackets; a block's "
+            "figure is its own output, `Sequential` left out):",
             "",
             "| network | module classes, largest first |",
             "|---|---|",
         ]
         for key, runs in entry["networks"].items():
             if "float16" in runs:
-                kinds = list(runs["float16"]["max_activation_by_module_class"].items())[:6]
+                kinds = [kv for kv in runs["float16"]["max_activation_by_module_class"].items() if kv[0] not in PLAIN]
+                kinds = kinds[:8]
                 text = ", ".join(f"{k} {v:g} ({v / FP16_MAX:.2%})" for k, v in kinds)
                 lines.append(f"| {NETWORKS[key].label} | {text} |")
         lines += ["", f"`{entry['command']}`" + (f"; not run yet: {', '.join(missing)}." if missing else ".")]
