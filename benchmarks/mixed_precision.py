@@ -74,6 +74,9 @@ MARKERS = ("<!-- mixed-precision:begin -->", "<!-- mixed-precision:end -->")
 DATA = Path("/work/shared/data")
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 PRECISIONS = ("float32", "float16", "bfloat16")
+# bfloat16 with torch's oneDNN convolutions switched off (its native kernels instead): --bf16-without-onednn. oneDNN's
+# bfloat16 Conv3d weight gradient on this CPU is sometimes non-finite for a 2x2x2 map (onednn_bf16_conv3d_check)
+BF16_NO_ONEDNN = "bfloat16, oneDNN off"
 SCHEMA = 2
 OVERSAMPLE_FOREGROUND = 0.33  # nnUNetDataLoader's default
 PLAIN = ("Sequential", "ModuleList")  # containers: their output is a child's, listed under the child's class
@@ -237,33 +240,35 @@ def train(key: str, precision: str, batches: list[Batch], plan: Plan) -> dict[st
     network = build_network(key, plan, deep_supervision=True).train()
     loss_fn = build_loss(plan, compile_dice=False)
     optimizer = optimizer_for(key, network)
-    dtype = None if precision == "float32" else getattr(torch, precision)
+    dtype = None if precision == "float32" else getattr(torch, precision.split(",")[0])
+    onednn = torch.backends.mkldnn.flags(enabled=precision != BF16_NO_ONEDNN)
     scaler = torch.amp.GradScaler("cpu") if precision == "float16" else None
     recorder = ActivationMax(network)
     scales = plan.deep_supervision_scales()
     losses, skipped, bad_grads = [], 0, 0
     t0 = time.perf_counter()
-    for x, mask in batches:
-        optimizer.zero_grad(set_to_none=True)
-        autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with autocast:
-            loss = loss_fn(network(x), ds_targets(mask, scales))
-        losses.append(float(loss.detach()))
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            scale = scaler.get_scale()
-            finite = finite_grads(network)
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
-            scaler.step(optimizer)
-            scaler.update()
-            skipped += int(scaler.get_scale() < scale)  # the scaler lowers its scale exactly when it skips
-            bad_grads += int(not finite and scaler.get_scale() >= scale)  # non-finite and not skipped: a failure
-        else:
-            loss.backward()
-            bad_grads += int(not finite_grads(network))
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
-            optimizer.step()
+    with onednn:
+        for x, mask in batches:
+            optimizer.zero_grad(set_to_none=True)
+            autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+            with autocast:
+                loss = loss_fn(network(x), ds_targets(mask, scales))
+            losses.append(float(loss.detach()))
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                scale = scaler.get_scale()
+                finite = finite_grads(network)
+                torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+                scaler.step(optimizer)
+                scaler.update()
+                skipped += int(scaler.get_scale() < scale)  # the scaler lowers its scale exactly when it skips
+                bad_grads += int(not finite and scaler.get_scale() >= scale)  # non-finite and not skipped: a failure
+            else:
+                loss.backward()
+                bad_grads += int(not finite_grads(network))
+                torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+                optimizer.step()
     recorder.remove()
     top = sorted(recorder.max.items(), key=lambda item: -item[1])
     return {
@@ -280,6 +285,27 @@ def train(key: str, precision: str, batches: list[Batch], plan: Plan) -> dict[st
         "modules_over_fp16_max": [name for name, value in top if value > FP16_MAX],
         "s_per_step": round((time.perf_counter() - t0) / len(batches), 3),
     }
+
+
+def onednn_bf16_conv3d_check(shape: tuple[int, ...] = (2, 32, 2, 2, 2), iterations: int = 300) -> dict[str, Any]:
+    """How often one bfloat16 Conv3d (3x3x3, padding 1, as nnU-Net's) on a ``shape`` input gives a non-finite weight
+    gradient from finite inputs under CPU autocast, with torch's oneDNN convolutions and without (its native ones).
+    ``shape``: the Hippocampus bottleneck at this benchmark's size (2x2x2 voxels, 32 features, batch 2)."""
+    out: dict[str, Any] = {"input": "x".join(map(str, shape)), "iterations": iterations}
+    for onednn in (True, False):
+        torch.manual_seed(0)
+        conv = nn.Conv3d(shape[1], shape[1], 3, padding=1)
+        bad = 0
+        with torch.backends.mkldnn.flags(enabled=onednn):
+            for _ in range(iterations):
+                x = torch.randn(*shape)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y = conv(x)
+                conv.weight.grad = None
+                y.backward(torch.randn_like(y))
+                bad += int(not bool(torch.isfinite(conv.weight.grad).all()))
+        out["nonfinite_weight_grad_onednn" if onednn else "nonfinite_weight_grad_native"] = bad
+    return out
 
 
 def judge(runs: dict[str, dict[str, Any]], band: float) -> None:
@@ -332,7 +358,7 @@ def render(results: dict[str, Any]) -> str:
         for key in NETWORKS:
             runs = entry["networks"].get(key, {})
             missing += [f"{dataset} {key} {p}" for p in PRECISIONS if p not in runs]
-            for precision in (p for p in PRECISIONS if p in runs):
+            for precision in (p for p in (*PRECISIONS, BF16_NO_ONEDNN) if p in runs):
                 r = runs[precision]
                 finite = r["losses_finite"] and r["weights_finite"] and not r["nonfinite_gradient_steps_not_skipped"]
                 band = "yes" if r.get("within_band") else "no" if "within_band" in r else "n/a"
@@ -358,6 +384,16 @@ def render(results: dict[str, Any]) -> str:
                 text = ", ".join(f"{k} {v:g} ({v / FP16_MAX:.2%})" for k, v in kinds)
                 lines.append(f"| {NETWORKS[key].label} | {text} |")
         lines += ["", f"`{entry['command']}`" + (f"; not run yet: {', '.join(missing)}." if missing else ".")]
+    check = results.get("onednn_bf16_conv3d_check")
+    if check:
+        lines += [
+            "",
+            f"oneDNN's bfloat16 Conv3d: one 3x3x3 convolution on a {check['input']} input (the Hippocampus "
+            "bottleneck here) under CPU bfloat16 autocast, finite inputs and output gradient, gave a non-finite "
+            f"weight gradient in {check['nonfinite_weight_grad_onednn']} of {check['iterations']} backward passes "
+            f"with torch's oneDNN convolutions, {check['nonfinite_weight_grad_native']} with them off: a torch CPU "
+            f"kernel's fault, not a network's (rows `{BF16_NO_ONEDNN}`: the same bfloat16 runs without oneDNN).",
+        ]
     lines += ["", f"torch {results['torch']}, {results['threads']} thread(s) per run, on a CPU shared with other jobs."]
     return "\n".join(lines)
 
@@ -374,6 +410,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--isic-patch-divisor", type=int, default=4, help="ISIC's patch: the plans' / this")
     parser.add_argument("--hippocampus-patch-divisor", type=int, default=4, help="Hippocampus's: the plans' / this")
     parser.add_argument("--band", type=float, default=0.1)
+    parser.add_argument(
+        "--bf16-without-onednn", action="store_true", help=f"also run '{BF16_NO_ONEDNN}' (oneDNN's convolutions off)"
+    )
     parser.add_argument("--data", type=Path, default=DATA, help="the folder holding the datasets")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--update-docs", action="store_true", help="write the BENCHMARKS.md section")
@@ -426,8 +465,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "band": args.band,
+        "onednn_bf16_conv3d_check": onednn_bf16_conv3d_check(),
         "datasets": previous.get("datasets", {}),
     }
+    precisions = (*PRECISIONS, BF16_NO_ONEDNN) if args.bf16_without_onednn else PRECISIONS
     for dataset in [d for d in args.datasets.split(",") if d]:
         plan_name, folder = DATASETS[dataset]
         patch = getattr(args, f"{dataset}_patch_divisor")
@@ -447,7 +488,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         batches = BATCHES[dataset](args.data / folder, settings, plan.patch_size)
         for key in [k for k in args.networks.split(",") if k]:
             runs = entry["networks"].setdefault(key, {})
-            for precision in (p for p in PRECISIONS if p not in runs):
+            for precision in (p for p in precisions if p not in runs):
                 runs[precision] = train(key, precision, batches, plan)
                 judge(runs, args.band)
                 write(args.out, results, dataset)
