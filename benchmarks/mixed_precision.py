@@ -445,7 +445,8 @@ def write(path: Path, results: dict[str, Any], dataset: str) -> None:
         current = json.loads(path.read_text()) if path.is_file() else {}
         if current.get("schema") != SCHEMA or current.get("band") != results["band"]:
             current = {}
-        merged = {**results, "datasets": {**current.get("datasets", {}), dataset: results["datasets"][dataset]}}
+        datasets = {**current.get("datasets", {}), dataset: results["datasets"][dataset]}
+        merged = {**current, **results, "datasets": datasets}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(merged, indent=1) + "\n")
         os.replace(tmp, path)
@@ -498,6 +499,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     f"{r['max_activation']}, skips {r['scaler_skipped_steps']}, {r['s_per_step']} s/step",
                     flush=True,
                 )
+        write(args.out, results, dataset)  # also when every run was there already (this run's check, command)
     return json.loads(args.out.read_text())
 
 
