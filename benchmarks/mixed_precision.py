@@ -65,13 +65,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmarks.common import DATA, RESULTS, add_publish_arguments, command_line, publish
 from benchmarks.network_speed import NETWORKS, Plan, build_loss, build_network, load_plan, tiny_plan
-from benchmarks.training_memory import optimizer_for, publish
+from benchmarks.training_memory import optimizer_for
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "mixed-precision-cpu.json"
+RESULTS_FILE = RESULTS / "mixed-precision-cpu.json"
 MARKERS = ("<!-- mixed-precision:begin -->", "<!-- mixed-precision:end -->")
-DATA = Path("/work/shared/data")
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 PRECISIONS = ("float32", "float16", "bfloat16")
 # bfloat16 with torch's oneDNN convolutions switched off (its native kernels instead): --bf16-without-onednn. oneDNN's
@@ -421,13 +420,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--bf16-without-onednn", action="store_true", help=f"also run '{BF16_NO_ONEDNN}' (oneDNN's convolutions off)"
     )
     parser.add_argument("--data", type=Path, default=DATA, help="the folder holding the datasets")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--update-docs", action="store_true", help="write the BENCHMARKS.md section")
-    parser.add_argument(
-        "--table",
-        type=Path,
-        help="the section of an existing results JSON (with --update-docs: written to BENCHMARKS.md), then exit",
-    )
+    add_publish_arguments(parser, RESULTS_FILE)
     args = parser.parse_args(argv)
     if args.table:
         results = json.loads(args.table.read_text())
@@ -467,7 +460,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         previous = {}
     results: dict[str, Any] = {
         "schema": SCHEMA,
-        "command": " ".join(["python -m benchmarks.mixed_precision", *argv]),
+        "command": command_line("mixed_precision", argv),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
