@@ -174,8 +174,11 @@ def _set_deep_supervision(network: nn.Module, enabled: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- one case
-def run_case(key: str, plan: Plan, backend: str, checkpointing: bool = False) -> dict[str, Any]:
-    """The phases of the module docstring for one network and plan, in this process."""
+def run_case(
+    key: str, plan: Plan, backend: str, checkpointing: bool = False, phases_run: tuple[str, ...] = PHASES
+) -> dict[str, Any]:
+    """The phases of the module docstring for one network and plan, in this process (``phases_run``: a subset; the
+    first training step always runs)."""
     import torch._dynamo
     import torch._inductor.config as inductor_config
     from torch._dynamo.utils import compilation_time_metrics, counters
@@ -201,12 +204,18 @@ def run_case(key: str, plan: Plan, backend: str, checkpointing: bool = False) ->
     result["checkpointing"] = checkpointing
     phases: dict[str, dict[str, Any]] = {}
 
+    def breaks() -> int:
+        return int(sum(counters.get("graph_break", {}).values()))
+
     def phase(name: str, run: Callable[[], dict[str, Any]]) -> None:
-        before = len(recorder.graphs)
+        if name not in phases_run + ("eager_step", "train"):
+            return
+        before, breaks_before = len(recorder.graphs), breaks()
         t = time.perf_counter()
         entry = run()
         entry["s"] = round(time.perf_counter() - t, 2)
         entry["graphs"] = len(recorder.graphs) - before
+        entry["graph_breaks"] = breaks() - breaks_before
         phases[name] = entry
 
     with torch.no_grad():  # one target per output (deep supervision's scales) for each batch size
@@ -246,27 +255,30 @@ def run_case(key: str, plan: Plan, backend: str, checkpointing: bool = False) ->
     phase("partial_batch", lambda: train_step(x[:1], compare=True))
     phase("validation", lambda: evaluate(True, torch.no_grad, x))
     phase("train_after_validation", lambda: train_step(x, compare=False))
-    _set_deep_supervision(eager, False)
-    eager.eval()
-    flex_expected = routed_calls(eager, x[:1])
-    phase("inference", lambda: evaluate(False, torch.inference_mode, x[:1]))
-    phases["inference"]["flex_expected"] = flex_expected
-    new = recorder.graphs[len(recorder.graphs) - phases["inference"]["graphs"] :]
-    phases["inference"]["flex_in_graph"] = sum(gr["flex_attention"] for gr in new)
+    if "inference" in phases_run:
+        _set_deep_supervision(eager, False)
+        eager.eval()
+        flex_expected = routed_calls(eager, x[:1])
+        phase("inference", lambda: evaluate(False, torch.inference_mode, x[:1]))
+        phases["inference"]["flex_expected"] = flex_expected
+        new = recorder.graphs[len(recorder.graphs) - phases["inference"]["graphs"] :]
+        phases["inference"]["flex_in_graph"] = sum(gr["flex_attention"] for gr in new)
 
-    breaks = counters.get("graph_break", {})
+    reasons = counters.get("graph_break", {})
     result.update(
         phases=phases,
         compile_s=round(phases["train"]["s"] - phases["eager_step"]["s"], 1),
-        graph_breaks=int(sum(breaks.values())),
-        graph_break_reasons=sorted({str(r).splitlines()[0][:200] for r in breaks}),
+        graph_breaks=breaks(),
+        graph_break_reasons=sorted({str(r).splitlines()[0][:200] for r in reasons}),
         graphs=len(recorder.graphs),
         recompilations=len(recorder.graphs) - phases["train"]["graphs"],
         stages_s=stage_times(),
         timers_s=all_timers(),
-        train_output_error=max(phases[p]["output_error"] for p in ("train", "train_again", "partial_batch")),
-        train_gradient_error=max(phases[p]["gradient_error"] for p in ("train", "train_again", "partial_batch")),
-        inference_output_error=max(phases[p]["output_error"] for p in ("validation", "inference")),
+        train_output_error=max(v["output_error"] for p, v in phases.items() if "gradient_error" in v),
+        train_gradient_error=max(v["gradient_error"] for p, v in phases.items() if "gradient_error" in v),
+        inference_output_error=max(
+            (phases[p]["output_error"] for p in ("validation", "inference") if p in phases), default=0.0
+        ),
     )
     result["within_tolerance"] = (
         result["train_output_error"] <= OUTPUT_TOLERANCE
@@ -299,11 +311,18 @@ def case_key(plan: str, network: str, size: str, checkpointing: bool) -> str:
 
 
 def run_isolated(
-    plan: str, network: str, size: str, backend: str, checkpointing: bool, cache_dir: Path, timeout: float
+    plan: str,
+    network: str,
+    size: str,
+    backend: str,
+    checkpointing: bool,
+    phases: tuple[str, ...],
+    cache_dir: Path,
+    timeout: float,
 ) -> dict[str, Any]:
     """:func:`run_case` in a fresh process (its own dynamo and inductor state) on the inductor cache ``cache_dir``."""
     args = [sys.executable, "-m", "benchmarks.compile", "--case", plan, network, "--backend", backend]
-    args += ["--size", size] + ["--checkpointing"] * checkpointing
+    args += ["--size", size, "--phases", ",".join(phases)] + ["--checkpointing"] * checkpointing
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT))
     t = time.perf_counter()
     try:
@@ -334,22 +353,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     for plan in args.plans:
         for network in args.networks:
-            key = case_key(plan, network, args.size, args.checkpointing)
+            key = case_key(plan, network, args.size, args.checkpointing, args.backend)
             if key in results["cases"] and "failed" not in results["cases"][key] and not args.force:
                 continue
+            case = (plan, network, args.size, args.backend, args.checkpointing, args.phases)
             with tempfile.TemporaryDirectory(prefix="compile-cache-") as fresh:
                 cache = Path(args.cache_dir or fresh)
-                entry = run_isolated(plan, network, args.size, args.backend, args.checkpointing, cache, args.timeout)
+                entry = run_isolated(*case, cache_dir=cache, timeout=args.timeout)
                 if args.warm and "failed" not in entry:
-                    again = run_isolated(
-                        plan, network, args.size, args.backend, args.checkpointing, cache, args.timeout
-                    )
+                    again = run_isolated(*case, cache_dir=cache, timeout=args.timeout)
                     entry["warm_compile_s"] = again.get("compile_s")
                     entry["warm_stages_s"] = again.get("stages_s")
             entry["command"] = " ".join(["python -m benchmarks.compile", *args.argv])
-            results["cases"][key] = entry
+            # after every case (a rerun resumes), re-read: runs with other settings may share the file
+            results["cases"] = {**load_results(args.out)["cases"], key: entry}
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=1) + "\n")  # after every case: a rerun resumes
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
             print(key, summary_line(entry), flush=True)
     return results
 
@@ -369,37 +388,45 @@ def summary_line(entry: dict[str, Any]) -> str:
     )
 
 
+def _graphs(phases: dict[str, Any], names: tuple[str, ...], field: str) -> str:
+    return "/".join(str(phases[p][field]) if p in phases else "–" for p in names)
+
+
 def render(results: dict[str, Any]) -> str:
     tol = results["tolerances"]
     lines = [
         f"<!-- written by benchmarks/compile.py from {RESULTS.relative_to(ROOT)}: do not edit -->",
         f"torch {results['torch']}, {results['machine']}. Errors: max |compiled − eager| / max |eager| "
-        f"(tolerances: outputs {tol['output']:.0e}, gradients {tol['gradient']:.0e}). Recompilations: graphs "
-        "compiled after the first training step, by phase (partial batch / validation / back to training / "
-        "inference without deep supervision). Flex: flex-attention calls in the inference graph / routed "
-        "(non-dense) attention calls of an eager forward. Compile s: the first compiled training step minus an "
-        "eager step (cold inductor cache); stages: dynamo tracing, AOTAutograd, inductor lowering+codegen, C++ build.",
+        f"(tolerances: outputs {tol['output']:.0e}, gradients {tol['gradient']:.0e}); training: outputs and every "
+        "parameter's gradient of nnU-Net's deep-supervision loss; inference: validation and deep supervision off. "
+        "Graph breaks and graphs compiled per phase: training / partial batch / validation / back to training / "
+        "inference (– : phase not run). Flex: flex-attention calls in the inference graph / routed (non-dense) "
+        "attention calls of an eager forward. Compile s: the first compiled training step minus an eager step "
+        "(cold inductor cache); stages: dynamo tracing (includes the backend), AOTAutograd, inductor lowering, "
+        "C++ build (overlapping timers, see the JSON's timers_s).",
         "",
-        "| plan | network | backend | compile s | stages s (trace/aot/lower/build) | graph breaks | recompilations "
+        "| plan | network | backend | compile s | stages s (trace/aot/lower/build) | graph breaks | graphs "
         "| flex | train out err | train grad err | inference err | ok |",
-        "|---|---|---|---:|---|---:|---|---|---:|---:|---:|---|",
+        "|---|---|---|---:|---|---|---|---|---:|---:|---:|---|",
     ]
+    names = ("train", "partial_batch", "validation", "train_after_validation", "inference")
     for key, e in sorted(results["cases"].items()):
-        plan, network = key.rsplit("/", 1)
+        plan, network = key.split("/")[:2]
         label = NETWORKS[network].label if network in NETWORKS else network
         if "failed" in e:
-            lines.append(f"| {plan} | {label} | – | {e['failed']} | | | | | | | | no |")
+            backend = key.split("/")[2] if key.count("/") > 1 else "–"
+            lines.append(f"| {plan} | {label} | {backend} | {e['failed']} | | | | | | | | no |")
             continue
         ph, st = e["phases"], e["stages_s"]
-        recompiles = "/".join(str(ph[p]["graphs"]) for p in PHASES[2:])
         stages = f"{st['dynamo_trace']}/{st['aot_autograd']}/{st['inductor_lowering']}/{st['cpp_build']}"
         if e.get("warm_compile_s") is not None:
             stages += f" (warm cache: {e['warm_compile_s']} s)"
-        flex = f"{ph['inference']['flex_in_graph']}/{ph['inference']['flex_expected']}"
+        inference = ph.get("inference", {})
+        flex = f"{inference['flex_in_graph']}/{inference['flex_expected']}" if inference else "–"
         lines.append(
-            f"| {plan} | {label} | {e['backend']} | {e['compile_s']} | {stages} | {e['graph_breaks']} | "
-            f"{e['recompilations']} ({recompiles}) | {flex} | {_e(e['train_output_error'])} | "
-            f"{_e(e['train_gradient_error'])} | {_e(e['inference_output_error'])} | "
+            f"| {plan} | {label} | {e['backend']} | {e['compile_s']} | {stages} | "
+            f"{_graphs(ph, names, 'graph_breaks')} | {_graphs(ph, names, 'graphs')} | {flex} | "
+            f"{_e(e['train_output_error'])} | {_e(e['train_gradient_error'])} | {_e(e['inference_output_error'])} | "
             f"{'yes' if e['within_tolerance'] else 'no'} |"
         )
     commands = sorted({e["command"] for e in results["cases"].values() if "command" in e})
@@ -422,6 +449,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--tiny", action="store_true", help="the same as --size tiny")
     ap.add_argument("--backend", default="inductor", help="torch.compile backend (inductor, aot_eager, eager)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the attention blocks")
+    ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of: " + ", ".join(PHASES))
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per case")
     ap.add_argument("--cache-dir", type=Path, help="TORCHINDUCTOR_CACHE_DIR for every case (default: fresh per case)")
     ap.add_argument("--warm", action="store_true", help="compile each case twice on one cache; report both")
@@ -433,8 +461,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = ap.parse_args(argv)
     args.argv = argv
     args.size = "tiny" if args.tiny else args.size
+    args.phases = tuple(args.phases.split(","))
     if args.case:
-        result = run_case(args.case[1], sized_plan(args.case[0], args.size), args.backend, args.checkpointing)
+        plan = sized_plan(args.case[0], args.size)
+        result = run_case(args.case[1], plan, args.backend, args.checkpointing, args.phases)
         print(json.dumps(result))
         return
     if args.docs_only:

@@ -1,0 +1,118 @@
+"""torch.compile on the CPU, at tiny sizes: every network traced without graph breaks and equal to eager through the
+phases nnU-Net puts a compiled module through (``benchmarks/compile.py``, whose full figures are in BENCHMARKS.md),
+flex attention traced into the compiled inference graph, and one compiled ``_debug`` training and prediction through
+nnU-Net's own trainer and predictor.
+
+aot_eager (dynamo's tracing and AOTAutograd, no code generation) finds every graph break and recompilation inductor
+would meet; inductor's C++ code generation takes minutes per network on 2 CPU cores, so it runs here once, in the
+end-to-end test (marked slow).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from benchmarks.compile import GRADIENT_TOLERANCE, OUTPUT_TOLERANCE, GraphRecorder, routed_calls, run_case, sized_plan
+from nnunet_sparseattn.layers.bilevel_attention import BSABlock
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "network, checkpointing",
+    [("bsa", False), ("mdsa", False), ("bilateral", False), ("bilateral", True)],
+)
+def test_network_under_compile_matches_eager_through_nnunets_phases(network, checkpointing):
+    result = run_case(network, sized_plan("isic2017_2d", "tiny"), "aot_eager", checkpointing=checkpointing)
+    assert result["graph_breaks"] == 0, result["graph_break_reasons"]
+    graphs = {name: phase["graphs"] for name, phase in result["phases"].items()}
+    # one graph per training step shape and per mode: the partial batch (a new batch size), validation (eval, no
+    # grad) and inference (no deep supervision) compile once each; nothing else recompiles
+    assert graphs == {
+        "eager_step": 0,
+        "train": 1,
+        "train_again": 0,
+        "partial_batch": 1,
+        "validation": 1,
+        "train_after_validation": 0,
+        "inference": 1,
+    }
+    assert result["train_output_error"] <= OUTPUT_TOLERANCE
+    assert result["train_gradient_error"] <= GRADIENT_TOLERANCE
+    assert result["inference_output_error"] <= OUTPUT_TOLERANCE
+
+
+def test_flex_attention_is_traced_into_the_compiled_inference_graph():
+    # on the CPU, "auto" picks flex inside compile when no gradient is needed (as on a GPU, always): the routed
+    # calls an eager forward makes through gather are flex calls in the graph, with the same output
+    torch.manual_seed(0)
+    block = BSABlock(16, 2, region_size=2, topk=2, conv_op=nn.Conv2d).eval()
+    x = torch.randn(1, 16, 8, 8)
+    assert routed_calls(block, x) == 1
+    recorder = GraphRecorder("eager")
+    with torch.inference_mode():
+        want = block(x)
+        got = torch.compile(block, backend=recorder)(x)
+    # one flex call, traced as the flex_attention higher-order op; on the CPU it sits in a graph of its own (a
+    # deliberate graph break before it dodges inductor's CPU flex lowering bug: sparse_attention._flex)
+    assert sum(g["flex_attention"] for g in recorder.graphs) == 1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+TRAIN_COMPILED = """
+import sys
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.run.run_training import run_training_entry
+
+nnUNetTrainer._do_i_compile = lambda self: True  # test-only: nnU-Net 2.8.1 compiles on CUDA only
+sys.argv = ["nnUNetv2_train", *sys.argv[1:]]
+run_training_entry()
+"""
+
+
+@pytest.mark.slow  # measured: see docs/testing.md
+def test_debug_training_and_prediction_with_nnunets_compile(hippocampus_nnunet, tmp_path):
+    import subprocess
+
+    from nnunet_sparseattn.harness import commands, datasets
+    from nnunet_sparseattn.harness.datasets import require_dataset
+
+    run = hippocampus_nnunet
+    trainer, plans_name = "nnUNetTrainerBSA_debug", "nnUNetPlans_compileTiny"
+    preprocessed = require_dataset(run["env"]["nnUNet_preprocessed"], run["id"], "nnUNet_preprocessed")
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    plans["plans_name"] = plans_name  # the same preprocessed data; features / 8: compile time, not compute, is tested
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [max(8, f // 8) for f in arch["features_per_stage"]]
+    (preprocessed / f"{plans_name}.json").write_text(json.dumps(plans))
+    env = dict(run["env"], nnUNet_n_proc_DA="0", nnUNet_compile="t", TORCH_LOGS="graph_breaks,recompiles")
+    args = [str(run["id"]), "3d_fullres", "0", "-tr", trainer, "-p", plans_name, "-device", "cpu"]
+    trained = subprocess.run(
+        [sys.executable, "-c", TRAIN_COMPILED, *args], env=env, capture_output=True, text=True, timeout=3000
+    )
+    log = trained.stdout + trained.stderr
+    assert trained.returncode == 0, log[-3000:]
+    assert "Using torch.compile" in log
+    assert "Graph break" not in log, log[-3000:]
+    model = datasets.model_folder(run["env"], run["id"], trainer, "3d_fullres", plans_name)
+    assert (model / "fold_0" / "checkpoint_final.pth").exists()
+    assert (model / "fold_0" / "validation" / "summary.json").exists()  # the final validation ran compiled too
+
+    lines = commands.predict(
+        run["images"], tmp_path / "pred", run["id"], "3d_fullres", 0, trainer, env, plans=plans_name
+    )
+    assert any("Using torch.compile" in line for _, line in lines)
+    assert not any("Graph break" in line for _, line in lines)
+    assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == len(list(run["images"].glob("*.nii.gz")))
