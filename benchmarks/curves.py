@@ -37,11 +37,19 @@ The protocol (issue 21):
   short budgets one piece per dataset and seed (five trainers); at the long budget one per dataset and trainer
   (stock nnU-Net first: every other piece's paired test needs it). Order: the three short seed-0 pieces, then the
   long pieces dataset by dataset, then seeds 1 and 2.
+- Recipes (issue 21 item 3): each trainer's other optimizer beside its shipped default (:data:`RECIPES`: SGD <->
+  nnU-Net's AdamW with a linear warm-up, ``AdamWWarmupMixin``), stock nnU-Net's network and the NB trainer included
+  as controls (``nnUNetTrainer_AdamW``, ``nnUNetTrainerNB_AdamW``): a method's gain from a recipe is credited to its
+  attention only where the controls do not get it too. Explored at the short budget, seed 0, in the same comparison
+  folder as the defaults (one piece per dataset, after the short seed-0 pieces: the paired tests share the stock
+  run); confirmed at the long budget (one piece per dataset and trainer, after the seeds). A shipped default changes
+  only where the long budget shows the other recipe better beyond the seed spread.
 - Hours on a quiet 2-core machine (``--dry-run`` prints each piece's): :data:`S_PER_ITER` x iterations x 1.1
   (validation, checkpoints) + a minute's start per run + :data:`PREDICT_S_PER_CASE` x test cases. Per piece:
   short 0.5 (CVC), 0.6 (ISIC), 1.0 h (Hippocampus: 52 volumes to predict per run); long 0.3-0.4 (stock, NB),
   0.4-0.5 (BSA, MDSA), 0.65-0.75 h (Bilateral). 24 pieces, ~13 h in all; under the load of other work,
-  proportionally more (measured: 3-9x at a load average of 8-10).
+  proportionally more (measured: 3-9x at a load average of 8-10). The recipes add 0.5-1.0 h per dataset at the
+  short budget and 0.3-0.75 h per dataset and trainer at the long one (~9 h).
 
 Each finished piece is merged into ``benchmarks/results/curves-cpu.json`` (one record per dataset and budget:
 per-run mean test Dice with a 95 % bootstrap interval over test cases, the paired Wilcoxon test against stock
@@ -80,6 +88,17 @@ HIPPOCAMPUS_PLANS = "nnUNetPlans_inplane0p28"
 SHORT, LONG = "6x50b2", "30x50b2"
 SEEDS = (0, 1, 2)  # at the short budget
 BOOTSTRAP_RESAMPLES = 10000
+# Each trainer's other optimizer recipe (issue 21 item 3; the module's docstring): default -> the other one. The stock
+# and NB entries are the controls.
+RECIPES: dict[str, str] = {
+    "nnUNetTrainer": "nnUNetTrainer_AdamW",
+    "nnUNetTrainerNB": "nnUNetTrainerNB_AdamW",
+    "nnUNetTrainerBSA": "nnUNetTrainerBSA_AdamW",
+    "nnUNetTrainerMDSA": "nnUNetTrainerMDSA_AdamW",
+    "nnUNetTrainerBilateral": "nnUNetTrainerBilateral_SGD",
+}
+RECIPE_TRAINERS: tuple[str, ...] = tuple(RECIPES[t] for t in TRAINERS)
+ALL_TRAINERS: tuple[str, ...] = (*TRAINERS, *RECIPE_TRAINERS)
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,13 @@ S_PER_ITER: dict[str, dict[str, float]] = {
 S_PER_ITER["isic2017"] = S_PER_ITER["cvc"]
 # Hippocampus at 0.28 mm: patch 192 x 128, 0.96x the pixels (and the FLOPs: 10.7 vs 11.1 G for stock's network)
 S_PER_ITER["hippocampus"] = {k: 0.96 * v for k, v in S_PER_ITER["cvc"].items()}
+
+
+def default_of(trainer: str) -> str:
+    """The shipped default a recipe trainer is the other recipe of (itself for a default)."""
+    return next((default for default, other in RECIPES.items() if other == trainer), trainer)
+
+
 # nnUNetv2_predict per test case (s), quiet machine: the accuracy benchmark's 0.36-0.87 s per 256 x 256 image scaled;
 # a Hippocampus case is ~36 slices of about a 2D image's pixels each
 PREDICT_S_PER_CASE = {"cvc": 0.3, "isic2017": 0.3, "hippocampus": 8.0}
@@ -137,10 +163,15 @@ class Piece:
     dataset: str
     budget: str  # with its seed: 6x50b2s1
     trainers: tuple[str, ...]
+    label: str = ""  # the piece's name for several trainers ("all" without one)
 
     @property
     def name(self) -> str:
-        who = "all" if len(self.trainers) > 1 else self.trainers[0].removeprefix("nnUNetTrainer") or "stock"
+        if len(self.trainers) > 1:
+            who = self.label or "all"
+        else:
+            who = self.trainers[0].removeprefix("nnUNetTrainer")
+            who = f"stock{who}" if who.startswith("_") or not who else who  # nnUNetTrainer_AdamW: stock_AdamW
         return f"{self.dataset}/{self.budget}/{who}"
 
     def folder(self, work: Path) -> Path:
@@ -148,12 +179,22 @@ class Piece:
 
 
 def plan_pieces(
-    datasets: list[str], trainers: list[str], short: str = SHORT, long: str = LONG, seeds: tuple[int, ...] = SEEDS
+    datasets: list[str],
+    trainers: list[str],
+    short: str = SHORT,
+    long: str = LONG,
+    seeds: tuple[int, ...] = SEEDS,
+    recipes: bool = True,
 ) -> list[Piece]:
-    """The protocol's pieces in the order they run (see the module's docstring)."""
+    """The protocol's pieces in the order they run (see the module's docstring); ``recipes``: with each trainer's
+    other recipe (:data:`RECIPES`, for the trainers that have one)."""
+    others = [RECIPES[t] for t in trainers if t in RECIPES] if recipes else []
     pieces = [Piece(d, budget_name(short, seeds[0]), tuple(trainers)) for d in datasets]
+    if others:
+        pieces += [Piece(d, budget_name(short, seeds[0]), tuple(others), "recipes") for d in datasets]
     pieces += [Piece(d, long, (t,)) for d in datasets for t in trainers]
     pieces += [Piece(d, budget_name(short, s), tuple(trainers)) for s in seeds[1:] for d in datasets]
+    pieces += [Piece(d, long, (t,)) for d in datasets for t in others]
     return pieces
 
 
@@ -162,7 +203,9 @@ def estimate_hours(piece: Piece, test_cases: dict[str, int]) -> float:
 
     iterations = parse_budget(piece.budget).iterations
     rates = S_PER_ITER[piece.dataset]
-    seconds = sum(rates[t] * iterations * 1.1 + 60 for t in piece.trainers)  # +10 %: validation, checkpoints; start
+    seconds = sum(
+        rates[default_of(t)] * iterations * 1.1 + 60 for t in piece.trainers
+    )  # +10 %: validation, checkpoints; start
     seconds += len(piece.trainers) * PREDICT_S_PER_CASE[piece.dataset] * test_cases.get(piece.dataset, 0)
     return seconds / 3600
 
@@ -451,7 +494,8 @@ def curve_points(dataset: dict[str, Any], trainer: str) -> list[dict[str, Any]]:
 
 def plot(results: dict[str, Any], path: Path) -> Path | None:
     """Per dataset: test Dice against iterations (log axis) and against training CPU hours, a line per trainer
-    through its first seed's runs (bars: their 95 % bootstrap intervals over test cases; dots: the other seeds)."""
+    through its first seed's runs (bars: their 95 % bootstrap intervals over test cases; dots: the other seeds; a
+    recipe trainer dashed, in its default's colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -465,7 +509,8 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     fig, axes = plt.subplots(len(keys), 2, figsize=(11, 4 * len(keys)), squeeze=False)
     for (left, right), key in zip(axes, keys):
         dataset = results["datasets"][key]
-        for trainer in TRAINERS:
+        colours: dict[str, Any] = {}
+        for trainer in ALL_TRAINERS:
             points = curve_points(dataset, trainer)
             if not points:
                 continue
@@ -476,8 +521,9 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
                     [max(0.0, p["dice"] - p["ci95"][0]) for p in points],
                     [max(0.0, p["ci95"][1] - p["dice"]) for p in points],
                 ]
-            line = left.errorbar(x, y, yerr=err, marker="o", capsize=3, label=short_label(trainer))
-            colour = line.lines[0].get_color()
+            style = {"linestyle": "--", "color": colours.get(default_of(trainer))} if trainer in RECIPE_TRAINERS else {}
+            line = left.errorbar(x, y, yerr=err, marker="o", capsize=3, label=short_label(trainer), **style)
+            colour = colours.setdefault(trainer, line.lines[0].get_color())
             extra = [(p["iterations"], d) for p in points for d in p["seed_dice"][1:]]
             if extra:
                 left.scatter(*zip(*extra), s=12, color=colour, alpha=0.6)
@@ -488,6 +534,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
                     [p["dice"] for p in timed],
                     marker="o",
                     color=colour,
+                    linestyle=style.get("linestyle", "-"),
                     label=short_label(trainer),
                 )
         left.set_xscale("log")
@@ -524,7 +571,7 @@ def dataset_table(dataset: dict[str, Any]) -> list[str]:
         dataset["budgets"].items(), key=lambda kv: (kv[1]["budget"]["num_epochs"], _seed_of(kv[1]))
     ):
         budget = record["budget"]
-        for trainer in TRAINERS:
+        for trainer in ALL_TRAINERS:
             run = record["runs"].get(trainer)
             if run is None:
                 continue
@@ -550,6 +597,36 @@ def seed_lines(dataset: dict[str, Any]) -> list[str]:
                     f"{', '.join(map(str, p['seeds']))}, standard deviation {p['seed_sd']:.3f}"
                 )
     return lines
+
+
+def recipe_lines(dataset: dict[str, Any]) -> list[str]:
+    """Per budget, each trainer's other recipe against its default on the same test cases (paired), the controls
+    (stock nnU-Net's network, NB) first."""
+    from nnunet_sparseattn.compare.report import num, versus
+    from nnunet_sparseattn.compare.results import paired_test
+    from nnunet_sparseattn.compare.run import short_label
+
+    rows = []
+    for name, record in sorted(
+        dataset["budgets"].items(), key=lambda kv: (kv[1]["budget"]["num_epochs"], _seed_of(kv[1]))
+    ):
+        for default, other in RECIPES.items():
+            ours, theirs = record["runs"].get(other), record["runs"].get(default)
+            if ours is None or theirs is None:
+                continue
+            test = paired_test(ours["per_case_mean_dice"], theirs["per_case_mean_dice"])
+            rows.append(
+                f"| `{name}` | {short_label(default)} | {short_label(other)} | {num(theirs['mean_dice'])} | "
+                f"{num(ours['mean_dice'])} | {versus(test)} |"
+            )
+    if not rows:
+        return []
+    return [
+        "| budget | default | other recipe | default's test Dice | other's test Dice | other vs default: Dice "
+        "points (p, better) |",
+        "|" + "---|" * 6,
+        *rows,
+    ]
 
 
 def render_section(results: dict[str, Any] | None, png: str | None) -> str:
@@ -581,6 +658,15 @@ def render_section(results: dict[str, Any] | None, png: str | None) -> str:
         ]
         if seeds := seed_lines(dataset):
             parts += ["", "Seed spread at the short budget:", *seeds]
+        if recipes := recipe_lines(dataset):
+            parts += [
+                "",
+                "Recipes (SGD <-> AdamW with warm-up; stock nnU-Net's network and NB are the controls: a gain "
+                "is the attention's only where they do not get it too; a default changes only where the long "
+                "budget shows it beyond the seed spread):",
+                "",
+                *recipes,
+            ]
         for name, record in dataset["budgets"].items():
             evaluated = [(r["label"], r["evaluate"]) for r in record["runs"].values() if r.get("evaluate")]
             if evaluated and evaluated[0][1].get("dimensionality") == "2d" and key == "cvc":
@@ -695,7 +781,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", help=f"one dataset: {', '.join(DATASETS)}")
     ap.add_argument("--budget", help=f"one budget (EPOCHSxITERATIONSbN), e.g. {SHORT} or {LONG}")
     ap.add_argument("--seed", type=int, default=0, help="with --budget: the seed (default 0)")
-    ap.add_argument("--trainer", help=f"with --budget: one trainer of {', '.join(TRAINERS)} (default all)")
+    ap.add_argument(
+        "--trainer", help=f"with --budget: trainers of {', '.join(ALL_TRAINERS)}, comma-separated (default the five)"
+    )
     ap.add_argument("--work", type=Path, default=WORK, help=f"nnU-Net's folders and the comparisons (default {WORK})")
     ap.add_argument("--data", type=Path, default=DATA, help=f"the shared data folder (default {DATA})")
     ap.add_argument("--results", type=Path, default=RESULTS_FILE, help=f"results JSON (default {RESULTS_FILE})")
@@ -729,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget:
             budget = budget_name(args.budget, args.seed)
             parse_budget(budget)
-            trainers = names(args.trainer, TRAINERS, "trainer") if args.trainer else list(TRAINERS)
+            trainers = names(args.trainer, ALL_TRAINERS, "trainer") if args.trainer else list(TRAINERS)
             options.pieces = [Piece(k, budget, tuple(trainers)) for k in keys]
         elif args.all or args.dry_run:
             options.pieces = plan_pieces(keys, list(TRAINERS), short, long, seeds)

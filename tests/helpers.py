@@ -6,26 +6,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+_SCRIPT = Path(sys.executable).parent / "nnunet-sparseattn"
+# the console script as a user types it; ``python -m`` where the environment has no scripts folder
+CLI_COMMAND = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "nnunet_sparseattn.cli"]
+
+
+def run_cli(*args: object, env: dict | None = None, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``nnunet-sparseattn ARGS...`` in a child process (``env`` replaces the environment when given, as
+    ``subprocess.run``'s does); output captured as text."""
+    return subprocess.run(
+        [*CLI_COMMAND, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def plan_variant(run: dict, variant: str, configuration: str) -> Path:
     """``nnunet-sparseattn plan -d ID --variant VARIANT -c CONFIGURATION`` as a user types it, in the prepared
     dataset's environment; returns the variant plans file it wrote."""
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "nnunet-sparseattn"),
-            "plan",
-            "-d",
-            str(run["id"]),
-            "--variant",
-            variant,
-            "-c",
-            configuration,
-        ],
-        env=run["env"],
-        capture_output=True,
-        text=True,
-    )
+    result = run_cli("plan", "-d", run["id"], "--variant", variant, "-c", configuration, env=run["env"])
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.splitlines()[0])
 
@@ -48,27 +47,23 @@ def explain(
     """``nnunet-sparseattn explain -d ID -c CONFIGURATION -tr TRAINER -p PLANS -i IMAGE -o OUTPUT`` as a user types
     it, in the prepared dataset's environment; returns what it printed."""
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "nnunet-sparseattn"),
-            "explain",
-            "-d",
-            str(run["id"]),
-            "-c",
-            configuration,
-            "-tr",
-            trainer,
-            "-p",
-            plans,
-            "-i",
-            str(image),
-            "-o",
-            str(output),
-            *extra,
-        ],
+    result = run_cli(
+        "explain",
+        "-d",
+        run["id"],
+        "-c",
+        configuration,
+        "-tr",
+        trainer,
+        "-p",
+        plans,
+        "-i",
+        image,
+        "-o",
+        output,
+        *extra,
         env=run["env"],
-        capture_output=True,
-        text=True,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     print(f"nnunet-sparseattn explain ({trainer}, {configuration}) took {time.monotonic() - started:.1f} s")  # -rP

@@ -90,7 +90,7 @@ def test_the_protocol_has_the_issues_budgets_seeds_and_one_batch_size():
     assert len(curves.SEEDS) >= 3
     for dataset in curves.DATASETS:  # every trainer at both budgets; stock first at the long one (the tests need it)
         mine = [p for p in pieces if p.dataset == dataset]
-        assert {t for p in mine if p.budget == curves.LONG for t in p.trainers} == set(curves.TRAINERS)
+        assert {t for p in mine if p.budget == curves.LONG for t in p.trainers} >= set(curves.TRAINERS)
         assert next(p for p in mine if p.budget == curves.LONG).trainers == (curves.STOCK,)
         for seed in curves.SEEDS:
             assert any(
@@ -98,6 +98,21 @@ def test_the_protocol_has_the_issues_budgets_seeds_and_one_batch_size():
                 for p in mine
             )
     assert curves.budget_name("6x50b2", 0) == "6x50b2" and curves.budget_name("6x50b2", 2) == "6x50b2s2"
+    # recipes: every trainer's other one, stock's and NB's (the controls) too, explored at the short budget's first
+    # seed (after the defaults there, in their folder: one stock run for both) and confirmed at the long one
+    assert set(curves.RECIPES) == set(curves.TRAINERS) and {"nnUNetTrainer_AdamW", "nnUNetTrainerNB_AdamW"} <= set(
+        curves.RECIPE_TRAINERS
+    )
+    for dataset in curves.DATASETS:
+        mine = [p for p in pieces if p.dataset == dataset]
+        explore = [p for p in mine if p.label == "recipes"]
+        assert len(explore) == 1 and explore[0].budget == curves.SHORT
+        assert set(explore[0].trainers) == set(curves.RECIPE_TRAINERS)
+        assert mine.index(explore[0]) > mine.index(next(p for p in mine if p.budget == curves.SHORT))
+        assert {t for p in mine if p.budget == curves.LONG for t in p.trainers} == set(curves.ALL_TRAINERS)
+    names = [p.name for p in pieces]
+    assert len(set(names)) == len(names) and "cvc/30x50b2/stock_AdamW" in names
+    assert curves.default_of("nnUNetTrainerBilateral_SGD") == "nnUNetTrainerBilateral"
 
 
 def test_dry_run_lists_every_piece_with_its_state_and_hours(tmp_path, capsys):
@@ -143,6 +158,11 @@ DICE = {
     "nnUNetTrainerBSA": 0.74,
     "nnUNetTrainerMDSA": 0.69,
     "nnUNetTrainerBilateral": 0.66,
+    "nnUNetTrainer_AdamW": 0.71,
+    "nnUNetTrainerNB_AdamW": 0.72,
+    "nnUNetTrainerBSA_AdamW": 0.78,
+    "nnUNetTrainerMDSA_AdamW": 0.69,
+    "nnUNetTrainerBilateral_SGD": 0.63,
 }
 
 
@@ -277,8 +297,16 @@ def test_pieces_merge_into_one_json_plot_and_section_and_finished_ones_are_skipp
     monkeypatch.setattr(curves, "LONG", "10x5b2")
     monkeypatch.setattr(curves, "SEEDS", (0, 1, 2))
     assert curves.main(["--all", *common]) == 0
-    assert calls == ["cvc/2x5b2s2/all"]
+    assert calls == [
+        "cvc/2x5b2/recipes",
+        "cvc/2x5b2s2/all",
+        *(f"cvc/10x5b2/{w}" for w in ("stock_AdamW", "NB_AdamW", "BSA_AdamW", "MDSA_AdamW", "Bilateral_SGD")),
+    ]
     assert "piece cvc/2x5b2/all: done, skipped" in capsys.readouterr().out
+    # the recipes' table: each other recipe against its default, paired on the same test cases
+    text = docs.read_text()
+    assert "Recipes (SGD <-> AdamW" in text and "| `10x5b2` | BSA | BSA_AdamW | " in text
+    assert "| `2x5b2` | stock nnU-Net | AdamW | " in text
     # --report-only merges the finished runs of every begun piece, one still running too, and trains nothing
     calls.clear()
     _fake_compare(curves.Piece("cvc", "20x5b2", ("nnUNetTrainer",)), tmp_path / "work", tmp_path, "")

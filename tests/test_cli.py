@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from nnunet_sparseattn.cli import main
 from nnunet_sparseattn.demo.dataset import DEMO_LABELS, make_demo_dataset, synthesize_case
 from nnunet_sparseattn.discovery import ext_trainer_path
 from nnunet_sparseattn.doctor import run_doctor
-
-
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "nnunet_sparseattn.cli", *args], capture_output=True, text=True, env=env
-    )
 
 
 def test_doctor_names_each_missing_variable_and_its_fix():
@@ -35,7 +28,7 @@ def test_doctor_passes_on_a_good_setup(tmp_path):
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (tmp_path / name).mkdir()
         env[name] = str(tmp_path / name)
-    result = _cli("doctor", env=env)
+    result = run_cli("doctor", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok   nnU-Net finds nnUNetTrainerBSA in nnunet_sparseattn" in result.stdout  # the demo trainer
     assert "torchvision" in result.stdout and ("GPU" in result.stdout or "CUDA" in result.stdout)
@@ -56,7 +49,7 @@ def test_doctor_flags_a_missing_folder_and_a_wrong_ext_path(tmp_path):
     ],
 )
 def test_bad_paths_give_one_line_errors(args, expected):
-    result = _cli(*args)
+    result = run_cli(*args)
     assert result.returncode == 2
     assert result.stderr.startswith(f"nnunet-sparseattn: error: {expected}")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

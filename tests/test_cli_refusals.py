@@ -19,23 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CLI_COMMAND, run_cli
 from PIL import Image
 
 from nnunet_sparseattn.cli import main
 
-_SCRIPT = Path(sys.executable).parent / "nnunet-sparseattn"
-COMMAND = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "nnunet_sparseattn.cli"]
-
 
 def cli(*args: object, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*COMMAND, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, **(env or {})),
-        timeout=300,
-        **kwargs,
-    )
+    """The CLI with ``env`` added to this environment."""
+    return run_cli(*args, env=dict(os.environ, **(env or {})), **kwargs)
 
 
 def run_main(*args: object) -> subprocess.CompletedProcess:
@@ -195,7 +187,7 @@ def test_compare_refuses_an_empty_trainer_list(tmp_path):
 def test_sigterm_leaves_no_partial_dataset(tmp_path, raw):
     images, masks = _pairs(tmp_path, n=400, size=(64, 64))
     process = subprocess.Popen(
-        [*COMMAND, "convert-2d", str(images), str(masks), "-d", "6"],
+        [*CLI_COMMAND, "convert-2d", str(images), str(masks), "-d", "6"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,11 +12,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CLI_COMMAND
 from plans_cases import HIPPOCAMPUS_3D, dataset_json, plans_for
 
 from nnunet_sparseattn.cli import main
@@ -24,8 +24,6 @@ from nnunet_sparseattn.compare.report import plot_comparison, render_markdown, r
 from nnunet_sparseattn.compare.results import RESULTS_FILE, paired_test, smallest_p_value
 from nnunet_sparseattn.compare.run import CompareRequest, Comparison, parse_folds, plan_runs
 from nnunet_sparseattn.errors import UserError
-
-CLI = str(Path(sys.executable).parent / "nnunet-sparseattn")
 
 
 # ------------------------------------------------------------------------------------------------ requests
@@ -370,7 +368,7 @@ def test_compare_end_to_end_resumes_after_a_kill(hippocampus_nnunet, tmp_path):
     run = hippocampus_nnunet
     out = tmp_path / "compare"
     args = [
-        CLI,
+        *CLI_COMMAND,
         "compare",
         "-d",
         str(run["id"]),

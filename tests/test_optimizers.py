@@ -275,14 +275,21 @@ def test_trainers_are_shipped_pickle_and_are_found_by_nnunet():
     assert nnUNetTrainerBSA_AdamW in SHIPPED_TRAINERS
     assert issubclass(nnUNetTrainerBSA_AdamW, AdamWWarmupMixin) and issubclass(nnUNetTrainerBSA_AdamW, nnUNetTrainerBSA)
     assert nnunet_sparseattn.nnUNetTrainerBSA_AdamW is nnUNetTrainerBSA_AdamW
-    for name, base in (
-        ("nnUNetTrainerMDSA_AdamW", trainers.nnUNetTrainerMDSA),
-        ("nnUNetTrainerBilateral_AdamW", trainers.nnUNetTrainerBilateral),
-    ):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    with_adamw = {
+        "nnUNetTrainerMDSA_AdamW": trainers.nnUNetTrainerMDSA,
+        "nnUNetTrainerBilateral_AdamW": trainers.nnUNetTrainerBilateral,
+        # the controls: the same recipe on the networks without attention
+        "nnUNetTrainer_AdamW": nnUNetTrainer,
+        "nnUNetTrainerNB_AdamW": trainers.nnUNetTrainerNB,
+    }
+    for name, base in with_adamw.items():
         cls = getattr(trainers, name)
         assert cls in SHIPPED_TRAINERS and issubclass(cls, AdamWWarmupMixin) and issubclass(cls, base)
+    assert set(trainers.CONTROL_TRAINERS).isdisjoint(trainers.MAIN_TRAINERS)
     with mock.patch.dict(os.environ, {"nnUNet_extTrainer": str(ext_trainer_path())}):
-        for name in ("nnUNetTrainerBSA_AdamW", "nnUNetTrainerMDSA_AdamW", "nnUNetTrainerBilateral_AdamW"):
+        for name in ("nnUNetTrainerBSA_AdamW", *with_adamw):
             for suffix in ("", "_debug", "_demo"):
                 cls = getattr(trainers, name + suffix)
                 assert pickle.loads(pickle.dumps(cls)) is cls

@@ -9,11 +9,16 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_sparseattn.plans.variants import VARIANTS, Variant, locate
 from nnunet_sparseattn.trainers.bsa import nnUNetTrainerBSA
+from nnunet_sparseattn.trainers.controls import nnUNetTrainer_AdamW, nnUNetTrainerNB_AdamW
 from nnunet_sparseattn.trainers.narrow_band import nnUNetTrainerNB
 from nnunet_sparseattn.trainers.short_schedule import SHORT_SCHEDULES, with_short_schedule
 
 # The loss-only method: stock nnU-Net's network, the narrow-band loss (no network of its own, so no registration).
 LOSS_TRAINERS: tuple[type, ...] = (nnUNetTrainerNB,)
+
+# The methods' AdamW recipe on the networks without attention (stock nnU-Net's, and with the NB loss): controls for
+# the recipe benchmark, shipped so that anyone can rerun it (``trainers/controls.py``).
+CONTROL_TRAINERS: tuple[type, ...] = (nnUNetTrainer_AdamW, nnUNetTrainerNB_AdamW)
 
 
 def method_trainers(variant: Variant) -> tuple[type, ...]:
@@ -28,7 +33,11 @@ def main_trainers() -> tuple[type, ...]:
 
 
 # Every full trainer we ship. Each also ships its short variants (`<name>_debug`, `<name>_demo`).
-SHIPPED_TRAINERS: tuple[type, ...] = (*LOSS_TRAINERS, *(t for v in VARIANTS.values() for t in method_trainers(v)))
+SHIPPED_TRAINERS: tuple[type, ...] = (
+    *LOSS_TRAINERS,
+    *(t for v in VARIANTS.values() for t in method_trainers(v)),
+    *CONTROL_TRAINERS,
+)
 
 # One trainer per method (at import): `main_trainers()` reads the registry at call time.
 MAIN_TRAINERS: tuple[type, ...] = main_trainers()
