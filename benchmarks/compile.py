@@ -100,8 +100,12 @@ def max_error(got: Any, want: Any) -> float:
 
 
 def gradient_error(compiled: nn.Module, eager: nn.Module) -> float:
-    pairs = [(c.grad, e.grad) for c, e in zip(compiled.parameters(), eager.parameters()) if e.grad is not None]
-    return max(relative_error(c, e) for c, e in pairs) if pairs else 0.0
+    errors = [
+        relative_error(c.grad, e.grad)
+        for c, e in zip(compiled.parameters(), eager.parameters())
+        if c.grad is not None and e.grad is not None
+    ]
+    return max(errors, default=0.0)
 
 
 def stage_times() -> dict[str, float]:
@@ -170,7 +174,8 @@ def _targets(outputs: Any, num_classes: int, generator: torch.Generator) -> list
 
 
 def _set_deep_supervision(network: nn.Module, enabled: bool) -> None:
-    network.decoder.deep_supervision = enabled  # what nnUNetTrainer.set_deep_supervision_enabled sets
+    decoder: Any = network.decoder
+    decoder.deep_supervision = enabled  # what nnUNetTrainer.set_deep_supervision_enabled sets
 
 
 # ---------------------------------------------------------------------------------------------------- one case
@@ -191,10 +196,10 @@ def run_case(
     torch.manual_seed(0)
     eager = build_network(key, plan, deep_supervision=True)
     if checkpointing:
-        eager.enable_activation_checkpointing()
+        eager.enable_activation_checkpointing()  # type: ignore[operator]
     network = copy.deepcopy(eager)
     recorder = GraphRecorder(backend)
-    compiled = torch.compile(network, backend=recorder)
+    compiled: Any = torch.compile(network, backend=recorder)
     loss = build_loss(plan, compile_dice=False)
     batch = min(2, plan.batch_size) if plan.batch_size > 1 else 2
     g = torch.Generator().manual_seed(0)
@@ -226,11 +231,13 @@ def run_case(
         eager.train()
         target = targets[inputs.shape[0]]
         network.zero_grad(set_to_none=True)
+        torch.manual_seed(2)  # the same draws for both (the bilateral network samples its rendering points)
         out = compiled(inputs)
         loss(out, target).backward()
         if not compare:
             return {}
         eager.zero_grad(set_to_none=True)
+        torch.manual_seed(2)
         want = eager(inputs)
         loss(want, target).backward()
         return {"output_error": max_error(out, want), "gradient_error": gradient_error(network, eager)}
@@ -264,7 +271,7 @@ def run_case(
         new = recorder.graphs[len(recorder.graphs) - phases["inference"]["graphs"] :]
         phases["inference"]["flex_in_graph"] = sum(gr["flex_attention"] for gr in new)
 
-    reasons = counters.get("graph_break", {})
+    reasons: dict[str, int] = dict(counters.get("graph_break", {}))
     result.update(
         phases=phases,
         compile_s=round(phases["train"]["s"] - phases["eager_step"]["s"], 1),
@@ -306,8 +313,9 @@ def sized_plan(name: str, size: str) -> Plan:
     return {"tiny": tiny_plan, "narrow": narrow_plan, "full": lambda p: p}[size](plan)
 
 
-def case_key(plan: str, network: str, size: str, checkpointing: bool) -> str:
-    return f"{plan}{'' if size == 'full' else f' ({size})'}{' +ckpt' if checkpointing else ''}/{network}"
+def case_key(plan: str, network: str, size: str, checkpointing: bool, backend: str) -> str:
+    """``plan (size) +ckpt/network/backend``; the table's first column is the part before the first "/"."""
+    return f"{plan}{'' if size == 'full' else f' ({size})'}{' +ckpt' if checkpointing else ''}/{network}/{backend}"
 
 
 def run_isolated(
