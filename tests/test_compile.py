@@ -146,6 +146,7 @@ def test_debug_training_and_prediction_with_nnunets_compile(hippocampus_nnunet, 
     assert (model / "fold_0" / "validation" / "summary.json").exists()  # the final validation ran compiled too
 
     out = tmp_path / "pred"
-    predict = ["-i", str(run["images"]), "-o", str(out), "-d", *ids, "-f", "0", "-tr", trainer, "-p", plans_name]
-    _nnunet_compiled(["nnUNetv2_predict", *predict, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+    predict = ["-i", str(run["images"]), "-o", str(out), "-d", ids[0], "-c", ids[1], "-f", "0", "-tr", trainer]
+    predict += ["-p", plans_name, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"]
+    _nnunet_compiled(["nnUNetv2_predict", *predict], env)
     assert len(list(out.glob("*.nii.gz"))) == len(list(run["images"].glob("*.nii.gz")))
