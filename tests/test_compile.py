@@ -125,7 +125,7 @@ def _nnunet_compiled(args: list[str], env: dict[str, str]) -> str:
     return log
 
 
-@pytest.mark.slow  # measured: see docs/testing.md
+@pytest.mark.slow  # 635 s on 2 cores under a load average of ~10 (plus the shared Hippocampus preparation)
 def test_debug_training_and_prediction_with_nnunets_compile(hippocampus_nnunet, tmp_path):
     from nnunet_sparseattn.harness import datasets
     from nnunet_sparseattn.harness.datasets import require_dataset
