@@ -77,20 +77,20 @@ def unpartition(x: torch.Tensor, n: int, start: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ per-shape constants
 # Index and mask tensors that depend only on a shape (which tokens are padding, Swin's shifted-window mask, ...):
-# built once per (what, shape, device) and reused by every forward. A plain dict works under torch.compile too:
-# dynamo replays the first build's store and then reads the cached tensor as a graph input (tested).
+# built once per (what, shape, device) and reused by every eager forward. Under torch.compile the tensor is built
+# inside the graph instead (a few index ops on shapes the graph already fixes) and the dict is neither read nor
+# written: a store would break the graph inside activation checkpointing's higher-order op (dynamo cannot replay a
+# side effect there), and a read would guard on the dict's keys and recompile whenever eager code adds one.
 _CONSTANTS: dict[tuple, torch.Tensor] = {}
 
 
-def _in_inference_mode() -> bool:
-    # a tensor made under inference_mode cannot be saved for a later backward: cache such tensors apart. (dynamo cannot
-    # trace the query; compiled code runs under no_grad where nnU-Net runs it under inference_mode)
-    return False if torch.compiler.is_compiling() else torch.is_inference_mode_enabled()
-
-
 def shape_constant(what: str, key: tuple, device: torch.device, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``build()`` (a tensor on ``device`` that depends only on ``key``) computed once per ``(what, key, device)``."""
-    full = (what, key, str(device), _in_inference_mode())
+    """``build()`` (a tensor on ``device`` that depends only on ``key``) computed once per ``(what, key, device)``
+    in eager mode; traced into the graph under torch.compile (see above)."""
+    if torch.compiler.is_compiling():
+        return build()
+    # a tensor made under inference_mode cannot be saved for a later backward: cache such tensors apart
+    full = (what, key, str(device), torch.is_inference_mode_enabled())
     tensor = _CONSTANTS.get(full)
     if tensor is None:
         tensor = build()
