@@ -54,14 +54,11 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import DOCS, ROOT, update_section
+from benchmarks.common import RESULTS as RESULTS_DIR
+from benchmarks.network_speed import NETWORKS, STOCK, Plan, build_loss, build_network, load_plan, tiny_plan
 
-from benchmarks.network_speed import NETWORKS, STOCK, Plan, build_loss, build_network, load_plan, tiny_plan  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "compile-cpu.json"
-DOCS = ROOT / "BENCHMARKS.md"
+RESULTS = RESULTS_DIR / "compile-cpu.json"
 MARKERS = ("<!-- compile:begin -->", "<!-- compile:end -->")
 PLANS = ("hippocampus_3d_fullres", "isic2017_2d", "six_stage_128_3d")
 METHODS = tuple(k for k in NETWORKS if k != STOCK)
@@ -450,9 +447,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def update_docs(results: dict[str, Any], docs: Path = DOCS) -> None:
-    from benchmarks.accuracy import splice_section
-
-    docs.write_text(splice_section(docs.read_text(), render(results), MARKERS))
+    update_section(docs, render(results), MARKERS)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
