@@ -283,10 +283,7 @@ def device_step_peak(key: str, plan: Plan, checkpointing: bool, device: str, bat
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
-        before = sum(t.numel() * t.element_size() for t in (*network.parameters(), data, *targets))
-        before += sum(
-            t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
-        )
+        before = held_bytes(network, optimizer) + sum(t.numel() * t.element_size() for t in (data, *targets))
         with profile(profile_memory=True) as prof:
             step()
         peak = before + cpu_peak_bytes(memory_events(prof))
