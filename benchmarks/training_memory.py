@@ -300,8 +300,6 @@ def device_step_peak(key: str, plan: Plan, checkpointing: bool, device: str, bat
 def run_device(plans: list[str], networks: list[str], device: str, tiny: bool = False) -> dict[str, Any]:
     """``device_step_peak`` for every plan and network, with checkpointing off and on (ours); a step that runs out
     of memory is recorded as such and the others go on."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("training_memory: --device cuda needs a CUDA GPU (none visible): use --device cpu")
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "command": command_line("training_memory", sys.argv[1:]),
@@ -502,6 +500,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     device_check = args.device is not None or (args.table is not None and "device" in _read(args.table))
     if device_check:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            print(
+                "training_memory: error: --device cuda needs a CUDA GPU (none visible): use --device cpu",
+                file=sys.stderr,
+            )
+            return 2
         if args.table:
             results = _read(args.table)
         else:
