@@ -2,27 +2,24 @@
 MSD Hippocampus in 3D (``nnunet-sparseattn plan --variant bilateral``, then training on those plans), each trained
 with ``nnUNetTrainerBilateral_debug`` on the CPU, then predicted and evaluated.
 
-Slow (minutes): CI runs them. They check the plumbing, not accuracy, on 2 CPU cores: small subsets, the plans'
-batch size cut to 2, and the ISIC images downsized to 64 x 64 (at 256 x 256 one CPU training step of the 7-stage
-2D network takes over 10 s; the paper-scale figures are ``info --variant bilateral-paper``'s).
+Slow (minutes): CI runs them. They check the plumbing, not accuracy, on 2 CPU cores: the shared small subsets (ISIC
+at 128 x 128: at 256 x 256 one CPU training step of the 7-stage 2D network takes over 10 s; the paper-scale figures are
+``info --variant bilateral-paper``'s) and the plans' batch size cut to 2.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from helpers import assert_dice, assert_explained, explain, plan_variant
 
-from nnunet_sparseattn.convert2d import convert_2d
 from nnunet_sparseattn.harness import commands, datasets
 
 pytestmark = pytest.mark.slow
 
 TRAINER = "nnUNetTrainerBilateral_debug"
-ISIC_ID = 971
 
 
 def _check_run(env: dict, dataset_id: int, configuration: str, plans: str) -> dict:
@@ -40,32 +37,22 @@ def _check_run(env: dict, dataset_id: int, configuration: str, plans: str) -> di
     return json.loads((model / "plans.json").read_text())
 
 
-def test_isic2017_2d_through_the_cli(shared_data, tmp_path):
-    env = commands.work_environment(tmp_path)
-    log = tmp_path / "nnunet.log"
-    isic = shared_data / "ISIC2017_256"
-    if not isic.is_dir():
-        pytest.skip(f"{isic} is absent")
-    small = datasets.downsize_2d_pairs(isic / "images", isic / "masks", tmp_path / "isic64", cases=14, size=64)
-    dataset = convert_2d(
-        small / "images", small / "masks", ISIC_ID, name="ISIC2017", raw_root=Path(env["nnUNet_raw"]), num_test=2
-    )
-    commands.plan_and_preprocess(ISIC_ID, "2d", env, log)
-    commands.train(ISIC_ID, "2d", 0, TRAINER, env, log)
-    saved = _check_run(env, ISIC_ID, "2d", "nnUNetPlans")
+def test_isic2017_2d_through_the_cli(isic_nnunet, trained_debug_model):
+    run = isic_nnunet  # shared: ISIC 2017 at 128 x 128 through convert_2d, 2 cases in imagesTs/labelsTs
+    env, log = run["env"], run["log"]
+    model = trained_debug_model(run, TRAINER)
+    saved = _check_run(env, run["id"], "2d", "nnUNetPlans")
     # the default plans keep nnU-Net's U-Net in the file; our trainer builds the bilateral network from it
     assert saved["configurations"]["2d"]["architecture"]["network_class_name"].startswith("dynamic_network")
 
-    predictions = tmp_path / "predictions"
-    commands.predict(dataset / "imagesTs", predictions, ISIC_ID, "2d", 0, TRAINER, env, log)
+    predictions = run["work"] / "predictions_bilateral"
+    commands.predict(run["images"], predictions, run["id"], "2d", 0, TRAINER, env, log, sequential=True)
     assert len(list(predictions.glob("*.png"))) == 2
-    summary = commands.evaluate(
-        dataset / "labelsTs", predictions, datasets.model_folder(env, ISIC_ID, TRAINER, "2d"), env, log
-    )
+    summary = commands.evaluate(run["labels"], predictions, model, env, log)
     assert_dice(summary, ["1"], 2)
-    image = sorted((dataset / "imagesTs").glob("*.png"))[0]
-    explain({"id": ISIC_ID, "env": env}, TRAINER, "2d", image, tmp_path / "explained")
-    assert_explained(tmp_path / "explained", image, {"window", "channel", "rendering"})
+    image = sorted(run["images"].glob("*.png"))[0]
+    explain(run, TRAINER, "2d", image, run["work"] / "explain_bilateral_2d")
+    assert_explained(run["work"] / "explain_bilateral_2d", image, {"window", "channel", "rendering"})
 
 
 def test_hippocampus_3d_variant_plans_through_the_cli(hippocampus_nnunet):
@@ -87,7 +74,16 @@ def test_hippocampus_3d_variant_plans_through_the_cli(hippocampus_nnunet):
 
     predictions = run["work"] / "predictions_bilateral"
     commands.predict(
-        run["images"], predictions, dataset_id, "3d_fullres", 0, TRAINER, env, log, plans="nnUNetPlans_Bilateral"
+        run["images"],
+        predictions,
+        dataset_id,
+        "3d_fullres",
+        0,
+        TRAINER,
+        env,
+        log,
+        plans="nnUNetPlans_Bilateral",
+        sequential=True,
     )
     summary = commands.evaluate(
         run["labels"],

@@ -56,6 +56,7 @@ def test_predict_and_evaluate_with_a_bsa_model(hippocampus, plans):
         run["log"],
         plans=plans,
         extra=["--save_probabilities"],
+        sequential=True,
     )
     summary = commands.evaluate(run["labels"], out, model, run["env"], run["log"])
     assert_dice(summary, ["1", "2"], len(run["heldout"]))
@@ -76,6 +77,7 @@ def test_find_best_configuration_and_ensemble_accept_bsa_models(hippocampus):
                 run["log"],
                 plans=plans,
                 extra=["--save_probabilities"],
+                sequential=True,
             )
     commands.run_command(
         [

@@ -101,6 +101,9 @@ def test_make_demo_dataset_writes_nnunet_raw_format(tmp_path):
     assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == ["demo_003.nii.gz"]
     image = sitk.ReadImage(str(folder / "imagesTr" / "demo_000_0000.nii.gz"))
     assert image.GetSize() == (16, 16, 12) and image.GetSpacing() == pytest.approx((1.0, 1.0, 1.2))
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    verify_dataset_integrity(str(folder), num_processes=1)  # nnU-Net's own checks: raises on any inconsistency
 
 
 def test_every_subcommand_comes_from_its_module_and_help_imports_no_torch():

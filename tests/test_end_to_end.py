@@ -1,6 +1,8 @@
-"""The whole plugin through nnU-Net's own CLI: plan, train (short variant, CPU), predict, evaluate.
+"""The NB trainer through nnU-Net's own CLI on MSD Hippocampus: train (short variant, CPU), predict, evaluate,
+explain; and its loss terms for labels, regions and ignore labels on the same plans.
 
-Slow (minutes): CI runs them. Each command is a subprocess, exactly as a user types it.
+Slow (minutes): CI runs them. Each command is a subprocess, exactly as a user types it. (The synthetic demo dataset
+passes nnU-Net's integrity checks in tests/test_cli.py; it trains no differently.)
 """
 
 from __future__ import annotations
@@ -12,46 +14,12 @@ import pytest
 import torch
 from helpers import assert_dice, explain
 
-from nnunet_sparseattn.demo.dataset import make_demo_dataset
 from nnunet_sparseattn.harness import commands, datasets
 
 pytestmark = pytest.mark.slow
 
 CONFIGURATION = "3d_fullres"
 TRAINER = "nnUNetTrainerNB_debug"
-SYNTHETIC_ID = 990
-
-
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("synthetic")
-    env = commands.work_environment(work)
-    log = work / "nnunet.log"
-    dataset = make_demo_dataset(env["nnUNet_raw"], SYNTHETIC_ID, num_training=10, num_test=2, shape=(32, 40, 40))
-    commands.plan_and_preprocess(SYNTHETIC_ID, CONFIGURATION, env, log)
-    commands.train(SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
-    predictions = work / "predictions"
-    commands.predict(dataset / "imagesTs", predictions, SYNTHETIC_ID, CONFIGURATION, 0, TRAINER, env, log)
-    summary = commands.evaluate(
-        dataset / "labelsTs", predictions, datasets.model_folder(env, SYNTHETIC_ID, TRAINER, CONFIGURATION), env, log
-    )
-    return {"work": work, "env": env, "summary": summary, "log": log, "predictions": predictions}
-
-
-def test_synthetic_dataset_through_the_cli(synthetic_run):
-    assert_dice(synthetic_run["summary"], ["1", "2", "3"])
-    assert sorted(p.name for p in synthetic_run["predictions"].glob("*.nii.gz")) == [
-        "demo_010.nii.gz",
-        "demo_011.nii.gz",
-    ]
-    fold = datasets.model_folder(synthetic_run["env"], SYNTHETIC_ID, TRAINER, CONFIGURATION) / "fold_0"
-    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert checkpoint["trainer_name"] == TRAINER
-    training_log = next(fold.glob("training_log_*.txt")).read_text()
-    assert "narrow-band loss: weight 1.0, radius 2 mm -> voxels per scale [(2, 2, 2)," in training_log
-    # the short variant cut epochs (2) and iterations: no third epoch, final validation done
-    assert "Epoch 1" in training_log and "Epoch 2" not in training_log
-    assert (fold / "validation" / "summary.json").is_file()
 
 
 LABELS = {"background": 0, "organ": 1, "vessel": 2, "nodule": 3}
@@ -63,14 +31,13 @@ REGIONS = {"background": 0, "organ_and_nodule": [1, 3], "vessel": [2], "nodule":
     [LABELS, dict(LABELS, ignore=4), REGIONS, dict(REGIONS, ignore=4)],
     ids=["labels", "labels+ignore", "regions", "regions+ignore"],
 )
-def test_trainer_builds_one_nb_term_per_deep_supervision_output(synthetic_run, trainer_without_data, labels):
+def test_trainer_builds_one_nb_term_per_deep_supervision_output(hippocampus_nnunet, trainer_without_data, labels):
     from nnunet_sparseattn.losses import NarrowBandCompoundLoss
     from nnunet_sparseattn.trainers import nnUNetTrainerNB_debug
     from nnunet_sparseattn.trainers.short_schedule import SHORT_SCHEDULES
 
-    preprocessed = datasets.require_dataset(
-        synthetic_run["env"]["nnUNet_preprocessed"], SYNTHETIC_ID, "nnUNet_preprocessed"
-    )
+    run = hippocampus_nnunet  # its plans; the labels (and regions, ignore label) are each case's own
+    preprocessed = datasets.require_dataset(run["env"]["nnUNet_preprocessed"], run["id"], "nnUNet_preprocessed")
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     dataset_json["labels"] = labels
@@ -125,12 +92,20 @@ def test_msd_hippocampus_through_the_cli(hippocampus_nnunet):
     env, log = run["env"], run["log"]
     commands.train(run["id"], CONFIGURATION, 0, TRAINER, env, log)
     predictions = run["work"] / "predictions_nb"
-    commands.predict(run["images"], predictions, run["id"], CONFIGURATION, 0, TRAINER, env, log)
+    commands.predict(run["images"], predictions, run["id"], CONFIGURATION, 0, TRAINER, env, log, sequential=True)
     summary = commands.evaluate(
         run["labels"], predictions, datasets.model_folder(env, run["id"], TRAINER, CONFIGURATION), env, log
     )
     assert_dice(summary, ["1", "2"])
     assert len(summary["metric_per_case"]) == len(run["heldout"]) == 3
+    fold = datasets.model_folder(env, run["id"], TRAINER, CONFIGURATION) / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER
+    training_log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "narrow-band loss: weight 1.0, radius 2 mm -> voxels per scale [(2, 2, 2)," in training_log
+    # the short variant cut epochs (2) and iterations: no third epoch, final validation done
+    assert "Epoch 1" in training_log and "Epoch 2" not in training_log
+    assert (fold / "validation" / "summary.json").is_file()
     # a trainer without attention: explain gives the prediction picture and says there is nothing else to show
     explained = run["work"] / "explain_nb"
     printed = explain(run, TRAINER, CONFIGURATION, run["images"] / f"{run['heldout'][0]}_0000.nii.gz", explained)

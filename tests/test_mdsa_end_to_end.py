@@ -38,7 +38,7 @@ def test_isic_2017_in_2d_through_convert_2d_and_the_cli(isic_nnunet):
     _assert_mdsa_checkpoint(_checkpoint(env, run["id"], "nnUNetPlans", "2d"))
 
     predictions = run["work"] / "predictions_mdsa"
-    commands.predict(run["images"], predictions, run["id"], "2d", 0, TRAINER, env, log)
+    commands.predict(run["images"], predictions, run["id"], "2d", 0, TRAINER, env, log, sequential=True)
     assert sorted(p.name for p in predictions.glob("*.png")) == sorted(p.name for p in run["labels"].glob("*.png"))
     summary = commands.evaluate(
         run["labels"], predictions, datasets.model_folder(env, run["id"], TRAINER, "2d"), env, log
@@ -63,7 +63,9 @@ def test_hippocampus_in_3d_train_predict_evaluate(hippocampus):
     commands.train(run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans)
     _assert_mdsa_checkpoint(_checkpoint(run["env"], run["id"], plans, "3d_fullres"))
     out = run["work"] / f"pred_mdsa_{plans}"
-    commands.predict(run["images"], out, run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans)
+    commands.predict(
+        run["images"], out, run["id"], "3d_fullres", 0, TRAINER, run["env"], run["log"], plans=plans, sequential=True
+    )
     summary = commands.evaluate(
         run["labels"],
         out,

@@ -59,7 +59,7 @@ def test_variant_trains_predicts_and_evaluates_through_the_cli(base, hippocampus
         assert f"Swin weights from {swin_tiny_checkpoint}" in training_log
 
     predictions = run["work"] / f"predictions_{base}"
-    commands.predict(run["images"], predictions, dataset_id, "3d_fullres", 0, trainer, env, log)
+    commands.predict(run["images"], predictions, dataset_id, "3d_fullres", 0, trainer, env, log, sequential=True)
     summary = commands.evaluate(run["labels"], predictions, model, env, log)
     assert_dice(summary, ["1", "2"], len(run["heldout"]))
 

@@ -238,9 +238,16 @@ def predict(
     extra: Sequence[str] = (),
     on_line: Callable[[str], None] | None = None,
     echo: bool = True,
+    sequential: bool = False,
 ) -> list[TimedLine]:
-    """``nnUNetv2_predict`` with the model of one fold, or the ensemble of several; ``tta``: nnU-Net's mirroring."""
+    """``nnUNetv2_predict`` with the model of one fold, or the ensemble of several; ``tta``: nnU-Net's mirroring.
+
+    On the CPU one preprocessing and one export worker (``-npp 1 -nps 1``): nnU-Net's pipeline, whose per-case lines
+    ``prediction_timing`` reads. ``sequential``: nnU-Net's own sequential predictor (``-npp 0 -nps 0``), no worker
+    processes at all: for a few small cases, where each spawned worker's start-up (importing torch and nnU-Net,
+    seconds) costs more than the overlap gains; it prints no per-case lines."""
     folds = [folds] if isinstance(folds, (int, str)) else list(folds)
+    workers = ["-npp", "0", "-nps", "0"] if sequential else ["-npp", "1", "-nps", "1"] if device == "cpu" else []
     return run_command(
         [
             "nnUNetv2_predict",
@@ -262,7 +269,7 @@ def predict(
             device,
             "--disable_progress_bar",
             *([] if tta else ["--disable_tta"]),
-            *(["-npp", "1", "-nps", "1"] if device == "cpu" else []),
+            *workers,
             *extra,
         ],
         env,
