@@ -113,6 +113,7 @@ def predict(data: Path, trainer: str, budget: str, device: str) -> dict[str, Any
         env,
         data / "predict.log",
         device=device,
+        sequential=device == "cpu",  # the dry run: nnU-Net's sequential predictor, no worker start-ups to wait for
     )
     wall = time.perf_counter() - t0
     cases: dict[str, Any] = {}

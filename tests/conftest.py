@@ -139,7 +139,11 @@ def isic_nnunet(shared_data, tmp_path_factory) -> dict:
         env = commands.work_environment(work)
         isic = shared_data / "ISIC2017_256"
         small = downsize_2d_pairs(
-            isic / "images", isic / "masks", work / "isic64", cases=ISIC_TRAINING_CASES + ISIC_HELDOUT_CASES, size=ISIC_SIZE
+            isic / "images",
+            isic / "masks",
+            work / "small",
+            cases=ISIC_TRAINING_CASES + ISIC_HELDOUT_CASES,
+            size=ISIC_SIZE,
         )
         dataset = convert_2d(
             small / "images",

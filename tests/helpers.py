@@ -41,6 +41,25 @@ def assert_dice(summary: dict, labels: list[str], cases: int | None = None) -> N
         assert len(summary["metric_per_case"]) == cases
 
 
+def assert_predicted(predictions: Path, references: Path, labels: set[int]) -> None:
+    """``predictions`` holds one label map per reference in ``references`` (same file name), on the reference's
+    grid (size, spacing, origin, direction), with values among ``labels``. Checked in the test's process: nnU-Net's
+    own scoring of our networks' predictions is its final validation, which every ``nnUNetv2_train`` here runs
+    (``validation/summary.json``), and ``nnUNetv2_evaluate_folder`` runs in the NB and BSA end-to-end tests."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    wanted = sorted(p.name for p in references.iterdir() if p.is_file())
+    assert wanted and sorted(p.name for p in predictions.iterdir() if p.name in wanted) == wanted, wanted
+    for name in wanted:
+        reference, predicted = (sitk.ReadImage(str(folder / name)) for folder in (references, predictions))
+        assert predicted.GetSize() == reference.GetSize(), name
+        assert np.allclose(predicted.GetSpacing(), reference.GetSpacing()), name
+        assert np.allclose(predicted.GetOrigin(), reference.GetOrigin()), name
+        assert np.allclose(predicted.GetDirection(), reference.GetDirection()), name
+        assert set(np.unique(sitk.GetArrayFromImage(predicted)).tolist()) <= labels, name
+
+
 def explain(
     run: dict, trainer: str, configuration: str, image: Path, output: Path, *extra: str, plans: str = "nnUNetPlans"
 ) -> str:
