@@ -2,10 +2,11 @@
 
 Those whose network differs from their main trainer's (the bilateral ones) go through nnU-Net's own CLI:
 ``nnUNetv2_train`` (its final validation scores the network) and ``nnUNetv2_predict``, as a user types them (about a
-minute each on 2 CPU cores); the predictions are checked against the references' grids and labels. The loss and optimiser variants build their main trainer's network, which the main trainers'
-end-to-end tests train, predict and evaluate through the CLI: here nnU-Net's own trainer lookup finds each (what
-``nnUNetv2_train -tr`` runs), it is built from the prepared dataset's plans, takes a training step and saves a
-checkpoint that names it (one training per network and configuration per run). Slow: CI runs them.
+minute each on 2 CPU cores); the predictions are checked against the references' grids and labels. The loss and
+optimiser variants build their main trainer's network, which the main trainers' end-to-end tests train, predict and
+evaluate through the CLI: here nnU-Net's own trainer lookup finds each (what ``nnUNetv2_train -tr`` runs), it is
+built from the prepared dataset's plans, takes a training step and saves a checkpoint that names it (one training
+per network and configuration per run). Slow: CI runs them.
 """
 
 from __future__ import annotations
