@@ -451,7 +451,10 @@ def gather_piece(piece: Piece, work: Path, results_file: Path, command: str) -> 
     compare = json.loads((piece.folder(work) / "compare.json").read_text())
     root = datasets.dataset_folder(piece.folder(work) / "nnUNet_results", compare["dataset"]["id"])
     old = json.loads(results_file.read_text()) if results_file.is_file() else None
-    merged = merge(old, piece.dataset, record_from_compare(compare, root), command)
+    record = record_from_compare(compare, root)
+    if not record["runs"]:  # nothing finished (every run failed): no empty table, the piece is run again next time
+        return old or {}
+    merged = merge(old, piece.dataset, record, command)
     results_file.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(results_file, merged)
     return merged

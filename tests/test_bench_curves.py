@@ -316,3 +316,15 @@ def test_pieces_merge_into_one_json_plot_and_section_and_finished_ones_are_skipp
     assert not calls and set(json.loads(results.read_text())["datasets"]["cvc"]["budgets"]["20x5b2"]["runs"]) == {
         "nnUNetTrainer"
     }
+
+
+def test_a_piece_whose_runs_all_failed_merges_nothing(tmp_path):
+    """A piece whose every run failed (its data was broken) adds no empty table: the results stay as they were."""
+    piece = curves.Piece("cvc", "2x5b2", ("nnUNetTrainer", "nnUNetTrainerBSA"))
+    compare = _fake_compare(piece, tmp_path / "work", tmp_path, "")
+    for run in compare["runs"].values():
+        run.update(status="failed", reason="nnUNetv2_train failed with exit code 1: see x.log")
+    (piece.folder(tmp_path / "work") / "compare.json").write_text(json.dumps(compare))
+    results = tmp_path / "curves-cpu.json"
+    assert curves.gather_piece(piece, tmp_path / "work", results, "") == {} and not results.exists()
+    assert curves.piece_state(piece, tmp_path / "work") == "started"  # run again by the next --all

@@ -161,6 +161,34 @@ def test_refuses_the_folder_of_another_comparison(planned, capsys):
     assert "is not empty and holds no compare.json" in _refused(capsys, *BASE, "-o", str(stray))
 
 
+@pytest.mark.parametrize("written", [2, 3])
+def test_a_preprocessing_stopped_part_way_is_redone_before_any_training(planned, monkeypatch, capsys, written):
+    """nnU-Net writes each case's .pkl last: a case without one was not finished (a compare or machine stopped during
+    preprocessing), and nnUNetv2_train would fail only when it draws that case. Complete data is left alone."""
+    from nnunet_sparseattn.compare import run as compare_run
+
+    labels = planned / "raw" / "Dataset999_Contracts" / "labelsTr"
+    data = planned / "pre" / "Dataset999_Contracts" / "nnUNetPlans_3d_fullres"
+    data.mkdir()
+    for i in range(3):
+        (labels / f"case_{i:03d}.nii.gz").write_bytes(b"")
+        (data / f"case_{i:03d}.b2nd").write_bytes(b"")
+    for i in range(written):
+        (data / f"case_{i:03d}.pkl").write_bytes(b"")
+    calls = []
+    monkeypatch.setattr(compare_run.commands, "preprocess", lambda *args, **kwargs: calls.append(args[:3]))
+    request = CompareRequest(
+        999, "3d_fullres", planned / "out", trainers=["nnUNetTrainerNB"], budget="tiny", device="cpu"
+    )
+    Comparison(request, echo=print).prepare()
+    out = capsys.readouterr().out
+    if written == 3:
+        assert calls == [] and "preprocessing" not in out
+    else:
+        assert calls == [(999, "nnUNetPlans", "3d_fullres")]
+        assert "preprocessing 3d_fullres for nnUNetPlans, 1 of 3 cases missing" in out
+
+
 def test_a_resumed_comparison_counts_the_flops_of_its_kept_runs_again(planned):
     """Finished runs are kept (nothing trained or predicted again) but their FLOPs are counted with today's counter
     (an earlier one counted every CPU attention as 0): a rerun of the same command refreshes a report's cost. A run

@@ -273,12 +273,19 @@ class Comparison:
             if baseline.plans in needed and baseline.planner and not self._plans_file(baseline.plans).is_file():
                 self.echo(f"planning the {baseline.label} baseline with {baseline.planner} (log: {log})")
                 commands.plan_experiment(self.dataset_id, baseline.planner, self.env, log, echo=False)
+        training = datasets.labelled_cases(
+            self.raw / "labelsTr", datasets.read_json(self.raw / "dataset.json")["file_ending"]
+        )
         for plans in sorted(needed):
             content = self._check_configuration(plans)
             identifier = content["configurations"][self.configuration].get("data_identifier")
             folder = self._plans_file(plans).parent
-            if identifier is None or not (folder / identifier).is_dir() or not any((folder / identifier).iterdir()):
-                self.echo(f"preprocessing {self.configuration} for {plans} (nnUNetv2_preprocess; log: {log})")
+            missing = datasets.missing_preprocessed_cases(folder / str(identifier), training)
+            if identifier is None or missing:
+                # an earlier preprocessing stopped part-way (compare killed, the machine stopped): nnU-Net's
+                # preprocessing writes every case again
+                partly = f", {len(missing)} of {len(training)} cases missing" if len(missing) < len(training) else ""
+                self.echo(f"preprocessing {self.configuration} for {plans}{partly} (nnUNetv2_preprocess; log: {log})")
                 commands.preprocess(self.dataset_id, plans, self.configuration, self.env, log, echo=False)
 
     def _model_folder(self, run: Run) -> Path:

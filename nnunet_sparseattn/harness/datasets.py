@@ -129,6 +129,14 @@ def labelled_cases(labels: Path, file_ending: str) -> list[str]:
     return sorted(p.name[: -len(file_ending)] for p in labels.iterdir() if p.name.endswith(file_ending))
 
 
+def missing_preprocessed_cases(folder: Path, cases: Iterable[str]) -> list[str]:
+    """The ``cases`` nnU-Net's preprocessing has not finished in ``folder``. It writes each case's arrays, then its
+    ``.pkl`` (every dataset format of nnU-Net 2.8): a preprocessing stopped part-way leaves cases without one, and
+    nnUNetv2_train fails only when it draws such a case, minutes or hours later."""
+    written = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    return [case for case in cases if f"{case}.pkl" not in written]
+
+
 def copy_cases(cases: Iterable[str], source: HeldOut, images: Path, labels: Path, file_ending: str) -> list[str]:
     """Copy the images (every channel) and labels of ``cases`` into ``images`` and ``labels`` (made if missing); a
     case without images or label is refused in one line. Returns the cases."""
