@@ -281,9 +281,9 @@ class Comparison:
             identifier = content["configurations"][self.configuration].get("data_identifier")
             folder = self._plans_file(plans).parent
             missing = datasets.missing_preprocessed_cases(folder / str(identifier), training)
-            if identifier is None or missing:
-                # an earlier preprocessing stopped part-way (compare killed, the machine stopped): nnU-Net's
-                # preprocessing writes every case again
+            if identifier is None or not (folder / identifier).is_dir() or missing:
+                # not preprocessed yet, or an earlier preprocessing stopped part-way (compare killed, the machine
+                # stopped): nnU-Net's preprocessing writes every case again
                 partly = f", {len(missing)} of {len(training)} cases missing" if len(missing) < len(training) else ""
                 self.echo(f"preprocessing {self.configuration} for {plans}{partly} (nnUNetv2_preprocess; log: {log})")
                 commands.preprocess(self.dataset_id, plans, self.configuration, self.env, log, echo=False)
