@@ -93,12 +93,11 @@ def test_msd_hippocampus_through_the_cli(hippocampus_nnunet):
     commands.train(run["id"], CONFIGURATION, 0, TRAINER, env, log)
     predictions = run["work"] / "predictions_nb"
     commands.predict(run["images"], predictions, run["id"], CONFIGURATION, 0, TRAINER, env, log, sequential=True)
-    summary = commands.evaluate(
-        run["labels"], predictions, datasets.model_folder(env, run["id"], TRAINER, CONFIGURATION), env, log
-    )
+    model = datasets.model_folder(env, run["id"], TRAINER, CONFIGURATION)
+    summary = commands.evaluate(run["labels"], predictions, model, env, log)
     assert_dice(summary, ["1", "2"])
     assert len(summary["metric_per_case"]) == len(run["heldout"]) == 3
-    fold = datasets.model_folder(env, run["id"], TRAINER, CONFIGURATION) / "fold_0"
+    fold = model / "fold_0"
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == TRAINER
     training_log = next(fold.glob("training_log_*.txt")).read_text()

@@ -280,8 +280,9 @@ class Comparison:
             content = self._check_configuration(plans)
             identifier = content["configurations"][self.configuration].get("data_identifier")
             folder = self._plans_file(plans).parent
-            missing = datasets.missing_preprocessed_cases(folder / str(identifier), training)
-            if identifier is None or not (folder / identifier).is_dir() or missing:
+            data = folder / identifier if identifier is not None else None
+            missing = datasets.missing_preprocessed_cases(data, training) if data is not None else training
+            if data is None or not data.is_dir() or missing:
                 # not preprocessed yet, or an earlier preprocessing stopped part-way (compare killed, the machine
                 # stopped): nnU-Net's preprocessing writes every case again
                 partly = f", {len(missing)} of {len(training)} cases missing" if len(missing) < len(training) else ""
