@@ -13,7 +13,7 @@ import pydoc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -21,9 +21,6 @@ import torch.nn as nn
 
 from benchmarks.common import PLANS_DIR, cpu_peak_bytes, memory_events, sync
 from nnunet_sparseattn.plans.variants import VARIANTS
-
-if TYPE_CHECKING:
-    from benchmarks.speed.before import BeforeTree
 
 PLANS = ("hippocampus_3d_fullres", "isic2017_2d", "six_stage_128_3d")
 STOCK = "stock"
@@ -460,6 +457,16 @@ class StepRunner(Protocol):
     def time(self, steps: int) -> tuple[float, float, list[float]]: ...
 
     def close(self) -> None: ...
+
+
+class BeforeTree(Protocol):
+    """The ``--before`` tree as :func:`measure_plan` uses it (``benchmarks.speed.before.BeforeTree``; declared here
+    so that this module imports nothing from the one that imports it)."""
+
+    ref: str
+    commit: str
+
+    def runner(self, key: str, plan_name: str, settings: Settings) -> StepRunner: ...
 
 
 @dataclass(frozen=True)
