@@ -78,6 +78,11 @@ def train(data: Path, trainer: str, budget: str, device: str, compile: bool) -> 
     timing = json.loads((fold / budgets.TIMING_FILE).read_text())
     iterations = timing["iterations"]
     losses = [it["loss"] for it in iterations]
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    # the trainer's "auto" activation checkpointing: its prediction and decision, as the log states them
+    decision = [
+        x.split(": ", 1)[-1] for x in log.splitlines() if "Training memory predicted" in x or "checkpointing:" in x
+    ]
     return {
         "trainer": name,
         "compile": compile,
@@ -89,6 +94,7 @@ def train(data: Path, trainer: str, budget: str, device: str, compile: bool) -> 
         **budgets.summarize_iterations(iterations),
         **budgets.peak_memory(timing),
         "checkpoint_final": (fold / "checkpoint_final.pth").is_file(),
+        "activation_checkpointing": decision[-1] if decision else None,
     }
 
 

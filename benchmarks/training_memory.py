@@ -41,15 +41,13 @@ recommended (column "checkpointing needed").
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import gc
 import json
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -65,24 +63,22 @@ from benchmarks.common import (
 )
 from benchmarks.speed.measure import (
     NETWORKS,
-    PLANNER_VRAM_BYTES,
     PLANS,
     STOCK,
     Plan,
     build_loss,
     build_network,
-    countable_attention,
     held_bytes,
     load_plan,
     tiny_plan,
 )
+from nnunet_sparseattn import memory
 from nnunet_sparseattn.architectures.base import PlansNetwork
 from nnunet_sparseattn.layers.checkpointing import SavedTensorCounter
 
 RESULTS_FILE = RESULTS / "training-memory.json"
 MARKERS = ("<!-- training-memory:begin -->", "<!-- training-memory:end -->")
 SCHEMA = 1
-BUDGET_RATIO = 1.3
 # optimizer state per parameter byte, as each network's default trainer configures it
 OPTIMIZER = {
     STOCK: ("SGD momentum", 1),
@@ -96,24 +92,6 @@ TIMED_STEPS = 2
 
 
 # ------------------------------------------------------------------------------------------------- the count
-@contextlib.contextmanager
-def cuda_autocast(dtype: Optional[torch.dtype]) -> Iterator[None]:
-    """CUDA autocast's dispatch on (fake) CUDA tensors without a GPU: ``torch.autocast("cuda")`` checks for a
-    device and disables itself, the state functions underneath it do not. ``None``: float32, nothing switched."""
-    if dtype is None:
-        yield
-        return
-    torch.set_autocast_enabled("cuda", True)
-    torch.set_autocast_dtype("cuda", dtype)
-    torch.autocast_increment_nesting()
-    try:
-        yield
-    finally:
-        if torch.autocast_decrement_nesting() == 0:
-            torch.clear_autocast_cache()
-        torch.set_autocast_enabled("cuda", False)
-
-
 def batch_tensors(plan: Plan, batch: int, device: str, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A batch of the plans' shapes and its deep-supervision targets (as nnU-Net's data loader downsamples them)."""
     g = torch.Generator().manual_seed(seed)
@@ -125,37 +103,19 @@ def batch_tensors(plan: Plan, batch: int, device: str, seed: int = 0) -> tuple[t
     return data, targets
 
 
-_FAKE_MODE: Any = None
-
-
-def fake_mode() -> Any:
-    """One FakeTensorMode for the process: the layers cache small index tensors per shape and device (routing
-    layouts, window masks), and a cached fake tensor must belong to the mode of every later count."""
-    global _FAKE_MODE
-    if _FAKE_MODE is None:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        _FAKE_MODE = FakeTensorMode()
-    return _FAKE_MODE
-
-
 def count_saved(network: nn.Module, plan: Plan, batch: int, precision: str) -> SavedTensorCounter:
-    """Bytes a training forward + loss keeps for backward, on fake CUDA tensors (see the module docstring)."""
-    loss = build_loss(plan, compile_dice=False)
-    # a copy: functional_call inside FakeTensorMode leaves the fake tensors in the module it ran (torch 2.14)
-    network = copy.deepcopy(network).train()
-    mode = fake_mode()
-    with mode:
-        state = {
-            name: mode.from_tensor(t).to("cuda") for name, t in (*network.named_parameters(), *network.named_buffers())
-        }
-        params = [state[name].requires_grad_(True) for name, _ in network.named_parameters()]
-        data, targets = batch_tensors(plan, batch, "cuda")
-        counter = SavedTensorCounter(exclude=params)
-        dtype = None if precision == "float32" else getattr(torch, precision)
-        with counter, countable_attention(network), cuda_autocast(dtype):
-            loss(torch.func.functional_call(network, state, (data,)), targets)
-    return counter
+    """Bytes a training forward + loss keeps for backward, on fake CUDA tensors: the trainers' own count
+    (``nnunet_sparseattn.memory``, which decides the plans' "auto" checkpointing)."""
+    return memory.count_saved(
+        network,
+        plan.patch_size,
+        batch,
+        plan.input_channels,
+        plan.num_classes,
+        plan.configuration["batch_dice"],
+        "cuda",
+        None if precision == "float32" else getattr(torch, precision),
+    )
 
 
 def state_bytes(key: str, network: nn.Module) -> dict[str, int]:
@@ -365,7 +325,7 @@ def run(plans: list[str], networks: list[str], measure: list[str]) -> dict[str, 
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "budget": {"ratio_to_stock": BUDGET_RATIO, "planner_bytes": PLANNER_VRAM_BYTES},
+        "budget": {"ratio_to_stock": memory.BUDGET_RATIO, "planner_bytes": memory.PLANNER_TARGET_BYTES},
         "plans": {},
     }
     t0 = time.perf_counter()
@@ -402,7 +362,7 @@ def judge(entry: dict[str, Any]) -> None:
     if STOCK not in networks:
         return
     stock = networks[STOCK]["float16"]["total_bytes"]
-    budget = min(BUDGET_RATIO * stock, PLANNER_VRAM_BYTES) if stock <= PLANNER_VRAM_BYTES else BUDGET_RATIO * stock
+    budget = memory.memory_budget(stock)  # the trainers' "auto" checkpointing budget
     for key, record in networks.items():
         for variant in ("float16", "float16_checkpointed"):
             if variant in record:
@@ -426,8 +386,9 @@ def render(results: dict[str, Any]) -> str:
         "total = saved + state. fp16: CUDA's fp16 autocast, as nnU-Net trains on a GPU. ckpt: activation "
         "checkpointing of the attention blocks on (the bilateral network: also its ResNeXt encoder blocks; plans "
         'setting `"activation_checkpointing": true`). Budget: '
-        f"{BUDGET_RATIO}x stock nnU-Net's fp16 total, at most the planner's 8 GB. Routed attention counted on its "
-        "gather path (an upper bound for BSA/MDSA on a GPU, where flex attention keeps less).",
+        f"{memory.BUDGET_RATIO}x stock nnU-Net's fp16 total, at most the planner's 8 GB; a network over it trains "
+        'with checkpointing on a GPU by default (the plans setting "auto"). Routed attention counted on its gather '
+        "path (an upper bound for BSA/MDSA on a GPU, where flex attention keeps less).",
         "",
         "| plan (patch, batch) | network | saved fp32 | saved fp16 | state | total fp16 | x stock | "
         "saved fp16 ckpt | total fp16 ckpt | x stock ckpt | within budget (ckpt) |",

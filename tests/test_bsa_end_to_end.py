@@ -44,6 +44,8 @@ def test_predict_and_evaluate_with_a_bsa_model(hippocampus, plans):
     assert saved["network_class_name"].startswith(expected)
     training_log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
     assert "narrow-band loss" in training_log and "Epoch 1" in training_log and "Epoch 2" not in training_log
+    # the plans' "activation_checkpointing" is "auto" when absent: our initialize decided, after nnU-Net's, on the CPU
+    assert 'Activation checkpointing: off ("auto" decides for CUDA training' in training_log
     out = run["work"] / f"pred_bsa_{plans}"
     commands.predict(
         run["images"],

@@ -149,4 +149,5 @@ def test_the_nnunet_command_trains_and_predicts_through_nnunets_cli(shared_data,
     assert [s["step"] for s in summary["steps"]] == ["env", "tests-nnunet", "train", "predict"]
     train = summary["results"]["nnunet-train.json"]
     assert train["losses_finite"] and train["iterations"] == 2 and train["checkpoint_final"]
+    assert train["activation_checkpointing"].startswith('Activation checkpointing: off ("auto"')  # the CPU
     assert summary["results"]["nnunet-predict.json"]["all_predicted"]

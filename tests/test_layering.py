@@ -19,6 +19,7 @@ RANKS = {
     "nnunet_sparseattn.layers": 1,
     "nnunet_sparseattn.losses": 1,
     "nnunet_sparseattn.complexity": 1,
+    "nnunet_sparseattn.memory": 1,
     "nnunet_sparseattn.model_stamp": 1,
     "nnunet_sparseattn.architectures": 2,
     "nnunet_sparseattn.trainers": 3,

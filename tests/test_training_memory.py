@@ -131,27 +131,130 @@ def test_checkpointing_keeps_outputs_and_gradients(key):
         torch.testing.assert_close(checkpointed(x)[0], plain(x)[0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("setting", [True, False, "yes"])
+@pytest.mark.parametrize("setting", [True, False, "auto", None, "yes"])
 def test_plans_setting_switches_checkpointing_in_the_trainers_network(setting):
-    import json
-
+    """true: on when the network is built (training and inference alike); false, "auto" and no setting: off when
+    built ("auto" decides in ``initialize``, for CUDA training); anything else: one line naming the setting."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_sparseattn.architectures.base import PlansError
+    from nnunet_sparseattn.trainers.architecture import checkpointing_setting
     from nnunet_sparseattn.trainers.mdsa import nnUNetTrainerMDSA
 
     record = json.loads((ns.PLANS_DIR / "hippocampus_3d_fullres.json").read_text())
-    record["plans"]["configurations"][record["configuration"]]["activation_checkpointing"] = setting
+    if setting is not None:
+        record["plans"]["configurations"][record["configuration"]]["activation_checkpointing"] = setting
     manager = PlansManager(record["plans"])
     configuration = manager.get_configuration(record["configuration"])
     build = nnUNetTrainerMDSA.build_network_architecture
-    if not isinstance(setting, bool):
-        with pytest.raises(PlansError, match="activation_checkpointing='yes'"):
+    if setting == "yes":
+        with pytest.raises(PlansError, match="activation_checkpointing='yes'.*true, false or \"auto\""):
             build(manager, configuration, 1, 3, True)
         return
+    assert checkpointing_setting(configuration) == ("auto" if setting is None else setting)
     network = build(manager, configuration, 1, 3, True)
     blocks = sum(type(m).__name__ == "MDSABlock" for m in network.modules())
-    assert blocks > 0 and checkpointed_blocks(network) == (blocks if setting else 0)
+    assert blocks > 0 and checkpointed_blocks(network) == (blocks if setting is True else 0)
+
+
+def test_memory_budget_is_the_ratio_capped_at_the_planners_target_where_stock_fits_it():
+    from nnunet_sparseattn.memory import memory_budget
+
+    gb = 10**9
+    assert memory_budget(1 * gb) == 1.3 * gb
+    assert memory_budget(7 * gb) == 8 * gb  # 9.1 GB would leave the 8 GB the plans were made for
+    assert memory_budget(20 * gb) == 26 * gb  # plans for a larger GPU (ResEnc L: 24 GB) keep the ratio
+
+
+def test_optimizer_state_copies():
+    from nnunet_sparseattn.memory import optimizer_state_copies
+
+    params = [nn.Parameter(torch.zeros(2))]
+    assert optimizer_state_copies(torch.optim.SGD(params, 0.1, momentum=0.99)) == 1
+    assert optimizer_state_copies(torch.optim.SGD(params, 0.1)) == 0
+    assert optimizer_state_copies(torch.optim.AdamW(params)) == 2
+
+
+def test_stock_reference_is_the_network_the_plans_name_or_plain_unet_for_ours():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_sparseattn.trainers.architecture import stock_network
+
+    record = json.loads((ns.PLANS_DIR / "hippocampus_3d_fullres.json").read_text())
+    configuration = record["plans"]["configurations"][record["configuration"]]
+    arch = configuration["architecture"]
+    assert type(stock_network(PlansManager(record["plans"]).get_configuration("3d_fullres"), 1, 3)) is PlainConvUNet
+    arch["network_class_name"] = "nnunet_sparseattn.architectures.bsa.BSAUNet"  # a variant plans file names ours
+    network = stock_network(PlansManager(record["plans"]).get_configuration("3d_fullres"), 1, 3)
+    assert type(network) is PlainConvUNet and network.decoder.deep_supervision
+    arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    arch["arch_kwargs"]["n_blocks_per_stage"] = arch["arch_kwargs"].pop("n_conv_per_stage")
+    network = stock_network(PlansManager(record["plans"]).get_configuration("3d_fullres"), 1, 3)
+    assert type(network) is ResidualEncoderUNet
+
+
+def _hippocampus_trainer(make, trainer_class: type, **configuration):
+    record = json.loads((ns.PLANS_DIR / "hippocampus_3d_fullres.json").read_text())
+    record["plans"]["configurations"][record["configuration"]].update(configuration)
+    return make(trainer_class, record["plans"], record["configuration"], record["dataset_json"])
+
+
+def _log(trainer) -> str:
+    return open(trainer.log_file).read()
+
+
+def test_auto_checkpointing_turns_on_where_cuda_training_exceeds_the_budget(trainer_without_data):
+    """The Hippocampus 3d_fullres plans at their own patch and batch (9): BSA predicts 1.26 GB under fp16 against
+    stock nnU-Net's 0.81 GB (1.56x, over 1.3x): checkpointing on, and the prediction with it within the budget. The
+    count runs on fake CUDA tensors: no GPU needed."""
+    from nnunet_sparseattn.trainers import nnUNetTrainerBSA
+
+    trainer = _hippocampus_trainer(trainer_without_data, nnUNetTrainerBSA)
+    assert checkpointed_blocks(trainer.network) == 0
+    assert trainer.checkpoint_if_over_budget("cuda") is True
+    blocks = checkpointed_blocks(trainer.network)
+    assert blocks >= sum(type(m).__name__ == "BSABlock" for m in trainer.network.modules()) > 0
+    line = next(x for x in _log(trainer).splitlines() if "Training memory predicted" in x)
+    assert "batch 9, patch [40, 56, 40], fp16): 1.26 GB, stock nnU-Net's 0.81 GB, budget 1.05 GB" in line
+    after = float(line.split(" GB predicted with it")[0].rsplit(" ", 1)[-1])
+    assert f"activation checkpointing on for {blocks} blocks" in line and after <= 1.05
+
+
+def test_auto_checkpointing_stays_off_within_the_budget_and_off_the_gpu(trainer_without_data, monkeypatch):
+    from nnunet_sparseattn.trainers import architecture, nnUNetTrainerBSA
+
+    trainer = _hippocampus_trainer(trainer_without_data, nnUNetTrainerBSA)
+    # the CPU: nothing counted (the budget is GPU memory), said in the log
+    monkeypatch.setattr(architecture, "predict_training_memory", None)
+    assert trainer.checkpoint_if_over_budget("cpu") is False
+    assert 'Activation checkpointing: off ("auto" decides for CUDA training' in _log(trainer)
+    monkeypatch.undo()
+    # a budget the prediction is within (a GPU's worth): off
+    monkeypatch.setattr(architecture, "memory_budget", lambda stock: 100 * stock)
+    assert trainer.checkpoint_if_over_budget("cuda") is False
+    assert checkpointed_blocks(trainer.network) == 0
+    assert _log(trainer).rstrip().endswith("activation checkpointing off")
+
+
+def test_initialize_decides_only_for_auto(trainer_without_data, monkeypatch):
+    """nnU-Net's ``initialize`` then the decision, once; explicit true/false and a trainer's own switch skip it."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_sparseattn.harness.trainers import initialize_without_data
+    from nnunet_sparseattn.trainers import nnUNetTrainerBSA
+
+    monkeypatch.setattr(nnUNetTrainer, "initialize", initialize_without_data)
+    decided: list[str] = []
+    monkeypatch.setattr(nnUNetTrainerBSA, "checkpoint_if_over_budget", lambda self, device: decided.append(device))
+    for setting, expected in ((None, ["cpu"]), ("auto", ["cpu"]), (False, []), (True, [])):
+        extra = {} if setting is None else {"activation_checkpointing": setting}
+        trainer = _hippocampus_trainer(trainer_without_data, nnUNetTrainerBSA, **extra)
+        trainer.was_initialized = False
+        decided.clear()
+        trainer.initialize()
+        trainer.initialize()  # nnU-Net calls it again when it resumes: nothing more
+        assert decided == expected, setting
 
 
 def test_benchmark_counts_fake_cuda_as_the_cpu_counts_real_tensors():

@@ -48,6 +48,7 @@ def benchmark_networks() -> dict[str, NetworkSpec]:
 
 NETWORKS = benchmark_networks()  # the methods registered when the benchmark starts
 # The VRAM the plans were made for: nnU-Net's default planner (ExperimentPlanner, gpu_memory_target_in_gb=8)
+# nnunet_sparseattn.memory.PLANNER_TARGET_BYTES, restated: --before runs this file against older packages
 PLANNER_VRAM_BYTES = 8 * 10**9
 
 
@@ -142,7 +143,9 @@ def build_network(key: str, plan: Plan, deep_supervision: bool) -> nn.Module:
 
 def build_loss(plan: Plan, compile_dice: bool, backend: str = "inductor") -> nn.Module:
     """nnU-Net's loss for these plans, as ``nnUNetTrainer._build_loss`` makes it for label (not region) training
-    without DDP: DC + CE with ``MemoryEfficientSoftDiceLoss`` in a ``DeepSupervisionWrapper``."""
+    without DDP: DC + CE with ``MemoryEfficientSoftDiceLoss`` in a ``DeepSupervisionWrapper``. The package's
+    ``memory.nnunet_loss``, restated (``--before`` runs this file against older packages; a test holds the
+    two to the same saved bytes)."""
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -246,7 +249,10 @@ def held_bytes(network: nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 @contextlib.contextmanager
 def countable_attention(network: nn.Module) -> Iterator[None]:
-    """Routed attention counted as the FLOPs it does: flex attention's formula counts the dense score matrix whatever
+    """The package's ``use_backend(network, "gather")``, restated: ``--before`` runs this file against commits that
+    predate it.
+
+    Routed attention counted as the FLOPs it does: flex attention's formula counts the dense score matrix whatever
     the block mask skips, so while counting, routed attention runs through its gather backend (the same function, on
     the routed key regions only). SDPA itself is counted by ``nnunet_sparseattn.complexity.flop_counter`` (it adds
     the formula torch lacks for the CPU's kernel)."""

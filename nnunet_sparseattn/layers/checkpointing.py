@@ -117,5 +117,9 @@ def _outermost(network: nn.Module, block_types: tuple[type[nn.Module], ...]) -> 
 
     if isinstance(network, block_types):
         yield network
-    else:
-        yield from walk(network)
+        return
+    seen: set[int] = set()
+    for module in walk(network):  # a block registered under two parents (an alias) is one block
+        if id(module) not in seen:
+            seen.add(id(module))
+            yield module

@@ -36,7 +36,8 @@ Memory: gather holds ``topk`` copies of K and V (about ``2 * topk * N * C`` elem
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -70,6 +71,7 @@ __all__ = [
     "routed_attention_reference",
     "route_regions",
     "select_backend",
+    "use_backend",
 ]
 
 BACKENDS = ("auto", "gather", "flex")
@@ -592,3 +594,22 @@ class RoutedAttention(RegionAttention):
         return (
             f"channels={self.channels}, num_heads={self.num_heads}, {where}, topk={self.topk}, backend={self.backend!r}"
         )
+
+
+@contextlib.contextmanager
+def use_backend(network: nn.Module, backend: str) -> Iterator[None]:
+    """Every routed attention of ``network`` runs on ``backend`` inside the block (then back to its own).
+
+    Counts use ``"gather"``: it computes the routed key regions only, and what it keeps for backward is an upper
+    bound of flex's (flex's FLOP formula counts the dense score matrix whatever its block mask skips)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    routed: list[Any] = [m for m in network.modules() if isinstance(m, RegionAttention)]
+    saved = [m.backend for m in routed]
+    try:
+        for m in routed:
+            m.backend = backend
+        yield
+    finally:
+        for m, own in zip(routed, saved):
+            m.backend = own

@@ -2,14 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import pydoc
+from typing import Any, ClassVar, Literal, Union
 
+import torch
 import torch.nn as nn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_sparseattn.architectures.base import PlansError, PlansNetwork
+from nnunet_sparseattn.architectures.base import PlansError, PlansNetwork, normalize_plans_kwargs
+from nnunet_sparseattn.memory import (
+    memory_budget,
+    optimizer_state_copies,
+    predict_training_memory,
+    unwrap_network,
+)
 from nnunet_sparseattn.model_stamp import check_installed_version
+
+CheckpointingSetting = Union[bool, Literal["auto"]]
+
+
+def checkpointing_setting(configuration_manager: ConfigurationManager) -> CheckpointingSetting:
+    """The plans configuration's ``"activation_checkpointing"``: true, false or "auto" (the default)."""
+    setting = configuration_manager.configuration.get("activation_checkpointing", "auto")
+    if not isinstance(setting, bool) and setting != "auto":
+        raise PlansError(f'activation_checkpointing={setting!r} in the plans configuration: use true, false or "auto"')
+    return setting
+
+
+def stock_network(configuration_manager: ConfigurationManager, input_channels: int, num_classes: int) -> nn.Module:
+    """Stock nnU-Net's network for these plans (what ``nnUNetTrainer`` builds), deep supervision on: the network the
+    plans name, or ``PlainConvUNet`` on the same stages where they name one of ours (variant plans)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    name = configuration_manager.network_arch_class_name
+    located = pydoc.locate(name)
+    if isinstance(located, type) and issubclass(located, PlansNetwork):
+        shared = normalize_plans_kwargs(configuration_manager.network_arch_init_kwargs)
+        return PlainConvUNet(input_channels, num_classes=num_classes, deep_supervision=True, **shared)
+    return get_network_from_plans(
+        name,
+        configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import,
+        input_channels,
+        num_classes,
+        deep_supervision=True,
+    )
 
 
 class ArchitectureTrainer(nnUNetTrainer):
@@ -22,9 +61,9 @@ class ArchitectureTrainer(nnUNetTrainer):
 
     network_class: ClassVar[type[PlansNetwork]]
     network_kwargs: ClassVar[dict[str, Any]] = {}
-    # Activation checkpointing of the attention blocks (less training memory, one more forward of the blocks):
-    # on for a trainer that sets it, or by the plans configuration's "activation_checkpointing": true
-    # (benchmarks/training_memory.py predicts each network's training memory with and without it)
+    # Activation checkpointing of the attention blocks (less training memory, one more forward of the blocks): on for
+    # a trainer that sets this, else as the plans configuration's "activation_checkpointing" says: true, false, or
+    # "auto" (the default): on when CUDA training's predicted memory exceeds the budget (nnunet_sparseattn/memory.py)
     activation_checkpointing: ClassVar[bool] = False
 
     # A classmethod: nnU-Net calls it on the class at inference and on the instance in training. A shared model's plans
@@ -48,9 +87,58 @@ class ArchitectureTrainer(nnUNetTrainer):
             overrides=cls.network_kwargs,
             plans_network=configuration_manager.network_arch_class_name,
         )
-        setting = configuration_manager.configuration.get("activation_checkpointing", False)
-        if not isinstance(setting, bool):
-            raise PlansError(f"activation_checkpointing={setting!r} in the plans configuration: use true or false")
-        if cls.activation_checkpointing or setting:
+        if cls.activation_checkpointing or checkpointing_setting(configuration_manager) is True:
             network.enable_activation_checkpointing()
         return network
+
+    def initialize(self) -> None:
+        first = not self.was_initialized
+        super().initialize()
+        if first and not self.activation_checkpointing and checkpointing_setting(self.configuration_manager) == "auto":
+            # after nnU-Net's torch.compile, which is lazy: the first forward traces the checkpointed blocks
+            self.checkpoint_if_over_budget(self.device.type)
+
+    def checkpoint_if_over_budget(self, device_type: str) -> bool:
+        """``"auto"``: on CUDA, predict one training step's memory at this trainer's batch (fp16 autocast, its
+        optimizer) beside stock nnU-Net's on the same plans, and switch the attention blocks' activation
+        checkpointing on when ours exceeds :func:`~nnunet_sparseattn.memory.memory_budget`. Off elsewhere:
+        the plans' budget is GPU memory, and the recomputation costs CPU time. Returns whether it is on."""
+        network = unwrap_network(self.network)
+        assert isinstance(network, PlansNetwork)  # built by build_network_architecture
+        if device_type != "cuda":
+            self.print_to_log_file(
+                'Activation checkpointing: off ("auto" decides for CUDA training, where the plans\' memory budget '
+                f"applies; this trainer runs on {device_type})"
+            )
+            return False
+        cm = self.configuration_manager
+        common: dict[str, Any] = dict(
+            patch_size=cm.patch_size,
+            batch_size=self.batch_size,
+            input_channels=self.num_input_channels,
+            num_classes=self.label_manager.num_segmentation_heads,
+            batch_dice=cm.batch_dice,
+            device_type="cuda",
+            precision=torch.float16,
+        )
+        ours = predict_training_memory(network, optimizer_copies=optimizer_state_copies(self.optimizer), **common)
+        stock = stock_network(cm, common["input_channels"], common["num_classes"])
+        reference = predict_training_memory(stock, optimizer_copies=1, **common)  # nnU-Net's SGD with momentum
+        budget = memory_budget(reference.total_bytes)
+        on = ours.total_bytes > budget
+        text = (
+            f"Training memory predicted for one CUDA step (batch {self.batch_size}, patch {list(cm.patch_size)}, "
+            f"fp16): {ours.total_bytes / 1e9:.2f} GB, stock nnU-Net's {reference.total_bytes / 1e9:.2f} GB, budget "
+            f"{budget / 1e9:.2f} GB (1.3x stock's, at most 8 GB)"
+        )
+        if on:
+            blocks = network.enable_activation_checkpointing()
+            after = predict_training_memory(network, optimizer_copies=optimizer_state_copies(self.optimizer), **common)
+            text += (
+                f": activation checkpointing on for {blocks} blocks, {after.total_bytes / 1e9:.2f} GB predicted with "
+                'it (plans "activation_checkpointing": false turns it off)'
+            )
+        else:
+            text += ": activation checkpointing off"
+        self.print_to_log_file(text)
+        return on

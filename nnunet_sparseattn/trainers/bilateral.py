@@ -13,8 +13,6 @@ from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
-from torch._dynamo.eval_frame import OptimizedModule
-from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_sparseattn.architectures.bilateral import BilateralUNet
 from nnunet_sparseattn.architectures.swin_weights import (
@@ -23,6 +21,7 @@ from nnunet_sparseattn.architectures.swin_weights import (
 )
 from nnunet_sparseattn.errors import UserError
 from nnunet_sparseattn.layers.point_rendering import point_loss
+from nnunet_sparseattn.memory import unwrap_network
 from nnunet_sparseattn.trainers.architecture import ArchitectureTrainer
 from nnunet_sparseattn.trainers.optimizers import AdamWWarmupMixin
 
@@ -33,17 +32,7 @@ __all__ = [
     "nnUNetTrainerBilateral_SGD",
     "nnUNetTrainerBilateral_noRendering",
     "nnUNetTrainerBilateral_pretrained",
-    "unwrap_network",
 ]
-
-
-def unwrap_network(network: nn.Module) -> nn.Module:
-    """The network inside nnU-Net's DDP and ``torch.compile`` wrappers."""
-    if isinstance(network, DistributedDataParallel):
-        network = network.module
-    if isinstance(network, OptimizedModule):
-        network = network._orig_mod
-    return network
 
 
 class PointRenderingLoss(nn.Module):
