@@ -39,6 +39,7 @@ class OperatorDtypes(TorchDispatchMode):
         self.calls: list[tuple[str, tuple[torch.dtype, ...]]] = []
         self.where: list[str] = []
         self.inputs: list[list[torch.Tensor]] = []
+        self.output_dtypes: list[tuple[torch.dtype, ...]] = []  # of each call's floating outputs
         self.made_by: dict[int, int] = {}
         self._keep: list[torch.Tensor] = []  # every output stays alive: an id is never reused for another tensor
         self._stack: list[str] = [""]
@@ -65,6 +66,8 @@ class OperatorDtypes(TorchDispatchMode):
         self.where.append(self._stack[-1])
         self.inputs.append(flat)
         out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        self.output_dtypes.append(tuple(t.dtype for t in outs if isinstance(t, torch.Tensor) and t.is_floating_point()))
         for t in out if isinstance(out, (list, tuple)) else [out]:
             if isinstance(t, torch.Tensor):
                 self.made_by[id(t)] = len(self.calls) - 1
@@ -126,6 +129,34 @@ def test_network_keeps_softmax_routing_and_norms_float32_under_autocast(plan_nam
     cast_up = ops.cast_up(("_softmax", "_log_softmax", "topk", "sort"))
     assert [c for c in cast_up if c[3] != "AttentionRendering"] == []
     assert all(c[:2] == ("topk", "_to_copy") for c in cast_up)
+
+
+@pytest.mark.parametrize("key", ["bsa", "mdsa", "bilateral"])
+def test_a_float64_network_computes_in_float64_throughout(key):
+    """The float32 places cast 16 bits up, never 64 down (``layers/precision.py``): a float64 network is a numerical
+    reference (``benchmarks/compile.py`` holds inductor to one), so no operator of its forward turns float64 into
+    anything less (float32 tensors made from scratch, such as window masks or random keys, may join in)."""
+    plan = ns.tiny_plan(ns.load_plan("isic2017_2d"))
+    torch.manual_seed(0)
+    network = ns.build_network(key, plan, deep_supervision=True).double().train()
+    for router in (m for m in network.modules() if isinstance(m, Router)):
+        router.topk = 1  # routed, as in the test above
+    x = torch.randn(2, plan.input_channels, *plan.patch_size, dtype=torch.float64)
+    with OperatorDtypes(network) as ops:
+        outputs = network(x)
+    assert all(o.dtype == torch.float64 for o in outputs)
+    assert any(n in FLOAT32_OPS for n, _ in ops.calls)
+    down = {
+        (n, w)
+        for (n, dtypes), out, w in zip(ops.calls, ops.output_dtypes, ops.where)
+        if torch.float64 in dtypes and any(d != torch.float64 for d in out)
+    }
+    assert down == set()
+    # the float32 places ran in float64 (the rendering's top-k of random keys, float32 from scratch, aside)
+    in_float32 = {
+        (n, w) for (n, dtypes), w in zip(ops.calls, ops.where) if n in FLOAT32_OPS and torch.float32 in dtypes
+    }
+    assert in_float32 <= {("topk", "AttentionRendering")}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import at_least_float32
+
 __all__ = [
     "AttentionRendering",
     "PointHead",
@@ -81,7 +83,7 @@ def importance_sample_voxels(
     n_candidates = min(max(n, int(n * oversample_ratio)), voxels)
     # distinct, uniformly random voxels (in random order)
     candidates = torch.rand(b, voxels, device=coarse.device).topk(n_candidates, dim=1).indices
-    scores = uncertainty(gather_points(coarse.float(), candidates))  # (B, kN)
+    scores = uncertainty(gather_points(at_least_float32(coarse), candidates))  # (B, kN)
     n_important = min(int(importance_ratio * n), n)
     important = scores.topk(n_important, dim=1).indices  # positions among the candidates
     # the rest: random candidates that were not chosen for their uncertainty
@@ -93,7 +95,7 @@ def importance_sample_voxels(
 @torch.no_grad()
 def top_uncertain_voxels(coarse: torch.Tensor, num_points: int) -> torch.Tensor:
     """Flat indices (B, N) of the ``num_points`` most uncertain voxels of ``coarse`` (B, K, *S)."""
-    scores = uncertainty(coarse.float()).flatten(1)
+    scores = uncertainty(at_least_float32(coarse)).flatten(1)
     return scores.topk(min(int(num_points), scores.shape[1]), dim=1).indices
 
 
@@ -173,8 +175,8 @@ def point_loss(
     region masks (B, R, *S) -> binary cross-entropy, nnU-Net's extra last channel marking ignored voxels when
     ``ignore_label`` is set. Ignored points do not count (the loss is 0 when every point is ignored).
     """
-    logits = points.logits.float()
-    sampled = gather_points(target, points.index).float()  # (B, Ct, N)
+    logits = at_least_float32(points.logits)
+    sampled = gather_points(target, points.index).to(logits.dtype)  # (B, Ct, N)
     if regions:
         valid = torch.ones_like(sampled[:, :1])
         if ignore_label is not None:

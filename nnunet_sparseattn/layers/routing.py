@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import at_least_float32
 from .shapes import ceil_div, pad_end, partition, per_axis, shape_constant, unpartition
 
 GridLike = Union[int, Sequence[int]]
@@ -152,7 +153,7 @@ def region_pool(x: torch.Tensor, grid: GridLike | RegionLayout) -> torch.Tensor:
     if n not in _AVG_POOL:
         raise ValueError(f"region_pool supports 1 to 3 spatial dims, got {n}")
     with torch.autocast(device_type=x.device.type, enabled=False):
-        xf = pad_end(x.float(), layout.padded)
+        xf = pad_end(at_least_float32(x), layout.padded)
         pooled = _AVG_POOL[n](xf, kernel_size=layout.region, stride=layout.region)  # mean incl. zeros
         pooled = pooled.flatten(2).transpose(1, 2)  # (B, Nr, C)
         if layout.is_padded:
@@ -168,7 +169,7 @@ def region_affinity(q_regions: torch.Tensor, k_regions: torch.Tensor, scale: flo
     if scale is None:
         scale = q_regions.shape[-1] ** -0.5
     with torch.autocast(device_type=q_regions.device.type, enabled=False):
-        return torch.matmul(q_regions.float() * scale, k_regions.float().transpose(-1, -2))
+        return torch.matmul(at_least_float32(q_regions) * scale, at_least_float32(k_regions).transpose(-1, -2))
 
 
 def is_dense(topk: int, num_kv_regions: int) -> bool:
@@ -195,7 +196,7 @@ def route(affinity: torch.Tensor, topk: int) -> torch.Tensor:
     nk = affinity.shape[-1]
     k = clamp_topk(topk, nk)
     with torch.autocast(device_type=affinity.device.type, enabled=False):
-        a = torch.nan_to_num(affinity.detach().float(), nan=float("-inf"))
+        a = torch.nan_to_num(at_least_float32(affinity.detach()), nan=float("-inf"))
         if k == nk:
             return torch.arange(nk, device=a.device).expand(*a.shape[:-1], nk).contiguous()
         kth = torch.topk(a, k, dim=-1).values[..., -1:]  # the k-th largest value is tie-independent
@@ -203,8 +204,8 @@ def route(affinity: torch.Tensor, topk: int) -> torch.Tensor:
         need = k - above.sum(-1, keepdim=True)
         selected = above | (tied & (torch.cumsum(tied, dim=-1) <= need))  # exactly k per row
         # distinct scores: selected rank above unselected, lower index first; topk then returns them in order
-        pos = torch.arange(nk, device=a.device, dtype=torch.float32)
-        score = selected.float() * (2 * nk) - pos
+        pos = torch.arange(nk, device=a.device, dtype=a.dtype)
+        score = selected.to(a.dtype) * (2 * nk) - pos
         return torch.topk(score, k, dim=-1).indices
 
 
@@ -222,7 +223,7 @@ class Routing(NamedTuple):
 
     def weights(self) -> torch.Tensor:
         """Routing weights: the softmax of the region affinities over the key regions, ``(B, Nq, Nk)``."""
-        return torch.softmax(self.affinity.float(), dim=-1)
+        return torch.softmax(at_least_float32(self.affinity), dim=-1)
 
 
 class Router(nn.Module):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .conv import grouped_conv_op
 from .mlp import Mlp
+from .precision import at_least_float32
 
 __all__ = ["ChannelLayerNorm", "TokenMixer", "TransformerBlock", "num_heads_for"]
 
@@ -44,7 +45,13 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # fp32 statistics: under fp16 autocast the variance of wide maps overflows/loses precision
-        y = F.layer_norm(x.movedim(1, -1).float(), (x.shape[1],), self.weight.float(), self.bias.float(), self.eps)
+        y = F.layer_norm(
+            at_least_float32(x.movedim(1, -1)),
+            (x.shape[1],),
+            at_least_float32(self.weight),
+            at_least_float32(self.bias),
+            self.eps,
+        )
         return y.movedim(-1, 1).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -57,9 +64,9 @@ class LayerNorm32(nn.LayerNorm):
     (Swin checkpoints load unchanged)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        weight = None if self.weight is None else at_least_float32(self.weight)
+        bias = None if self.bias is None else at_least_float32(self.bias)
+        return F.layer_norm(at_least_float32(x), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 def num_heads_for(channels: int, head_dim: int = 32) -> int:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.regularization import DropPath
 
 from .mlp import Mlp
+from .precision import at_least_float32
 from .shapes import ceil_div, pad_end, partition, per_axis, shape_constant, unpartition
 from .transformer import LayerNorm32
 
@@ -188,8 +189,8 @@ class WindowWeights(nn.Module):
         float32 ``(B, len(windows), heads, N, N)``: softmax over the keys, as the fused attention weights them."""
         assert self.windows is not None, "set the windows to explain first"
         index = torch.tensor(self.windows, device=q.device)
-        qs, ks = q.index_select(1, index).float(), k.index_select(1, index).float()
-        logits = torch.matmul(qs, ks.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias.float()
+        qs, ks = at_least_float32(q.index_select(1, index)), at_least_float32(k.index_select(1, index))
+        logits = torch.matmul(qs, ks.transpose(-1, -2)) * q.shape[-1] ** -0.5 + at_least_float32(bias)
         if mask_bias is not None:
             logits = logits + mask_bias.index_select(0, index)[None, :, None]
         return torch.softmax(logits, dim=-1)
@@ -218,7 +219,7 @@ class WindowAttention(nn.Module):
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, N, N) additive bias, float32."""
         n = math.prod(self.window)
-        bias = self.relative_position_bias_table.float()[self.relative_position_index.view(-1)]
+        bias = at_least_float32(self.relative_position_bias_table)[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
     def forward(self, windows: torch.Tensor, mask_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
