@@ -143,6 +143,18 @@ def _fake_mode() -> Any:
     return _FAKE_MODE
 
 
+def _copy_without_activations(network: nn.Module) -> nn.Module:
+    """A deep copy, without the tensors of the last forward a module may keep (the bilateral network's rendered
+    points): deepcopy refuses tensors that are not graph leaves, and the count makes its own."""
+    memo: dict[int, Any] = {}
+    for module in network.modules():
+        for value in vars(module).values():
+            for t in value if isinstance(value, tuple) else (value,):
+                if isinstance(t, torch.Tensor) and not t.is_leaf:
+                    memo[id(t)] = None
+    return copy.deepcopy(network, memo)
+
+
 def count_saved(
     network: nn.Module,
     patch_size: Sequence[int],
@@ -159,7 +171,7 @@ def count_saved(
     if precision is not None and device_type != "cuda":
         raise ValueError("autocast is counted on CUDA only (nnU-Net trains under autocast there only)")
     # a copy: functional_call inside FakeTensorMode leaves the fake tensors in the module it ran (torch 2.14)
-    network = copy.deepcopy(unwrap_network(network)).train()
+    network = _copy_without_activations(unwrap_network(network)).train()
     mode = _fake_mode()
     with mode:
         state = {

@@ -157,6 +157,23 @@ def test_plans_setting_switches_checkpointing_in_the_trainers_network(setting):
     assert blocks > 0 and checkpointed_blocks(network) == (blocks if setting is True else 0)
 
 
+@pytest.mark.parametrize("key", ["bilateral", "bsa"])
+def test_a_count_leaves_nothing_fake_behind_for_the_real_forward(key):
+    """The count runs the network on fake tensors; the layers cache per-shape masks (layers/shapes.py): the real
+    training step after it, at the same shapes, must not meet a fake mask (it did: the Swin blocks' shift mask)."""
+    from nnunet_sparseattn.memory import count_saved
+
+    network, plan = _tiny(key)
+    count = count_saved(network, plan.patch_size, 2, plan.input_channels, plan.num_classes, True, "cpu", None)
+    assert count.bytes > 0
+    x = torch.randn(2, plan.input_channels, *plan.patch_size)
+    with SavedTensorCounter(exclude=network.parameters()) as real:
+        outputs = network.train()(x)
+    sum(o.square().mean() for o in outputs).backward()
+    assert real.bytes > 0
+    count_saved(network, plan.patch_size, 2, plan.input_channels, plan.num_classes, True, "cpu", None)  # and back
+
+
 def test_memory_budget_is_the_ratio_capped_at_the_planners_target_where_stock_fits_it():
     from nnunet_sparseattn.memory import memory_budget
 
@@ -235,6 +252,11 @@ def test_auto_checkpointing_stays_off_within_the_budget_and_off_the_gpu(trainer_
     assert trainer.checkpoint_if_over_budget("cuda") is False
     assert checkpointed_blocks(trainer.network) == 0
     assert _log(trainer).rstrip().endswith("activation checkpointing off")
+    # DDP over 2 GPUs: the plans' batch of 9 is 5 + 4; every rank counts the larger, so that all decide alike
+    monkeypatch.setattr(trainer, "is_ddp", True)
+    monkeypatch.setattr(architecture.dist, "get_world_size", lambda: 2)
+    trainer.checkpoint_if_over_budget("cuda")
+    assert "(batch 5, patch [40, 56, 40], fp16)" in _log(trainer).splitlines()[-1]
 
 
 def test_initialize_decides_only_for_auto(trainer_without_data, monkeypatch):

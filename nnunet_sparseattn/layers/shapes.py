@@ -13,6 +13,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch._guards import detect_fake_mode
 
 __all__ = ["IntOrSeq", "ceil_div", "end_padding", "pad_end", "partition", "per_axis", "shape_constant", "unpartition"]
 
@@ -89,8 +90,11 @@ def shape_constant(what: str, key: tuple, device: torch.device, build: Callable[
     in eager mode; traced into the graph under torch.compile (see above)."""
     if torch.compiler.is_compiling():
         return build()
-    # a tensor made under inference_mode cannot be saved for a later backward: cache such tensors apart
-    full = (what, key, str(device), torch.is_inference_mode_enabled())
+    # a tensor made under inference_mode cannot be saved for a later backward: cache such tensors apart; so are
+    # those built under a FakeTensorMode (a memory count, nnunet_sparseattn/memory.py): a fake tensor in a real
+    # forward fails, and a real one in a fake forward too
+    fake = detect_fake_mode()
+    full = (what, key, str(device), torch.is_inference_mode_enabled(), fake)  # the mode itself: no id reuse
     tensor = _CONSTANTS.get(full)
     if tensor is None:
         tensor = build()

@@ -6,12 +6,15 @@ import pydoc
 from typing import Any, ClassVar, Literal, Union
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_sparseattn.architectures.base import PlansError, PlansNetwork, normalize_plans_kwargs
 from nnunet_sparseattn.memory import (
+    BUDGET_RATIO,
+    PLANNER_TARGET_BYTES,
     memory_budget,
     optimizer_state_copies,
     predict_training_memory,
@@ -112,9 +115,11 @@ class ArchitectureTrainer(nnUNetTrainer):
             )
             return False
         cm = self.configuration_manager
+        # under DDP the largest per-GPU batch (nnU-Net gives the first ranks one more sample): every rank decides alike
+        batch = -(-cm.batch_size // dist.get_world_size()) if self.is_ddp else self.batch_size
         common: dict[str, Any] = dict(
             patch_size=cm.patch_size,
-            batch_size=self.batch_size,
+            batch_size=batch,
             input_channels=self.num_input_channels,
             num_classes=self.label_manager.num_segmentation_heads,
             batch_dice=cm.batch_dice,
@@ -126,10 +131,11 @@ class ArchitectureTrainer(nnUNetTrainer):
         reference = predict_training_memory(stock, optimizer_copies=1, **common)  # nnU-Net's SGD with momentum
         budget = memory_budget(reference.total_bytes)
         on = ours.total_bytes > budget
+        capped = ", at most 8 GB" if reference.total_bytes <= PLANNER_TARGET_BYTES else ""
         text = (
-            f"Training memory predicted for one CUDA step (batch {self.batch_size}, patch {list(cm.patch_size)}, "
-            f"fp16): {ours.total_bytes / 1e9:.2f} GB, stock nnU-Net's {reference.total_bytes / 1e9:.2f} GB, budget "
-            f"{budget / 1e9:.2f} GB (1.3x stock's, at most 8 GB)"
+            f"Training memory predicted for one CUDA step (batch {batch}, patch {list(cm.patch_size)}, fp16): "
+            f"{ours.total_bytes / 1e9:.2f} GB, stock nnU-Net's {reference.total_bytes / 1e9:.2f} GB, budget "
+            f"{budget / 1e9:.2f} GB ({BUDGET_RATIO}x stock's{capped})"
         )
         if on:
             blocks = network.enable_activation_checkpointing()
