@@ -29,7 +29,13 @@ recompilation):
    a GPU: the flex calls found in the graph are counted against the routed-attention calls an eager run makes.
 
 Errors are ``max |compiled - eager| / max |eager|`` per tensor, the largest over the outputs (and over the
-parameters' gradients). Random ops draw as eager (``torch._inductor.config.fallback_random``).
+parameters' gradients). Random ops draw as eager (``torch._inductor.config.fallback_random``). In training both are
+also held to a float64 copy of the network (the layers' float32 places keep float64 there: ``layers/precision.py``):
+where a network amplifies float32 rounding (the bilateral network's eager float32 gradients are 1.5e-3 from its
+float64 ones at dry-run size) a correct compiled graph can miss the fixed tolerances; a step then passes when the
+compiled step is as close to the float64 step as eager's own float32 step is (at most 2x eager's error against it).
+The bilateral network's rendering picks its voxels by top-k of uncertainty, where a near-tie flips with rounding:
+eager and the float64 copy refine the voxels the compiled step picked.
 
 Compile time: dynamo's own timers (``torch._dynamo.utils.compilation_time_metrics``), summed per stage: dynamo's
 tracing, AOTAutograd, inductor's lowering and code generation, and the C++ build of the generated kernels.
@@ -40,6 +46,7 @@ fresh folder per case, i.e. a cold compile); ``--warm`` runs each case twice on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -49,7 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -69,6 +76,8 @@ PHASES = ("train", "train_again", "partial_batch", "validation", "train_after_va
 # parameters passes the whole network twice. An error beyond these is a bug, not rounding.
 OUTPUT_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 1e-3
+# beyond the tolerances, a compiled training step passes at most this many times eager's own error against float64
+FLOAT64_MARGIN = 2.0
 
 # dynamo_timed timers that do not nest in one another, one per stage (torch 2.14; a name missing in another version
 # counts 0): dynamo's bytecode tracing, AOTAutograd's tracing of the joint graph, inductor's lowering to its IR, its
@@ -177,6 +186,21 @@ def _targets(outputs: Any, num_classes: int, generator: torch.Generator) -> list
     return [torch.randint(0, num_classes, (o.shape[0], 1, *o.shape[2:]), generator=generator).float() for o in outs]
 
 
+@contextlib.contextmanager
+def _rendering_points(network: nn.Module, index: Optional[torch.Tensor]) -> Iterator[None]:
+    """The bilateral network's rendering refines the voxels ``index`` (the compiled step's) instead of choosing them
+    (None, or a network without rendering: nothing changes)."""
+    rendering = getattr(network, "rendering", None)
+    if index is None or rendering is None:
+        yield
+        return
+    rendering.select = lambda coarse: index  # an instance attribute shadows the method for the call
+    try:
+        yield
+    finally:
+        del rendering.select
+
+
 def _set_deep_supervision(network: nn.Module, enabled: bool) -> None:
     decoder: Any = network.decoder
     decoder.deep_supervision = enabled  # what nnUNetTrainer.set_deep_supervision_enabled sets
@@ -202,6 +226,7 @@ def run_case(
     if checkpointing:
         eager.enable_activation_checkpointing()  # type: ignore[operator]
     network = copy.deepcopy(eager)
+    reference = copy.deepcopy(eager).double()
     recorder = GraphRecorder(backend)
     compiled: Any = torch.compile(network, backend=recorder)
     loss = build_loss(plan, compile_dice=False)
@@ -240,11 +265,24 @@ def run_case(
         loss(out, target).backward()
         if not compare:
             return {}
-        eager.zero_grad(set_to_none=True)
-        torch.manual_seed(2)
-        want = eager(inputs)
-        loss(want, target).backward()
-        return {"output_error": max_error(out, want), **gradient_error(network, eager)}
+        points = getattr(getattr(network, "rendered", None), "index", None)
+        results = []
+        for model, dtype in ((eager, torch.float32), (reference, torch.float64)):
+            model.train()
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(2)
+            with _rendering_points(model, points):
+                want = model(inputs.to(dtype))
+            loss(want, [t.to(dtype) for t in target]).backward()
+            results.append(want)
+        want, exact = results
+        reference_error = {
+            "output_error_vs_float64": max_error(out, exact),
+            "eager_output_error_vs_float64": max_error(want, exact),
+            "gradient_error_vs_float64": gradient_error(network, reference)["gradient_error"],
+            "eager_gradient_error_vs_float64": gradient_error(eager, reference)["gradient_error"],
+        }
+        return {"output_error": max_error(out, want), **gradient_error(network, eager), **reference_error}
 
     def eager_step() -> dict[str, Any]:
         eager.train()
@@ -290,12 +328,34 @@ def run_case(
             (phases[p]["output_error"] for p in ("validation", "inference") if p in phases), default=0.0
         ),
     )
-    result["within_tolerance"] = (
-        result["train_output_error"] <= OUTPUT_TOLERANCE
-        and result["inference_output_error"] <= OUTPUT_TOLERANCE
-        and result["train_gradient_error"] <= GRADIENT_TOLERANCE
-    )
+    trained = [v for v in phases.values() if "gradient_error" in v]
+    result["train_vs_float64"] = {
+        key: max(v[key] for v in trained)
+        for key in (
+            "output_error_vs_float64",
+            "eager_output_error_vs_float64",
+            "gradient_error_vs_float64",
+            "eager_gradient_error_vs_float64",
+        )
+    }
+    result["within_tolerance"] = within_tolerance(result)
     return result
+
+
+def within_tolerance(result: dict[str, Any]) -> bool:
+    """Inference within the output tolerance, and training within both tolerances or, step by step, as close to the
+    float64 step as eager's float32 step is (see the module docstring)."""
+    if result["inference_output_error"] > OUTPUT_TOLERANCE:
+        return False
+    if result["train_output_error"] <= OUTPUT_TOLERANCE and result["train_gradient_error"] <= GRADIENT_TOLERANCE:
+        return True
+    steps = [v for v in result["phases"].values() if "gradient_error_vs_float64" in v]
+    return bool(steps) and all(
+        v["output_error_vs_float64"] <= max(FLOAT64_MARGIN * v["eager_output_error_vs_float64"], OUTPUT_TOLERANCE)
+        and v["gradient_error_vs_float64"]
+        <= max(FLOAT64_MARGIN * v["eager_gradient_error_vs_float64"], GRADIENT_TOLERANCE)
+        for v in steps
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ driver
@@ -399,6 +459,16 @@ def summary_line(entry: dict[str, Any]) -> str:
     )
 
 
+def _vs_float64(entry: dict[str, Any]) -> str:
+    v = entry.get("train_vs_float64")
+    if not v:
+        return "–"  # measured before the float64 reference existed
+    return (
+        f"{_e(v['output_error_vs_float64'])} / {_e(v['eager_output_error_vs_float64'])}; "
+        f"{_e(v['gradient_error_vs_float64'])} / {_e(v['eager_gradient_error_vs_float64'])}"
+    )
+
+
 def _graphs(phases: dict[str, Any], names: tuple[str, ...], field: str) -> str:
     return "/".join(str(phases[p][field]) if p in phases else "–" for p in names)
 
@@ -408,7 +478,9 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"<!-- written by benchmarks/compile.py from {RESULTS.relative_to(ROOT)}: do not edit -->",
         f"torch {results['torch']}, {results['machine']}. Errors: max |compiled − eager| / max |eager| "
-        f"(tolerances: outputs {tol['output']:.0e}, gradients {tol['gradient']:.0e}); training: outputs and every "
+        f"(tolerances: outputs {tol['output']:.0e}, gradients {tol['gradient']:.0e}; beyond them, a training step "
+        f"passes when the compiled step is within {FLOAT64_MARGIN:g}x eager float32's own error against a float64 copy "
+        "of the network, column 'vs float64', largest over the steps); training: outputs and every "
         "parameter's gradient of nnU-Net's deep-supervision loss; inference: validation and deep supervision off. "
         "Graph breaks and graphs compiled per phase: training / partial batch / validation / back to training / "
         "inference (– : phase not run). Flex: flex-attention calls in the inference graph / routed (non-dense) "
@@ -418,8 +490,8 @@ def render(results: dict[str, Any]) -> str:
         "the rest of the compile is Python around them).",
         "",
         "| plan | network | backend | compile s | stages s (trace/aot/lower/codegen/C++) | graph breaks | graphs "
-        "| flex | train out err | train grad err | inference err | ok |",
-        "|---|---|---|---:|---|---|---|---|---:|---:|---:|---|",
+        "| flex | train out err | train grad err | vs float64: compiled / eager (out; grad) | inference err | ok |",
+        "|---|---|---|---:|---|---|---|---|---:|---:|---|---:|---|",
     ]
     names = ("train", "partial_batch", "validation", "train_after_validation", "inference")
     for key, e in sorted(results["cases"].items()):
@@ -427,7 +499,7 @@ def render(results: dict[str, Any]) -> str:
         label = NETWORKS[network].label if network in NETWORKS else network
         if "failed" in e:
             backend = key.split("/")[2] if key.count("/") > 1 else "–"
-            lines.append(f"| {plan} | {label} | {backend} | {e['failed']} | | | | | | | | no |")
+            lines.append(f"| {plan} | {label} | {backend} | {e['failed']} | | | | | | | | | no |")
             continue
         ph, st = e["phases"], stage_times(e["timers_s"])
         stages = "/".join(str(st[name]) for name in STAGES)
@@ -438,7 +510,8 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"| {plan} | {label} | {e['backend']} | {e['compile_s']} | {stages} | "
             f"{_graphs(ph, names, 'graph_breaks')} | {_graphs(ph, names, 'graphs')} | {flex} | "
-            f"{_e(e['train_output_error'])} | {_e(e['train_gradient_error'])} | {_e(e['inference_output_error'])} | "
+            f"{_e(e['train_output_error'])} | {_e(e['train_gradient_error'])} | {_vs_float64(e)} | "
+            f"{_e(e['inference_output_error'])} | "
             f"{'yes' if e['within_tolerance'] else 'no'} |"
         )
     commands = sorted({e["command"] for e in results["cases"].values() if "command" in e})

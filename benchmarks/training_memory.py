@@ -106,16 +106,10 @@ def batch_tensors(plan: Plan, batch: int, device: str, seed: int = 0) -> tuple[t
 def count_saved(network: nn.Module, plan: Plan, batch: int, precision: str) -> SavedTensorCounter:
     """Bytes a training forward + loss keeps for backward, on fake CUDA tensors: the trainers' own count
     (``nnunet_sparseattn.memory``, which decides the plans' "auto" checkpointing)."""
-    return memory.count_saved(
-        network,
-        plan.patch_size,
-        batch,
-        plan.input_channels,
-        plan.num_classes,
-        plan.configuration["batch_dice"],
-        "cuda",
-        None if precision == "float32" else getattr(torch, precision),
+    step = memory.TrainingBatch(
+        plan.patch_size, batch, plan.input_channels, plan.num_classes, plan.configuration["batch_dice"]
     )
+    return memory.count_saved(network, step, "cuda", None if precision == "float32" else getattr(torch, precision))
 
 
 def state_bytes(key: str, network: nn.Module) -> dict[str, int]:

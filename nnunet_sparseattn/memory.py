@@ -36,6 +36,7 @@ from nnunet_sparseattn.layers.sparse_attention import use_backend
 __all__ = [
     "BUDGET_RATIO",
     "PLANNER_TARGET_BYTES",
+    "TrainingBatch",
     "TrainingMemory",
     "count_saved",
     "cuda_autocast",
@@ -155,13 +156,21 @@ def _copy_without_activations(network: nn.Module) -> nn.Module:
     return copy.deepcopy(network, memo)
 
 
+@dataclass(frozen=True)
+class TrainingBatch:
+    """What one training step's memory depends on besides the network: the plans' patch, the (per-GPU) batch, the
+    input channels, the segmentation heads and nnU-Net's batch Dice setting."""
+
+    patch_size: Sequence[int]
+    batch_size: int
+    input_channels: int
+    num_classes: int
+    batch_dice: bool
+
+
 def count_saved(
     network: nn.Module,
-    patch_size: Sequence[int],
-    batch_size: int,
-    input_channels: int,
-    num_classes: int,
-    batch_dice: bool,
+    batch: TrainingBatch,
     device_type: str = "cuda",
     precision: Optional[torch.dtype] = torch.float16,
 ) -> SavedTensorCounter:
@@ -179,33 +188,27 @@ def count_saved(
             for name, t in (*network.named_parameters(), *network.named_buffers())
         }
         params = [state[name].requires_grad_(True) for name, _ in network.named_parameters()]
-        data = torch.randn(batch_size, input_channels, *patch_size, device=device_type)
+        data = torch.randn(batch.batch_size, batch.input_channels, *batch.patch_size, device=device_type)
         counter = SavedTensorCounter(exclude=params)
         with counter, use_backend(network, "gather"), cuda_autocast(precision):
             outputs = torch.func.functional_call(network, state, (data,))
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             targets = [
-                torch.randint(0, num_classes, (batch_size, 1, *o.shape[2:]), device=device_type).float()
+                torch.randint(0, batch.num_classes, (batch.batch_size, 1, *o.shape[2:]), device=device_type).float()
                 for o in outputs
             ]
-            nnunet_loss(batch_dice, len(outputs))(list(outputs), targets)
+            nnunet_loss(batch.batch_dice, len(outputs))(list(outputs), targets)
     return counter
 
 
 def predict_training_memory(
     network: nn.Module,
-    patch_size: Sequence[int],
-    batch_size: int,
-    input_channels: int,
-    num_classes: int,
-    batch_dice: bool,
+    batch: TrainingBatch,
     optimizer_copies: int,
     device_type: str = "cuda",
     precision: Optional[torch.dtype] = torch.float16,
 ) -> TrainingMemory:
     """:func:`count_saved` plus parameters, gradients and ``optimizer_copies`` copies of the parameters."""
-    counter = count_saved(
-        network, patch_size, batch_size, input_channels, num_classes, batch_dice, device_type, precision
-    )
+    counter = count_saved(network, batch, device_type, precision)
     params = sum(p.numel() * p.element_size() for p in unwrap_network(network).parameters())
     return TrainingMemory(counter.bytes, params, optimizer_copies * params)

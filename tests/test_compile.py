@@ -19,7 +19,15 @@ import torch
 import torch.nn as nn
 from plans_cases import dataset_json, plain_arch, plans_for
 
-from benchmarks.compile import GRADIENT_TOLERANCE, OUTPUT_TOLERANCE, PHASES, GraphRecorder, routed_calls, run_case
+from benchmarks.compile import (
+    GRADIENT_TOLERANCE,
+    OUTPUT_TOLERANCE,
+    PHASES,
+    GraphRecorder,
+    routed_calls,
+    run_case,
+    within_tolerance,
+)
 from benchmarks.network_speed import Plan
 from nnunet_sparseattn.layers.bilevel_attention import BSABlock
 
@@ -69,6 +77,44 @@ def test_network_under_compile_matches_eager_through_nnunets_phases(network, che
     assert result["train_output_error"] <= OUTPUT_TOLERANCE
     assert result["train_gradient_error"] <= GRADIENT_TOLERANCE
     assert result["inference_output_error"] <= OUTPUT_TOLERANCE
+    # aot_eager runs eager's kernels: as far from the float64 copy as eager itself, for every training step
+    for name in phases:
+        step = result["phases"][name]
+        if "gradient_error" in step:
+            assert step["output_error_vs_float64"] == step["eager_output_error_vs_float64"] > 0
+            assert step["gradient_error_vs_float64"] == step["eager_gradient_error_vs_float64"] > 0
+    assert result["within_tolerance"]
+
+
+def _step(out: float, grad: float, out64: float, eager_out64: float, grad64: float, eager_grad64: float) -> dict:
+    return {
+        "output_error": out,
+        "gradient_error": grad,
+        "output_error_vs_float64": out64,
+        "eager_output_error_vs_float64": eager_out64,
+        "gradient_error_vs_float64": grad64,
+        "eager_gradient_error_vs_float64": eager_grad64,
+    }
+
+
+@pytest.mark.parametrize(
+    "step, inference, verdict",
+    [
+        (_step(1e-6, 1e-5, 1e-6, 1e-6, 1e-5, 1e-5), 1e-6, True),  # within the fixed tolerances
+        (_step(1e-6, 1e-5, 1e-6, 1e-6, 1e-5, 1e-5), 2e-4, False),  # inference is held to its tolerance only
+        (_step(7e-4, 1e-2, 9e-4, 6e-4, 1.5e-2, 1.2e-2), 1e-6, True),  # as close to float64 as eager is (< 2x)
+        (_step(7e-4, 1e-2, 2e-3, 6e-4, 1.5e-2, 1.2e-2), 1e-6, False),  # outputs 3.3x eager's error
+        (_step(7e-4, 1e-2, 9e-4, 6e-4, 3e-2, 1.2e-2), 1e-6, False),  # gradients 2.5x eager's error
+    ],
+)
+def test_a_training_step_passes_within_tolerance_or_as_close_to_float64_as_eager(step, inference, verdict):
+    result = {
+        "train_output_error": step["output_error"],
+        "train_gradient_error": step["gradient_error"],
+        "inference_output_error": inference,
+        "phases": {"train": step, "inference": {"output_error": inference}},
+    }
+    assert within_tolerance(result) is verdict
 
 
 def test_flex_attention_is_traced_into_the_compiled_inference_graph():

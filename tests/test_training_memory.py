@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -161,17 +162,18 @@ def test_plans_setting_switches_checkpointing_in_the_trainers_network(setting):
 def test_a_count_leaves_nothing_fake_behind_for_the_real_forward(key):
     """The count runs the network on fake tensors; the layers cache per-shape masks (layers/shapes.py): the real
     training step after it, at the same shapes, must not meet a fake mask (it did: the Swin blocks' shift mask)."""
-    from nnunet_sparseattn.memory import count_saved
+    from nnunet_sparseattn.memory import TrainingBatch, count_saved
 
     network, plan = _tiny(key)
-    count = count_saved(network, plan.patch_size, 2, plan.input_channels, plan.num_classes, True, "cpu", None)
+    step = TrainingBatch(plan.patch_size, 2, plan.input_channels, plan.num_classes, batch_dice=True)
+    count = count_saved(network, step, "cpu", None)
     assert count.bytes > 0
     x = torch.randn(2, plan.input_channels, *plan.patch_size)
     with SavedTensorCounter(exclude=network.parameters()) as real:
         outputs = network.train()(x)
     sum(o.square().mean() for o in outputs).backward()
     assert real.bytes > 0
-    count_saved(network, plan.patch_size, 2, plan.input_channels, plan.num_classes, True, "cpu", None)  # and back
+    count_saved(network, step, "cpu", None)  # and back
 
 
 def test_memory_budget_is_the_ratio_capped_at_the_planners_target_where_stock_fits_it():
@@ -319,3 +321,29 @@ def test_the_device_check_measures_a_step_against_the_prediction_and_renders_it(
     err = capsys.readouterr().err
     assert "--device cuda needs a CUDA GPU" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "no.json").exists()
+
+
+def test_checkpointing_switched_on_after_a_lazy_compile_takes_effect(trainer_without_data):
+    """nnU-Net wraps the network in ``torch.compile`` inside ``initialize``, before "auto" decides: the compile is
+    lazy, so blocks checkpointed before the first forward are traced checkpointed (dynamo's eager backend runs the
+    traced graph on eager autograd, so the saved bytes show it)."""
+    from nnunet_sparseattn.trainers import architecture, nnUNetTrainerMDSA
+
+    saved = []
+    record = json.loads((ns.PLANS_DIR / "hippocampus_3d_fullres.json").read_text())
+    configuration = record["plans"]["configurations"][record["configuration"]]
+    configuration["architecture"]["arch_kwargs"]["features_per_stage"] = [8, 16, 32, 64]  # small: a fast step
+    configuration["patch_size"] = [16, 24, 16]
+    for checkpointing in (False, True):
+        trainer = trainer_without_data(nnUNetTrainerMDSA, record["plans"], "3d_fullres", record["dataset_json"])
+        torch.manual_seed(0)
+        trainer.network = torch.compile(trainer.network, backend="eager")  # as nnUNetTrainer.initialize does
+        if checkpointing:
+            with mock.patch.object(architecture, "memory_budget", lambda stock: 0):  # over any budget
+                assert trainer.checkpoint_if_over_budget("cuda")
+        x = torch.randn(1, 1, *trainer.configuration_manager.patch_size, generator=torch.Generator().manual_seed(1))
+        with SavedTensorCounter(exclude=trainer.network.parameters()) as counter:
+            outputs = trainer.network.train()(x)
+        sum(o.float().mean() for o in outputs).backward()
+        saved.append(counter.bytes)
+    assert saved[1] < saved[0]

@@ -15,6 +15,7 @@ from nnunet_sparseattn.architectures.base import PlansError, PlansNetwork, norma
 from nnunet_sparseattn.memory import (
     BUDGET_RATIO,
     PLANNER_TARGET_BYTES,
+    TrainingBatch,
     memory_budget,
     optimizer_state_copies,
     predict_training_memory,
@@ -117,18 +118,14 @@ class ArchitectureTrainer(nnUNetTrainer):
         cm = self.configuration_manager
         # under DDP the largest per-GPU batch (nnU-Net gives the first ranks one more sample): every rank decides alike
         batch = -(-cm.batch_size // dist.get_world_size()) if self.is_ddp else self.batch_size
-        common: dict[str, Any] = dict(
-            patch_size=cm.patch_size,
-            batch_size=batch,
-            input_channels=self.num_input_channels,
-            num_classes=self.label_manager.num_segmentation_heads,
-            batch_dice=cm.batch_dice,
-            device_type="cuda",
-            precision=torch.float16,
+        step = TrainingBatch(
+            cm.patch_size, batch, self.num_input_channels, self.label_manager.num_segmentation_heads, cm.batch_dice
         )
-        ours = predict_training_memory(network, optimizer_copies=optimizer_state_copies(self.optimizer), **common)
-        stock = stock_network(cm, common["input_channels"], common["num_classes"])
-        reference = predict_training_memory(stock, optimizer_copies=1, **common)  # nnU-Net's SGD with momentum
+        copies = optimizer_state_copies(self.optimizer)
+        ours = predict_training_memory(network, step, copies, device_type="cuda", precision=torch.float16)
+        stock = stock_network(cm, step.input_channels, step.num_classes)
+        # stock nnU-Net with its SGD (momentum: one copy of the parameters)
+        reference = predict_training_memory(stock, step, 1, device_type="cuda", precision=torch.float16)
         budget = memory_budget(reference.total_bytes)
         on = ours.total_bytes > budget
         capped = ", at most 8 GB" if reference.total_bytes <= PLANNER_TARGET_BYTES else ""
@@ -139,7 +136,7 @@ class ArchitectureTrainer(nnUNetTrainer):
         )
         if on:
             blocks = network.enable_activation_checkpointing()
-            after = predict_training_memory(network, optimizer_copies=optimizer_state_copies(self.optimizer), **common)
+            after = predict_training_memory(network, step, copies, device_type="cuda", precision=torch.float16)
             text += (
                 f": activation checkpointing on for {blocks} blocks, {after.total_bytes / 1e9:.2f} GB predicted with "
                 'it (plans "activation_checkpointing": false turns it off)'
