@@ -112,9 +112,10 @@ def count_saved(network: nn.Module, plan: Plan, batch: int, precision: str) -> S
     return memory.count_saved(network, step, "cuda", None if precision == "float32" else getattr(torch, precision))
 
 
-def state_bytes(key: str, network: nn.Module) -> dict[str, int]:
+def step_memory(key: str, network: nn.Module, saved_bytes: int) -> memory.TrainingMemory:
+    """``saved_bytes`` with the parameters, their gradients and the state of ``key``'s default optimizer."""
     params = sum(p.numel() * p.element_size() for p in network.parameters())
-    return {"params_bytes": params, "grads_bytes": params, "optimizer_bytes": OPTIMIZER[key][1] * params}
+    return memory.TrainingMemory(saved_bytes, params, OPTIMIZER[key][1] * params)
 
 
 def build(key: str, plan: Plan, checkpointing: bool) -> nn.Module:
@@ -130,16 +131,16 @@ def predict(key: str, plan: Plan, precision: str, checkpointing: bool) -> dict[s
     network = build(key, plan, checkpointing)
     t0 = time.perf_counter()
     counter = count_saved(network, plan, plan.batch_size, precision)
-    record: dict[str, Any] = {
-        "saved_bytes": counter.bytes,
+    step = step_memory(key, network, counter.bytes)
+    return {
+        "saved_bytes": step.saved_bytes,
         "saved_by_dtype": counter.by_dtype,
-        **state_bytes(key, network),
+        "params_bytes": step.params_bytes,
+        "grads_bytes": step.params_bytes,
+        "optimizer_bytes": step.optimizer_bytes,
         "count_s": round(time.perf_counter() - t0, 2),
+        "total_bytes": step.total_bytes,
     }
-    record["total_bytes"] = (
-        record["saved_bytes"] + record["params_bytes"] + record["grads_bytes"] + record["optimizer_bytes"]
-    )
-    return record
 
 
 # ----------------------------------------------------------------------------------------- the CPU measurement
@@ -195,7 +196,7 @@ def measure_cpu(key: str, plan: Plan, checkpointing: bool, batch: int = MEASURE_
         "state_bytes": int(held),
         "step_s": round(seconds, 3),
         "step_cpu_s": round(cpu_seconds, 3),
-        "predicted_total_bytes": counter.bytes + sum(state_bytes(key, network).values()),
+        "predicted_total_bytes": step_memory(key, network, counter.bytes).total_bytes,
     }
 
 

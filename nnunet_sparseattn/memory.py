@@ -134,8 +134,8 @@ _FAKE_MODE: Any = None
 
 
 def _fake_mode() -> Any:
-    """One FakeTensorMode for the process: the layers cache small index tensors per shape and device (routing
-    layouts, window masks), and a cached fake tensor must belong to the mode of every later count."""
+    """One FakeTensorMode for the process: the layers cache the small index tensors they build under a fake mode
+    per mode (layers/shapes.py), so every count after the first finds them, and the cache keeps one mode alive."""
     global _FAKE_MODE
     if _FAKE_MODE is None:
         from torch._subclasses.fake_tensor import FakeTensorMode

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pydoc
 from typing import Any, ClassVar, Literal, Union
 
-import torch
 import torch.distributed as dist
 import torch.nn as nn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -122,10 +121,10 @@ class ArchitectureTrainer(nnUNetTrainer):
             cm.patch_size, batch, self.num_input_channels, self.label_manager.num_segmentation_heads, cm.batch_dice
         )
         copies = optimizer_state_copies(self.optimizer)
-        ours = predict_training_memory(network, step, copies, device_type="cuda", precision=torch.float16)
+        ours = predict_training_memory(network, step, copies)  # fake CUDA tensors, fp16 autocast (the defaults)
         stock = stock_network(cm, step.input_channels, step.num_classes)
         # stock nnU-Net with its SGD (momentum: one copy of the parameters)
-        reference = predict_training_memory(stock, step, 1, device_type="cuda", precision=torch.float16)
+        reference = predict_training_memory(stock, step, 1)
         budget = memory_budget(reference.total_bytes)
         on = ours.total_bytes > budget
         capped = ", at most 8 GB" if reference.total_bytes <= PLANNER_TARGET_BYTES else ""
@@ -136,7 +135,7 @@ class ArchitectureTrainer(nnUNetTrainer):
         )
         if on:
             blocks = network.enable_activation_checkpointing()
-            after = predict_training_memory(network, step, copies, device_type="cuda", precision=torch.float16)
+            after = predict_training_memory(network, step, copies)
             text += (
                 f": activation checkpointing on for {blocks} blocks, {after.total_bytes / 1e9:.2f} GB predicted with "
                 'it (plans "activation_checkpointing": false turns it off)'
